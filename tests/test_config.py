@@ -1,0 +1,41 @@
+"""The config loader: recipes with defaults, dotlist overrides, typo protection, stable hashes."""
+import pytest
+
+from pipeline.config import config_hash, load_config
+
+
+def test_tiny_recipe_inherits_base_and_overrides_it():
+    cfg = load_config("tiny_cpu")
+    assert cfg.run.name == "tiny_cpu"
+    assert cfg.env.max_steps == 6  # from base
+    assert cfg.env.compact_tools is True  # tiny overrides base
+    assert cfg.checkpointing.metric_name == "val:accuracy"
+
+
+def test_dotlist_override_changes_value_and_interpolations_follow():
+    cfg = load_config("tiny_cpu", ["grpo.num_prompts_per_step=32", "run.name=exp1"])
+    assert cfg.grpo.num_prompts_per_step == 32
+    assert cfg.run.root.endswith("/exp1")
+    assert cfg.checkpointing.checkpoint_dir.startswith(cfg.run.root)
+
+
+def test_unknown_key_is_an_error_that_names_it():
+    with pytest.raises(ValueError, match="grpo.num_promts_per_step"):
+        load_config("tiny_cpu", ["grpo.num_promts_per_step=32"])
+
+
+def test_plus_prefix_adds_a_new_key():
+    cfg = load_config("tiny_cpu", ["+grpo.extra_flag=true"])
+    assert cfg.grpo.extra_flag is True
+
+
+def test_unknown_recipe_lists_known_ones():
+    with pytest.raises(FileNotFoundError, match="tiny_cpu"):
+        load_config("no_such_recipe")
+
+
+def test_config_hash_depends_only_on_selected_sections():
+    a = load_config("tiny_cpu")
+    b = load_config("tiny_cpu", ["grpo.num_prompts_per_step=32"])
+    assert config_hash(a, ["data"]) == config_hash(b, ["data"])
+    assert config_hash(a, ["grpo"]) != config_hash(b, ["grpo"])

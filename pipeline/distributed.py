@@ -1,0 +1,138 @@
+"""torch.distributed + Megatron-core model-parallel set-up, the same code on a laptop CPU and on GPU nodes.
+
+Rank information comes from (first match): explicit arguments (Ray actors pass them), torchrun-style env vars
+(RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT), or Slurm via submitit's job environment. Without CUDA the backend is
+gloo and two shims make Megatron-core run on CPU (see `apply_cpu_shims`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+
+
+def discover_rank_info(rank: int | None = None, world_size: int | None = None, master_addr: str | None = None,
+                       master_port: int | None = None, local_rank: int | None = None) -> RankInfo:
+    """Where this process sits: explicit arguments, then torchrun env vars, then Slurm/submitit, else a single rank."""
+    env = os.environ
+    if rank is None and "RANK" in env and "WORLD_SIZE" in env:
+        rank, world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local_rank = int(env.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
+    elif rank is None and "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        import submitit
+
+        job_env = submitit.JobEnvironment()
+        rank, world_size, local_rank = job_env.global_rank, job_env.num_tasks, job_env.local_rank
+        master_addr = master_addr or job_env.hostnames[0]
+    if rank is None:
+        rank, world_size = 0, 1
+    if world_size is None:
+        raise ValueError(f"rank={rank} given without world_size")
+    master_addr = master_addr or env.get("MASTER_ADDR", "127.0.0.1")
+    if master_port is None and "MASTER_PORT" not in env and world_size == 1:
+        master_port = free_port()   # a lone process must not collide with other jobs on the same host
+    master_port = int(master_port or env.get("MASTER_PORT", 29500))
+    return RankInfo(rank, world_size, local_rank if local_rank is not None else rank, master_addr, master_port)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def apply_cpu_shims() -> None:
+    """Make Megatron-core's GPT forward/backward run without CUDA.
+
+    1. `GlobalMemoryBuffer.get_tensor` allocates attention scratch space on `torch.cuda.current_device()`;
+       on CPU we hand out a fresh CPU tensor instead.
+    2. RoPE's `get_emb` moves its frequencies to `torch.cuda.current_device()` on first use; on CPU we
+       compute the same embedding where the frequencies are.
+    3. Dropout inside attention forks the model-parallel CUDA RNG tracker; the "inference" tracker's fork is a
+       no-op, so dropout draws from the ordinary CPU generator (seeded by `torch.manual_seed`).
+    """
+    import torch
+    import megatron.core.utils as mcu
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+    from megatron.core.tensor_parallel.random import initialize_rng_tracker
+
+    def _cpu_get_tensor(self, tensor_shape, dtype, name, mem_alloc_context=None):
+        return torch.empty(tuple(tensor_shape), dtype=dtype)
+
+    def _cpu_rope_emb(self, max_seq_len, offset=0):
+        freqs = self.get_freqs_non_repeated(max_seq_len, offset)       # [S, dim/2]
+        if self.rotary_interleaved:
+            emb = torch.stack((freqs, freqs), dim=-1).reshape(freqs.shape[0], -1)
+        else:
+            emb = torch.cat((freqs, freqs), dim=-1)
+        return emb[:, None, None, :]
+
+    mcu.GlobalMemoryBuffer.get_tensor = _cpu_get_tensor
+    RotaryEmbedding.get_emb = _cpu_rope_emb
+    initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+
+
+def init_distributed(tp: int = 1, pp: int = 1, *, rank: int | None = None, world_size: int | None = None,
+                     master_addr: str | None = None, master_port: int | None = None, backend: str | None = None,
+                     seed: int = 0, timeout_s: int = 600) -> RankInfo:
+    """Initialise the process group (if not yet) and Megatron's TP/PP/DP groups; seed the model-parallel RNGs.
+
+    Idempotent for the same (tp, pp): a second call returns the same info (tests build several models).
+    """
+    import torch
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    info = discover_rank_info(rank, world_size, master_addr, master_port)
+    use_cuda = torch.cuda.is_available()
+    if not dist.is_initialized():
+        backend = backend or ("nccl" if use_cuda else "gloo")
+        if use_cuda:
+            torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
+        dist.init_process_group(backend=backend, init_method=f"tcp://{info.master_addr}:{info.master_port}",
+                                rank=info.rank, world_size=info.world_size, timeout=timedelta(seconds=timeout_s))
+    if info.world_size % (tp * pp):
+        raise ValueError(f"world size {info.world_size} is not divisible by tensor_model_parallel_size={tp} x "
+                         f"pipeline_model_parallel_size={pp}")
+    if parallel_state.model_parallel_is_initialized():
+        if (parallel_state.get_tensor_model_parallel_world_size() != tp
+                or parallel_state.get_pipeline_model_parallel_world_size() != pp):
+            parallel_state.destroy_model_parallel()
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    seed_model_parallel(seed)
+    return info
+
+
+def seed_model_parallel(seed: int) -> None:
+    """Seed torch and Megatron's RNG tracker (CUDA) or install the CPU shims (no CUDA)."""
+    import torch
+
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+        model_parallel_cuda_manual_seed(seed)
+    else:
+        apply_cpu_shims()
+
+
+def destroy_distributed() -> None:
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,495 @@
+"""Hugging Face (Qwen3 / Qwen2 / Llama) <-> Megatron-core GPTModel: config, weights, TP/PP sharding, export.
+
+The policy trains a Megatron-core `GPTModel`; vLLM and the exported model speak Hugging Face names. This module
+owns the mapping between the two layouts:
+
+* q/k/v projections are fused into `linear_qkv`, laid out group by group (for each KV group: its query heads,
+  then its key head, then its value head), so a tensor-parallel rank owns whole groups;
+* gate/up projections are fused into `linear_fc1` as [gate; up] *per TP rank* (each rank's SwiGLU needs both
+  halves of its own slice);
+* Qwen3's per-head q_norm/k_norm are Megatron's qk layernorm; RMSNorm, RoPE theta and tied embeddings carry over;
+* the vocabulary is padded to a multiple of the TP size (padded logits are masked in `token_logprobs`).
+
+Only the local (non-Transformer-Engine) layer spec is used, so the same code runs on CPU and GPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
+
+
+@dataclass(frozen=True)
+class HFArch:
+    """What the weight mapping needs to know about a Hugging Face decoder."""
+
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    ffn_hidden_size: int
+    vocab_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qk_norm: bool
+    qkv_bias: bool
+    rope_scaling_factor: float | None = None
+
+
+def hf_arch(hf_config: Any) -> HFArch:
+    """Read an HF config (object or dict) into `HFArch`; unsupported architectures fail with the reason."""
+    get = (hf_config.get if isinstance(hf_config, Mapping) else lambda k, d=None: getattr(hf_config, k, d))
+    model_type = get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise NotImplementedError(f"model_type '{model_type}' is not supported by the Megatron bridge "
+                                  f"(supported: {SUPPORTED_MODEL_TYPES})")
+    rope = dict(get("rope_parameters") or get("rope_scaling") or {})
+    theta = rope.get("rope_theta", get("rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default")) or "default"
+    scaling = None
+    if rope_type == "llama3":
+        # Megatron implements Llama-3.1 scaling with the published constants; refuse anything else.
+        if (rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0),
+                rope.get("original_max_position_embeddings", 8192)) != (1.0, 4.0, 8192):
+            raise NotImplementedError(f"llama3 rope scaling with non-default constants: {rope}")
+        scaling = float(rope.get("factor", 8.0))
+    elif rope_type != "default":
+        raise NotImplementedError(f"rope type '{rope_type}' is not supported by the Megatron bridge")
+    if get("hidden_act", "silu") != "silu":
+        raise NotImplementedError(f"hidden_act '{get('hidden_act')}' (only silu/SwiGLU is supported)")
+    heads = get("num_attention_heads")
+    head_dim = get("head_dim") or get("hidden_size") // heads
+    return HFArch(
+        model_type=model_type,
+        num_layers=get("num_hidden_layers"),
+        hidden_size=get("hidden_size"),
+        num_heads=heads,
+        num_kv_heads=get("num_key_value_heads") or heads,
+        head_dim=head_dim,
+        ffn_hidden_size=get("intermediate_size"),
+        vocab_size=get("vocab_size"),
+        rms_norm_eps=float(get("rms_norm_eps", 1e-6)),
+        rope_theta=float(theta),
+        max_position_embeddings=get("max_position_embeddings"),
+        tie_word_embeddings=bool(get("tie_word_embeddings", False)),
+        qk_norm=model_type == "qwen3",
+        qkv_bias=model_type == "qwen2" or bool(get("attention_bias", False)),
+        rope_scaling_factor=scaling,
+    )
+
+
+def _parallel_sizes(parallel: Mapping[str, Any] | None) -> tuple[int, int]:
+    parallel = dict(parallel or {})
+    tp = int(parallel.get("tensor_model_parallel_size", parallel.get("tp", 1)))
+    pp = int(parallel.get("pipeline_model_parallel_size", parallel.get("pp", 1)))
+    return tp, pp
+
+
+def megatron_config_from_hf(hf_config: Any, parallel: Mapping[str, Any] | None = None,
+                            dtype: torch.dtype = torch.float32):
+    """A Megatron `TransformerConfig` equivalent to the HF config.
+
+    `parallel` holds `tensor_model_parallel_size` / `pipeline_model_parallel_size` (e.g. `policy.megatron_cfg`),
+    plus optional `sequence_parallel` and `activation_checkpointing`.
+    """
+    import torch.nn.functional as F
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    arch = hf_arch(hf_config)
+    tp, pp = _parallel_sizes(parallel)
+    parallel = dict(parallel or {})
+    if arch.num_kv_heads % tp:
+        raise ValueError(f"tensor_model_parallel_size={tp} must divide num_key_value_heads={arch.num_kv_heads}")
+    if arch.num_layers % pp:
+        raise ValueError(f"pipeline_model_parallel_size={pp} must divide num_hidden_layers={arch.num_layers}")
+    on_gpu = torch.cuda.is_available()
+    extra = {}
+    if parallel.get("activation_checkpointing"):
+        extra.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    return TransformerConfig(
+        num_layers=arch.num_layers,
+        hidden_size=arch.hidden_size,
+        num_attention_heads=arch.num_heads,
+        num_query_groups=arch.num_kv_heads,
+        kv_channels=arch.head_dim,
+        ffn_hidden_size=arch.ffn_hidden_size,
+        normalization="RMSNorm",
+        layernorm_epsilon=arch.rms_norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=arch.qkv_bias,
+        qk_layernorm=arch.qk_norm,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        sequence_parallel=bool(parallel.get("sequence_parallel", False)) and tp > 1,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu_initialization=True,
+        perform_initialization=False,          # every weight is overwritten from the checkpoint
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=on_gpu,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        **extra,
+    )
+
+
+def padded_vocab_size(vocab_size: int, tp: int) -> int:
+    return -(-vocab_size // tp) * tp
+
+
+def build_megatron_model(hf_dir: str | Path, tp: int = 1, pp: int = 1, dtype: torch.dtype = torch.float32,
+                         parallel: Mapping[str, Any] | None = None, load_weights: bool = True):
+    """A Megatron-core GPTModel for this rank holding the HF checkpoint's weights (its TP/PP shard).
+
+    Needs `pipeline.distributed.init_distributed(tp, pp)` first. The returned model carries `hf_arch` (HFArch)
+    and `hf_vocab_size` attributes used by `export_hf_state_dict` and `token_logprobs`.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.models.gpt.gpt_model import GPTModel
+
+    hf_dir = Path(hf_dir)
+    hf_config = json.loads((hf_dir / "config.json").read_text())
+    arch = hf_arch(hf_config)
+    if (parallel_state.get_tensor_model_parallel_world_size() != tp
+            or parallel_state.get_pipeline_model_parallel_world_size() != pp):
+        raise RuntimeError(f"build_megatron_model(tp={tp}, pp={pp}) but the initialised model-parallel groups are "
+                           f"tp={parallel_state.get_tensor_model_parallel_world_size()}, "
+                           f"pp={parallel_state.get_pipeline_model_parallel_world_size()}")
+    config = megatron_config_from_hf(hf_config, {**dict(parallel or {}), "tensor_model_parallel_size": tp,
+                                                 "pipeline_model_parallel_size": pp}, dtype)
+    spec = get_gpt_layer_local_spec(qk_layernorm=arch.qk_norm, normalization="RMSNorm")
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=spec,
+        vocab_size=padded_vocab_size(arch.vocab_size, tp),
+        max_sequence_length=arch.max_position_embeddings,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        parallel_output=True,
+        share_embeddings_and_output_weights=arch.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_percent=1.0,
+        rotary_base=int(arch.rope_theta),
+        rope_scaling=arch.rope_scaling_factor is not None,
+        rope_scaling_factor=arch.rope_scaling_factor or 8.0,
+    )
+    model.hf_arch = arch
+    model.hf_vocab_size = arch.vocab_size
+    if load_weights:
+        load_hf_weights(model, read_hf_state_dict(hf_dir))
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading HF checkpoints
+
+
+def read_hf_state_dict(hf_dir: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of an HF checkpoint directory (single file or sharded safetensors)."""
+    from safetensors.torch import load_file
+
+    hf_dir = Path(hf_dir)
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{hf_dir}: no *.safetensors weights (PyTorch .bin checkpoints are not supported)")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layout helpers (full, unsharded tensors)
+
+
+def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, arch: HFArch) -> torch.Tensor:
+    """HF q/k/v rows -> Megatron's grouped [q heads of group g; k_g; v_g] rows (works for weights and biases)."""
+    groups, per_group, d = arch.num_kv_heads, arch.num_heads // arch.num_kv_heads, arch.head_dim
+    rest = q.shape[1:]
+    q = q.reshape(groups, per_group * d, *rest)
+    k = k.reshape(groups, d, *rest)
+    v = v.reshape(groups, d, *rest)
+    return torch.cat([q, k, v], dim=1).reshape(groups * (per_group + 2) * d, *rest)
+
+
+def split_qkv(qkv: torch.Tensor, arch: HFArch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    groups, per_group, d = arch.num_kv_heads, arch.num_heads // arch.num_kv_heads, arch.head_dim
+    rest = qkv.shape[1:]
+    grouped = qkv.reshape(groups, (per_group + 2) * d, *rest)
+    q, k, v = torch.split(grouped, [per_group * d, d, d], dim=1)
+    return (q.reshape(groups * per_group * d, *rest), k.reshape(groups * d, *rest), v.reshape(groups * d, *rest))
+
+
+def _hf_layer(i: int) -> str:
+    return f"model.layers.{i}."
+
+
+# Megatron parameter suffix (inside decoder.layers.N.) -> (HF suffix, TP split dim or None)
+_LAYER_SIMPLE = {
+    "input_layernorm.weight": ("input_layernorm.weight", None),
+    "pre_mlp_layernorm.weight": ("post_attention_layernorm.weight", None),
+    "self_attention.q_layernorm.weight": ("self_attn.q_norm.weight", None),
+    "self_attention.k_layernorm.weight": ("self_attn.k_norm.weight", None),
+    "self_attention.linear_proj.weight": ("self_attn.o_proj.weight", 1),
+    "mlp.linear_fc2.weight": ("mlp.down_proj.weight", 1),
+}
+
+
+def _full_megatron_tensor(name: str, hf: Mapping[str, torch.Tensor], arch: HFArch, tp: int) -> torch.Tensor:
+    """The unsharded Megatron tensor `name` (global layer numbering) built from HF tensors."""
+    if name == "embedding.word_embeddings.weight" or name == "output_layer.weight":
+        source = "model.embed_tokens.weight" if (name.startswith("embedding") or arch.tie_word_embeddings) \
+            else "lm_head.weight"
+        weight = hf[source]
+        padded = padded_vocab_size(arch.vocab_size, tp)
+        if padded > weight.shape[0]:
+            weight = torch.cat([weight, weight.new_zeros(padded - weight.shape[0], weight.shape[1])])
+        return weight
+    if name == "decoder.final_layernorm.weight":
+        return hf["model.norm.weight"]
+    _, _, index, suffix = name.split(".", 3)
+    prefix = _hf_layer(int(index))
+    if suffix in _LAYER_SIMPLE:
+        return hf[prefix + _LAYER_SIMPLE[suffix][0]]
+    if suffix in ("self_attention.linear_qkv.weight", "self_attention.linear_qkv.bias"):
+        kind = suffix.rsplit(".", 1)[1]
+        return fuse_qkv(*(hf[f"{prefix}self_attn.{p}_proj.{kind}"] for p in "qkv"), arch)
+    if suffix == "mlp.linear_fc1.weight":
+        return torch.cat([hf[prefix + "mlp.gate_proj.weight"], hf[prefix + "mlp.up_proj.weight"]])
+    raise KeyError(f"no Hugging Face source for Megatron parameter '{name}'")
+
+
+def _tp_split_dim(name: str) -> int | None:
+    suffix = name.split(".", 3)[-1] if name.startswith("decoder.layers.") else name
+    if suffix in _LAYER_SIMPLE:
+        return _LAYER_SIMPLE[suffix][1]
+    if name in ("embedding.word_embeddings.weight", "output_layer.weight") or "linear_qkv" in name \
+            or suffix == "mlp.linear_fc1.weight":
+        return 0
+    return None   # norms: replicated
+
+
+def _shard(name: str, full: torch.Tensor, tp: int, rank: int) -> torch.Tensor:
+    dim = _tp_split_dim(name)
+    if dim is None or tp == 1:
+        return full
+    if name.endswith("mlp.linear_fc1.weight"):   # [gate; up] per rank
+        gate, up = full.chunk(2, dim=0)
+        return torch.cat([gate.chunk(tp, dim=0)[rank], up.chunk(tp, dim=0)[rank]])
+    return full.chunk(tp, dim=dim)[rank]
+
+
+def _unshard(name: str, shards: list[torch.Tensor]) -> torch.Tensor:
+    dim = _tp_split_dim(name)
+    if dim is None or len(shards) == 1:
+        return shards[0]
+    if name.endswith("mlp.linear_fc1.weight"):
+        halves = [s.chunk(2, dim=0) for s in shards]
+        return torch.cat([h[0] for h in halves] + [h[1] for h in halves])
+    return torch.cat(shards, dim=dim)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model <-> HF state dict
+
+
+def unwrap(model):
+    """The GPTModel inside DDP / Float16Module wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def _global_name(local_name: str, module) -> str:
+    """Parameter name with the PP-stage-local layer index replaced by the global one."""
+    if not local_name.startswith("decoder.layers."):
+        return local_name
+    _, _, index, suffix = local_name.split(".", 3)
+    layer = module.decoder.layers[int(index)]
+    return f"decoder.layers.{layer.layer_number - 1}.{suffix}"
+
+
+@torch.no_grad()
+def load_hf_weights(model, hf_state: Mapping[str, torch.Tensor]) -> None:
+    """Copy HF tensors into this rank's shard of every Megatron parameter (all parameters must be covered)."""
+    from megatron.core import parallel_state
+
+    module = unwrap(model)
+    arch: HFArch = module.hf_arch
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    for local_name, param in module.named_parameters():
+        name = _global_name(local_name, module)
+        shard = _shard(name, _full_megatron_tensor(name, hf_state, arch, tp), tp, rank)
+        if shard.shape != param.shape:
+            raise ValueError(f"{name}: HF gives shape {tuple(shard.shape)} for this rank, "
+                             f"Megatron expects {tuple(param.shape)}")
+        param.copy_(shard.to(param.dtype))
+
+
+def _hf_tensors_from_megatron(name: str, full: torch.Tensor, arch: HFArch) -> dict[str, torch.Tensor]:
+    if name == "embedding.word_embeddings.weight":
+        return {"model.embed_tokens.weight": full[: arch.vocab_size]}
+    if name == "output_layer.weight":
+        return {} if arch.tie_word_embeddings else {"lm_head.weight": full[: arch.vocab_size]}
+    if name == "decoder.final_layernorm.weight":
+        return {"model.norm.weight": full}
+    _, _, index, suffix = name.split(".", 3)
+    prefix = _hf_layer(int(index))
+    if suffix in _LAYER_SIMPLE:
+        return {prefix + _LAYER_SIMPLE[suffix][0]: full}
+    if suffix in ("self_attention.linear_qkv.weight", "self_attention.linear_qkv.bias"):
+        kind = suffix.rsplit(".", 1)[1]
+        q, k, v = split_qkv(full, arch)
+        return {f"{prefix}self_attn.q_proj.{kind}": q, f"{prefix}self_attn.k_proj.{kind}": k,
+                f"{prefix}self_attn.v_proj.{kind}": v}
+    if suffix == "mlp.linear_fc1.weight":
+        gate, up = full.chunk(2, dim=0)
+        return {prefix + "mlp.gate_proj.weight": gate, prefix + "mlp.up_proj.weight": up}
+    raise KeyError(f"no Hugging Face name for Megatron parameter '{name}'")
+
+
+@torch.no_grad()
+def export_hf_state_dict(model, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The full model in HF names (TP shards gathered, PP stages combined), on CPU, on every rank.
+
+    Tied models return no `lm_head.weight` (as `save_pretrained` writes them and vLLM loads them).
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    module = unwrap(model)
+    arch: HFArch = module.hf_arch
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    out: dict[str, torch.Tensor] = {}
+    for local_name, param in module.named_parameters():
+        name = _global_name(local_name, module)
+        if tp > 1 and _tp_split_dim(name) is not None:
+            shards = [torch.empty_like(param) for _ in range(tp)]
+            dist.all_gather(shards, param.detach().contiguous(),
+                            group=parallel_state.get_tensor_model_parallel_group())
+        else:
+            shards = [param.detach()]
+        full = _unshard(name, [s.cpu() for s in shards])
+        for hf_name, tensor in _hf_tensors_from_megatron(name, full, arch).items():
+            out.setdefault(hf_name, tensor.to(dtype or tensor.dtype).contiguous())
+    if pp > 1:
+        pieces: list[dict[str, torch.Tensor] | None] = [None] * pp
+        dist.all_gather_object(pieces, out, group=parallel_state.get_pipeline_model_parallel_group())
+        out = {}
+        for piece in pieces:
+            for hf_name, tensor in piece.items():
+                out.setdefault(hf_name, tensor)
+    return out
+
+
+def save_hf_model(model, template_hf_dir: str | Path, out_dir: str | Path, dtype: torch.dtype | None = None,
+                  max_shard_size: str = "5GB") -> Path:
+    """Write the model as an HF directory: template's config/tokenizer files + exported weights (atomic rename).
+
+    Collective under TP/PP (every rank must call it); only global rank 0 writes.
+    """
+    import torch.distributed as dist
+    from huggingface_hub import save_torch_state_dict
+
+    state = export_hf_state_dict(model, dtype)
+    out_dir = Path(out_dir)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        dist.barrier()
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        for item in Path(template_hf_dir).iterdir():
+            if item.is_file() and not item.name.endswith((".safetensors", ".safetensors.index.json", ".bin",
+                                                          "BUILD_COMPLETE")):
+                shutil.copy2(item, tmp / item.name)
+        config = json.loads((tmp / "config.json").read_text())
+        weight_dtype = str(next(iter(state.values())).dtype).replace("torch.", "")
+        config["dtype"] = weight_dtype
+        config.pop("torch_dtype", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_torch_state_dict(state, tmp, max_shard_size=max_shard_size)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.rename(out_dir, old)
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.barrier()
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Forward helpers shared by the policy and the tests
+
+
+def causal_attention_mask(seq_len: int, device=None) -> torch.Tensor:
+    """Megatron's boolean mask [1, 1, S, S], True = masked (future positions)."""
+    return torch.triu(torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool, device=device), diagonal=1)
+
+
+def forward_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """Logits [B, S, V_local] of a causal forward (vocab-parallel: each TP rank holds its vocab slice).
+
+    Right padding needs no extra mask: padded positions only see earlier tokens and are loss-masked.
+    """
+    batch, seq = input_ids.shape
+    positions = torch.arange(seq, device=input_ids.device).unsqueeze(0).expand(batch, seq)
+    return model(input_ids, positions, causal_attention_mask(seq, input_ids.device))
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
+    """log p(target) per position from vocab-parallel logits [B, S, V_local]; padded vocab ids are excluded.
+
+    Differentiable; under TP the softmax normaliser is all-reduced across the TP group.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    logits = logits.float()
+    tp = parallel_state.get_tensor_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() \
+        else 1
+    local = logits.shape[-1]
+    if vocab_size is not None and vocab_size < local * tp:
+        start = local * (parallel_state.get_tensor_model_parallel_rank() if tp > 1 else 0)
+        ids = torch.arange(start, start + local, device=logits.device)
+        logits = logits.masked_fill(ids >= vocab_size, float("-inf") if tp == 1 else -1e30)
+    if tp == 1:
+        return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return -vocab_parallel_cross_entropy(logits.clone(), targets)   # it shifts its input in place
+
+
+def describe(model) -> dict[str, Any]:
+    module = unwrap(model)
+    return {"hf_arch": asdict(module.hf_arch), "num_parameters": sum(p.numel() for p in module.parameters())}

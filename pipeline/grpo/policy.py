@@ -1,0 +1,393 @@
+"""The GRPO policy: a Megatron-core GPTModel trained by one process per rank, driven as Ray actors.
+
+`PolicyWorker` is one rank (tensor x pipeline x data parallel; all 1 on CPU with gloo, NCCL on GPUs). It holds
+the model in fp32 master weights (on GPU the forward runs under bf16 autocast when `policy.precision` is
+bfloat16), AdamW + Megatron's LR scheduler (see `optim.py` for why not Megatron's optimizer), and offers:
+`get_logprobs` (teacher-forced per-token log-probs for the previous/reference policy), `train` (GRPO loss over
+micro-batches, token-normalised over the whole optimizer step), `export_weights_blob` (safetensors bytes of the
+HF state dict, for refitting the generation engines), `save` / `load`.
+
+`PolicyGroup` lives in the driver: it starts one actor per rank, initialises torch.distributed among them and
+broadcasts each call, the way NeMo RL's lm_policy drives its Megatron workers; every worker sees the whole batch
+and takes its own data-parallel shard, so the driver never splits tensors by rank.
+
+Batch format (a dict of CPU tensors, right-padded):
+  input_ids [N, S] long, input_lengths [N] long, loss_mask [N, S] (1 on trained tokens), advantages [N],
+  prev_logprobs / generation_logprobs / reference_logprobs [N, S] (training only),
+  with `logprobs[b, t] = log p(input_ids[b, t] | input_ids[b, :t])` (position 0 is always 0).
+"""
+from __future__ import annotations
+
+import io
+import os
+import socket
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from pipeline.grpo.loss import LossConfig, clipped_pg_loss, reduce_loss_stats
+
+ModelFactory = Callable[..., torch.nn.Module]          # factory(tp=, pp=, dtype=) -> GPTModel
+WeightsExporter = Callable[[torch.nn.Module], dict]    # model -> full HF state dict (gathered over TP)
+
+# On GPUs the policy shares each GPU with a generation engine (colocated, as NeMo RL's default).
+COLOCATED_GPU_SHARE = 0.5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def init_model_parallel(rank: int, world_size: int, master_addr: str, master_port: int, tp: int, pp: int,
+                        device: torch.device) -> None:
+    """torch.distributed + Megatron parallel_state for this process (idempotent for the same world).
+
+    On CPU, Megatron needs two shims: its scratch memory buffer allocates on the current CUDA device, and its
+    model-parallel RNG tracker needs CUDA; the inference tracker's fork() is a no-op that keeps the CPU RNG.
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    if not dist.is_initialized():
+        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = master_addr, str(master_port)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    elif dist.get_world_size() != world_size:
+        raise RuntimeError(f"torch.distributed already initialised with world {dist.get_world_size()} != {world_size}")
+    if world_size % (tp * pp):
+        raise ValueError(f"world size {world_size} is not divisible by tensor({tp}) x pipeline({pp}) parallel sizes")
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if device.type == "cpu":
+        import megatron.core.utils as mcu
+        mcu.GlobalMemoryBuffer.get_tensor = (
+            lambda self, shape, dtype, name, mem_alloc_context=None: torch.empty(shape, dtype=dtype))
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    if device.type == "cpu":
+        from megatron.core.tensor_parallel.random import initialize_rng_tracker
+        initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+    else:
+        from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+        model_parallel_cuda_manual_seed(1234)
+
+
+def _shard(n: int, parts: int, index: int) -> slice:
+    """Contiguous, near-equal split of range(n) into `parts`; the `index`-th piece."""
+    base, extra = divmod(n, parts)
+    start = index * base + min(index, extra)
+    return slice(start, start + base + (1 if index < extra else 0))
+
+
+class PolicyWorker:
+    """One rank of the policy. Construct, then `setup(...)` on every rank at once (collective)."""
+
+    def __init__(self, policy_cfg: Mapping, loss_cfg: Mapping, model_factory: ModelFactory,
+                 weights_exporter: WeightsExporter, total_steps: int, rank: int, world_size: int,
+                 seed: int = 42, temperature: float = 1.0):
+        self.policy_cfg = dict(policy_cfg)
+        self.loss_cfg = LossConfig.from_cfg(loss_cfg)
+        self.model_factory, self.weights_exporter = model_factory, weights_exporter
+        self.total_steps, self.rank, self.world_size = total_steps, rank, world_size
+        self.seed, self.temperature = seed, float(temperature)
+        mcfg = self.policy_cfg["megatron_cfg"]
+        self.tp, self.pp = int(mcfg["tensor_model_parallel_size"]), int(mcfg["pipeline_model_parallel_size"])
+        if self.pp != 1:
+            raise NotImplementedError("pipeline_model_parallel_size > 1 is not supported yet (use TP and DP)")
+        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        self.autocast_dtype = torch.bfloat16 if str(self.policy_cfg.get("precision")) in ("bfloat16", "bf16") else None
+        self.reference_state: dict | None = None
+
+    # ---- setup -------------------------------------------------------------------------------------------
+    def node_address(self) -> tuple[str, int]:
+        """Where rank 0 listens for the process group (asked before setup)."""
+        return socket.gethostbyname(socket.gethostname()), _free_port()
+
+    def setup(self, master_addr: str, master_port: int) -> dict:
+        from megatron.core import parallel_state
+        from pipeline.grpo.optim import build_optimizer, build_scheduler
+
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        init_model_parallel(self.rank, self.world_size, master_addr, master_port, self.tp, self.pp, self.device)
+        self.dp = parallel_state.get_data_parallel_world_size()
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        torch.manual_seed(self.seed)
+        self.model = self.model_factory(tp=self.tp, pp=self.pp, dtype=torch.float32).to(self.device)
+        mcfg = self.policy_cfg["megatron_cfg"]
+        self.optimizer = build_optimizer(self.model, mcfg["optimizer"])
+        self.scheduler = build_scheduler(self.optimizer, mcfg["optimizer"], mcfg.get("scheduler", {}), self.total_steps)
+        if self.loss_cfg.uses_reference:  # the initial weights are the reference policy (kept on CPU)
+            self.reference_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+                                    if isinstance(v, torch.Tensor)}
+        return {"rank": self.rank, "dp_rank": self.dp_rank, "tp_rank": self.tp_rank,
+                "num_params": sum(p.numel() for p in self.model.parameters())}
+
+    @property
+    def reports(self) -> bool:
+        """Whether this rank's results are returned to the driver (one per data-parallel shard)."""
+        return self.tp_rank == 0
+
+    # ---- forward -----------------------------------------------------------------------------------------
+    def _token_logprobs(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """log p(token_t | tokens_<t) for t >= 1, 0 at t = 0; [B, S]. Grad flows when enabled."""
+        from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+        batch, seq = input_ids.shape
+        input_ids = input_ids.to(self.device)
+        position_ids = torch.arange(seq, device=self.device).unsqueeze(0).expand(batch, seq)
+        # CPU: Megatron's default causal mask is built on CUDA, so give it one; GPU: let the kernel do it.
+        mask = (torch.triu(torch.ones(seq, seq, dtype=torch.bool), 1)[None, None]
+                if self.device.type == "cpu" else None)
+        amp = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext())
+        with amp:
+            logits = self.model(input_ids, position_ids, mask)           # [B, S, V / tp]
+        shifted = logits[:, :-1].float()
+        if self.temperature != 1.0:  # vLLM reports log-probs of the temperature-scaled distribution
+            shifted = shifted / self.temperature
+        # a fresh contiguous copy: vocab_parallel_cross_entropy views it 2-D and works in place
+        shifted = shifted.clone(memory_format=torch.contiguous_format)
+        next_logprobs = -vocab_parallel_cross_entropy(shifted, input_ids[:, 1:].contiguous())
+        return torch.cat([torch.zeros(batch, 1, device=self.device), next_logprobs], dim=1)
+
+    def _microbatches(self, rows: slice, size: int, lengths: torch.Tensor):
+        """Slices of `rows` of at most `size` rows, each with its own (trimmed) sequence length."""
+        for start in range(rows.start, rows.stop, size):
+            sl = slice(start, min(start + size, rows.stop))
+            seq = int(lengths[sl].max().item())
+            seq += (-seq) % self.tp  # TP kernels like lengths divisible by the TP size
+            yield sl, max(seq, 2)
+
+    @torch.no_grad()
+    def get_logprobs(self, batch: Mapping[str, torch.Tensor], use_reference: bool = False) -> torch.Tensor | None:
+        """Per-token log-probs of this rank's data-parallel shard ([n_shard, S], CPU) or None on non-reporting ranks."""
+        ids, lengths = batch["input_ids"], batch["input_lengths"]
+        rows = _shard(ids.shape[0], self.dp, self.dp_rank)
+        swapped = self._swap_in_reference() if use_reference else None
+        self.model.eval()
+        out = torch.zeros(rows.stop - rows.start, ids.shape[1])
+        try:
+            mbs = int(self.policy_cfg.get("logprob_batch_size") or self.policy_cfg["train_micro_batch_size"])
+            for sl, seq in self._microbatches(rows, mbs, lengths):
+                lp = self._token_logprobs(self._pad_to(ids[sl], seq))
+                n = min(seq, ids.shape[1])
+                out[sl.start - rows.start: sl.stop - rows.start, :n] = lp[:, :n].cpu()
+        finally:
+            if swapped is not None:
+                self.model.load_state_dict(swapped, strict=False)
+        return out if self.reports else None
+
+    def _pad_to(self, ids: torch.Tensor, seq: int) -> torch.Tensor:
+        if ids.shape[1] >= seq:
+            return ids[:, :seq]
+        return torch.nn.functional.pad(ids, (0, seq - ids.shape[1]), value=0)
+
+    def _swap_in_reference(self) -> dict:
+        if self.reference_state is None:
+            raise RuntimeError("reference log-probs requested but the KL penalty is off (no reference kept)")
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items() if isinstance(v, torch.Tensor)}
+        self.model.load_state_dict(self.reference_state, strict=False)
+        return current
+
+    # ---- training ----------------------------------------------------------------------------------------
+    def train(self, batch: Mapping[str, torch.Tensor]) -> list[dict] | None:
+        """One or more optimizer steps (`train_global_batch_size` rollouts each) on the batch.
+
+        Returns, on reporting ranks, per optimizer step: the raw micro-batch loss sums of this DP shard,
+        the global valid-token count, grad_norm and lr (the driver combines the shards)."""
+        from megatron.core import parallel_state
+        from pipeline.grpo.optim import clip_grad_norm, current_lr
+
+        n = batch["input_ids"].shape[0]
+        gbs = int(self.policy_cfg["train_global_batch_size"])
+        mbs = int(self.policy_cfg["train_micro_batch_size"])
+        max_grad_norm = self.policy_cfg.get("max_grad_norm")
+        self.model.train()
+        results = []
+        for step_start in range(0, n, gbs):
+            step_rows = slice(step_start, min(step_start + gbs, n))
+            mask_all = batch["loss_mask"][step_rows]
+            global_tokens = float(mask_all.sum())
+            shard = _shard(step_rows.stop - step_rows.start, self.dp, self.dp_rank)
+            rows = slice(step_rows.start + shard.start, step_rows.start + shard.stop)
+            self.optimizer.zero_grad(set_to_none=True)
+            parts = []
+            if global_tokens > 0:
+                for sl, seq in self._microbatches(rows, mbs, batch["input_lengths"]):
+                    pick = lambda key: self._pad_to(batch[key][sl], seq).to(self.device)  # noqa: E731
+                    logprobs = self._token_logprobs(pick("input_ids"))
+                    loss, stats = clipped_pg_loss(
+                        self.loss_cfg, logprobs, pick("prev_logprobs"), batch["advantages"][sl].to(self.device),
+                        pick("loss_mask").float(), global_tokens,
+                        generation_logprobs=pick("generation_logprobs") if "generation_logprobs" in batch else None,
+                        reference_logprobs=pick("reference_logprobs") if "reference_logprobs" in batch else None)
+                    loss.backward()
+                    parts.append({k: v.item() for k, v in stats.items()})
+            self._allreduce_grads(parallel_state.get_data_parallel_group())
+            grad_norm = clip_grad_norm(self.model.parameters(), max_grad_norm,
+                                       parallel_state.get_model_parallel_group())
+            lr = current_lr(self.optimizer)
+            if global_tokens > 0:
+                self.optimizer.step()
+                self.scheduler.step(1)
+            results.append({"parts": parts, "global_valid_tokens": global_tokens, "grad_norm": grad_norm, "lr": lr})
+        return results if self.reports else None
+
+    def _allreduce_grads(self, group) -> None:
+        """Sum gradients over data-parallel ranks (each rank's loss is already divided by the global tokens)."""
+        import torch.distributed as dist
+
+        if dist.get_world_size(group) == 1:
+            return
+        for p in self.model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        flat = torch._utils._flatten_dense_tensors(grads)
+        dist.all_reduce(flat, group=group)
+        for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            g.copy_(synced)
+
+    # ---- weights -----------------------------------------------------------------------------------------
+    def export_weights_blob(self, dtype: str = "bfloat16") -> bytes | None:
+        """safetensors bytes of the HF state dict (rank 0 only; every rank takes part in the TP gather)."""
+        from safetensors.torch import save
+
+        state = self.weights_exporter(self.model)
+        if self.rank != 0:
+            return None
+        torch_dtype = getattr(torch, dtype)
+        return save({k: v.detach().to("cpu", torch_dtype).contiguous().clone() for k, v in state.items()})
+
+    def param_checksum(self) -> float:
+        """Sum of |w| over this rank's parameters (tests: did the weights change, are replicas equal)."""
+        return float(sum(p.detach().double().abs().sum() for p in self.model.parameters()))
+
+    def current_lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def save(self, directory: str) -> None:
+        """Weights, optimizer and scheduler state of this (tp, pp) shard; DP replicas are equal, rank dp 0 writes."""
+        if self.dp_rank != 0:
+            return
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "reference": self.reference_state,
+            "torch_rng": torch.get_rng_state(),
+            "tp": self.tp, "pp": self.pp,
+        }
+        target = path / f"model_tp{self.tp_rank:02d}_pp00.pt"
+        tmp = target.with_suffix(".pt.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, target)
+
+    def load(self, directory: str) -> None:
+        target = Path(directory) / f"model_tp{self.tp_rank:02d}_pp00.pt"
+        if not target.exists():
+            raise FileNotFoundError(f"policy checkpoint shard {target} is missing")
+        state = torch.load(target, map_location="cpu", weights_only=False)
+        if (state["tp"], state["pp"]) != (self.tp, self.pp):
+            raise ValueError(f"{target} was saved with TP={state['tp']} PP={state['pp']}; this run uses "
+                             f"TP={self.tp} PP={self.pp} (resharding on load is not supported)")
+        self.model.load_state_dict(state["model"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        for group in self.optimizer.param_groups:  # the scheduler sets lr when it steps; restore it now
+            group["lr"] = self.scheduler.get_lr(group)
+        self.reference_state = state.get("reference") or self.reference_state
+        torch.set_rng_state(state["torch_rng"])
+
+
+def combine_train_results(per_rank: list[list[dict] | None]) -> dict[str, float]:
+    """Merge the reporting ranks' per-step results into one metrics dict (mean over optimizer steps)."""
+    reports = [r for r in per_rank if r is not None]
+    num_steps = len(reports[0])
+    steps = []
+    for i in range(num_steps):
+        parts = [p for r in reports for p in r[i]["parts"]]
+        tokens = reports[0][i]["global_valid_tokens"]
+        merged = reduce_loss_stats(parts, tokens) if parts else {"loss": 0.0}
+        merged.update(grad_norm=reports[0][i]["grad_norm"], lr=reports[0][i]["lr"], global_valid_toks=tokens)
+        steps.append(merged)
+    out = {}
+    for key in steps[0]:
+        values = [s[key] for s in steps if key in s]
+        if key == "probs_ratio_min":
+            out[key] = min(values)
+        elif key == "probs_ratio_max":
+            out[key] = max(values)
+        elif key == "global_valid_toks":
+            out[key] = sum(values)
+        elif key == "lr":
+            out[key] = values[-1]
+        else:
+            out[key] = sum(values) / len(values)
+    out["num_optimizer_steps"] = num_steps
+    return out
+
+
+class PolicyGroup:
+    """Driver-side handle: one Ray actor per rank, each call broadcast to all and the results combined."""
+
+    def __init__(self, cfg, model_factory: ModelFactory, weights_exporter: WeightsExporter, total_steps: int,
+                 world_size: int | None = None):
+        import ray
+        from omegaconf import OmegaConf
+
+        policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
+        loss_cfg = OmegaConf.to_container(cfg.loss_fn, resolve=True)
+        gpus = int(cfg.cluster.gpus_per_node) * int(cfg.cluster.num_nodes)
+        mcfg = policy_cfg["megatron_cfg"]
+        world = world_size or (gpus if gpus > 0 else
+                               int(mcfg["tensor_model_parallel_size"]) * int(mcfg["pipeline_model_parallel_size"]))
+        options = {"num_cpus": 1}
+        if gpus > 0:
+            options["num_gpus"] = COLOCATED_GPU_SHARE
+        actor_cls = ray.remote(PolicyWorker)
+        temperature = float(policy_cfg.get("generation", {}).get("temperature", 1.0))
+        self.workers = [
+            actor_cls.options(**options).remote(policy_cfg, loss_cfg, model_factory, weights_exporter, total_steps,
+                                                rank, world, int(cfg.grpo.seed), temperature)
+            for rank in range(world)
+        ]
+        addr, port = ray.get(self.workers[0].node_address.remote())
+        self.setup_info = ray.get([w.setup.remote(addr, port) for w in self.workers])
+        self._ray = ray
+
+    def _all(self, method: str, *args, **kwargs) -> list:
+        return self._ray.get([getattr(w, method).remote(*args, **kwargs) for w in self.workers])
+
+    def _broadcast_batch(self, batch: Mapping[str, torch.Tensor]):
+        return self._ray.put(dict(batch))
+
+    def get_logprobs(self, batch: Mapping[str, torch.Tensor], use_reference: bool = False) -> torch.Tensor:
+        shards = self._all("get_logprobs", self._broadcast_batch(batch), use_reference)
+        return torch.cat([s for s in shards if s is not None], dim=0)
+
+    def train(self, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        return combine_train_results(self._all("train", self._broadcast_batch(batch)))
+
+    def export_weights_blob(self, dtype: str = "bfloat16") -> bytes:
+        return self._all("export_weights_blob", dtype)[0]
+
+    def save(self, directory: str | Path) -> None:
+        self._all("save", str(directory))
+
+    def load(self, directory: str | Path) -> None:
+        self._all("load", str(directory))
+
+    def param_checksums(self) -> list[float]:
+        return self._all("param_checksum")
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            self._ray.kill(w)
+        self.workers = []

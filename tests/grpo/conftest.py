@@ -1,0 +1,54 @@
+"""Shared helpers for the GRPO tests: an in-process policy worker on the toy Megatron GPT."""
+import functools
+import os
+
+import pytest
+import torch
+
+from pipeline.grpo.toy import build_toy_gpt, export_toy_state_dict
+
+POLICY_CFG = {
+    "train_global_batch_size": 8,
+    "train_micro_batch_size": 2,
+    "logprob_batch_size": 4,
+    "precision": "float32",
+    "max_grad_norm": 1.0,
+    "megatron_cfg": {
+        "tensor_model_parallel_size": 1,
+        "pipeline_model_parallel_size": 1,
+        "optimizer": {"optimizer": "adam", "lr": 1e-2, "min_lr": 1e-3, "weight_decay": 0.01,
+                      "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_eps": 1e-8},
+        "scheduler": {"lr_decay_style": "cosine", "lr_warmup_iters": 0},
+    },
+}
+LOSS_CFG = {"ratio_clip_min": 0.2, "ratio_clip_max": 0.2, "ratio_clip_c": None,
+            "reference_policy_kl_penalty": 0.0, "reference_policy_kl_type": "k3",
+            "kl_input_clamp_value": 20.0, "kl_output_clamp_value": 10.0, "token_level_loss": True}
+
+
+def make_worker(policy_overrides=None, loss_overrides=None, total_steps=10, seed=1):
+    from pipeline.grpo.policy import PolicyWorker
+
+    cfg = {**POLICY_CFG, **(policy_overrides or {})}
+    worker = PolicyWorker(cfg, {**LOSS_CFG, **(loss_overrides or {})}, functools.partial(build_toy_gpt, seed=seed),
+                          export_toy_state_dict, total_steps=total_steps, rank=0, world_size=1)
+    worker.setup("127.0.0.1", int(os.environ.get("GRPO_TEST_PORT", "29533")))
+    return worker
+
+
+def random_batch(n=8, seq=12, vocab=32, seed=0):
+    """Rollout-shaped batch: prompts of 3 tokens, responses of varied length, right padding."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (n, seq), generator=g)
+    lengths = torch.randint(6, seq + 1, (n,), generator=g)
+    mask = torch.zeros(n, seq)
+    for i, L in enumerate(lengths.tolist()):
+        ids[i, L:] = 0
+        mask[i, 3:L] = 1
+    return {"input_ids": ids, "input_lengths": lengths, "loss_mask": mask,
+            "advantages": torch.randn(n, generator=g)}
+
+
+@pytest.fixture
+def worker():
+    return make_worker()

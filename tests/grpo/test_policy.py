@@ -1,0 +1,122 @@
+"""The Megatron-core policy worker on CPU (gloo, world 1): log-probs, a train step, micro-batch invariance,
+LR schedule, save/load."""
+import math
+
+import pytest
+import torch
+
+from conftest import make_worker, random_batch
+
+
+def test_logprobs_match_manual_softmax_and_ignore_padding(worker):
+    batch = random_batch()
+    lp = worker.get_logprobs(batch)
+    assert lp.shape == batch["input_ids"].shape
+    assert torch.all(lp[:, 0] == 0)
+    # recompute row 0 alone at its own length with a plain log_softmax of the model's logits
+    L = int(batch["input_lengths"][0])
+    ids = batch["input_ids"][:1, :L]
+    with torch.no_grad():
+        mask = torch.triu(torch.ones(L, L, dtype=torch.bool), 1)[None, None]
+        logits = worker.model(ids, torch.arange(L)[None], mask)
+    manual = torch.log_softmax(logits.float(), -1)[0, :-1].gather(-1, ids[0, 1:, None]).squeeze(-1)
+    assert torch.allclose(lp[0, 1:L], manual, atol=1e-5)
+    assert torch.all(lp <= 0)
+
+
+def _trained_state(mbs, batch):
+    w = make_worker({"train_micro_batch_size": mbs})
+    batch = dict(batch, prev_logprobs=w.get_logprobs(batch))
+    before = w.param_checksum()
+    res = w.train(batch)
+    return w, res, before
+
+
+def test_train_step_changes_weights_with_finite_metrics():
+    batch = random_batch()
+    w, res, before = _trained_state(2, batch)
+    assert len(res) == 1  # 8 rollouts, global batch 8: one optimizer step
+    step = res[0]
+    assert math.isfinite(step["grad_norm"]) and step["grad_norm"] > 0
+    assert step["lr"] == pytest.approx(1e-2)
+    assert all(math.isfinite(p["loss"]) for p in step["parts"])
+    assert w.param_checksum() != pytest.approx(before, rel=1e-9)
+    # on-policy first step: the ratio is exactly 1 and nothing is clipped
+    assert all(p["probs_ratio_clamped"] == 0 for p in step["parts"])
+
+
+def test_microbatch_size_does_not_change_the_update():
+    batch = random_batch(seed=3)
+    w1, r1, _ = _trained_state(1, batch)
+    w4, r4, _ = _trained_state(4, batch)
+    assert r1[0]["grad_norm"] == pytest.approx(r4[0]["grad_norm"], rel=1e-5)
+    assert sum(p["loss"] for p in r1[0]["parts"]) == pytest.approx(sum(p["loss"] for p in r4[0]["parts"]), rel=1e-5)
+    # compare the (clipped) gradients the optimizer used; Adam's first step ~ lr * sign(g) would amplify
+    # float noise in near-zero gradients, so the weights themselves are not the right thing to compare
+    for (n, a), (_, b) in zip(w1.model.named_parameters(), w4.model.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-8), n
+
+
+def test_two_optimizer_steps_when_batch_exceeds_global_batch():
+    batch = random_batch(n=8)
+    w = make_worker({"train_global_batch_size": 4})
+    res = w.train(dict(batch, prev_logprobs=w.get_logprobs(batch)))
+    assert len(res) == 2
+    assert res[0]["global_valid_tokens"] == float(batch["loss_mask"][:4].sum())
+
+
+def test_scheduler_warmup_then_cosine_to_min_lr():
+    w = make_worker({"megatron_cfg": {**make_worker.__globals__["POLICY_CFG"]["megatron_cfg"],
+                                      "scheduler": {"lr_decay_style": "cosine", "lr_warmup_iters": 2}}},
+                    total_steps=6)
+    lrs = []
+    for _ in range(8):
+        lrs.append(w.current_lr())
+        w.scheduler.step(1)
+    lr, min_lr = 1e-2, 1e-3
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(lr / 2) and lrs[2] == pytest.approx(lr)
+    # cosine from step 2 to 6: halfway (step 4) is the midpoint of lr and min_lr
+    assert lrs[4] == pytest.approx(min_lr + 0.5 * (lr - min_lr))
+    assert lrs[6] == pytest.approx(min_lr) and lrs[7] == pytest.approx(min_lr)
+
+
+def test_constant_schedule():
+    cfg = make_worker.__globals__["POLICY_CFG"]["megatron_cfg"]
+    w = make_worker({"megatron_cfg": {**cfg, "scheduler": {"lr_decay_style": "constant", "lr_warmup_iters": 0}}})
+    for _ in range(5):
+        w.scheduler.step(1)
+    assert w.current_lr() == pytest.approx(1e-2)
+
+
+def test_save_load_roundtrip_continues_identically(tmp_path):
+    batch = random_batch(seed=5)
+    a = make_worker()
+    a.train(dict(batch, prev_logprobs=a.get_logprobs(batch)))
+    a.save(str(tmp_path / "policy"))
+    b = make_worker(seed=99)  # different initial weights: load must overwrite them
+    b.load(str(tmp_path / "policy"))
+    assert b.current_lr() == pytest.approx(a.current_lr())
+    batch2 = random_batch(seed=6)
+    ra = a.train(dict(batch2, prev_logprobs=a.get_logprobs(batch2)))
+    rb = b.train(dict(batch2, prev_logprobs=b.get_logprobs(batch2)))
+    assert ra[0]["grad_norm"] == rb[0]["grad_norm"]
+    assert a.param_checksum() == b.param_checksum()
+
+
+def test_reference_logprobs_stay_at_initial_policy():
+    batch = random_batch(seed=7)
+    w = make_worker(loss_overrides={"reference_policy_kl_penalty": 0.1})
+    initial = w.get_logprobs(batch)
+    b = dict(batch, prev_logprobs=initial, reference_logprobs=initial)
+    w.train(b)
+    assert not torch.allclose(w.get_logprobs(batch), initial)
+    assert torch.allclose(w.get_logprobs(batch, use_reference=True), initial)
+    assert not torch.allclose(w.get_logprobs(batch), initial)  # swapped back
+
+
+def test_export_blob_roundtrips_weights(worker):
+    from safetensors.torch import load
+    tensors = load(worker.export_weights_blob("float32"))
+    for name, value in worker.model.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(tensors[name], value)

@@ -36,45 +36,6 @@ WeightsExporter = Callable[[torch.nn.Module], dict]    # model -> full HF state 
 COLOCATED_GPU_SHARE = 0.5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
-def init_model_parallel(rank: int, world_size: int, master_addr: str, master_port: int, tp: int, pp: int,
-                        device: torch.device) -> None:
-    """torch.distributed + Megatron parallel_state for this process (idempotent for the same world).
-
-    On CPU, Megatron needs two shims: its scratch memory buffer allocates on the current CUDA device, and its
-    model-parallel RNG tracker needs CUDA; the inference tracker's fork() is a no-op that keeps the CPU RNG.
-    """
-    import torch.distributed as dist
-    from megatron.core import parallel_state
-
-    if not dist.is_initialized():
-        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = master_addr, str(master_port)
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
-    elif dist.get_world_size() != world_size:
-        raise RuntimeError(f"torch.distributed already initialised with world {dist.get_world_size()} != {world_size}")
-    if world_size % (tp * pp):
-        raise ValueError(f"world size {world_size} is not divisible by tensor({tp}) x pipeline({pp}) parallel sizes")
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
-    if device.type == "cpu":
-        import megatron.core.utils as mcu
-        mcu.GlobalMemoryBuffer.get_tensor = (
-            lambda self, shape, dtype, name, mem_alloc_context=None: torch.empty(shape, dtype=dtype))
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
-    if device.type == "cpu":
-        from megatron.core.tensor_parallel.random import initialize_rng_tracker
-        initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
-    else:
-        from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
-        model_parallel_cuda_manual_seed(1234)
-
-
 def _shard(n: int, parts: int, index: int) -> slice:
     """Contiguous, near-equal split of range(n) into `parts`; the `index`-th piece."""
     base, extra = divmod(n, parts)
@@ -104,15 +65,19 @@ class PolicyWorker:
     # ---- setup -------------------------------------------------------------------------------------------
     def node_address(self) -> tuple[str, int]:
         """Where rank 0 listens for the process group (asked before setup)."""
-        return socket.gethostbyname(socket.gethostname()), _free_port()
+        import ray
+        from pipeline.distributed import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
 
     def setup(self, master_addr: str, master_port: int) -> dict:
         from megatron.core import parallel_state
         from pipeline.grpo.optim import build_optimizer, build_scheduler
 
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        init_model_parallel(self.rank, self.world_size, master_addr, master_port, self.tp, self.pp, self.device)
+        from pipeline.distributed import init_distributed
+
+        init_distributed(self.tp, self.pp, rank=self.rank, world_size=self.world_size, master_addr=master_addr,
+                         master_port=master_port, seed=self.seed)
         self.dp = parallel_state.get_data_parallel_world_size()
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
@@ -135,23 +100,21 @@ class PolicyWorker:
     # ---- forward -----------------------------------------------------------------------------------------
     def _token_logprobs(self, input_ids: torch.Tensor) -> torch.Tensor:
         """log p(token_t | tokens_<t) for t >= 1, 0 at t = 0; [B, S]. Grad flows when enabled."""
-        from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+        from pipeline.models.megatron_bridge import causal_attention_mask, token_logprobs
 
         batch, seq = input_ids.shape
         input_ids = input_ids.to(self.device)
         position_ids = torch.arange(seq, device=self.device).unsqueeze(0).expand(batch, seq)
-        # CPU: Megatron's default causal mask is built on CUDA, so give it one; GPU: let the kernel do it.
-        mask = (torch.triu(torch.ones(seq, seq, dtype=torch.bool), 1)[None, None]
-                if self.device.type == "cpu" else None)
+        # CPU: Megatron's default causal mask is built on CUDA, so give it one; GPU: let the kernel build it.
+        mask = causal_attention_mask(seq) if self.device.type == "cpu" else None
         amp = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext())
         with amp:
             logits = self.model(input_ids, position_ids, mask)           # [B, S, V / tp]
         shifted = logits[:, :-1].float()
         if self.temperature != 1.0:  # vLLM reports log-probs of the temperature-scaled distribution
             shifted = shifted / self.temperature
-        # a fresh contiguous copy: vocab_parallel_cross_entropy views it 2-D and works in place
-        shifted = shifted.clone(memory_format=torch.contiguous_format)
-        next_logprobs = -vocab_parallel_cross_entropy(shifted, input_ids[:, 1:].contiguous())
+        next_logprobs = token_logprobs(shifted.contiguous(), input_ids[:, 1:].contiguous(),
+                                       vocab_size=getattr(self.model, "hf_vocab_size", None))
         return torch.cat([torch.zeros(batch, 1, device=self.device), next_logprobs], dim=1)
 
     def _microbatches(self, rows: slice, size: int, lengths: torch.Tensor):

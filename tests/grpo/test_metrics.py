@@ -1,0 +1,33 @@
+"""MetricsLogger: jsonl lines, truncation on resume, the PNG plot, wandb offline."""
+import json
+
+from pipeline.grpo.metrics import MetricsLogger, format_console_line
+
+
+def test_jsonl_plot_and_resume_truncation(tmp_path, capsys):
+    log = MetricsLogger(tmp_path)
+    for step in range(1, 5):
+        m = {"train:reward_mean": 0.1 * step, "train:loss": 0.5, "grad_norm": 1.0}
+        if step % 2 == 0:
+            m["val:accuracy"] = 0.2 * step
+        log.log(step, m)
+    assert "step 4 | reward=0.4" in capsys.readouterr().out
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[1]["val:accuracy"] == 0.4
+    png = log.plot()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    resumed = MetricsLogger(tmp_path, resume_step=2)
+    assert [r["step"] for r in resumed.read()] == [1, 2]
+
+
+def test_wandb_offline_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    log = MetricsLogger(tmp_path, {"project": "p", "name": "n"}, wandb_enabled=True, echo=False)
+    log.log(1, {"train:reward_mean": 0.5})
+    log.finish()
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_console_line_skips_missing_and_non_numeric():
+    assert format_console_line(3, {"train:loss": 0.25, "grad_norm": "nan"}) == "step 3 | loss=0.25"

@@ -94,12 +94,55 @@ def call_from_object(obj: Any, where: str) -> tuple[dict[str, str] | None, str |
     return {"name": name.strip(), "arguments": arguments_text}, None
 
 
-def decode_json(payload: str) -> tuple[Any, str | None]:
-    """json.loads that reports failure as text instead of raising (payloads of any size and nesting)."""
-    try:
-        return json.loads(payload), None
-    except (ValueError, RecursionError) as error:  # JSONDecodeError is a ValueError
-        return None, f"{type(error).__name__}: {error}"
+_DECODER = json.JSONDecoder()
+
+
+@dataclass
+class Block:
+    """One tagged call block found in model text: its span and decoded payload (or why it did not decode)."""
+
+    start: int
+    end: int
+    payload: str
+    value: Any = None
+    error: str | None = None
+
+
+def scan_blocks(text: str, open_tag: str, close_tag: str) -> list[Block]:
+    """Find `open_tag JSON close_tag` blocks. The JSON is decoded where the block opens, so a closing tag inside a
+    JSON string does not cut the call short; the last block may be left open (generation stopped at the closing
+    tag or ran out of tokens). A block whose JSON does not decode runs to the next closing tag and carries the
+    error."""
+    blocks: list[Block] = []
+    position = 0
+    while True:
+        start = text.find(open_tag, position)
+        if start == -1:
+            return blocks
+        body = start + len(open_tag)
+        first = body
+        while first < len(text) and text[first].isspace():
+            first += 1
+        try:
+            value, stop = _DECODER.raw_decode(text, first)
+            after = stop
+            while after < len(text) and text[after].isspace():
+                after += 1
+            if text.startswith(close_tag, after):
+                blocks.append(Block(start, after + len(close_tag), text[body:after], value))
+                position = after + len(close_tag)
+                continue
+            if after == len(text):
+                blocks.append(Block(start, after, text[body:after], value))
+                return blocks
+            error = f"unexpected text after the JSON value at char {stop - first}"
+        except (ValueError, RecursionError) as problem:
+            error = f"{type(problem).__name__}: {problem}"
+        close = text.find(close_tag, body)
+        end = len(text) if close == -1 else close + len(close_tag)
+        payload = text[body:] if close == -1 else text[body:close]
+        blocks.append(Block(start, end, payload, error=error))
+        position = end
 
 
 def arguments_text(arguments: Any) -> str:

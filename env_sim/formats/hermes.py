@@ -8,17 +8,14 @@ Conversation markup: ChatML (`<|im_start|>role\\n...<|im_end|>\\n`).
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Iterable, Sequence
 
-from env_sim.formats._common import ParsedTurn, arguments_text, call_from_object, decode_json, snippet, split_reasoning
+from env_sim.formats._common import ParsedTurn, arguments_text, call_from_object, scan_blocks, snippet, split_reasoning
 from env_sim.formats.base import ToolCallFormat
 from env_sim.formats.responses import tool_to_chat
 
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
-# A closed block, or a last block left open (generation stopped at the closing tag or ran out of tokens).
-_CALL_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>|<tool_call>(.*)\Z", re.DOTALL)
 
 _TOOLS_HEADER = (
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -64,19 +61,17 @@ class HermesFormat(ToolCallFormat):
         errors: list[str] = []
         content_parts: list[str] = []
         position = 0
-        for number, match in enumerate(_CALL_BLOCK.finditer(visible), start=1):
-            content_parts.append(visible[position:match.start()])
-            position = match.end()
-            payload = match.group(1) if match.group(1) is not None else match.group(2)
+        for number, block in enumerate(scan_blocks(visible, CALL_OPEN, CALL_CLOSE), start=1):
+            content_parts.append(visible[position:block.start])
+            position = block.end
             where = f"Tool call {number}"
-            decoded, error = decode_json(payload.strip())
-            if error is not None:
-                errors.append(f"{where} could not be parsed ({error}); {_EXPECTED}. Got: {snippet(payload)}")
+            if block.error is not None:
+                errors.append(f"{where} could not be parsed ({block.error}); {_EXPECTED}. Got: {snippet(block.payload)}")
                 continue
-            for obj in decoded if isinstance(decoded, list) else [decoded]:
+            for obj in block.value if isinstance(block.value, list) else [block.value]:
                 call, problem = call_from_object(obj, where)
                 if problem is not None:
-                    errors.append(f"{problem} Got: {snippet(payload)}")
+                    errors.append(f"{problem} Got: {snippet(block.payload)}")
                 else:
                     calls.append(call)
         content_parts.append(visible[position:])

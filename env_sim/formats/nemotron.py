@@ -9,16 +9,14 @@ Conversation markup: `<SPECIAL_10>System`, `<SPECIAL_11>User` / `<SPECIAL_11>Ass
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Iterable, Sequence
 
-from env_sim.formats._common import ParsedTurn, arguments_text, call_from_object, decode_json, snippet, split_reasoning
+from env_sim.formats._common import ParsedTurn, arguments_text, call_from_object, scan_blocks, snippet, split_reasoning
 from env_sim.formats.base import ToolCallFormat
 from env_sim.formats.responses import function_definition
 
 CALL_OPEN = "<TOOLCALL>"
 CALL_CLOSE = "</TOOLCALL>"
-_CALL_BLOCK = re.compile(r"<TOOLCALL>(.*?)</TOOLCALL>|<TOOLCALL>(.*)\Z", re.DOTALL)
 
 _TOOLS_INTRO = "You can use the following tools to assist the user if required:\n"
 _TOOLS_INSTRUCTIONS = (
@@ -72,20 +70,18 @@ class NemotronFormat(ToolCallFormat):
         errors: list[str] = []
         content_parts: list[str] = []
         position = 0
-        for number, match in enumerate(_CALL_BLOCK.finditer(visible), start=1):
-            content_parts.append(visible[position:match.start()])
-            position = match.end()
-            payload = match.group(1) if match.group(1) is not None else match.group(2)
+        for number, block in enumerate(scan_blocks(visible, CALL_OPEN, CALL_CLOSE), start=1):
+            content_parts.append(visible[position:block.start])
+            position = block.end
             where = f"Tool call block {number}"
-            decoded, error = decode_json(payload.strip())
-            if error is not None:
-                errors.append(f"{where} could not be parsed ({error}); {_EXPECTED}. Got: {snippet(payload)}")
+            if block.error is not None:
+                errors.append(f"{where} could not be parsed ({block.error}); {_EXPECTED}. Got: {snippet(block.payload)}")
                 continue
-            entries = decoded if isinstance(decoded, list) else [decoded]
+            entries = block.value if isinstance(block.value, list) else [block.value]
             for entry_number, obj in enumerate(entries, start=1):
                 call, problem = call_from_object(obj, f"{where}, entry {entry_number}")
                 if problem is not None:
-                    errors.append(f"{problem} Got: {snippet(payload)}")
+                    errors.append(f"{problem} Got: {snippet(block.payload)}")
                 else:
                     calls.append(call)
         content_parts.append(visible[position:])

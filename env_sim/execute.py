@@ -1,0 +1,57 @@
+"""Running one tool call the way the reference server and agent do.
+
+``call_tool`` is the server side (``POST /<tool_name>``): None-valued arguments are dropped, and an
+unknown tool, a wrong argument or an exception becomes ``"Error executing tool '<name>': <message>"``.
+``execute_call`` adds the agent side: it parses the model's JSON arguments and returns the exact
+``function_call_output`` text the reference agent records (the server's raw response body).
+"""
+
+from __future__ import annotations
+
+import json
+
+from env_sim.tools import REGISTRY
+
+
+def call_tool(db, name: str, kwargs: dict):
+    """Run tool ``name`` on ``db``; returns the tool's result (str, dict or list) or the error string."""
+    args = {key: value for key, value in kwargs.items() if value is not None}
+    try:
+        entry = REGISTRY[name]
+        return getattr(entry.toolkit(db), entry.method)(**args)
+    except Exception as e:  # returned to the model so it can correct itself, as the reference does
+        return f"Error executing tool '{name}': {e}"
+
+
+def dump_output(result) -> str:
+    """The server's JSON body for ``{"output": result}`` (compact, UTF-8 kept as is)."""
+    return json.dumps({"output": result}, ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_arguments(arguments_json):
+    """``(kwargs, None)`` or ``(None, error_output)`` for the model's JSON argument string."""
+    try:
+        parsed = json.loads(arguments_json)
+    except (json.JSONDecodeError, TypeError) as e:
+        return None, json.dumps({"error": f"Invalid tool call arguments: {e!r}"})
+    if not isinstance(parsed, dict):
+        return None, unprocessable_body(parsed)
+    return parsed, None
+
+
+def unprocessable_body(body) -> str:
+    """The 422 body the reference's FastAPI route answers when the JSON body is not an object."""
+    if body is None:  # the agent posts no body at all
+        detail = {"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}
+    else:
+        detail = {"type": "model_attributes_type", "loc": ["body"],
+                  "msg": "Input should be a valid dictionary or object to extract fields from", "input": body}
+    return json.dumps({"detail": [detail]}, ensure_ascii=False, separators=(",", ":"))
+
+
+def execute_call(db, name: str, arguments_json: str) -> str:
+    """The ``function_call_output`` text the reference agent records for one model tool call."""
+    kwargs, error_output = parse_arguments(arguments_json)
+    if error_output is not None:
+        return error_output
+    return dump_output(call_tool(db, name, kwargs))

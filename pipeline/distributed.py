@@ -136,3 +136,24 @@ def destroy_distributed() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
+    """Connect to (or, with no cluster around, start) Ray so that actors can import this repository.
+
+    `address`: an existing cluster ("auto" inside a Ray-on-Slurm job, or `RAY_ADDRESS`); None starts a local
+    instance sized to `num_cpus`. Actors get the repo root on PYTHONPATH (they import `pipeline`/`env_sim` by name).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    python_path = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = {"runtime_env": {"env_vars": {"PYTHONPATH": python_path}}, "include_dashboard": False,
+              "log_to_driver": True}
+    if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # a private single-user instance
+        kwargs["num_cpus"] = num_cpus or os.cpu_count()
+    ray.init(address=address, **kwargs)

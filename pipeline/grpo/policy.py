@@ -354,3 +354,41 @@ class PolicyGroup:
         for w in self.workers:
             self._ray.kill(w)
         self.workers = []
+
+
+class InProcessPolicy:
+    """A single-rank policy in the calling process, same interface as `PolicyGroup` (no Ray).
+
+    For unit tests and quick single-process checks (sanity stage); training jobs use `PolicyGroup`."""
+
+    def __init__(self, cfg, model_factory: ModelFactory, weights_exporter: WeightsExporter, total_steps: int,
+                 master_port: int | None = None):
+        from omegaconf import OmegaConf
+        from pipeline.distributed import free_port
+
+        policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
+        temperature = float(policy_cfg.get("generation", {}).get("temperature", 1.0))
+        self.worker = PolicyWorker(policy_cfg, OmegaConf.to_container(cfg.loss_fn, resolve=True), model_factory,
+                                   weights_exporter, total_steps, 0, 1, int(cfg.grpo.seed), temperature)
+        self.setup_info = [self.worker.setup("127.0.0.1", master_port or free_port())]
+
+    def get_logprobs(self, batch, use_reference: bool = False) -> torch.Tensor:
+        return self.worker.get_logprobs(batch, use_reference)
+
+    def train(self, batch) -> dict[str, float]:
+        return combine_train_results([self.worker.train(batch)])
+
+    def export_weights_blob(self, dtype: str = "bfloat16") -> bytes:
+        return self.worker.export_weights_blob(dtype)
+
+    def save(self, directory) -> None:
+        self.worker.save(str(directory))
+
+    def load(self, directory) -> None:
+        self.worker.load(str(directory))
+
+    def param_checksums(self) -> list[float]:
+        return [self.worker.param_checksum()]
+
+    def shutdown(self) -> None:
+        pass

@@ -1,0 +1,344 @@
+"""The GRPO loop. One step, top to bottom (each phase timed as `timing/train/<phase>`):
+
+    prompts    = loader.next_batch()                            # seeded order, epochs, resumable position
+    rollouts   = rollout_fn(prompts x n, generation, seed=f(seed, step))   # multi-turn episodes in env_sim
+    advantages = leave-one-out baseline per prompt group, / group std
+    prev_lp    = policy.get_logprobs(batch)                     # (+ reference log-probs when the KL is on)
+    metrics    = policy.train(batch)                            # clipped-ratio loss, AdamW, clip, LR schedule
+    generation.update_weights(policy.export_weights_blob())    # refit the engines with the new weights
+    validate every `val_period` (and at start / end)            # val:accuracy on held-out rows
+    checkpoint every `save_period` (and at the end / on preemption)
+
+Resumes from the latest checkpoint (or `checkpointing.resume_from`: best | step_N). Everything random is
+derived from (grpo.seed, step), so an interrupted and resumed CPU run logs the same metrics as an uninterrupted
+one. `pipeline.signals.preemption_requested()` (set by the job's USR2/TERM handler) makes it save and return.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline import signals
+from pipeline.grpo.advantage import compute_advantages
+from pipeline.grpo.checkpoint import CheckpointManager
+from pipeline.grpo.metrics import MetricsLogger
+
+
+# ---- data order ---------------------------------------------------------------------------------------------
+class PromptLoader:
+    """Prompts in a seeded shuffled order per epoch; the position is saved in checkpoints.
+
+    Epoch e uses the permutation of random.Random(f"{seed}:{e}"), so the order never depends on history."""
+
+    def __init__(self, rows: Sequence[dict], batch_size: int, seed: int):
+        if not rows:
+            raise ValueError("the training set is empty")
+        if batch_size < 1:
+            raise ValueError(f"grpo.num_prompts_per_step must be >= 1, got {batch_size}")
+        self.rows, self.batch_size, self.seed = list(rows), int(batch_size), int(seed)
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        order = list(range(len(self.rows)))
+        random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        return order
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.rows) / self.batch_size)
+
+    def next_batch(self) -> list[dict]:
+        """The next `batch_size` prompts (the last batch of an epoch may be smaller)."""
+        if self.position >= len(self.rows):
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._permutation(self.epoch)
+        picked = self._order[self.position: self.position + self.batch_size]
+        self.position += len(picked)
+        return [self.rows[i] for i in picked]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "num_rows": len(self.rows),
+                "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_rows"] != len(self.rows):
+            raise ValueError(f"checkpoint's data loader saw {state['num_rows']} training rows; this run has "
+                             f"{len(self.rows)} (different training data?)")
+        self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])
+        self._order = self._permutation(self.epoch)
+
+
+def step_seed(seed: int, step: int, purpose: str = "train") -> int:
+    """A generation seed per (run seed, step, purpose): the same after a resume, different every step."""
+    return random.Random(f"{seed}:{purpose}:{step}").randrange(2**31 - 1)
+
+
+# ---- batch assembly -----------------------------------------------------------------------------------------
+def rollouts_to_batch(rollouts: Sequence[Any], advantages: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Right-padded tensors from rollouts (token_ids, loss_mask, generation_logprobs per token)."""
+    lengths = [len(r.token_ids) for r in rollouts]
+    for r in rollouts:
+        if not (len(r.loss_mask) == len(r.token_ids) == len(r.generation_logprobs)):
+            raise ValueError(f"rollout of row {r.row_id}: token_ids ({len(r.token_ids)}), loss_mask "
+                             f"({len(r.loss_mask)}) and generation_logprobs ({len(r.generation_logprobs)}) differ")
+    n, seq = len(rollouts), max(lengths)
+    ids = torch.zeros(n, seq, dtype=torch.long)
+    mask = torch.zeros(n, seq)
+    gen_lp = torch.zeros(n, seq)
+    for i, r in enumerate(rollouts):
+        L = lengths[i]
+        ids[i, :L] = torch.tensor(r.token_ids, dtype=torch.long)
+        mask[i, :L] = torch.tensor(r.loss_mask, dtype=torch.float32)
+        gen_lp[i, :L] = torch.tensor(r.generation_logprobs, dtype=torch.float32)
+    mask[:, 0] = 0  # the first token has no prediction
+    return {"input_ids": ids, "input_lengths": torch.tensor(lengths), "loss_mask": mask,
+            "generation_logprobs": gen_lp, "advantages": advantages.float()}
+
+
+def is_success(rollout: Any) -> bool:
+    return float(rollout.reward) >= 1.0 - 1e-9
+
+
+# ---- timing -------------------------------------------------------------------------------------------------
+class PhaseTimer:
+    def __init__(self, prefix: str):
+        self.prefix, self.times = prefix, {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[f"{self.prefix}/{phase}"] = self.times.get(f"{self.prefix}/{phase}", 0.0) + (
+                time.perf_counter() - start)
+
+
+@dataclass
+class TrainResult:
+    status: str                    # completed | preempted
+    step: int
+    checkpoint: Path | None
+    best_checkpoint: Path | None
+    final_metrics: dict = field(default_factory=dict)
+
+
+# ---- the trainer --------------------------------------------------------------------------------------------
+class GRPOTrainer:
+    """GRPO over `train_rows`, validating on `val_rows`.
+
+    `policy` (PolicyGroup-like), `generation` (has `update_weights(blob)`), `rollout_fn(rows, generation,
+    tokenizer, cfg, seed) -> rollouts` (one per row, in order) and `tokenizer` are built from `cfg` by
+    `pipeline.train.build_components` in a real run; tests pass their own.
+    """
+
+    def __init__(self, cfg: DictConfig, train_rows: Sequence[dict], val_rows: Sequence[dict], *, policy, generation,
+                 rollout_fn: Callable, tokenizer=None, log_dir: str | Path | None = None,
+                 refit_dtype: str = "bfloat16", echo: bool = True):
+        self.cfg, self.policy, self.generation = cfg, policy, generation
+        self.rollout_fn, self.tokenizer, self.refit_dtype = rollout_fn, tokenizer, refit_dtype
+        g = cfg.grpo
+        self.seed = int(g.seed)
+        self.num_generations = int(g.num_generations_per_prompt)
+        self.loader = PromptLoader(train_rows, int(g.num_prompts_per_step), self.seed)
+        self.val_rows = list(val_rows)[: int(g.max_val_samples)] if g.max_val_samples else list(val_rows)
+        self.total_steps = total_training_steps(cfg, len(train_rows))
+        self.kl_on = float(cfg.loss_fn.reference_policy_kl_penalty) != 0
+        ck = cfg.checkpointing
+        self.checkpoints = (CheckpointManager(ck.checkpoint_dir, ck.metric_name, bool(ck.higher_is_better),
+                                              ck.keep_top_k) if ck.enabled else None)
+        self.step = 0
+        self.consumed_samples = 0
+        resume_from = self._resume()
+        self.metrics = MetricsLogger(log_dir or cfg.logger.log_dir, cfg.logger.get("wandb"),
+                                     bool(cfg.logger.get("wandb_enabled", False)), resume_step=self.step,
+                                     run_config=OmegaConf.to_container(cfg, resolve=True), echo=echo)
+        self.resumed_from = resume_from
+
+    # ---- resume -------------------------------------------------------------------------------------------
+    def _resume(self) -> Path | None:
+        if self.checkpoints is None:
+            return None
+        path = self.checkpoints.resolve(self.cfg.checkpointing.get("resume_from"))
+        if path is None:
+            return None
+        info = CheckpointManager.training_info(path)
+        self.policy.load(path / "policy")
+        self.loader.load_state_dict(json.loads((path / "train_dataloader.json").read_text()))
+        rng = torch.load(path / "rng_state.pt", weights_only=False)
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        self.step, self.consumed_samples = int(info["current_step"]), int(info["consumed_samples"])
+        # the engines still hold the initial weights: refit them with the checkpoint's
+        self.generation.update_weights(self.policy.export_weights_blob(self.refit_dtype))
+        print(f"[grpo] resumed from {path} at step {self.step}", flush=True)
+        return path
+
+    # ---- the loop -----------------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        g = self.cfg.grpo
+        last = None
+        if self.step == 0 and g.val_at_start and self.val_rows:
+            self.metrics.log(0, self.validate(0))
+            self.metrics.plot()
+        while self.step < self.total_steps:
+            if signals.preemption_requested():
+                return self._stop_for_preemption()
+            self.step += 1
+            metrics = self.train_step(self.step)
+            is_last = self.step == self.total_steps
+            if self.val_rows and ((g.val_period and self.step % int(g.val_period) == 0) or (is_last and g.val_at_end)):
+                metrics.update(self.validate(self.step))
+            with self._timer_into(metrics, "checkpointing"):
+                ckpt = self._maybe_save(metrics, force=is_last or signals.preemption_requested())
+            last = ckpt or last
+            self.metrics.log(self.step, metrics)
+            if "val:accuracy" in metrics:
+                self.metrics.plot()
+        self.metrics.finish()
+        return TrainResult("completed", self.step, self.checkpoints.latest() if self.checkpoints else None,
+                           self.checkpoints.best() if self.checkpoints else None, self.metrics.read()[-1] if
+                           self.metrics.read() else {})
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        """One GRPO step; returns its metrics."""
+        timer = PhaseTimer("timing/train")
+        t0 = time.perf_counter()
+        with timer("data_processing"):
+            prompts = self.loader.next_batch()
+            rows = [row for row in prompts for _ in range(self.num_generations)]
+            group_ids = torch.arange(len(prompts)).repeat_interleave(self.num_generations)
+        with timer("generation"):
+            rollouts = self.rollout_fn(rows, self.generation, self.tokenizer, self.cfg, step_seed(self.seed, step))
+        if len(rollouts) != len(rows):
+            raise RuntimeError(f"rollout_fn returned {len(rollouts)} rollouts for {len(rows)} prompts")
+        with timer("reward_calculation"):
+            rewards = torch.tensor([float(r.reward) for r in rollouts])
+        with timer("advantage_calculation"):
+            advantages = compute_advantages(rewards, group_ids, bool(self.cfg.grpo.use_leave_one_out_baseline),
+                                            bool(self.cfg.grpo.normalize_rewards))
+            batch = rollouts_to_batch(rollouts, advantages)
+        with timer("policy_and_reference_logprobs"):
+            batch["prev_logprobs"] = self.policy.get_logprobs(batch)
+            if self.kl_on:
+                batch["reference_logprobs"] = self.policy.get_logprobs(batch, use_reference=True)
+        with timer("policy_training"):
+            train_metrics = self.policy.train(batch)
+        with timer("prepare_for_generation/transfer_and_update_weights"):
+            self.generation.update_weights(self.policy.export_weights_blob(self.refit_dtype))
+        self.consumed_samples += len(prompts)
+        step_time = time.perf_counter() - t0
+        timer.times["timing/train/total_step_time"] = step_time
+
+        gen_tokens = float(batch["loss_mask"].sum())
+        metrics: dict[str, Any] = {
+            "train:reward_mean": float(rewards.mean()),
+            "train:accuracy": sum(is_success(r) for r in rollouts) / len(rollouts),
+            "train:advantage_mean": float(advantages.mean()),
+            "train:advantage_min": float(advantages.min()),
+            "train:advantage_max": float(advantages.max()),
+            "train:loss": train_metrics["loss"],
+            "grad_norm": train_metrics["grad_norm"],
+            "train:lr": train_metrics["lr"],
+            "train:global_valid_toks": train_metrics["global_valid_toks"],
+            "train:mean_gen_tokens_per_sample": gen_tokens / len(rollouts),
+            "train:mean_total_tokens_per_sample": float(batch["input_lengths"].float().mean()),
+            "train:truncated_fraction": sum(bool(getattr(r, "truncated", False)) for r in rollouts) / len(rollouts),
+            "train:epoch": self.loader.epoch,
+            "train:consumed_samples": self.consumed_samples,
+            "performance:samples_per_sec": len(rollouts) / step_time,
+            "performance:generation_tokens_per_sec": gen_tokens / max(timer.times["timing/train/generation"], 1e-9),
+            "refit:seconds": timer.times["timing/train/prepare_for_generation/transfer_and_update_weights"],
+        }
+        for key in ("probs_ratio", "probs_ratio_min", "probs_ratio_max", "probs_ratio_clamped", "kl_penalty",
+                    "token_mult_prob_error"):
+            if key in train_metrics:
+                metrics[f"train:{key}"] = train_metrics[key]
+        metrics.update(timer.times)
+        return metrics
+
+    def validate(self, step: int) -> dict[str, Any]:
+        """val:accuracy over the validation rows (one rollout each) with the current weights."""
+        t0 = time.perf_counter()
+        rollouts = self.rollout_fn(self.val_rows, self.generation, self.tokenizer, self.cfg,
+                                   step_seed(self.seed, step, "validation"))
+        per_category: dict[str, list[bool]] = {}
+        for r in rollouts:
+            per_category.setdefault(str(getattr(r, "category", "all")), []).append(is_success(r))
+        out = {
+            "val:accuracy": sum(is_success(r) for r in rollouts) / max(len(rollouts), 1),
+            "val:reward_mean": sum(float(r.reward) for r in rollouts) / max(len(rollouts), 1),
+            "val:num_samples": len(rollouts),
+            "timing/validation/total": time.perf_counter() - t0,
+        }
+        out.update({f"val:accuracy/{cat}": sum(v) / len(v) for cat, v in sorted(per_category.items())})
+        return out
+
+    # ---- checkpoints --------------------------------------------------------------------------------------
+    @contextmanager
+    def _timer_into(self, metrics: dict, phase: str):
+        start = time.perf_counter()
+        yield
+        metrics[f"timing/train/{phase}"] = time.perf_counter() - start
+
+    def _maybe_save(self, metrics: dict, force: bool = False) -> Path | None:
+        if self.checkpoints is None:
+            return None
+        period = self.cfg.checkpointing.get("save_period")
+        if not force and not (period and self.step % int(period) == 0):
+            return None
+        return self.save_checkpoint(metrics)
+
+    def save_checkpoint(self, metrics: dict | None = None) -> Path:
+        metrics = metrics or {}
+        info = {
+            "consumed_samples": self.consumed_samples,
+            "epoch": self.loader.epoch,
+            "total_steps": self.total_steps,
+        }
+        info.update({k: v for k, v in metrics.items() if k.startswith("val:")})
+        loader_state = self.loader.state_dict()
+
+        def write(directory: Path) -> None:
+            self.policy.save(directory / "policy")
+            (directory / "train_dataloader.json").write_text(json.dumps(loader_state, indent=2))
+            torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+                       directory / "rng_state.pt")
+
+        return self.checkpoints.save(self.step, info, OmegaConf.to_yaml(self.cfg, resolve=True), write)
+
+    def _stop_for_preemption(self) -> TrainResult:
+        path = None
+        if self.checkpoints is not None:
+            latest = self.checkpoints.latest()
+            already = latest is not None and CheckpointManager.training_info(latest)["current_step"] == self.step
+            path = latest if already else (self.save_checkpoint() if self.step > 0 else None)
+        print(f"[grpo] preemption requested ({signals.preemption_reason()}): saved step {self.step}, stopping",
+              flush=True)
+        self.metrics.finish()
+        return TrainResult("preempted", self.step, path, self.checkpoints.best() if self.checkpoints else None)
+
+
+def total_training_steps(cfg: DictConfig, num_train_rows: int) -> int:
+    """min(grpo.max_num_steps, grpo.max_num_epochs x steps per epoch); either may be null (not both)."""
+    g = cfg.grpo
+    per_epoch = math.ceil(num_train_rows / int(g.num_prompts_per_step))
+    limits = [int(g.max_num_steps)] if g.get("max_num_steps") else []
+    if g.get("max_num_epochs"):
+        limits.append(int(g.max_num_epochs) * per_epoch)
+    if not limits:
+        raise ValueError("set grpo.max_num_steps or grpo.max_num_epochs (both are null)")
+    return min(limits)

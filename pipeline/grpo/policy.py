@@ -226,6 +226,12 @@ class PolicyWorker:
         torch_dtype = getattr(torch, dtype)
         return save({k: v.detach().to("cpu", torch_dtype).contiguous().clone() for k, v in state.items()})
 
+    def save_hf_model(self, template_hf_dir: str, out_dir: str, dtype: str = "bfloat16") -> str:
+        """Export the current weights as a Hugging Face directory (collective; global rank 0 writes)."""
+        from pipeline.models.megatron_bridge import save_hf_model
+
+        return str(save_hf_model(self.model, template_hf_dir, out_dir, getattr(torch, dtype)))
+
     def param_checksum(self) -> float:
         """Sum of |w| over this rank's parameters (tests: did the weights change, are replicas equal)."""
         return float(sum(p.detach().double().abs().sum() for p in self.model.parameters()))
@@ -350,6 +356,9 @@ class PolicyGroup:
     def param_checksums(self) -> list[float]:
         return self._all("param_checksum")
 
+    def save_hf_model(self, template_hf_dir, out_dir, dtype: str = "bfloat16") -> Path:
+        return Path(self._all("save_hf_model", str(template_hf_dir), str(out_dir), dtype)[0])
+
     def shutdown(self) -> None:
         for w in self.workers:
             self._ray.kill(w)
@@ -389,6 +398,9 @@ class InProcessPolicy:
 
     def param_checksums(self) -> list[float]:
         return [self.worker.param_checksum()]
+
+    def save_hf_model(self, template_hf_dir, out_dir, dtype: str = "bfloat16") -> Path:
+        return Path(self.worker.save_hf_model(str(template_hf_dir), str(out_dir), dtype))
 
     def shutdown(self) -> None:
         pass

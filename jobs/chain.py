@@ -1,0 +1,189 @@
+"""The stage chain: data -> prepare -> sanity -> [sft] -> train -> eval, as Slurm jobs linked by afterok.
+
+A stage whose manifest matches the current config is skipped; once one stage is (re)submitted, every later
+stage of the chain is submitted too (its inputs will change). A stage still queued or running from an earlier
+submission with the same config is reused instead of submitted twice. Job ids are recorded in
+`<run.root>/jobs.json` for `status`, `logs` and `resume`.
+
+With `slurm.use_cluster=false` the same jobs run one after another through submitit's LocalExecutor.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+from jobs.stages import STAGE_ORDER, STAGES, log_folder, make_executor, make_job
+from pipeline import manifest
+from pipeline.io import atomic_write_json
+
+RECORD_NAME = "jobs.json"
+ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                 "RESIZING", "SUSPENDED", "STAGE_OUT"}
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    action: str              # submit | skip | reuse
+    reason: str
+    job_id: str | None = None
+    nodes: int = 1
+    config_hash: str = ""
+    target: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def chain_stages(cfg: DictConfig, until: str) -> list[str]:
+    """Stages from `data` up to and including `until`; `sft` only when `sft.enabled`."""
+    if until not in STAGE_ORDER:
+        raise ValueError(f"unknown stage {until!r}; stages are {', '.join(STAGE_ORDER)}")
+    stages = list(STAGE_ORDER[: STAGE_ORDER.index(until) + 1])
+    if "sft" in stages and not bool(cfg.sft.enabled) and until != "sft":
+        stages.remove("sft")
+    return stages
+
+
+def resolve_config(cfg: DictConfig, nodes: int | None = None) -> DictConfig:
+    """A resolved copy with an absolute run.root (jobs run from the repo root, maybe on another machine)
+    and, for multi-node training, cluster.num_nodes = nodes."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    OmegaConf.set_struct(cfg, False)
+    cfg.run.root = str(Path(str(OmegaConf.select(cfg, "run.root"))).resolve())
+    if nodes is not None:
+        cfg.cluster.num_nodes = int(nodes)
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    return resolved
+
+
+# --- jobs.json ----------------------------------------------------------------------------------------------------
+
+def record_path(cfg: DictConfig) -> Path:
+    return Path(cfg.run.root).resolve() / RECORD_NAME
+
+
+def load_record(cfg: DictConfig) -> dict[str, Any]:
+    path = record_path(cfg)
+    if not path.exists():
+        return {"stages": {}, "history": []}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: corrupt job record ({err})") from None
+
+
+def save_record(cfg: DictConfig, record: dict[str, Any]) -> Path:
+    record["updated_at"] = now_iso()
+    return atomic_write_json(record_path(cfg), record)
+
+
+# --- planning -------------------------------------------------------------------------------------------------
+
+def squeue_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """Current state of jobs slurmctld still knows about (empty for finished/purged ones)."""
+    ids = [str(j) for j in job_ids if j]
+    if not ids:
+        return {}
+    out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T"], capture_output=True, text=True)
+    states = {}
+    for line in out.stdout.splitlines():
+        job_id, _, state = line.partition("|")
+        states[job_id.strip()] = state.strip()
+    return states
+
+
+def plan_chain(cfg: DictConfig, until: str, nodes: int = 1, always: Iterable[str] = (),
+               targets: dict[str, str] | None = None, use_cluster: bool = True) -> list[StagePlan]:
+    """What to do with each stage. `always`: stages to submit even if up to date (e.g. train on `resume`)."""
+    targets = targets or {}
+    always = set(always)
+    record = load_record(cfg)
+    previous = record.get("stages", {})
+    active = squeue_states(p.get("job_id") for p in previous.values()) if use_cluster else {}
+    plans: list[StagePlan] = []
+    submitted_upstream = False  # a fresh job earlier in the chain: everything after must run again
+    running_upstream = False    # an earlier stage's job is still queued/running: its outputs will change
+    for stage in chain_stages(cfg, until):
+        spec = STAGES[stage]
+        stage_nodes = nodes if spec.multi_node else 1
+        config_hash = manifest.stage_config_hash(cfg, stage)
+        plan = StagePlan(stage, "submit", "", nodes=stage_nodes, config_hash=config_hash, target=targets.get(stage))
+        old = previous.get(stage, {})
+        old_id = str(old.get("job_id") or "")
+        if stage in always:
+            plan.reason = "requested"
+        elif (not submitted_upstream and old_id in active and old.get("config_hash") == config_hash
+              and old.get("target") == plan.target and old.get("nodes", 1) == stage_nodes):
+            plan.action, plan.reason, plan.job_id = "reuse", f"job {old_id} still {active[old_id].lower()}", old_id
+            running_upstream = True
+        elif submitted_upstream or running_upstream:
+            plan.reason = "an earlier stage runs again"
+        else:
+            up_to_date, why = manifest.check_up_to_date(cfg, stage)
+            if up_to_date:
+                plan.action, plan.reason = "skip", "manifest matches the config"
+            else:
+                plan.reason = why
+        submitted_upstream = submitted_upstream or plan.action == "submit"
+        plans.append(plan)
+    return plans
+
+
+# --- submission -----------------------------------------------------------------------------------------------
+
+def submit_chain(cfg: DictConfig, until: str, nodes: int = 1, always: Iterable[str] = (),
+                 targets: dict[str, str] | None = None, log: Callable[[str], None] = print) -> list[StagePlan]:
+    """Submit what is missing of the chain up to `until`. Returns the plan with job ids filled in.
+
+    `cfg` should come from `resolve_config`. `targets` maps a stage to 'module:function' to run instead of
+    `pipeline.<stage>:run` (tests and benchmarks)."""
+    use_cluster = bool(cfg.slurm.use_cluster)
+    plans = plan_chain(cfg, until, nodes, always, targets, use_cluster)
+    record = load_record(cfg)
+    record.update({"run_name": cfg.run.name, "run_root": str(Path(cfg.run.root).resolve()),
+                   "executor": "slurm" if use_cluster else "local"})
+    if not use_cluster:
+        log("slurm.use_cluster=false: running the stages one after another with submitit's LocalExecutor "
+            "(no Slurm: no queue, no dependencies, no requeue)")
+    previous_id: str | None = None
+    for plan in plans:
+        if plan.action == "skip":
+            log(f"  {plan.stage:<8} skipped ({plan.reason})")
+            record["stages"].setdefault(plan.stage, {}).update({"action": "skip", "reason": plan.reason,
+                                                                "config_hash": plan.config_hash})
+            continue
+        if plan.action == "reuse":
+            log(f"  {plan.stage:<8} reusing job {plan.job_id} ({plan.reason})")
+            previous_id = plan.job_id
+            continue
+        dependency = f"afterok:{previous_id}" if (previous_id and use_cluster) else None
+        executor = make_executor(cfg, plan.stage, nodes=plan.nodes, dependency=dependency)
+        job = executor.submit(make_job(plan.stage, cfg, plan.target))
+        plan.job_id = str(job.job_id)
+        entry = {"job_id": plan.job_id, "action": "submit", "reason": plan.reason, "config_hash": plan.config_hash,
+                 "nodes": plan.nodes, "target": plan.target, "dependency": dependency,
+                 "log_folder": str(log_folder(cfg, plan.stage)), "submitted_at": now_iso()}
+        record["stages"][plan.stage] = entry
+        record.setdefault("history", []).append({"stage": plan.stage, **entry})
+        save_record(cfg, record)
+        after = f" after {previous_id}" if dependency else ""
+        log(f"  {plan.stage:<8} submitted job {plan.job_id}{after} ({plan.reason}; {plan.nodes} node(s))")
+        previous_id = plan.job_id
+        if not use_cluster:
+            job.result()  # raises with the stage's traceback if it failed
+            log(f"  {plan.stage:<8} done")
+    save_record(cfg, record)
+    return plans
+
+
+def plans_as_dicts(plans: list[StagePlan]) -> list[dict[str, Any]]:
+    return [asdict(p) for p in plans]

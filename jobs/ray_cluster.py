@@ -1,0 +1,259 @@
+"""A Ray cluster over the tasks of one Slurm job (one task per node), brought up from inside the job.
+
+Task 0 starts the Ray head, waits until every node has joined, exports RAY_ADDRESS and runs the driver (the
+stage function, which calls `ray.init()`/`ray.init(address=os.environ["RAY_ADDRESS"])`). The other tasks join
+with `ray start --address ... --block` and stay until the head says it is done. At the end, or on any failure,
+the head writes an ENDED marker, every node stops its own Ray processes (never `ray stop`: that would kill every
+Ray on the host, other jobs' included), and the job ends with the driver's outcome.
+
+Rendezvous and logs live in the job's submitit folder (shared filesystem):
+    <log folder>/<jobid>_ray_<restart>/{head.json, ENDED, head.log, worker-<rank>.log}
+The same code runs on the local cluster (all "nodes" on one host, hence distinct ports per rank) and on a real
+cluster. Nothing heavy is imported at module level; `ray` is imported only on the head, inside the job.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+HEAD_FILE = "head.json"
+ENDED_FILE = "ENDED"
+JOIN_TIMEOUT_S = float(os.environ.get("SLURM_GRPO_RAY_JOIN_TIMEOUT_S", "300"))
+
+
+@dataclass(frozen=True)
+class NodePorts:
+    """Ports of one Ray node. Ranks on the same host (the local cluster) must not share any."""
+
+    gcs: int
+    node_manager: int
+    object_manager: int
+    dashboard_agent_listen: int
+    dashboard_agent_grpc: int
+    metrics_export: int
+    runtime_env_agent: int
+    client_server: int
+    min_worker: int
+    max_worker: int
+
+    @classmethod
+    def for_rank(cls, job_id: str, rank: int) -> "NodePorts":
+        # one block of 1000 ports per job (40 blocks rotate by job id), 100 per rank
+        digits = "".join(ch for ch in str(job_id) if ch.isdigit()) or "0"
+        base = 20000 + (int(digits) % 40) * 1000 + (rank % 10) * 100
+        return cls(base, base + 1, base + 2, base + 3, base + 4, base + 5, base + 6, base + 7, base + 20, base + 99)
+
+    def args(self) -> list[str]:
+        return [f"--node-manager-port={self.node_manager}", f"--object-manager-port={self.object_manager}",
+                f"--dashboard-agent-listen-port={self.dashboard_agent_listen}",
+                f"--dashboard-agent-grpc-port={self.dashboard_agent_grpc}",
+                f"--metrics-export-port={self.metrics_export}", f"--runtime-env-agent-port={self.runtime_env_agent}",
+                f"--min-worker-port={self.min_worker}", f"--max-worker-port={self.max_worker}"]
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """Where this task sits in the job (from submitit's JobEnvironment, i.e. Slurm's variables)."""
+
+    job_id: str
+    rank: int
+    num_nodes: int
+    node_name: str
+    head_node_name: str
+    restart: int
+    folder: Path
+
+    @classmethod
+    def from_environment(cls) -> "TaskInfo":
+        import submitit
+
+        env = submitit.JobEnvironment()
+        hostnames = list(env.hostnames) or [env.hostname]
+        node_name = os.environ.get("SLURMD_NODENAME") or hostnames[min(env.node, len(hostnames) - 1)]
+        return cls(job_id=str(env.job_id), rank=env.global_rank, num_nodes=env.num_tasks,
+                   node_name=node_name, head_node_name=hostnames[0],
+                   restart=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0), folder=Path(env.paths.folder))
+
+    @property
+    def rendezvous(self) -> Path:
+        return self.folder / f"{self.job_id}_ray_{self.restart}"
+
+    @property
+    def temp_dir(self) -> str:
+        # short: Ray puts unix sockets under it (path limit ~107 characters)
+        return f"/tmp/ray-j{self.job_id}-r{self.restart}"
+
+
+def _ray_cli() -> str:
+    local = Path(sys.executable).parent / "ray"
+    found = str(local) if local.exists() else shutil.which("ray")
+    if not found:
+        raise RuntimeError("the `ray` command is not installed next to this Python or on PATH")
+    return found
+
+
+def _ray_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _resources(num_cpus: int | None, num_gpus: int | None) -> list[str]:
+    args = []
+    if num_cpus is not None:
+        args.append(f"--num-cpus={num_cpus}")
+    if num_gpus is not None:
+        args.append(f"--num-gpus={num_gpus}")
+    return args
+
+
+def _log(message: str) -> None:
+    print(f"[ray_cluster {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """`ray start --block` stops the Ray processes it started when it gets SIGTERM."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+def _wait_for_port(host: str, port: int, process: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ray head exited with {process.returncode} before listening; {log}:\n{_tail(log)}")
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"ray head not listening on {host}:{port} after {timeout:.0f}s; {log}:\n{_tail(log)}")
+
+
+def _wait_for_nodes(address: str, expected: int, timeout: float, rendezvous: Path) -> None:
+    import ray
+
+    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    try:
+        deadline = time.time() + timeout
+        alive = 0
+        while time.time() < deadline:
+            alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+            if alive >= expected:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"only {alive} of {expected} Ray nodes joined within {timeout:.0f}s; "
+                           f"see {rendezvous}/worker-*.log")
+    finally:
+        ray.shutdown()
+
+
+def run_head(task: TaskInfo, driver: Callable[[], T], num_cpus: int | None, num_gpus: int | None) -> T:
+    task.rendezvous.mkdir(parents=True, exist_ok=True)
+    (task.rendezvous / ENDED_FILE).unlink(missing_ok=True)
+    ip = socket.gethostbyname(task.head_node_name)
+    ports = NodePorts.for_rank(task.job_id, task.rank)
+    log = task.rendezvous / "head.log"
+    cmd = [_ray_cli(), "start", "--head", "--block", f"--node-ip-address={ip}", f"--port={ports.gcs}",
+           f"--ray-client-server-port={ports.client_server}", "--include-dashboard=false",
+           "--disable-usage-stats", f"--temp-dir={task.temp_dir}", *ports.args(), *_resources(num_cpus, num_gpus)]
+    address = f"{ip}:{ports.gcs}"
+    started = time.time()
+    with log.open("ab") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_ray_env(), start_new_session=True)
+    previous_address = os.environ.get("RAY_ADDRESS")
+    try:
+        _wait_for_port(ip, ports.gcs, process, log, timeout=120)
+        head_info = {"address": address, "job_id": task.job_id, "restart": task.restart, "nodes": task.num_nodes}
+        tmp = task.rendezvous / f".{HEAD_FILE}.tmp"
+        tmp.write_text(json.dumps(head_info))
+        os.replace(tmp, task.rendezvous / HEAD_FILE)
+        _log(f"head up at {address} on {task.node_name}; waiting for {task.num_nodes} nodes")
+        _wait_for_nodes(address, task.num_nodes, JOIN_TIMEOUT_S, task.rendezvous)
+        _log(f"ray cluster ready: {task.num_nodes} nodes in {time.time() - started:.1f}s; running the driver")
+        os.environ["RAY_ADDRESS"] = address
+        return driver()
+    finally:
+        if previous_address is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = previous_address
+        try:
+            import ray  # the driver may have left a connection open
+            if ray.is_initialized():
+                ray.shutdown()
+        except ImportError:
+            pass
+        (task.rendezvous / ENDED_FILE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+        _stop(process)
+        _log("head stopped")
+
+
+def run_worker(task: TaskInfo, num_cpus: int | None, num_gpus: int | None) -> None:
+    head_file, ended = task.rendezvous / HEAD_FILE, task.rendezvous / ENDED_FILE
+    deadline = time.time() + JOIN_TIMEOUT_S
+    while not head_file.exists():
+        if ended.exists():
+            _log("head ended before it started Ray; nothing to join")
+            return
+        if time.time() > deadline:
+            raise TimeoutError(f"no Ray head announced in {head_file} after {JOIN_TIMEOUT_S:.0f}s")
+        time.sleep(0.3)
+    address = json.loads(head_file.read_text())["address"]
+    ip = socket.gethostbyname(task.node_name)
+    ports = NodePorts.for_rank(task.job_id, task.rank)
+    log = task.rendezvous / f"worker-{task.rank}.log"
+    cmd = [_ray_cli(), "start", f"--address={address}", "--block", f"--node-ip-address={ip}",
+           "--disable-usage-stats", f"--temp-dir={task.temp_dir}", *ports.args(), *_resources(num_cpus, num_gpus)]
+    with log.open("ab") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_ray_env(), start_new_session=True)
+    _log(f"rank {task.rank} on {task.node_name} joining {address}")
+    try:
+        while not ended.exists():
+            if process.poll() is not None:
+                if ended.exists():
+                    break
+                raise RuntimeError(f"ray worker on rank {task.rank} exited with {process.returncode} while the "
+                                   f"head was still running; {log}:\n{_tail(log)}")
+            time.sleep(0.5)
+    finally:
+        _stop(process)
+    _log(f"rank {task.rank} left the Ray cluster")
+
+
+def run_with_ray(driver: Callable[[], T], num_cpus: int | None = None, num_gpus: int | None = None) -> T | None:
+    """Run `driver` on task 0 with a Ray cluster spanning all tasks of this job; other tasks return None."""
+    task = TaskInfo.from_environment()
+    if num_cpus is None and os.environ.get("SLURM_CPUS_PER_TASK"):
+        num_cpus = int(os.environ["SLURM_CPUS_PER_TASK"])
+    if num_gpus is None:
+        num_gpus = int(os.environ.get("SLURM_GPUS_ON_NODE", "0") or 0)
+    if task.rank == 0:
+        return run_head(task, driver, num_cpus, num_gpus)
+    run_worker(task, num_cpus, num_gpus)
+    return None

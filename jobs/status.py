@@ -1,0 +1,156 @@
+"""`status` and `logs`: what each stage's job is doing, why it waits or was cancelled, what it left on disk.
+
+States come from Slurm's accounting (`sacct`); reasons from `squeue`/`scontrol` while slurmctld still knows the
+job, otherwise they are derived from the dependency recorded at submission (a job cancelled because its afterok
+parent failed is reported as DependencyNeverSatisfied, naming the parent and its state).
+"""
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from jobs.chain import load_record
+from jobs.stages import STAGE_ORDER, slurm_available
+from pipeline import manifest
+
+SACCT_FIELDS = ("JobIDRaw", "State", "ExitCode", "Reason", "Elapsed", "Start", "End", "NodeList")
+BAD_END_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+                  "PREEMPTED")
+
+
+@dataclass
+class StageStatus:
+    stage: str
+    job_id: str = ""
+    state: str = ""
+    reason: str = ""
+    elapsed: str = ""
+    nodes: str = ""
+    artifacts: str = ""
+
+
+def sacct_records(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """One record per job (allocation line only), keyed by job id."""
+    ids = [j for j in job_ids if j]
+    if not ids:
+        return {}
+    out = subprocess.run(["sacct", "-X", "-P", "-n", "-j", ",".join(ids), "-o", ",".join(SACCT_FIELDS)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"sacct failed ({out.stderr.strip()}); is accounting (slurmdbd) running?")
+    records = {}
+    for line in out.stdout.splitlines():
+        values = dict(zip(SACCT_FIELDS, line.split("|")))
+        records[values["JobIDRaw"]] = values
+    return records
+
+
+def live_reason(job_id: str) -> tuple[str, str]:
+    """(Reason, Dependency) from slurmctld while it still holds the job (MinJobAge after it ends)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
+    if out.returncode != 0:
+        return "", ""
+    fields = dict(item.split("=", 1) for item in out.stdout.split() if "=" in item)
+    return fields.get("Reason", ""), fields.get("Dependency", "")
+
+
+def _reason(job_id: str, acct: dict[str, str], entry: dict[str, Any], states: dict[str, str]) -> str:
+    state = acct.get("State", "")
+    if state.startswith("COMPLETED") or state.startswith("RUNNING"):
+        return ""
+    reason, dependency = live_reason(job_id)
+    parent = (entry.get("dependency") or "").partition(":")[2]
+    parent_state = states.get(parent, "")
+    if reason in ("", "None") and state.startswith("CANCELLED") and acct.get("Start") in ("None", "Unknown", ""):
+        if parent_state.startswith(BAD_END_STATES):
+            reason = "DependencyNeverSatisfied"
+    if reason == "DependencyNeverSatisfied" and parent:
+        return f"DependencyNeverSatisfied: afterok parent {parent} {parent_state or dependency or 'failed'}"
+    if reason in ("", "None"):
+        return acct.get("Reason", "") if acct.get("Reason") not in ("None", None) else ""
+    return reason
+
+
+def collect_status(cfg: DictConfig) -> list[StageStatus]:
+    record = load_record(cfg)
+    entries = record.get("stages", {})
+    use_slurm = record.get("executor", "slurm") == "slurm" and slurm_available()
+    ids = [str(e["job_id"]) for e in entries.values() if e.get("job_id")]
+    acct = sacct_records(ids) if use_slurm else {}
+    states = {job_id: rec["State"] for job_id, rec in acct.items()}
+    rows = []
+    for stage in STAGE_ORDER:
+        entry = entries.get(stage)
+        if entry is None and not manifest.manifest_path(cfg, stage).exists():
+            continue
+        entry = entry or {}
+        job_id = str(entry.get("job_id") or "")
+        row = StageStatus(stage, job_id=job_id)
+        if job_id and use_slurm:
+            rec = acct.get(job_id, {})
+            row.state = rec.get("State", "UNKNOWN (not in sacct yet)")
+            row.elapsed, row.nodes = rec.get("Elapsed", ""), rec.get("NodeList", "")
+            row.reason = _reason(job_id, rec, entry, states)
+        elif entry.get("action") == "skip":
+            row.state = "SKIPPED"
+            row.reason = entry.get("reason", "")
+        elif job_id:
+            row.state = "LOCAL"
+        ok, why = manifest.check_up_to_date(cfg, stage)
+        row.artifacts = "complete" if ok else why
+        rows.append(row)
+    return rows
+
+
+def format_status(rows: list[StageStatus]) -> str:
+    header = ("STAGE", "JOB", "STATE", "ELAPSED", "NODES", "REASON", "ARTIFACTS")
+    table = [header] + [(r.stage, r.job_id or "-", r.state or "-", r.elapsed or "-", r.nodes or "-",
+                         r.reason or "-", r.artifacts) for r in rows]
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(header) - 1)]
+    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(line[:-1], widths)) + "  " + str(line[-1])
+                     for line in table)
+
+
+def log_files(cfg: DictConfig, stage: str | None = None) -> dict[str, list[Path]]:
+    """Stage -> its job's submitit log files (all tasks), newest job of each stage."""
+    entries = load_record(cfg).get("stages", {})
+    found: dict[str, list[Path]] = {}
+    for name in STAGE_ORDER:
+        if stage and name != stage:
+            continue
+        entry = entries.get(name) or {}
+        job_id, folder = str(entry.get("job_id") or ""), entry.get("log_folder")
+        if not job_id or not folder:
+            continue
+        job_dir = Path(folder) / job_id
+        found[name] = sorted(job_dir.glob(f"{job_id}_*_log.*")) + sorted(job_dir.glob(f"{job_id}_ray_*/*.log"))
+    if stage and stage not in found:
+        known = ", ".join(sorted(n for n, e in entries.items() if e.get("job_id"))) or "none"
+        raise KeyError(f"no submitted job recorded for stage {stage!r} (stages with jobs: {known})")
+    return found
+
+
+def tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError as err:
+        return f"(unreadable: {err})"
+    return "\n".join(text[-lines:]) if lines > 0 else ""
+
+
+def format_logs(files: dict[str, list[Path]], lines: int = 20) -> str:
+    out = []
+    for stage, paths in files.items():
+        out.append(f"== {stage} ==")
+        if not paths:
+            out.append("(no log files yet: the job has not started)")
+        for path in paths:
+            out.append(f"--- {path}")
+            body = tail(path, lines)
+            if body:
+                out.append(body)
+    return "\n".join(out)

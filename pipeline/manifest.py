@@ -1,0 +1,187 @@
+"""Stage manifests: what a stage produced, from which inputs, under which config, and how long it took.
+
+A stage writes `<run.root>/<stage>/manifest.json` last, after all its outputs are in place. The chain skips a
+stage whose manifest matches: same stage config hash, every recorded output still there with the same size,
+every recorded input file unchanged. Only the standard library and omegaconf are imported (login nodes use this).
+
+Typical use inside a stage::
+
+    timer = manifest.StageTimer()
+    ... write outputs ...
+    manifest.write_manifest(cfg, "prepare", inputs=[train_in, val_in], outputs=[out1, out2], timer=timer,
+                            extra={"dropped_rows": 0})
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.io import atomic_write_json
+
+MANIFEST_NAME = "manifest.json"
+
+# The config sections each stage's output depends on. A stage includes its upstream stages' sections so that a
+# change anywhere upstream invalidates it too. Keys that only steer *how* a run is executed (slurm.*, logger.*)
+# are left out.
+STAGE_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
+    "data": ("data",),
+    "prepare": ("data", "prepare"),
+    "sanity": ("data", "prepare", "env", "sanity", "policy", "grpo", "loss_fn"),
+    "sft": ("data", "prepare", "env", "policy", "sft"),
+    "train": ("data", "prepare", "env", "policy", "sft", "grpo", "loss_fn", "checkpointing", "cluster"),
+    "eval": ("data", "prepare", "env", "policy", "sft", "grpo", "loss_fn", "checkpointing", "cluster", "eval"),
+}
+# Dotted keys that select where to *resume from* rather than what to compute: never part of a hash.
+HASH_EXCLUDED_KEYS = ("checkpointing.resume_from",)
+
+# Files larger than this are recorded by size only (hashing checkpoints would cost more than the check is worth).
+_HASH_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+def stage_dir(cfg: DictConfig, stage: str) -> Path:
+    return Path(cfg.run.root).resolve() / stage
+
+
+def manifest_path(cfg: DictConfig, stage: str) -> Path:
+    return stage_dir(cfg, stage) / MANIFEST_NAME
+
+
+def stage_config_hash(cfg: DictConfig, stage: str) -> str:
+    """Short stable hash of the (resolved) config sections `stage` depends on."""
+    if stage not in STAGE_CONFIG_KEYS:
+        raise KeyError(f"unknown stage {stage!r}; known: {sorted(STAGE_CONFIG_KEYS)}")
+    parts: dict[str, Any] = {}
+    for key in STAGE_CONFIG_KEYS[stage]:
+        node = OmegaConf.select(cfg, key)
+        parts[key] = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    for dotted in HASH_EXCLUDED_KEYS:
+        head, _, leaf = dotted.rpartition(".")
+        section: Any = parts
+        for name in head.split("."):
+            section = section.get(name) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            section.pop(leaf, None)
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe_path(path: str | Path) -> dict[str, Any]:
+    """What we record about an input or output: kind, size, and a content hash for files small enough."""
+    path = Path(path)
+    if path.is_dir():
+        return {"kind": "dir"}
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: recorded in a manifest but does not exist")
+    size = path.stat().st_size
+    record: dict[str, Any] = {"kind": "file", "bytes": size}
+    if size <= _HASH_LIMIT_BYTES:
+        record["sha256"] = file_sha256(path)
+    return record
+
+
+class StageTimer:
+    """Wall-clock start/end of a stage, plus optional named phases."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.phases: dict[str, float] = {}
+        self._phase_start = self.started
+
+    def phase(self, name: str) -> None:
+        """Close the phase that ran since the previous call (or the start) under `name`."""
+        now = time.time()
+        self.phases[name] = round(now - self._phase_start, 3)
+        self._phase_start = now
+
+    def as_dict(self) -> dict[str, Any]:
+        finished = time.time()
+        iso = lambda t: _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="seconds")  # noqa: E731
+        return {"started": iso(self.started), "finished": iso(finished),
+                "seconds": round(finished - self.started, 3), "phases": dict(self.phases)}
+
+
+def write_manifest(cfg: DictConfig, stage: str, inputs: Iterable[str | Path] = (), outputs: Iterable[str | Path] = (),
+                   timer: StageTimer | None = None, extra: Mapping[str, Any] | None = None) -> Path:
+    """Record a finished stage. Call it last: its presence means the outputs are complete."""
+    out_dir = stage_dir(cfg, stage)
+    record = {
+        "stage": stage,
+        "config_hash": stage_config_hash(cfg, stage),
+        "config_keys": list(STAGE_CONFIG_KEYS[stage]),
+        "inputs": {str(Path(p).resolve()): describe_path(p) for p in inputs},
+        "outputs": {_relative(p, out_dir): describe_path(p) for p in outputs},
+        "timings": (timer or StageTimer()).as_dict(),
+        "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
+        "extra": dict(extra or {}),
+    }
+    return atomic_write_json(out_dir / MANIFEST_NAME, record)
+
+
+def _relative(path: str | Path, base: Path) -> str:
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def read_manifest(cfg: DictConfig, stage: str) -> dict[str, Any] | None:
+    path = manifest_path(cfg, stage)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: corrupt manifest ({err})") from None
+
+
+def check_up_to_date(cfg: DictConfig, stage: str) -> tuple[bool, str]:
+    """(up_to_date, reason). The reason says what is missing or changed, for `status` and the chain's log."""
+    try:
+        record = read_manifest(cfg, stage)
+    except ValueError as err:
+        return False, str(err)
+    if record is None:
+        return False, "no manifest"
+    wanted = stage_config_hash(cfg, stage)
+    if record.get("config_hash") != wanted:
+        return False, f"config changed (manifest {record.get('config_hash')}, now {wanted})"
+    out_dir = stage_dir(cfg, stage)
+    for name, info in (record.get("outputs") or {}).items():
+        path = Path(name) if os.path.isabs(name) else out_dir / name
+        if not path.exists():
+            return False, f"output missing: {path}"
+        if info.get("kind") == "file" and path.stat().st_size != info.get("bytes"):
+            return False, f"output changed: {path}"
+    for name, info in (record.get("inputs") or {}).items():
+        path = Path(name)
+        if not path.exists():
+            return False, f"input missing: {path}"
+        if info.get("kind") == "file":
+            if path.stat().st_size != info.get("bytes"):
+                return False, f"input changed: {path}"
+            if "sha256" in info and file_sha256(path) != info["sha256"]:
+                return False, f"input changed: {path}"
+    return True, "up to date"
+
+
+def is_up_to_date(cfg: DictConfig, stage: str) -> bool:
+    return check_up_to_date(cfg, stage)[0]

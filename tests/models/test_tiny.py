@@ -55,6 +55,7 @@ def _build_in_child(args):
     return str(build_tiny_model(out_dir, SMALL, _corpus(), seed=seed))
 
 
+@pytest.mark.slow
 def test_parallel_builders_share_one_build(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2) as pool:

@@ -98,7 +98,7 @@ def _sender_with_emails(rng: random.Random, snap: Snapshot) -> str:
 
 def email_delete_last_from(rng, snap):
     sender = _sender_with_emails(rng, snap)
-    latest = snap.emails_from[sender][0]
+    latest = snap.latest_email_from(sender)
     query = phrase(rng, ["Delete my last email from {name}", "Can you delete the most recent email {name} sent me?",
                          "Please remove the latest email from {name}"], name=first_name(sender))
     return Task(query, [call("email_delete_email", email_id=latest["email_id"])])
@@ -126,7 +126,7 @@ def email_send_to_address(rng, snap):
 def email_reply_last_about(rng, snap):
     sender = _sender_with_emails(rng, snap)
     subject = rng.choice(snap.emails_from[sender])["subject"]
-    latest = next(email for email in snap.emails_from[sender] if email["subject"] == subject)
+    latest = snap.latest_email_from(sender, subject)
     reply = rng.choice(REPLIES)
     query = phrase(rng, ["Reply to {name}'s last email about '{subject}' with '{reply}'",
                          "I need to get back to {name}'s last email about '{subject}' with '{reply}'. Can you send that?"],
@@ -140,7 +140,7 @@ def email_reply_latest_from(rng, snap):
     query = phrase(rng, ["Reply to the latest email from {name} with '{reply}'",
                          "Can you answer {name}'s most recent email with '{reply}'?"],
                    name=first_name(sender), reply=reply)
-    return Task(query, [call("email_reply_email", email_id=snap.emails_from[sender][0]["email_id"], body=reply)])
+    return Task(query, [call("email_reply_email", email_id=snap.latest_email_from(sender)["email_id"], body=reply)])
 
 
 def email_forward_latest_about(rng, snap):
@@ -159,7 +159,7 @@ def email_forward_recent_from(rng, snap):
     query = phrase(rng, ["Forward my most recent email from {sender} to {recipient}",
                          "can you forward my most recent email from {sender} to {recipient}"],
                    sender=first_name(sender), recipient=recipient)
-    return Task(query, [call("email_forward_email", email_id=snap.emails_from[sender][0]["email_id"],
+    return Task(query, [call("email_forward_email", email_id=snap.latest_email_from(sender)["email_id"],
                              recipient=snap.email_of[recipient])])
 
 
@@ -663,8 +663,7 @@ def crm_reassign_customer(rng, snap):
 def crm_reassign_leads_by_product(rng, snap):
     owner, new_owner = rng.sample(snap.crm_assignees, 2)
     words, product = rng.choice(sorted(PRODUCT_WORDS.items()))
-    matches = [c for c in snap.customers if c["assigned_to_email"] == owner and c["status"] == "Lead"
-               and c["product_interest"] == product]
+    matches = snap.customers_where(owner=owner, status="Lead", product=product)
     query = phrase(rng, ["Reassign all of {a}'s leads that are interested in {product} to {b} in the crm.",
                          "{b} is taking over all of {a}'s leads that are interested in {product}. Can you reassign "
                          "them in the crm?"],
@@ -689,8 +688,7 @@ def crm_delete_by_status_product(rng, snap):
     owner = rng.choice(snap.crm_assignees)
     status_words, status = rng.choice(sorted(STATUS_WORDS.items()))
     words, product = rng.choice(sorted(PRODUCT_WORDS.items()))
-    matches = [c for c in snap.customers if c["assigned_to_email"] == owner and c["status"] == status
-               and c["product_interest"] == product]
+    matches = snap.customers_where(owner=owner, status=status, product=product)
     query = phrase(rng, ["Delete all of {a}'s customers that are in the {status} stage and interested in {product} in "
                          "the crm",
                          "We no longer need to keep all of {a}'s customers that are in the {status} stage and "
@@ -703,9 +701,7 @@ def crm_delete_by_status_product(rng, snap):
 def crm_stale_proposals_to_lost(rng, snap):
     words, product = rng.choice(sorted(PRODUCT_WORDS.items()))
     weeks = rng.randint(1, 6)
-    cutoff = days_before(weeks * 7)
-    matches = [c for c in snap.customers if c["status"] == "Proposal" and c["product_interest"] == product
-               and c["last_contact_date"][:10] < cutoff]
+    matches = snap.stale_proposals(product, weeks)
     query = phrase(rng, ["Move all customers that haven't responded to a proposal for the {product} product in "
                          "{weeks} weeks to lost in the crm",
                          "We need to move all customers that haven't responded to a proposal for the {product} "

@@ -78,6 +78,24 @@ class Snapshot:
                    visits=db.analytics_data.records(), tasks=db.project_tasks.records(), customers=db.crm.records(),
                    directory=list(db.directory))
 
+    # --- queries the templates ask (kept here so tests can check them against the real dataset's answers) ----
+    def latest_email_from(self, sender: str, subject: str | None = None) -> dict | None:
+        """The most recent email from `sender` (optionally with exactly this subject)."""
+        return next((e for e in self.emails_from.get(sender, []) if subject is None or e["subject"] == subject), None)
+
+    def customers_where(self, owner: str | None = None, status: str | None = None,
+                        product: str | None = None) -> list[dict]:
+        """Customers matching every given filter, in table order."""
+        return [c for c in self.customers
+                if (owner is None or c["assigned_to_email"] == owner) and (status is None or c["status"] == status)
+                and (product is None or c["product_interest"] == product)]
+
+    def stale_proposals(self, product: str, weeks: int) -> list[dict]:
+        """Customers in proposal for `product` not contacted for `weeks` weeks (last contact before the cutoff)."""
+        cutoff = days_before(weeks * 7)
+        return [c for c in self.customers_where(status="Proposal", product=product)
+                if c["last_contact_date"][:10] < cutoff]
+
     # --- analytics ---------------------------------------------------------------------------------------------
     def daily_metric(self, metric: str, start: str, end: str) -> dict[str, float]:
         """{date: value} over the days with visits in [start, end]; metric is a METRICS / TRAFFIC_SOURCES value."""

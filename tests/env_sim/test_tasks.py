@@ -286,3 +286,28 @@ def test_latest_email_agrees_with_the_search_tool():
         if expected is None:
             continue
         assert found["output"]["emails"][0]["email_id"] == expected["email_id"]
+
+
+# --- commands -----------------------------------------------------------------------------------------------------
+
+def _run_command(argv):
+    import argparse
+
+    from env_sim.tasks.commands import add_task_commands
+
+    parser = argparse.ArgumentParser()
+    add_task_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_generate_and_convert_commands_write_rows(tmp_path, capsys):
+    out = tmp_path / "generated.jsonl"
+    assert _run_command(["generate", "--n", "25", "--seed", "5", "--output", str(out), "--start-id", "10"]) == 0
+    assert list(read_rows(out)) == generate_rows(25, seed=5, start_id=10)
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows"] == 25 and summary["rows_with_problems"] == 0
+    out = tmp_path / "workbench.jsonl"
+    assert _run_command(["convert-workbench", "--output", str(out)]) == 0
+    assert sum(1 for _ in read_rows(out)) == 690
+    assert json.loads(capsys.readouterr().out)["rows_with_problems"] == 0

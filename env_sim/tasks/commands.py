@@ -1,0 +1,75 @@
+"""The task subcommands of `python -m env_sim`: `generate` and `convert-workbench`.
+
+    python -m env_sim generate --n 1255 --seed 42 --output rows.jsonl
+    python -m env_sim convert-workbench --output rows.jsonl
+
+Both write JSON lines atomically and print a one-line JSON summary (rows per category, empty ground truths,
+rows whose ground truth failed to replay).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from typing import Any
+
+from env_sim.tasks.rows import CATEGORIES, validate_row, write_rows
+
+
+def _summary(rows: list[dict[str, Any]], output: str, check: bool) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "output": output,
+        "rows": len(rows),
+        "per_category": dict(sorted(Counter(row["category"] for row in rows).items())),
+        "empty_ground_truth": sum(1 for row in rows if not row["ground_truth"]),
+    }
+    if check:
+        failing = {row["id"]: problems for row in rows if (problems := validate_row(row))}
+        summary["rows_with_problems"] = len(failing)
+        summary["problems"] = [p for problems in list(failing.values())[:10] for p in problems]
+    return summary
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from env_sim.tasks.generator import generate_rows
+
+    rows = generate_rows(args.n, args.seed, categories=args.categories or None, start_id=args.start_id)
+    summary = _summary(rows, args.output, check=not args.no_check)
+    if summary.get("rows_with_problems"):
+        print(json.dumps(summary), file=sys.stderr)
+        return 1
+    write_rows(args.output, rows)
+    print(json.dumps(summary))
+    return 0
+
+
+def run_convert_workbench(args: argparse.Namespace) -> int:
+    from env_sim.tasks.workbench import QA_DIR, convert_workbench
+
+    rows = convert_workbench(args.qa_dir or QA_DIR, start_id=args.start_id)
+    write_rows(args.output, rows)
+    # WorkBench rows are written as they are; replay problems are reported, not fixed.
+    print(json.dumps(_summary(rows, args.output, check=not args.no_check)))
+    return 0
+
+
+def add_task_commands(subparsers: Any) -> None:
+    """Register `generate` and `convert-workbench` on an argparse subparsers object."""
+    generate = subparsers.add_parser("generate", help="write seeded task rows in the dataset format")
+    generate.add_argument("--n", type=int, required=True, help="number of rows")
+    generate.add_argument("--seed", type=int, default=42)
+    generate.add_argument("--output", required=True, help="JSON-lines file to write")
+    generate.add_argument("--categories", nargs="*", choices=list(CATEGORIES), metavar="CATEGORY",
+                          help=f"restrict to these categories ({', '.join(CATEGORIES)})")
+    generate.add_argument("--start-id", type=int, default=0)
+    generate.add_argument("--no-check", action="store_true", help="skip replaying every ground truth")
+    generate.set_defaults(func=run_generate)
+
+    convert = subparsers.add_parser("convert-workbench", help="WorkBench queries_and_answers CSVs -> task rows")
+    convert.add_argument("--output", required=True, help="JSON-lines file to write")
+    convert.add_argument("--qa-dir", default=None, help="folder with the *_queries_and_answers.csv files "
+                                                         "(default: the vendored copy)")
+    convert.add_argument("--start-id", type=int, default=0)
+    convert.add_argument("--no-check", action="store_true", help="skip replaying every ground truth")
+    convert.set_defaults(func=run_convert_workbench)

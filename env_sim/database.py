@@ -90,15 +90,18 @@ class Table:
         self._owned = True
 
     def set_where(self, mask: list, column: str, value) -> None:
-        """``df.loc[mask, column] = value`` for a scalar value."""
+        """``df.loc[mask, column] = value`` (lists are spread over the rows, dicts become NaN)."""
+        from env_sim.tools.pandas_semantics import loc_values  # local: tools import this module
+
+        positions = [pos for pos, hit in enumerate(mask) if hit]
+        values = loc_values(value, len(positions))
         self._own()
         i = self.index_of[column]
         rows = self.rows
-        for pos, hit in enumerate(mask):
-            if hit:
-                row = list(rows[pos])
-                row[i] = value
-                rows[pos] = tuple(row)
+        for pos, v in zip(positions, values):
+            row = list(rows[pos])
+            row[i] = v
+            rows[pos] = tuple(row)
 
 
 class Database:

@@ -64,9 +64,10 @@ class CalendarTool:
             stamps = [to_timestamp(e["event_start"]) for e in events]
             order = sorted(range(len(events)), key=stamps.__getitem__, reverse=True)  # newest first, stable
             events = [events[i] for i in order]
-            page_items, total, page, total_pages = paginate(events, page, page_size)
+            total = len(events)
+            page, total_pages, start, end = paginate(total, page, page_size)
             return {
-                "events": page_items,
+                "events": events[start:end],
                 "pagination": {"total_events": total, "page": page, "page_size": page_size,
                                "total_pages": total_pages},
             }

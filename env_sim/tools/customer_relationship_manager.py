@@ -37,10 +37,11 @@ class CustomerRelationshipManagerTool:
                 mask = series_compare([r[ix[col]] for r in rows], value, op)
                 rows = [r for r, k in zip(rows, mask) if k]
         customer_records = [dict(zip(t.columns, r)) for r in rows]
-        page_items, total, page, total_pages = paginate(customer_records, page, page_size)
+        total = len(customer_records)
+        page, total_pages, start, end = paginate(total, page, page_size)
         if total > 0:
             return {
-                "customers": page_items,
+                "customers": customer_records[start:end],
                 "pagination": {"total_customers": total, "page": page, "page_size": page_size,
                                "total_pages": total_pages},
             }

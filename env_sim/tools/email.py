@@ -55,10 +55,11 @@ class EmailTool:
             if date_max:
                 upper = _Lazy(date_max)  # inclusive: compared by calendar day
                 emails = [e for e in emails if to_timestamp(e["sent_datetime"]).date() <= upper.date()]
-            page_items, total, page, total_pages = paginate(emails, page, page_size)
+            total = len(emails)
+            page, total_pages, start, end = paginate(total, page, page_size)
             if len(emails):
                 return {
-                    "emails": page_items,
+                    "emails": emails[start:end],
                     "pagination": {"total_emails": total, "page": page, "page_size": page_size,
                                    "total_pages": total_pages},
                 }

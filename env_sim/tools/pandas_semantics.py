@@ -144,7 +144,7 @@ _MONTHS = {
 _WEEKDAYS = {"mon", "monday", "tue", "tues", "tuesday", "wed", "wednesday", "thu", "thur", "thurs",
              "thursday", "fri", "friday", "sat", "saturday", "sun", "sunday"}
 _JUMP = {"at", "on", "and", "ad", "m", "t", "of", "st", "nd", "rd", "th"}
-_TOKEN = re.compile(r"\d+(?::\d+)+(?:\.\d+)?|\d+(?:[/.\-]\d+)+|\d+|[a-z]+|[+-]\d{2}:?\d{2}|\S")
+_TOKEN = re.compile(r"\d+(?::\d+)+(?:\.\d+)?|\d+(?:[/.\-]\d+)+|\d+|[a-z]+|[+-]\d{2}:?\d{2}|\S", re.IGNORECASE)
 
 
 def to_timestamp(value) -> _dt.datetime:
@@ -162,7 +162,7 @@ def to_timestamp(value) -> _dt.datetime:
     if low == "today":
         return _dt.datetime.now()
     m = _ISO.match(text)
-    if m:
+    if m and not (m["m"] and not m["d"] and not m["sep"]):  # "YYYYMM" is not ISO for pandas
         return _from_parts(value, m)
     return _parse_loose(value)
 
@@ -204,32 +204,47 @@ def _parse_tz(tz: str) -> _dt.timezone:
 
 
 def _parse_loose(original: str) -> _dt.datetime:
-    """A reduced dateutil: month names, m/d/y and y/m/d dates, clock times, am/pm, ordinals."""
+    """A reduced dateutil as pandas drives it: month names, m/d/y (or d/m/y when m > 12) and y/m/d
+    dates, clock times, am/pm, ordinals. A missing year/month/day defaults to 0001-01-01, except
+    that a bare clock time is taken on today's date."""
     unknown = ValueError(f"Unknown datetime string format, unable to parse: {original}")
-    today = _dt.date.today()
+    text = original.strip()
+    if text and text[0] != "0":
+        try:
+            number = float(text)
+        except ValueError:
+            number = None
+        if number is not None and number < 1000:
+            raise ValueError(f'Given date string "{original}" not likely a datetime')
+    if text.isdigit():
+        if len(text) == 6:  # dateutil reads YYMMDD
+            return _checked(original, 2000 + int(text[:2]), int(text[2:4]), int(text[4:]), 0, 0, 0, 0, None)
+        raise ValueError(f"year {text} is out of range: {original}")
     year = month = day = None
     hh = mi = ss = 0
     frac = 0
     ampm = None
     tz = None
     numbers: list[int] = []
-    saw_anything = False
+    saw_date = saw_time = False
     last_was_number = False
-    for tok in _TOKEN.findall(original.lower()):
+    for raw in _TOKEN.findall(text):
+        tok = raw.lower()
         was_number, last_was_number = last_was_number, tok.isdigit()
-        if tok in ",;'" or tok in "-/." or tok in _JUMP:
-            continue
-        if tok in _WEEKDAYS:
+        if tok in ",;'" or tok in "-/." or tok in _JUMP or tok in _WEEKDAYS:
             continue
         if tok in _MONTHS:
             month = _MONTHS[tok]
-            saw_anything = True
+            saw_date = True
         elif tok in ("am", "pm", "a", "p"):
             ampm = tok[0]
             if was_number:
                 hh = numbers.pop()
+                saw_time = True
         elif tok in ("z", "utc", "gmt"):
             tz = _dt.timezone.utc
+        elif saw_time and raw.isalpha() and raw.isupper() and len(raw) <= 5:
+            continue  # a time-zone name dateutil does not know: ignored
         elif tok[0] in "+-" and len(tok) > 1:
             tz = _parse_tz(tok)
         elif ":" in tok:
@@ -240,23 +255,28 @@ def _parse_loose(original: str) -> _dt.datetime:
                 ss = int(sec[0])
                 if len(sec) > 1:
                     frac = int(sec[1][:6].ljust(6, "0"))
-            saw_anything = True
+            saw_time = True
         elif re.fullmatch(r"\d+(?:[/.\-]\d+)+", tok):
-            parts = [int(p) for p in re.split(r"[/.\-]", tok)]
-            if len(parts) != 3 and len(parts) != 2:
+            pieces = re.split(r"[/.\-]", tok)
+            parts = [int(p) for p in pieces]
+            if len(parts) not in (2, 3):
                 raise unknown
-            if len(str(re.split(r"[/.\-]", tok)[0])) == 4:
+            if len(pieces[0]) == 4:
                 year, month, day = parts[0], parts[1], (parts[2] if len(parts) == 3 else 1)
             elif len(parts) == 3:
                 month, day, year = parts
+                if month > 12 >= day:
+                    month, day = day, month
                 if year < 100:
                     year += 2000
             else:
                 month, day = parts
-            saw_anything = True
+                if month > 12 >= day:
+                    month, day = day, month
+            saw_date = True
         elif tok.isdigit():
             numbers.append(int(tok))
-            saw_anything = True
+            saw_date = True
         else:
             raise unknown
     for n in numbers:
@@ -270,15 +290,19 @@ def _parse_loose(original: str) -> _dt.datetime:
             day = n
         else:
             raise unknown
-    if not saw_anything:
+    if not saw_date and not saw_time:
         raise ValueError(f"Unable to parse datetime string: {original}")
     if ampm == "p" and hh < 12:
         hh += 12
     elif ampm == "a" and hh == 12:
         hh = 0
-    year = year if year is not None else today.year
-    month = month if month is not None else (today.month if day is None and not numbers else 1)
-    day = day if day is not None else (today.day if month == today.month and year == today.year else 1)
+    if not saw_date:
+        today = _dt.date.today()
+        year, month, day = today.year, today.month, today.day
+    return _checked(original, year or 1, month or 1, day or 1, hh, mi, ss, frac, tz)
+
+
+def _checked(original, year, month, day, hh, mi, ss, frac, tz) -> _dt.datetime:
     _check_ranges(original, month, hh, mi, ss)
     try:
         out = _dt.datetime(year, month, day, hh, mi, ss, frac)
@@ -306,11 +330,29 @@ def series_max(values: list):
     return best
 
 
-def paginate(items: list, page, page_size):
-    """The reference's page arithmetic, kept operation for operation (its errors included)."""
-    total = len(items)
+def paginate(total: int, page, page_size):
+    """The reference's page arithmetic, kept operation for operation (its errors included).
+
+    Returns (page, total_pages, start, end); callers slice only when they return results, as the
+    reference does (a float page_size fails only then).
+    """
     total_pages = (total + page_size - 1) // page_size
     page = max(1, min(page, total_pages)) if total_pages > 0 else 1
     start = (page - 1) * page_size
     end = min(start + page_size, total)
-    return items[start:end], total, page, total_pages
+    return page, total_pages, start, end
+
+
+def loc_values(value, n_rows: int) -> list:
+    """What ``df.loc[mask, col] = value`` writes into the ``n_rows`` selected cells.
+
+    A dict aligns on the index (string keys never match the integer labels: NaN); a list must
+    have one item per selected row.
+    """
+    if isinstance(value, dict):
+        return [None] * n_rows
+    if isinstance(value, list):
+        if len(value) != n_rows:
+            raise ValueError("setting an array element with a sequence.")
+        return list(value)
+    return [value] * n_rows

@@ -1,0 +1,200 @@
+"""The submitit job chain on the real local Slurm cluster: order, skipping, failure propagation, requeue,
+preemption, and a 2-node job with a Ray cluster. No fake sbatch/sacct anywhere."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jobs import chain
+from jobs.stages import CheckpointableStageJob, make_executor, make_job
+from omegaconf import OmegaConf
+from pipeline.config import load_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_ROWS = REPO_ROOT / "tests" / "data" / "example_rows.jsonl"
+# small jobs: one CPU each, so both fake nodes can run one at a time each
+SMALL = ["slurm.cpus_per_task=1", "slurm.mem_gb=1", "slurm.time_min=10"]
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    fields = ["JobIDRaw", "State", "Start", "End", "NodeList"]
+    out = subprocess.run(["sacct", "-X", "-P", "-n", "-j", ",".join(job_ids), "-o", ",".join(fields)],
+                         capture_output=True, text=True, check=True).stdout
+    return {line.split("|")[0]: dict(zip(fields, line.split("|"))) for line in out.splitlines() if line}
+
+
+def wait_until(predicate, timeout: float, what: str, poll: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def run_overrides(root: Path, *extra: str) -> list[str]:
+    return [f"run.root={root}", "data.source=local", *SMALL, *extra]
+
+
+def record(root: Path) -> dict:
+    return json.loads((root / "jobs.json").read_text())
+
+
+# --- login node ----------------------------------------------------------------------------------------------
+
+def test_login_node_imports_no_heavy_packages():
+    code = ("import sys, jobs, jobs.__main__, jobs.chain, jobs.stages, jobs.status, jobs.sweep, jobs.ray_cluster; "
+            "print(','.join(m for m in ('torch', 'ray', 'vllm', 'datasets', 'megatron') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_local_executor_runs_the_chain_without_slurm(tmp_path):
+    root = tmp_path / "run"
+    result = cli("submit", "--until", "prepare", *run_overrides(root, "slurm.use_cluster=false",
+                                                                f"+data.local.jsonl={EXAMPLE_ROWS}"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "LocalExecutor" in result.stdout
+    assert (root / "prepare" / "train_prepare.jsonl").exists()
+    assert record(root)["executor"] == "local"
+
+
+# --- real Slurm ------------------------------------------------------------------------------------------------
+
+@pytest.mark.slurm
+def test_data_then_prepare_complete_in_order_and_are_skipped_next_time(local_cluster, tmp_path):
+    root = tmp_path / "run"
+    overrides = run_overrides(root, "data.local.generator_rows=60")
+    first = cli("submit", "--until", "prepare", "--wait", *overrides)
+    assert first.returncode == 0, first.stdout + first.stderr
+    stages = record(root)["stages"]
+    data_id, prepare_id = stages["data"]["job_id"], stages["prepare"]["job_id"]
+    assert stages["prepare"]["dependency"] == f"afterok:{data_id}"
+    acct = sacct([data_id, prepare_id])
+    assert acct[data_id]["State"] == "COMPLETED" and acct[prepare_id]["State"] == "COMPLETED"
+    assert acct[prepare_id]["Start"] >= acct[data_id]["End"]  # ISO timestamps compare in time order
+    train_rows = (root / "prepare" / "train_prepare.jsonl").read_text().splitlines()
+    assert len(train_rows) == 54 and json.loads(train_rows[0])["agent_ref"]["type"] == "responses_api_agents"
+
+    status = cli("status", *overrides)
+    lines = {line.split()[0]: line for line in status.stdout.splitlines() if line.split()}
+    assert "COMPLETED" in lines["data"] and "complete" in lines["prepare"], status.stdout
+
+    again = cli("submit", "--until", "prepare", *overrides)
+    assert again.returncode == 0
+    assert again.stdout.count("skipped") == 2 and "submitted" not in again.stdout, again.stdout
+    assert record(root)["stages"]["prepare"]["job_id"] == prepare_id
+
+
+@pytest.mark.slurm
+def test_failed_stage_cancels_its_dependants_and_status_says_why(local_cluster, tmp_path):
+    rows = [json.loads(line) for line in EXAMPLE_ROWS.read_text().splitlines()]
+    rows[2]["ground_truth"][0]["name"] = "no_such_tool"
+    bad_file = tmp_path / "bad_rows.jsonl"
+    bad_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    root = tmp_path / "run"
+    overrides = run_overrides(root, f"+data.local.jsonl={bad_file}")
+    result = cli("submit", "--until", "sanity", "--wait", *overrides)
+    assert result.returncode == 1, result.stdout + result.stderr
+    stages = record(root)["stages"]
+    acct = sacct([stages[s]["job_id"] for s in ("data", "prepare", "sanity")])
+    assert acct[stages["data"]["job_id"]]["State"] == "COMPLETED"
+    assert acct[stages["prepare"]["job_id"]]["State"] == "FAILED"
+    assert acct[stages["sanity"]["job_id"]]["State"].startswith("CANCELLED")
+
+    status = cli("status", *overrides).stdout
+    sanity_line = next(line for line in status.splitlines() if line.startswith("sanity"))
+    assert "DependencyNeverSatisfied" in sanity_line and stages["prepare"]["job_id"] in sanity_line, status
+    logs = cli("logs", "--stage", "prepare", "--lines", "60", *overrides).stdout
+    assert ".jsonl:" in logs and "unknown tool 'no_such_tool'" in logs, logs
+
+
+def counter_job(root: Path, count: int, step_s: float) -> tuple[object, CheckpointableStageJob]:
+    cfg = chain.resolve_config(load_config("tiny_cpu", run_overrides(
+        root, f"+testing.count={count}", f"+testing.step_s={step_s}")))
+    job_def = CheckpointableStageJob("train", OmegaConf.to_yaml(cfg), target="tests.chain_stages:counting_train",
+                                     grace_s=20)
+    return make_executor(cfg, "train"), job_def
+
+
+def counter_state(root: Path) -> dict:
+    path = root / "train" / "counter_state.json"
+    return json.loads(path.read_text()) if path.exists() else {"i": 0, "starts": [], "saves": []}
+
+
+def release_requeued(job_id: str) -> None:
+    """A requeued job waits ~120 s (BeginTime); start it now."""
+    def pending() -> bool:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+        return out.strip() == "PENDING"
+    wait_until(pending, 60, f"job {job_id} to be requeued")
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_scontrol_requeue_resumes_from_the_on_disk_checkpoint(local_cluster, tmp_path):
+    root = tmp_path / "run"
+    executor, job_def = counter_job(root, count=24, step_s=0.5)
+    job = executor.submit(job_def)
+    wait_until(lambda: counter_state(root)["i"] >= 6, 120, "the counter to reach 6")
+    subprocess.run(["scontrol", "requeue", job.job_id], check=True)
+    release_requeued(job.job_id)
+    job.result()  # raises if the job did not complete
+    state = counter_state(root)
+    assert state["i"] == 24
+    assert [s["restart"] for s in state["starts"]] == ["0", "1"], state
+    assert state["starts"][1]["from"] >= 6, state  # resumed, did not start over
+    assert sacct([job.job_id])[job.job_id]["State"] == "COMPLETED"
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_usr2_asks_the_stage_to_save_then_requeues(local_cluster, tmp_path):
+    root = tmp_path / "run"
+    executor, job_def = counter_job(root, count=24, step_s=0.5)
+    job = executor.submit(job_def)
+    wait_until(lambda: counter_state(root)["i"] >= 4, 120, "the counter to reach 4")
+    job._interrupt(timeout=True)  # submitit's test hook: `scancel --signal USR2` (the time-limit warning)
+    release_requeued(job.job_id)
+    job.result()
+    state = counter_state(root)
+    assert state["i"] == 24
+    assert state["saves"] and state["saves"][0]["reason"] == "SIGUSR2", state
+    assert state["starts"][1]["from"] == state["saves"][0]["at"], state
+    log = Path(job.paths.stdout).read_text()
+    assert "requeueing" in log
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_two_node_job_gets_two_ranks_and_a_two_node_ray_cluster(local_cluster, tmp_path):
+    if int(local_cluster["nodes"]) < 2:
+        pytest.skip("needs NODES>=2")
+    root = tmp_path / "run"
+    cfg = chain.resolve_config(load_config("tiny_cpu", run_overrides(root)), nodes=2)
+    job = make_executor(cfg, "train", nodes=2).submit(make_job("train", cfg, "tests.chain_stages:ray_nodes"))
+    results = job.results()  # one per task
+    assert results[0] == str(root / "train") and results[1] is None
+    info = json.loads((root / "train" / "ray_nodes.json").read_text())
+    assert info["alive_nodes"] == 2 and len(info["task_nodes"]) == 2, info
+    assert len(set(info["node_manager_ports"])) == 2
+    assert sacct([job.job_id])[job.job_id]["NodeList"] == "node[1-2]"
+    rendezvous = Path(job.paths.folder) / f"{job.job_id}_ray_0"
+    assert (rendezvous / "head.log").exists() and (rendezvous / "worker-1.log").exists()
+    rank1_log = Path(str(job.paths.stdout).replace("_0_log.out", "_1_log.out")).read_text()
+    assert "rank 1 on node2 joining" in rank1_log and "left the Ray cluster" in rank1_log
+    leftovers = subprocess.run(["pgrep", "-f", f"ray-j{job.job_id}-"], capture_output=True, text=True).stdout
+    assert leftovers.strip() == "", "Ray processes of the job outlived it"

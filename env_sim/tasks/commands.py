@@ -54,22 +54,38 @@ def run_convert_workbench(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_task_commands(subparsers: Any) -> None:
-    """Register `generate` and `convert-workbench` on an argparse subparsers object."""
-    generate = subparsers.add_parser("generate", help="write seeded task rows in the dataset format")
-    generate.add_argument("--n", type=int, required=True, help="number of rows")
-    generate.add_argument("--seed", type=int, default=42)
-    generate.add_argument("--output", required=True, help="JSON-lines file to write")
-    generate.add_argument("--categories", nargs="*", choices=list(CATEGORIES), metavar="CATEGORY",
-                          help=f"restrict to these categories ({', '.join(CATEGORIES)})")
-    generate.add_argument("--start-id", type=int, default=0)
-    generate.add_argument("--no-check", action="store_true", help="skip replaying every ground truth")
-    generate.set_defaults(func=run_generate)
+GENERATE_HELP = "write seeded task rows in the dataset format"
+CONVERT_HELP = "convert WorkBench queries_and_answers CSVs into task rows"
 
-    convert = subparsers.add_parser("convert-workbench", help="WorkBench queries_and_answers CSVs -> task rows")
-    convert.add_argument("--output", required=True, help="JSON-lines file to write")
-    convert.add_argument("--qa-dir", default=None, help="folder with the *_queries_and_answers.csv files "
-                                                         "(default: the vendored copy)")
-    convert.add_argument("--start-id", type=int, default=0)
-    convert.add_argument("--no-check", action="store_true", help="skip replaying every ground truth")
-    convert.set_defaults(func=run_convert_workbench)
+
+def configure_generate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n", type=int, required=True, help="number of rows")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--output", required=True, help="JSON-lines file to write")
+    parser.add_argument("--categories", nargs="*", choices=list(CATEGORIES), metavar="CATEGORY",
+                        help=f"restrict to these categories ({', '.join(CATEGORIES)})")
+    parser.add_argument("--start-id", type=int, default=0)
+    parser.add_argument("--no-check", action="store_true", help="skip replaying every ground truth")
+
+
+def configure_convert_workbench(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", required=True, help="JSON-lines file to write")
+    parser.add_argument("--qa-dir", default=None,
+                        help="folder with the *_queries_and_answers.csv files (default: the vendored copy)")
+    parser.add_argument("--start-id", type=int, default=0)
+    parser.add_argument("--no-check", action="store_true", help="skip replaying every ground truth")
+
+
+# (name, help, configure, run) for env_sim.cli.register_command
+COMMANDS = (
+    ("generate", GENERATE_HELP, configure_generate, run_generate),
+    ("convert-workbench", CONVERT_HELP, configure_convert_workbench, run_convert_workbench),
+)
+
+
+def add_task_commands(subparsers: Any) -> None:
+    """Register the commands on an argparse subparsers object (for use outside env_sim.cli)."""
+    for name, help_text, configure, run in COMMANDS:
+        parser = subparsers.add_parser(name, help=help_text, description=help_text)
+        configure(parser)
+        parser.set_defaults(func=run)

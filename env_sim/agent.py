@@ -24,7 +24,7 @@ import json
 from typing import Any, Callable, Sequence
 
 from env_sim.formats import ToolCallFormat, get_format
-from env_sim.formats._common import ParsedTurn
+from env_sim.formats._common import ParsedTurn, split_reasoning
 from env_sim.formats.responses import (ItemIds, function_call_item, function_call_output_item, items_to_messages,
                                        message_item, reasoning_item)
 
@@ -80,6 +80,7 @@ class Episode:
         self.verdict = None
         self._items: list[dict[str, Any]] = []
         self._ids = ItemIds()
+        self._pending_call_ids: list[str] = []
 
     def _with_tools(self, messages: list[dict[str, Any]], tools: Sequence[dict[str, Any]],
                     compact: bool) -> list[dict[str, Any]]:
@@ -111,7 +112,7 @@ class Episode:
         turn = self.fmt.parse(model_text)
         if not self.parse_error_feedback and turn.errors:
             # Reference behaviour: a response with any unreadable call has no calls at all, only text.
-            _, visible = _visible_text(model_text)
+            _, visible = split_reasoning(model_text)
             turn = ParsedTurn(content=visible.strip(), tool_calls=[], errors=[], reasoning=turn.reasoning)
         self.messages.append({"role": "assistant", "content": model_text})
         has_message = self._record_assistant(turn)
@@ -192,12 +193,6 @@ class Episode:
         return {"id": self.row.get("id"), "category": self.row.get("category"), "steps": self.steps,
                 "stop_reason": self.stop_reason, "num_function_calls": len(self.function_calls),
                 "num_parse_errors": self.num_parse_errors, "reward": self.reward}
-
-
-def _visible_text(text: str) -> tuple[str, str]:
-    from env_sim.formats._common import split_reasoning
-
-    return split_reasoning(text)
 
 
 def run_episode(model: Model, row: dict[str, Any], fmt: str | ToolCallFormat = "hermes",

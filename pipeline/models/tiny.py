@@ -20,6 +20,9 @@ from typing import Any, Iterable, Mapping
 
 # Qwen3's special tokens. The first three are "special" (dropped by skip_special_tokens); the tool/think
 # markers are ordinary added tokens, so decoded model text keeps them and the tool-call parser can see them.
+# Part of the cache key: bump when the build changes in a way the settings do not show.
+BUILDER_VERSION = 2
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MARKUP_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
 END_OF_TURN = "<|im_end|>"
@@ -38,6 +41,10 @@ DEFAULT_TINY = {
     "rms_norm_eps": 1.0e-6,
     "init_std": 0.02,
 }
+
+# How text is cut into words before BPE: GPT-2's split, except that underscores join words, so that tool and
+# parameter names (`email_send_email`, `event_start`) can become single tokens.
+WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}\p{N}_]+| ?[^\s\p{L}\p{N}_]+|\s+(?!\S)|\s+"""
 
 # Our own ChatML template. The tool section uses the Hermes wording that Qwen3 models were trained on (and that
 # env_sim.formats.hermes reproduces), so prompts rendered by either agree. Written with explicit '\n' strings so
@@ -107,7 +114,8 @@ def build_tiny_model(out_dir: str | Path, cfg_tiny: Mapping[str, Any] | None, co
     texts = [t for t in corpus if t]
     if not texts:
         raise ValueError("build_tiny_model: the tokenizer corpus is empty")
-    digest = hashlib.sha256(json.dumps({"settings": settings, "seed": seed}, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps({"settings": settings, "seed": seed, "builder": BUILDER_VERSION,
+                                        "template": CHAT_TEMPLATE, "words": WORD_PATTERN}, sort_keys=True).encode())
     for text in texts:
         digest.update(text.encode("utf-8", "surrogatepass"))
         digest.update(b"\0")
@@ -182,12 +190,15 @@ def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int = 4
     Byte-level means any text encodes. Padding to the model's vocab size keeps every id the model can sample
     decodable (a random model samples them all).
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     num_fixed = len(SPECIAL_TOKENS) + len(MARKUP_TOKENS)
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(MARKUP_TOKENS) - 64,   # room for markup + a few reserved ids

@@ -311,3 +311,17 @@ def test_generate_and_convert_commands_write_rows(tmp_path, capsys):
     assert _run_command(["convert-workbench", "--output", str(out)]) == 0
     assert sum(1 for _ in read_rows(out)) == 690
     assert json.loads(capsys.readouterr().out)["rows_with_problems"] == 0
+
+
+@pytest.mark.parametrize("metric,tool", [("total_visits", "analytics_total_visits_count"),
+                                         ("user_engaged", "analytics_engaged_users_count"),
+                                         ("session_duration_seconds", "analytics_get_average_session_duration")])
+def test_daily_metrics_agree_with_the_analytics_tools(metric, tool):
+    """The conditional analytics templates decide with the same numbers the model can read from the tools."""
+    snap = initial_snapshot()
+    db = Database.fresh()
+    for start, end in [("2023-11-01", "2023-11-29"), ("2023-09-15", "2023-10-02")]:
+        output = json.loads(execute_call(db, tool, json.dumps({"time_min": start, "time_max": end})))["output"]
+        mine = snap.daily_metric(metric, start, end)
+        assert set(output) == set(mine)
+        assert all(abs(float(output[d]) - mine[d]) < 1e-9 for d in mine)

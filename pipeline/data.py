@@ -105,8 +105,9 @@ def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 
 
 def _strip_nulls(value: Any) -> Any:
-    """Arrow unifies struct fields across rows, so every tool schema gains every other tool's parameters as
-    nulls; the dataset's own JSON never holds nulls there, so dropping them restores the original rows."""
+    """Arrow struct columns (older `datasets` versions) unify fields across rows, so every tool schema gains
+    every other tool's parameters as nulls; the dataset's own JSON holds no nulls there, so dropping them
+    restores the original rows (a no-op where `datasets` keeps the JSON as is)."""
     if isinstance(value, dict):
         return {key: _strip_nulls(item) for key, item in value.items() if item is not None}
     if isinstance(value, list):

@@ -157,7 +157,7 @@ def test_scontrol_requeue_resumes_from_the_on_disk_checkpoint(local_cluster, tmp
     assert state["i"] == 24
     assert [s["restart"] for s in state["starts"]] == ["0", "1"], state
     assert state["starts"][1]["from"] >= 6, state  # resumed, did not start over
-    assert sacct([job.job_id])[job.job_id]["State"] == "COMPLETED"
+    wait_until(lambda: sacct([job.job_id])[job.job_id]["State"] == "COMPLETED", 60, "sacct to say COMPLETED")
 
 
 @pytest.mark.slurm
@@ -170,6 +170,7 @@ def test_usr2_asks_the_stage_to_save_then_requeues(local_cluster, tmp_path):
     job._interrupt(timeout=True)  # submitit's test hook: `scancel --signal USR2` (the time-limit warning)
     release_requeued(job.job_id)
     job.result()
+    wait_until(lambda: sacct([job.job_id])[job.job_id]["State"] == "COMPLETED", 60, "sacct to say COMPLETED")
     state = counter_state(root)
     assert state["i"] == 24
     assert state["saves"] and state["saves"][0]["reason"] == "SIGUSR2", state

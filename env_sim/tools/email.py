@@ -47,7 +47,13 @@ class EmailTool:
                     hits.append(pos)
             when = t.index_of["sent_datetime"]
             stamps = {pos: to_timestamp(t.rows[pos][when]) for pos in hits}
-            hits.sort(key=stamps.__getitem__, reverse=True)  # newest first; ties keep table order
+            # Newest first. pandas sorts with numpy's unstable quicksort: up to 16 rows it is an
+            # insertion sort (ties keep table order); above that, on the reference's hardware, ties
+            # (emails sent during the episode share one timestamp) come out newest-row first.
+            if len(hits) <= 16:
+                hits.sort(key=stamps.__getitem__, reverse=True)
+            else:
+                hits.sort(key=lambda p: (stamps[p], p), reverse=True)
             emails = t.records(hits)
             if date_min:
                 lower = _Lazy(date_min)

@@ -132,6 +132,7 @@ _ISO = re.compile(
     r"(?:[T ](?P<H>\d{2})(?::?(?P<M>\d{2})(?::?(?P<S>\d{2})(?:[.,](?P<f>\d{1,9}))?)?)?)?"
     r"\s*(?P<tz>Z|[+-]\d{2}(?::?\d{2})?)?$"
 )
+_CANONICAL = re.compile(r"\d{4}-\d{2}-\d{2}(?: \d{2}:\d{2}:\d{2})?")
 _MONTHS = {
     name: i + 1
     for i, names in enumerate(
@@ -155,6 +156,11 @@ def to_timestamp(value) -> _dt.datetime:
         if value != value:
             raise ValueError("NaT")  # pd.Timestamp(nan) is NaT; comparisons then fail
         return _EPOCH + _dt.timedelta(microseconds=int(value) / 1000)
+    if _CANONICAL.fullmatch(value):  # the tables' own format: let the C parser do it
+        try:
+            return _dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass  # out-of-range parts: the slow path words the error as pandas does
     text = value.strip()
     low = text.lower()
     if low == "now":

@@ -1,0 +1,135 @@
+"""``python -m env_sim <command>``: verify trajectories, serve the HTTP API (and more, see below).
+
+Adding a command: write ``configure(parser)`` and ``run(args) -> int`` and call
+``register_command(name, help, configure, run)`` below; ``main`` picks everything registered up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+_COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
+
+
+def register_command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None],
+                     run: Callable[[argparse.Namespace], int]) -> None:
+    _COMMANDS[name] = (help, configure, run)
+
+
+class InputError(ValueError):
+    """Bad input file content; the message names the file, line and problem."""
+
+
+def atomic_write_lines(path: Path, lines) -> None:
+    """Write text lines to a temp file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for line in lines:
+                fh.write(line)
+                fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# --- verify -----------------------------------------------------------------------------------------
+
+def read_verify_input(path: Path) -> list[dict]:
+    """Lines ``{"id", "predicted": [...], "ground_truth": [...]}``; blank lines are skipped."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            for key in ("id", "predicted", "ground_truth"):
+                if key not in row:
+                    raise InputError(f"{path}:{lineno}: missing key '{key}'")
+            for key in ("predicted", "ground_truth"):
+                calls = row[key]
+                if isinstance(calls, str) and key == "ground_truth":
+                    continue  # the reference accepts a JSON-encoded ground truth too
+                if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+                    raise InputError(f"{path}:{lineno}: '{key}' must be a list of {{\"name\", \"arguments\"}} objects")
+            rows.append(row)
+    return rows
+
+
+def _configure_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", required=True, type=Path, help="JSONL: {id, predicted, ground_truth} per line")
+    p.add_argument("--output", required=True, type=Path, help="JSONL: {id, reward, ...diagnostics} per line")
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from env_sim.verify import verify
+
+    rows = read_verify_input(args.input)
+    out = []
+    total = 0.0
+    for row in rows:
+        try:
+            verdict = verify(row["predicted"], row["ground_truth"])
+        except ValueError as e:
+            raise InputError(f"{args.input}: row id={row['id']!r}: {e}") from None
+        total += verdict.reward
+        out.append(json.dumps({"id": row["id"], "reward": verdict.reward, **verdict.diagnostics}, ensure_ascii=False))
+    atomic_write_lines(args.output, out)
+    mean = total / len(rows) if rows else 0.0
+    print(f"verified {len(rows)} trajectories, mean reward {mean:.4f} -> {args.output}", file=sys.stderr)
+    return 0
+
+
+# --- serve ------------------------------------------------------------------------------------------
+
+def _configure_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--verbose", action="store_true", help="log every request")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from env_sim.server import serve
+
+    serve(args.host, args.port, args.verbose)
+    return 0
+
+
+register_command("verify", "score trajectories against ground truth (reference reward)", _configure_verify, _run_verify)
+register_command("serve", "HTTP server compatible with the reference resources server", _configure_serve, _run_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m env_sim", description="Workplace Assistant environment")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, configure, run) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        configure(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args._run(args)
+    except (InputError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

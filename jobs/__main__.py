@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("submit", cmd_submit, "submit the chain up to a stage (skips up-to-date stages)")
     p.add_argument("--until", required=True, choices=STAGE_ORDER)
     p.add_argument("--nodes", type=int, default=None, help="nodes for the train stage (one task per node)")
-    p.add_argument("--force", nargs="+", default=[], choices=STAGE_ORDER, help="submit these even if up to date")
+    p.add_argument("--force", action="append", default=[], choices=STAGE_ORDER,
+                   help="submit this stage even if up to date (repeatable)")
     p.add_argument("--target", action="append", default=[], metavar="STAGE=module:function",
                    help="run another function for a stage (tests, benchmarks)")
     p.add_argument("--wait", action="store_true", help="follow the jobs until they end; exit 1 if one failed")

@@ -193,8 +193,9 @@ def run_head(task: TaskInfo, driver: Callable[[], T], num_cpus: int | None, num_
         tmp = task.rendezvous / f".{HEAD_FILE}.tmp"
         tmp.write_text(json.dumps(head_info))
         os.replace(tmp, task.rendezvous / HEAD_FILE)
-        _log(f"head up at {address} on {task.node_name}; waiting for {task.num_nodes} nodes")
-        _wait_for_nodes(address, task.num_nodes, JOIN_TIMEOUT_S, task.rendezvous)
+        if task.num_nodes > 1:  # one node: the driver's own ray.init waits for the head's raylet
+            _log(f"head up at {address} on {task.node_name}; waiting for {task.num_nodes} nodes")
+            _wait_for_nodes(address, task.num_nodes, JOIN_TIMEOUT_S, task.rendezvous)
         _log(f"ray cluster ready: {task.num_nodes} nodes in {time.time() - started:.1f}s; running the driver")
         os.environ["RAY_ADDRESS"] = address
         return driver()

@@ -73,6 +73,7 @@ class StageJob:
         return f"{type(self).__name__}({self.stage!r}, target={self.target!r}, use_ray={self.use_ray})"
 
     def _run_stage(self) -> str | None:
+        os.environ["SLURM_GRPO_STAGE_START"] = repr(time.time())  # for bench/chain_bench.py's breakdown
         cfg = self.config()
         function = resolve_target(self.target)
         print(f"[{self.stage}] start {self.target} on {os.environ.get('SLURMD_NODENAME', os.uname().nodename)} "

@@ -113,7 +113,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_sweep_install(args: argparse.Namespace) -> int:
     if not slurm_available():
         raise SystemExit("sweeps need Slurm (sbatch/squeue): bring up the cluster with `make cluster-up`")
-    job_id = sweep.install(args.config, list(args.overrides), args.every_min, args.matrix)
+    job_id = sweep.install(args.config, list(args.overrides), args.every_min, args.matrix,
+                           _targets(args.target).get("sanity"))
     print(f"sweep installed: first tick is job {job_id}; then every {args.every_min} min "
           f"(state in {sweep.sweep_root(args.config, list(args.overrides))}/sweep.json)")
     return 0
@@ -203,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("sweep-install", cmd_sweep_install, "schedule sanity sweeps (self-resubmitting job)")
     p.add_argument("--every-min", type=int, default=1440)
     p.add_argument("--matrix", default=None, help="YAML list of override lists; one sanity run per entry")
+    p.add_argument("--target", action="append", default=[], metavar="sanity=module:function",
+                   help="run another function as the sanity stage (tests)")
     command("sweep-remove", cmd_sweep_remove, "cancel the scheduled sanity sweep")
     p = command("demo", cmd_demo, "run the whole chain, follow it, print a summary")
     p.add_argument("--nodes", type=int, default=None)

@@ -67,8 +67,10 @@ def _tick_executor(config_name: str, overrides: list[str], begin: str | None) ->
 class SweepTick:
     """One scheduled sweep run (a submitit job)."""
 
-    def __init__(self, config_name: str, overrides: list[str], every_min: int, matrix: list[list[str]]) -> None:
+    def __init__(self, config_name: str, overrides: list[str], every_min: int, matrix: list[list[str]],
+                 sanity_target: str | None = None) -> None:
         self.config_name, self.overrides, self.every_min, self.matrix = config_name, list(overrides), every_min, matrix
+        self.sanity_target = sanity_target  # another 'module:function' for the sanity stage (tests)
 
     def schedule_next(self) -> str:
         with submitit.helpers.clean_env():
@@ -92,7 +94,7 @@ class SweepTick:
                 cfg.run.root = str(root / f"variant_{index}")
                 plans = submit_chain(cfg, until="prepare")
                 prep_ids += [p.job_id for p in plans if p.job_id]
-                sanity_jobs.append(make_job("sanity", cfg))
+                sanity_jobs.append(make_job("sanity", cfg, self.sanity_target))
                 names.append(" ".join(variant) or "(base)")
             base = resolve_config(load_config(self.config_name, self.overrides))
             executor = submitit.AutoExecutor(folder=root / "logs" / "sanity" / "%j", cluster="slurm")
@@ -110,17 +112,20 @@ class SweepTick:
         return {"next_tick": next_id, "sanity_array": array_id, "variants": names}
 
 
-def install(config_name: str, overrides: list[str], every_min: int = 1440, matrix_file: str | None = None) -> str:
+def install(config_name: str, overrides: list[str], every_min: int = 1440, matrix_file: str | None = None,
+            sanity_target: str | None = None) -> str:
     """Start the sweep now (first tick runs at once); returns the tick job id."""
     if every_min < 1:
         raise ValueError(f"--every-min must be at least 1, got {every_min}")
     remove(config_name, overrides, quiet=True)
     root = sweep_root(config_name, overrides)
-    tick = SweepTick(config_name, overrides, every_min, read_matrix(matrix_file))
-    job = _tick_executor(config_name, overrides, begin=None).submit(tick)
-    _save_state(root, {"installed_at": now_iso(), "every_min": every_min, "matrix": tick.matrix,
-                       "first_tick": str(job.job_id), "next_tick": str(job.job_id), "ticks": []})
-    return str(job.job_id)
+    tick = SweepTick(config_name, overrides, every_min, read_matrix(matrix_file), sanity_target)
+    _save_state(root, {"installed_at": now_iso(), "every_min": every_min, "matrix": tick.matrix, "ticks": []})
+    job_id = str(_tick_executor(config_name, overrides, begin=None).submit(tick).job_id)
+    state = _state(root)  # the tick may already have written to it
+    state.update({"first_tick": job_id, "next_tick": state.get("next_tick", job_id)})
+    _save_state(root, state)
+    return job_id
 
 
 def remove(config_name: str, overrides: list[str], quiet: bool = False) -> list[str]:

@@ -70,3 +70,13 @@ def ray_nodes(cfg: DictConfig) -> Path:
 
 def always_fails(cfg: DictConfig) -> Path:
     raise RuntimeError("this stage fails on purpose")
+
+
+def passing_sanity(cfg: DictConfig) -> Path:
+    """Stands in for the sanity suite in sweep tests: records which variant ran, writes the sanity manifest."""
+    out = manifest.stage_dir(cfg, "sanity")
+    report = out / "report.json"
+    atomic_write_json(report, {"passed": True, "run": cfg.run.name, "seed": int(cfg.grpo.seed),
+                               "job": os.environ.get("SLURM_JOB_ID"), "task": os.environ.get("SLURM_ARRAY_TASK_ID")})
+    manifest.write_manifest(cfg, "sanity", outputs=[report])
+    return out

@@ -199,3 +199,54 @@ def test_two_node_job_gets_two_ranks_and_a_two_node_ray_cluster(local_cluster, t
     assert "rank 1 on node2 joining" in rank1_log and "left the Ray cluster" in rank1_log
     leftovers = subprocess.run(["pgrep", "-f", f"ray-j{job.job_id}-"], capture_output=True, text=True).stdout
     assert leftovers.strip() == "", "Ray processes of the job outlived it"
+
+
+def test_plan_skips_up_to_date_stages_and_reruns_everything_after_a_change(tmp_path):
+    from bench.chain_bench import noop_sanity
+    from pipeline import data, prepare
+
+    overrides = run_overrides(tmp_path / "run", f"+data.local.jsonl={EXAMPLE_ROWS}", "slurm.use_cluster=false")
+    cfg = chain.resolve_config(load_config("tiny_cpu", overrides))
+    data.run(cfg), prepare.run(cfg), noop_sanity(cfg)
+    actions = lambda plans: [(p.stage, p.action) for p in plans]  # noqa: E731
+    assert actions(chain.plan_chain(cfg, "train", use_cluster=False)) == [
+        ("data", "skip"), ("prepare", "skip"), ("sanity", "skip"), ("train", "submit")]
+    assert actions(chain.plan_chain(cfg, "train", always=["train"], use_cluster=False))[-1] == ("train", "submit")
+    changed = chain.resolve_config(load_config("tiny_cpu", overrides + ["prepare.drop_bad_rows=true"]))
+    plans = chain.plan_chain(changed, "sanity", use_cluster=False)
+    assert actions(plans) == [("data", "skip"), ("prepare", "submit"), ("sanity", "submit")]
+    assert plans[1].reason.startswith("config changed") and plans[2].reason == "an earlier stage runs again"
+    with_sft = chain.resolve_config(load_config("tiny_cpu", overrides + ["sft.enabled=true"]))
+    assert chain.chain_stages(with_sft, "eval") == ["data", "prepare", "sanity", "sft", "train", "eval"]
+    assert chain.chain_stages(cfg, "eval") == ["data", "prepare", "sanity", "train", "eval"]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_sweep_runs_the_matrix_as_a_job_array_and_reschedules_itself(local_cluster, tmp_path):
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text("- [grpo.seed=1]\n- [grpo.seed=2]\n")
+    overrides = run_overrides(tmp_path / "run", f"+data.local.jsonl={EXAMPLE_ROWS}")
+    installed = cli("sweep-install", "--every-min", "60", "--matrix", str(matrix),
+                    "--target", "sanity=tests.chain_stages:passing_sanity", *overrides)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    root = tmp_path / "tiny_cpu-sweep"
+
+    def first_tick():
+        state = json.loads((root / "sweep.json").read_text())
+        return state["ticks"][0] if state.get("ticks") else None
+    tick = wait_until(first_tick, 120, "the first sweep tick")
+    pending = subprocess.run(["squeue", "-h", "-j", tick["next_tick"], "-o", "%T|%r"], capture_output=True,
+                             text=True).stdout.strip()
+    assert pending == "PENDING|BeginTime", pending  # the next tick waits for its --begin time
+
+    reports = [root / f"variant_{i}" / "sanity" / "report.json" for i in range(2)]
+    wait_until(lambda: all(p.exists() for p in reports), 180, "both sanity variants")
+    runs = [json.loads(p.read_text()) for p in reports]
+    assert [r["seed"] for r in runs] == [1, 2]
+    assert {r["job"] for r in runs} != {None} and sorted(r["task"] for r in runs) == ["0", "1"]  # one array
+
+    removed = cli("sweep-remove", *overrides)
+    assert tick["next_tick"] in removed.stdout, removed.stdout
+    wait_until(lambda: sacct([tick["next_tick"]])[tick["next_tick"]]["State"].startswith("CANCELLED"), 60,
+               "the next tick to be cancelled")

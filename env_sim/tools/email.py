@@ -39,12 +39,12 @@ class EmailTool:
         try:
             words = query.lower().split()
             t = self._db.emails
-            si, bi, ri = t.index_of["subject"], t.index_of["body"], t.index_of["sender/recipient"]
-            hits = []
-            for pos, row in enumerate(t.rows):
-                haystack = f"{fmt(row[si])} {fmt(row[bi])} {fmt(row[ri])}".lower()
-                if all(w in haystack for w in words):
-                    hits.append(pos)
+            hays = _haystacks(t)
+            if len(words) == 1:
+                w = words[0]
+                hits = [pos for pos, h in enumerate(hays) if w in h]
+            else:
+                hits = [pos for pos, h in enumerate(hays) if all(w in h for w in words)]
             when = t.index_of["sent_datetime"]
             stamps = {pos: to_timestamp(t.rows[pos][when]) for pos in hits}
             # Newest first. pandas sorts with numpy's unstable quicksort: up to 16 rows it is an
@@ -135,6 +135,38 @@ class EmailTool:
             return "Email replied successfully."
         except Exception as e:
             return f"Error replying to email: {e}"
+
+
+_HAYSTACKS: dict = {}
+_SNAPSHOT_HAYSTACKS: dict = {}  # id(snapshot rows list) -> haystacks; the snapshot lives for the process
+
+
+def _haystacks(t) -> list:
+    if not t._owned:  # still the snapshot's row list: computed once per process
+        key = id(t.rows)
+        hays = _SNAPSHOT_HAYSTACKS.get(key)
+        if hays is None or len(hays) != len(t.rows):
+            hays = _SNAPSHOT_HAYSTACKS[key] = [_haystack(t, row) for row in t.rows]
+        return hays
+    return [_haystack(t, row) for row in t.rows]
+
+
+def _haystack(t, row: tuple) -> str:
+    """The lower-cased "subject body sender" text searched for a row (cached per row: rows are immutable)."""
+    try:
+        text = _HAYSTACKS.get(row)
+    except TypeError:  # a cell holds a list/dict the model sent: not cacheable
+        text = cacheable = None
+    else:
+        cacheable = True
+    if text is None:
+        ix = t.index_of
+        text = f"{fmt(row[ix['subject']])} {fmt(row[ix['body']])} {fmt(row[ix['sender/recipient']])}".lower()
+        if cacheable:
+            if len(_HAYSTACKS) > 100_000:
+                _HAYSTACKS.clear()
+            _HAYSTACKS[row] = text
+    return text
 
 
 class _Lazy:

@@ -27,6 +27,8 @@ STR_ACCESSOR_ERROR = "Can only use .str accessor with string values!"
 
 def series_eq(values: list, x) -> list[bool]:
     """``Series(values) == x`` for an object column."""
+    if isinstance(x, str):  # str == anything never raises
+        return [v == x for v in values]
     if isinstance(x, list):
         if len(x) != len(values):
             raise ValueError("Lengths must match to compare", (len(values),), (len(x),))
@@ -45,6 +47,8 @@ def series_compare(values: list, x, op) -> list[bool]:
 
 def array_contains(values: list, x) -> bool:
     """``x in series.values`` (numpy: ``(arr == x).any()`` with broadcasting)."""
+    if isinstance(x, str):
+        return x in values
     if isinstance(x, list):
         n, k = len(values), len(x)
         if k == n:

@@ -110,3 +110,34 @@ def test_concurrent_sessions_do_not_share_state(server):
     for i, (recipients, ids) in results.items():
         assert recipients == [f"user{i}@x.com"] * n_sends  # nobody else's emails leaked in
         assert ids == [str(500 + k) for k in range(n_sends)]  # every session numbered from its own state
+
+
+def test_python_m_env_sim_serve_starts_the_server():
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "env_sim", "serve", "--port", str(port)], cwd=root,
+                            env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("POST", "/seed_session", body="{}")
+                resp = conn.getresponse()
+                assert resp.status == 200 and resp.getheader("Set-Cookie").startswith("session_id=")
+                break
+            except ConnectionRefusedError:
+                assert time.time() < deadline, "server did not start"
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(10)

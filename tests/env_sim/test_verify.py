@@ -90,3 +90,50 @@ def test_unchanged_state_flags_and_replay_isolation():
     assert v.reward == 1.0 and v.diagnostics["predicted_changed_state"] is False
     db, errors = replay([call("email_delete_email", email_id="00000001")])
     assert errors == 0 and len(db.emails) == 499 and len(Database.fresh().emails) == 500
+
+
+# --- the CLI: python -m env_sim verify ----------------------------------------------------------------
+
+def _write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def test_cli_verify_writes_rewards_and_diagnostics(tmp_path):
+    from env_sim.cli import main
+
+    gt = [call("email_delete_email", email_id="00000259")]
+    _write_lines(tmp_path / "in.jsonl", [
+        json.dumps({"id": "a", "predicted": gt, "ground_truth": gt}),
+        "",
+        json.dumps({"id": 2, "predicted": [], "ground_truth": json.dumps(gt)}),
+    ])
+    assert main(["verify", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out" / "o.jsonl")]) == 0
+    out = [json.loads(line) for line in (tmp_path / "out" / "o.jsonl").read_text().splitlines()]
+    assert [(o["id"], o["reward"]) for o in out] == [("a", 1.0), (2, 0.0)]
+    assert out[1]["tables_differ"] == ["email"] and out[1]["predicted_changed_state"] is False
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+@pytest.mark.parametrize("bad_line,message", [
+    ("{not json", "in.jsonl:2: not valid JSON"),
+    ('{"id": 1, "predicted": []}', "in.jsonl:2: missing key 'ground_truth'"),
+    ('{"id": 1, "predicted": "x", "ground_truth": []}', "in.jsonl:2: 'predicted' must be a list"),
+    ("[1]", "in.jsonl:2: expected a JSON object"),
+])
+def test_cli_verify_names_the_bad_line(tmp_path, capsys, bad_line, message):
+    from env_sim.cli import main
+
+    good = json.dumps({"id": 0, "predicted": [], "ground_truth": []})
+    _write_lines(tmp_path / "in.jsonl", [good, bad_line])
+    out = tmp_path / "o.jsonl"
+    assert main(["verify", "--input", str(tmp_path / "in.jsonl"), "--output", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing half-written
+
+
+def test_cli_registers_commands_for_extension():
+    from env_sim.cli import _COMMANDS, build_parser
+
+    assert {"verify", "serve"} <= set(_COMMANDS)
+    args = build_parser().parse_args(["serve", "--port", "0"])
+    assert args.port == 0 and callable(args._run)

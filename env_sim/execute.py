@@ -24,8 +24,24 @@ def call_tool(db, name: str, kwargs: dict):
 
 
 def dump_output(result) -> str:
-    """The server's JSON body for ``{"output": result}`` (compact, UTF-8 kept as is)."""
-    return json.dumps({"output": result}, ensure_ascii=False, separators=(",", ":"))
+    """The server's JSON body for ``{"output": result}`` (compact, UTF-8 kept as is).
+
+    Non-finite floats (only possible when a model sent them) become null, as pydantic writes them.
+    """
+    try:
+        return json.dumps({"output": result}, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps({"output": _finite(result)}, ensure_ascii=False, separators=(",", ":"))
+
+
+def _finite(value):
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def parse_arguments(arguments_json):

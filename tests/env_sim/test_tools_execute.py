@@ -58,3 +58,21 @@ def test_ids_after_mixed_writes_follow_max_plus_one():
         "due_date": "2023-12-01", "board": "Design"}) == "00000300"
     assert call_tool(db, "customer_relationship_manager_add_customer",
                      {"customer_name": "n", "assigned_to_email": "a@b.c", "status": "Lead"}) == "00000200"
+
+
+def test_non_finite_numbers_serialise_as_null():
+    db = Database.fresh()
+    assert call_tool(db, "calendar_update_event", {"event_id": "00000252", "field": "event_name",
+                                                   "new_value": float("inf")}) == "Event updated successfully."
+    text = execute_call(db, "calendar_get_event_information_by_id", '{"event_id": "00000252", "field": "event_name"}')
+    assert text == '{"output":{"event_name":null}}'
+
+
+def test_env_sim_imports_neither_pandas_nor_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, env_sim.database, env_sim.tools, env_sim.execute, env_sim.verify, env_sim.server, env_sim.cli; "
+            "print(sorted(m for m in ('pandas', 'numpy', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

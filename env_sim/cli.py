@@ -115,6 +115,12 @@ def _run_serve(args: argparse.Namespace) -> int:
 register_command("verify", "score trajectories against ground truth (reference reward)", _configure_verify, _run_verify)
 register_command("serve", "HTTP server compatible with the reference resources server", _configure_serve, _run_serve)
 
+# generate / convert-workbench: task rows in the dataset format (env_sim.tasks.commands)
+from env_sim.tasks.commands import COMMANDS as _TASK_COMMANDS  # noqa: E402  (stdlib-only, heavy imports are lazy)
+
+for _name, _help, _configure, _run in _TASK_COMMANDS:
+    register_command(_name, _help, _configure, _run)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m env_sim", description="Workplace Assistant environment")

@@ -325,3 +325,19 @@ def test_daily_metrics_agree_with_the_analytics_tools(metric, tool):
         mine = snap.daily_metric(metric, start, end)
         assert set(output) == set(mine)
         assert all(abs(float(output[d]) - mine[d]) < 1e-9 for d in mine)
+
+
+def test_python_m_env_sim_generate_and_convert(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "rows.jsonl"
+    done = subprocess.run([sys.executable, "-m", "env_sim", "generate", "--n", "12", "--seed", "42", "--output",
+                           str(out)], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert list(read_rows(out)) == generate_rows(12, seed=42)
+    done = subprocess.run([sys.executable, "-m", "env_sim", "convert-workbench", "--output", str(tmp_path / "wb.jsonl"),
+                           "--no-check"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rows"] == 690

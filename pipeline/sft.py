@@ -1,0 +1,178 @@
+"""Stage `sft`: warm-start the policy on expert trajectories before GRPO.
+
+Where no trained model is given (the tiny default starts from random weights), GRPO would never see a reward.
+This stage plays every training row once with an *expert* in place of the model: the expert's turns are the
+row's ground-truth tool calls followed by a short final answer (`env_sim.agent.expert_turns`), executed against
+the environment like any rollout, so tool outputs are real. The trajectories go through the same token
+bookkeeping as GRPO rollouts (`pipeline.grpo.rollout.collect_rollouts`), so the warm-started model sees exactly
+the format it will be trained on.
+
+Training reuses the GRPO policy workers (Megatron-core model, AdamW, scheduler, checkpoints): with advantage 1
+and the on-policy ratio (previous log-probs = current), the clipped policy-gradient loss has exactly the gradient
+of the token-level negative log-likelihood, so no second training loop exists. The reported `sft:nll` is the
+batch's NLL before its update.
+
+Artifacts in `<run.root>/sft/`: checkpoints/step_N (resumed from after a requeue), metrics.jsonl, hf_model/
+(what `train` starts from), manifest.json.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import run_root
+
+
+class ExpertGeneration:
+    """A generation backend that 'samples' given assistant texts, one per call (one episode at a time)."""
+
+    def __init__(self, tokenizer, turns: Sequence[str], end_of_turn_id: int):
+        self.tokenizer, self.turns, self.end_of_turn_id = tokenizer, list(turns), end_of_turn_id
+
+    def generate(self, prompt_token_ids, sampling: Mapping[str, Any]) -> list[dict]:
+        if len(prompt_token_ids) != 1:
+            raise ValueError("ExpertGeneration plays one episode at a time")
+        text = self.turns.pop(0) if self.turns else "Done."
+        ids = self.tokenizer.encode(text, add_special_tokens=False) + [self.end_of_turn_id]
+        limit = sampling["max_tokens"][0] if isinstance(sampling.get("max_tokens"), list) else None
+        finish = "stop"
+        if limit is not None and len(ids) > limit:
+            ids, finish = ids[:limit], "length"
+        return [{"token_ids": ids, "logprobs": [0.0] * len(ids), "finish_reason": finish}]
+
+
+def expert_rollouts(rows: Sequence[dict], tokenizer, cfg: DictConfig) -> list:
+    """One expert trajectory per row, as GRPO rollouts (token ids + assistant loss mask); rows whose expert
+    does not score 1.0 (which would mean the environment or the row is broken) are an error."""
+    from env_sim.agent import expert_turns
+    from pipeline.generation import stop_token_ids
+    from pipeline.grpo.rollout import collect_rollouts
+
+    end_of_turn = stop_token_ids(tokenizer, getattr(tokenizer, "name_or_path", None))[0]
+    out = []
+    for row in rows:
+        turns = expert_turns(row, cfg.env.tool_format)
+        rollout = collect_rollouts([row], ExpertGeneration(tokenizer, turns, end_of_turn), tokenizer, cfg, seed=0)[0]
+        if rollout.reward != 1.0 and not rollout.truncated:
+            raise ValueError(f"row id {row.get('id')}: the expert trajectory scored {rollout.reward} "
+                             f"(stop: {rollout.stop_reason}); the row's ground truth does not solve it")
+        out.append(rollout)
+    return out
+
+
+def sft_config(cfg: DictConfig) -> DictConfig:
+    """The run config with the policy optimizer set from `sft.*` (lr, min_lr, batch sizes)."""
+    s = cfg.sft
+    return OmegaConf.merge(cfg, OmegaConf.create({"policy": {
+        "train_global_batch_size": int(s.train_global_batch_size),
+        "train_micro_batch_size": int(s.train_micro_batch_size),
+        "megatron_cfg": {"optimizer": {"lr": float(s.lr), "min_lr": float(s.min_lr)},
+                         "scheduler": {"lr_warmup_iters": int(s.get("lr_warmup_iters", 0) or 0)}},
+    }}))
+
+
+def total_sft_steps(cfg: DictConfig, num_rows: int) -> int:
+    per_epoch = math.ceil(num_rows / int(cfg.sft.train_global_batch_size))
+    steps = per_epoch * int(cfg.sft.num_epochs)
+    return min(steps, int(cfg.sft.max_num_steps)) if cfg.sft.get("max_num_steps") else steps
+
+
+def batch_order(num_rows: int, gbs: int, seed: int, step: int) -> list[int]:
+    """Row indices of optimizer step `step` (1-based): a fresh seeded shuffle per epoch."""
+    per_epoch = math.ceil(num_rows / gbs)
+    epoch, index = divmod(step - 1, per_epoch)
+    order = list(range(num_rows))
+    random.Random(f"{seed}:sft:{epoch}").shuffle(order)
+    return order[index * gbs:(index + 1) * gbs]
+
+
+def run(cfg: DictConfig) -> Path:
+    import torch
+    from transformers import AutoTokenizer
+
+    from pipeline import manifest, signals
+    from pipeline.distributed import init_ray
+    from pipeline.grpo.checkpoint import CheckpointManager
+    from pipeline.grpo.metrics import MetricsLogger
+    from pipeline.grpo.policy import PolicyGroup
+    from pipeline.grpo.trainer import rollouts_to_batch
+    from pipeline.io import read_jsonl
+    from pipeline.models.hub import resolve_model
+    from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+    from pipeline.train import ray_address
+
+    timer = manifest.StageTimer()
+    root = run_root(cfg)
+    out_dir = root / "sft"
+    train_path = root / "prepare" / "train_prepare.jsonl"
+    if not train_path.exists():
+        raise FileNotFoundError(f"{train_path} is missing: run the prepare stage first (make submit-prepare)")
+    rows = read_jsonl(train_path)
+    model_dir = resolve_model(cfg.policy.model_name, root / "models", tiny_cfg=cfg.policy.get("tiny"),
+                              seed=int(cfg.run.seed))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    trajectories = expert_rollouts(rows, tokenizer, cfg)
+    timer.phase("expert_trajectories")
+    print(f"[sft] {len(trajectories)} expert trajectories, "
+          f"{sum(r.num_generated_tokens for r in trajectories)} assistant tokens", flush=True)
+
+    scfg = sft_config(cfg)
+    total = total_sft_steps(cfg, len(trajectories))
+    gbs, seed = int(cfg.sft.train_global_batch_size), int(cfg.run.seed)
+    init_ray(address=ray_address(cfg))
+    policy = PolicyGroup(scfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict, total)
+    checkpoints = CheckpointManager(out_dir / "checkpoints", metric_name=None, keep_top_k=1)
+    step = 0
+    latest = checkpoints.latest()
+    if latest is not None:
+        policy.load(latest / "policy")
+        step = int(CheckpointManager.training_info(latest)["current_step"])
+        print(f"[sft] resumed from {latest} at step {step}", flush=True)
+    metrics = MetricsLogger(out_dir, None, False, resume_step=step, echo=True)
+    timer.phase("start_workers")
+
+    save_period = max(1, int(cfg.sft.get("save_period", 0) or total))
+    while step < total:
+        if signals.preemption_requested():
+            checkpoints.save(step, {"stage": "sft"}, OmegaConf.to_yaml(scfg), lambda d: policy.save(d / "policy"))
+            print(f"[sft] preemption requested: saved step {step}, stopping", flush=True)
+            return out_dir
+        step += 1
+        t0 = time.perf_counter()
+        chosen = [trajectories[i] for i in batch_order(len(trajectories), gbs, seed, step)]
+        batch = rollouts_to_batch(chosen, torch.ones(len(chosen)))
+        batch.pop("generation_logprobs")
+        batch["prev_logprobs"] = policy.get_logprobs(batch)
+        nll = float(-(batch["prev_logprobs"] * batch["loss_mask"]).sum() / batch["loss_mask"].sum())
+        result = policy.train(batch)
+        metrics.log(step, {"sft:nll": nll, "grad_norm": result["grad_norm"], "sft:lr": result["lr"],
+                           "sft:tokens": float(batch["loss_mask"].sum()),
+                           "timing/sft/step": time.perf_counter() - t0})
+        if step % save_period == 0 and step < total:
+            checkpoints.save(step, {"stage": "sft"}, OmegaConf.to_yaml(scfg), lambda d: policy.save(d / "policy"))
+    timer.phase("train")
+    hf_dir = policy.save_hf_model(model_dir, out_dir / "hf_model",
+                                  "bfloat16" if str(cfg.policy.precision) in ("bfloat16", "bf16") else "float32")
+    policy.shutdown()
+    metrics.finish()
+    timer.phase("export_hf_model")
+    history = metrics.read()
+    manifest.write_manifest(cfg, "sft", inputs=[train_path], outputs=[hf_dir, out_dir / "metrics.jsonl"],
+                            timer=timer, extra={
+                                "steps": step, "initial_model": str(model_dir),
+                                "first_nll": history[0].get("sft:nll") if history else None,
+                                "final_nll": history[-1].get("sft:nll") if history else None})
+    return out_dir
+
+
+def describe(out_dir: Path) -> dict[str, Any]:
+    """Summary for the demo table: steps and NLL before/after."""
+    data = json.loads((out_dir / "manifest.json").read_text())
+    return data.get("extra", data)

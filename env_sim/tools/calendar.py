@@ -62,7 +62,10 @@ class CalendarTool:
             events = [e for e in events if timestamps_compare(to_timestamp(e["event_start"]), time_max, LE)]
         if events:
             stamps = [to_timestamp(e["event_start"]) for e in events]
-            order = sorted(range(len(events)), key=stamps.__getitem__, reverse=True)  # newest first, stable
+            try:
+                order = sorted(range(len(events)), key=stamps.__getitem__, reverse=True)  # newest first, stable
+            except TypeError:  # an event created with a time zone among naive ones
+                raise TypeError("Cannot compare tz-naive and tz-aware timestamps") from None
             events = [events[i] for i in order]
             total = len(events)
             page, total_pages, start, end = paginate(total, page, page_size)

@@ -94,3 +94,9 @@ def test_delete_and_update_event(db):
     assert call_tool(db, "calendar_delete_event", {"event_id": "252"}) == "Invalid event ID format. Expected 8-digit ID."
     assert call_tool(db, "calendar_delete_event", {}) == "Event ID not provided."
     assert len(db.calendar_events) == 299
+
+
+def test_time_zone_in_event_start_breaks_later_searches_like_pandas(db):
+    assert call_tool(db, "calendar_create_event", {**NEW, "event_start": "2023-12-01 10:00:00Z"}) == "00000300"
+    assert call_tool(db, "calendar_search_events", {}) == (
+        "Error executing tool 'calendar_search_events': Cannot compare tz-naive and tz-aware timestamps")

@@ -46,12 +46,13 @@ class Episode:
     row: a dataset row (see env_sim.tasks.rows).
     fmt: a format name ("hermes" | "nemotron") or format object.
     max_steps: the most model calls (reference: 6).
-    compact_tools: render the tool schemas one line per tool (tiny models only).
+    compact_tools: render the tool schemas one line per tool (tiny models only): true, or "signatures" (no
+        descriptions).
     parse_error_feedback: show unparsable calls to the model as errors (True) or treat them as text (reference).
     """
 
     def __init__(self, row: dict[str, Any], fmt: str | ToolCallFormat = "hermes", max_steps: int = DEFAULT_MAX_STEPS,
-                 compact_tools: bool = False, parse_error_feedback: bool = True) -> None:
+                 compact_tools: bool | str = False, parse_error_feedback: bool = True) -> None:
         from env_sim.database import Database
 
         if max_steps < 1:
@@ -83,7 +84,7 @@ class Episode:
         self._pending_call_ids: list[str] = []
 
     def _with_tools(self, messages: list[dict[str, Any]], tools: Sequence[dict[str, Any]],
-                    compact: bool) -> list[dict[str, Any]]:
+                    compact: bool | str) -> list[dict[str, Any]]:
         """Put the rendered tool section into the system message (creating one when the row has none)."""
         messages = [dict(message) for message in messages]
         if messages and messages[0]["role"] == "system":

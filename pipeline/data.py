@@ -157,8 +157,11 @@ def load_local_rows(cfg: DictConfig) -> tuple[list[dict], str, list[Path]]:
         except ImportError as err:
             raise RuntimeError(f"data.source=local needs env_sim.tasks.generator ({err}); "
                                "or set +data.local.jsonl=<rows.jsonl>") from err
-        rows.extend(generate_rows(int(local.generator_rows), int(local.seed)))
-        parts.append(f"env_sim generator ({local.generator_rows} rows, seed {local.seed})")
+        difficulties = local.get("difficulties")
+        difficulties = list(difficulties) if difficulties else None
+        rows.extend(generate_rows(int(local.generator_rows), int(local.seed), difficulties=difficulties))
+        parts.append(f"env_sim generator ({local.generator_rows} rows, seed {local.seed}"
+                     + (f", difficulties {difficulties})" if difficulties else ")"))
     if bool(local.workbench):
         from env_sim.tasks.workbench import convert_workbench
         converted = convert_workbench(start_id=len(rows))

@@ -26,12 +26,13 @@ class ToolCallFormat(ABC):
     def _render_tool_list(self, tools: Sequence[dict[str, Any]]) -> str:
         """The full JSON tool list as the model's chat template writes it."""
 
-    def render_tools(self, tools: Sequence[dict[str, Any]], compact: bool = False) -> str:
-        """The tool section of the system prompt; `compact` swaps the JSON schemas for one line per tool."""
-        listing = render_compact_tools(tools) if compact else self._render_tool_list(tools)
+    def render_tools(self, tools: Sequence[dict[str, Any]], compact: bool | str = False) -> str:
+        """The tool section of the system prompt; `compact` (true or "signatures") swaps the JSON schemas for one
+        line per tool."""
+        listing = render_compact_tools(tools, compact) if compact else self._render_tool_list(tools)
         return self._tools_block(listing, compact)
 
-    def system_prompt(self, system_text: str, tools: Sequence[dict[str, Any]], compact: bool = False) -> str:
+    def system_prompt(self, system_text: str, tools: Sequence[dict[str, Any]], compact: bool | str = False) -> str:
         """The row's system text followed by the tool section, as the chat template joins them."""
         block = self.render_tools(tools, compact=compact)
         return f"{system_text}\n\n{block}" if system_text else block

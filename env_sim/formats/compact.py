@@ -7,7 +7,9 @@ values where the description enumerates them, and the tool's description:
     email_send_email(recipient*, subject*, body*): Sends an email to the specified recipient.
     analytics_create_plot(time_min*:date, time_max*:date, value_to_plot*=total_visits|..., plot_type*=bar|...): ...
 
-Only the first sentence of each description is kept; LEGEND explains the notation.
+Only the first sentence of each description is kept; LEGEND explains the notation. The shortest level,
+`compact_tools: signatures`, drops the descriptions too (names and parameters carry what a tiny model can use),
+about half the tokens again.
 """
 from __future__ import annotations
 
@@ -48,15 +50,36 @@ def _first_sentence(description: str) -> str:
     return description[:match.end()].strip() if match else description.strip()
 
 
-def render_compact_tool(tool: dict[str, Any]) -> str:
+SIGNATURES_LEGEND = ("One tool per line: name(parameters). * marks a required parameter, a|b the allowed values, "
+                     ":int an integer, :date YYYY-MM-DD, :datetime YYYY-MM-DD HH:MM:SS.")
+SIGNATURES = "signatures"
+
+
+def render_compact_tool(tool: dict[str, Any], descriptions: bool = True) -> str:
     function = function_definition(tool)
     parameters = function.get("parameters") or {}
     required = set(parameters.get("required") or [])
     rendered = [_parameter(name, spec or {}, name in required)
                 for name, spec in (parameters.get("properties") or {}).items()]
-    return f"{function.get('name')}({', '.join(rendered)}): {_first_sentence(str(function.get('description', '')))}"
+    signature = f"{function.get('name')}({', '.join(rendered)})"
+    if not descriptions:
+        return signature
+    return f"{signature}: {_first_sentence(str(function.get('description', '')))}"
 
 
-def render_compact_tools(tools: Sequence[dict[str, Any]]) -> str:
-    """The legend line, then one line per tool in the given order."""
-    return "\n".join([LEGEND] + [render_compact_tool(tool) for tool in tools])
+def render_compact_tools(tools: Sequence[dict[str, Any]], level: bool | str = True) -> str:
+    """The legend line, then one line per tool in the given order; `level` "signatures" leaves out descriptions."""
+    if level not in (True, SIGNATURES):
+        raise ValueError(f"compact tool rendering level must be true or '{SIGNATURES}', got {level!r}")
+    descriptions = level is True
+    legend = LEGEND if descriptions else SIGNATURES_LEGEND
+    return "\n".join([legend] + [render_compact_tool(tool, descriptions) for tool in tools])
+
+
+def compact_level(value: Any) -> bool | str:
+    """Normalise a config value of `env.compact_tools` (false | true | "signatures") for `Episode`."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if value in (True, False, None) or value == SIGNATURES:
+        return bool(value) if value != SIGNATURES else SIGNATURES
+    raise ValueError(f"env.compact_tools must be false, true or '{SIGNATURES}', got {value!r}")

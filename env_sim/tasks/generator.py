@@ -885,8 +885,24 @@ def generate_tasks(n: int, seed: int, categories: Iterable[str] | None = None,
     return results
 
 
+DIFFICULTIES = ("easy", "medium", "hard")
+
+
+def templates_of(difficulties: Iterable[str] | None) -> tuple[Template, ...]:
+    """The templates of the given difficulty levels (all when None)."""
+    if difficulties is None:
+        return TEMPLATES
+    wanted = set(difficulties)
+    unknown = wanted - set(DIFFICULTIES)
+    if unknown:
+        raise ValueError(f"unknown difficulty {sorted(unknown)}; expected some of {DIFFICULTIES}")
+    return tuple(t for t in TEMPLATES if t.difficulty in wanted)
+
+
 def generate_rows(n: int, seed: int, categories: Iterable[str] | None = None, start_id: int = 0,
-                  snapshot: Snapshot | None = None) -> list[dict[str, Any]]:
-    """n dataset rows (ids start_id..start_id+n-1) drawn from the templates with a seeded RNG."""
+                  snapshot: Snapshot | None = None, difficulties: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """n dataset rows (ids start_id..start_id+n-1) drawn from the templates with a seeded RNG; `difficulties`
+    (e.g. ["easy", "medium"]) keeps only templates of those levels."""
+    tasks = generate_tasks(n, seed, categories, snapshot, templates_of(difficulties))
     return [make_row(start_id + index, task.query, task.ground_truth, template.domain)
-            for index, (template, task) in enumerate(generate_tasks(n, seed, categories, snapshot))]
+            for index, (template, task) in enumerate(tasks)]

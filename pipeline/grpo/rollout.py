@@ -118,6 +118,7 @@ def collect_rollouts(rows: Sequence[Mapping[str, Any]], generation, tokenizer, c
     policy.{max_total_sequence_length, generation.*}.
     """
     from env_sim.agent import Episode
+    from env_sim.formats.compact import compact_level
     from pipeline.generation import stop_token_ids
 
     gen_cfg = cfg.policy.generation
@@ -133,7 +134,7 @@ def collect_rollouts(rows: Sequence[Mapping[str, Any]], generation, tokenizer, c
     live: list[_Live] = []
     for index, row in enumerate(rows):
         episode = Episode(dict(row), cfg.env.tool_format, max_steps=int(cfg.env.max_steps),
-                          compact_tools=bool(cfg.env.compact_tools))
+                          compact_tools=compact_level(cfg.env.compact_tools))
         prompt = renderer.encode(renderer.render(episode.messages, add_generation_prompt=True))
         state = _Live(index, episode, [], [], [], len(prompt))
         state.append(prompt, 0)

@@ -278,3 +278,20 @@ def test_reasoning_items_become_think_text_and_back():
 def test_items_to_messages_rejects_unknown_items():
     with pytest.raises(ValueError, match="item 0: unsupported item type 'web_search'"):
         items_to_messages([{"type": "web_search"}])
+
+
+def test_signatures_level_drops_descriptions_but_keeps_every_tool_and_parameter():
+    from env_sim.formats.compact import compact_level, render_compact_tools
+    from env_sim.tools import TOOL_SCHEMAS
+
+    full = render_compact_tools(TOOL_SCHEMAS, True)
+    short = render_compact_tools(TOOL_SCHEMAS, "signatures")
+    assert len(short) < 0.8 * len(full)
+    assert "Sends an email" in full and "Sends an email" not in short
+    for tool in TOOL_SCHEMAS:
+        line = next(line for line in short.splitlines() if line.startswith(tool["name"] + "("))
+        for param in tool["parameters"]["properties"]:
+            assert param in line
+    assert compact_level("signatures") == "signatures" and compact_level("false") is False
+    with pytest.raises(ValueError, match="compact_tools"):
+        compact_level("tiny")

@@ -341,3 +341,13 @@ def test_python_m_env_sim_generate_and_convert(tmp_path):
                            "--no-check"], cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["rows"] == 690
+
+
+def test_difficulty_filter_keeps_only_those_templates():
+    from env_sim.tasks.generator import TEMPLATES, generate_tasks, templates_of
+
+    easy = templates_of(["easy"])
+    assert easy and all(t.difficulty == "easy" for t in easy) and len(easy) < len(TEMPLATES)
+    assert {t.difficulty for t, _ in generate_tasks(40, 3, templates=easy)} == {"easy"}
+    with pytest.raises(ValueError, match="trivial"):
+        templates_of(["trivial"])

@@ -5,7 +5,12 @@ import math
 import pytest
 import torch
 
-from conftest import make_worker, random_batch
+from grpo_testlib import POLICY_CFG, make_worker, random_batch
+
+
+@pytest.fixture
+def worker():
+    return make_worker()
 
 
 def test_logprobs_match_manual_softmax_and_ignore_padding(worker):
@@ -66,7 +71,7 @@ def test_two_optimizer_steps_when_batch_exceeds_global_batch():
 
 
 def test_scheduler_warmup_then_cosine_to_min_lr():
-    w = make_worker({"megatron_cfg": {**make_worker.__globals__["POLICY_CFG"]["megatron_cfg"],
+    w = make_worker({"megatron_cfg": {**POLICY_CFG["megatron_cfg"],
                                       "scheduler": {"lr_decay_style": "cosine", "lr_warmup_iters": 2}}},
                     total_steps=6)
     lrs = []
@@ -81,7 +86,7 @@ def test_scheduler_warmup_then_cosine_to_min_lr():
 
 
 def test_constant_schedule():
-    cfg = make_worker.__globals__["POLICY_CFG"]["megatron_cfg"]
+    cfg = POLICY_CFG["megatron_cfg"]
     w = make_worker({"megatron_cfg": {**cfg, "scheduler": {"lr_decay_style": "constant", "lr_warmup_iters": 0}}})
     for _ in range(5):
         w.scheduler.step(1)

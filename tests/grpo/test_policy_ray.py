@@ -6,7 +6,7 @@ import torch
 from pipeline.config import load_config
 from pipeline.grpo.toy import build_toy_gpt, export_toy_state_dict
 
-from conftest import random_batch
+from grpo_testlib import random_batch
 
 pytestmark = pytest.mark.slow
 

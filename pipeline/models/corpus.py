@@ -19,6 +19,7 @@ TOOL_SECTION_WEIGHT = 200
 def default_tiny_corpus(num_rows: int = 600, seed: int = CORPUS_SEED) -> Iterator[str]:
     from env_sim.agent import expert_turns, run_episode, scripted_model
     from env_sim.formats import get_format
+    from env_sim.formats.compact import SIGNATURES
     from env_sim.formats.responses import tool_to_chat
     from env_sim.tasks.generator import generate_rows
     from env_sim.tasks.rows import SYSTEM_PROMPT
@@ -30,6 +31,7 @@ def default_tiny_corpus(num_rows: int = 600, seed: int = CORPUS_SEED) -> Iterato
         fmt = get_format(name)
         for _ in range(TOOL_SECTION_WEIGHT):
             yield fmt.render_tools(TOOL_SCHEMAS, compact=True)
+            yield fmt.render_tools(TOOL_SCHEMAS, compact=SIGNATURES)
         yield fmt.render_tools(TOOL_SCHEMAS, compact=False)
     for index, row in enumerate(generate_rows(num_rows, seed)):
         fmt = "nemotron" if index % 4 == 3 else "hermes"

@@ -161,3 +161,30 @@ def test_torch_backend_rollouts_have_aligned_logprobs_and_are_seeded(tiny_model_
         mask = torch.tensor(ro.loss_mask[1:], dtype=torch.bool)
         got = torch.tensor(ro.generation_logprobs[1:])[mask]
         assert (got - teacher[mask]).abs().max().item() < 1e-4
+
+
+@pytest.mark.slow
+def test_vllm_rollouts_are_seeded_and_carry_the_models_logprobs(vllm_group, tiny_model_dir, tiny_tokenizer, rows):
+    """The same rollout path through the real vLLM engine (shared session engine)."""
+    import time
+
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_cfg(**{"policy.generation.max_new_tokens": 16})
+    started = time.perf_counter()
+    first = collect_rollouts(rows, vllm_group, tiny_tokenizer, cfg, seed=21)
+    seconds = time.perf_counter() - started
+    generated = sum(r.num_generated_tokens for r in first)
+    print(f"\nvLLM rollouts: {len(rows)} episodes, {generated} generated tokens in {seconds:.2f} s")
+    again = collect_rollouts(rows, vllm_group, tiny_tokenizer, cfg, seed=21)
+    assert [r.token_ids for r in first] == [r.token_ids for r in again]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    for ro in first:
+        assert 0 < ro.num_generated_tokens <= 16 * ro.num_turns
+        assert all(lp == 0.0 for lp, m in zip(ro.generation_logprobs, ro.loss_mask) if not m)
+        ids = torch.tensor([ro.token_ids])
+        with torch.no_grad():
+            logits = model(ids).logits[0, :-1]
+        teacher = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+        mask = torch.tensor(ro.loss_mask[1:], dtype=torch.bool)
+        assert (torch.tensor(ro.generation_logprobs[1:])[mask] - teacher[mask]).abs().max().item() < 1e-3

@@ -7,7 +7,7 @@ the head writes an ENDED marker, every node stops its own Ray processes (never `
 Ray on the host, other jobs' included), and the job ends with the driver's outcome.
 
 Rendezvous and logs live in the job's submitit folder (shared filesystem):
-    <log folder>/<jobid>_ray_<restart>/{head.json, ENDED, head.log, worker-<rank>.log}
+    <log folder>/<jobid>_ray_<restart>/{head.json, ENDED, auth_token, head.log, worker-<rank>.log}
 The same code runs on the local cluster (all "nodes" on one host, hence distinct ports per rank) and on a real
 cluster. Nothing heavy is imported at module level; `ray` is imported only on the head, inside the job.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -103,10 +104,28 @@ def _ray_cli() -> str:
     return found
 
 
-def _ray_env() -> dict[str, str]:
+def auth_settings(task: TaskInfo, create: bool) -> dict[str, str]:
+    """Ray's token authentication with a token of this job only, in the rendezvous folder (mode 600).
+
+    Ray's default token lives in ~/.ray/auth_token, shared by every Ray of the user on the host: another job
+    regenerating it would lock this job's nodes out of their own cluster. RAY_AUTH_MODE=disabled set by the
+    user is respected."""
+    if os.environ.get("RAY_AUTH_MODE") == "disabled":
+        return {"RAY_AUTH_MODE": "disabled"}
+    path = task.rendezvous / "auth_token"
+    if create:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
+
+
+def _ray_env(auth: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_TOKEN", None)
+    env.update(auth)
     return env
 
 
@@ -184,9 +203,13 @@ def run_head(task: TaskInfo, driver: Callable[[], T], num_cpus: int | None, num_
            "--disable-usage-stats", f"--temp-dir={task.temp_dir}", *ports.args(), *_resources(num_cpus, num_gpus)]
     address = f"{ip}:{ports.gcs}"
     started = time.time()
+    auth = auth_settings(task, create=True)
     with log.open("ab") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_ray_env(), start_new_session=True)
-    previous_address = os.environ.get("RAY_ADDRESS")
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_ray_env(auth),
+                                   start_new_session=True)
+    saved_env = {key: os.environ.get(key) for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", *auth)}
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update(auth)  # the driver (this process) authenticates with the job's token
     try:
         _wait_for_port(ip, ports.gcs, process, log, timeout=120)
         head_info = {"address": address, "job_id": task.job_id, "restart": task.restart, "nodes": task.num_nodes}
@@ -200,10 +223,11 @@ def run_head(task: TaskInfo, driver: Callable[[], T], num_cpus: int | None, num_
         os.environ["RAY_ADDRESS"] = address
         return driver()
     finally:
-        if previous_address is None:
-            os.environ.pop("RAY_ADDRESS", None)
-        else:
-            os.environ["RAY_ADDRESS"] = previous_address
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         try:
             import ray  # the driver may have left a connection open
             if ray.is_initialized():
@@ -232,7 +256,8 @@ def run_worker(task: TaskInfo, num_cpus: int | None, num_gpus: int | None) -> No
     cmd = [_ray_cli(), "start", f"--address={address}", "--block", f"--node-ip-address={ip}",
            "--disable-usage-stats", f"--temp-dir={task.temp_dir}", *ports.args(), *_resources(num_cpus, num_gpus)]
     with log.open("ab") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_ray_env(), start_new_session=True)
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                   env=_ray_env(auth_settings(task, create=False)), start_new_session=True)
     _log(f"rank {task.rank} on {task.node_name} joining {address}")
     try:
         while not ended.exists():

@@ -195,6 +195,7 @@ def test_two_node_job_gets_two_ranks_and_a_two_node_ray_cluster(local_cluster, t
     assert sacct([job.job_id])[job.job_id]["NodeList"] == "node[1-2]"
     rendezvous = Path(job.paths.folder) / f"{job.job_id}_ray_0"
     assert (rendezvous / "head.log").exists() and (rendezvous / "worker-1.log").exists()
+    assert (rendezvous / "auth_token").stat().st_mode & 0o777 == 0o600  # the job's own Ray token
     rank1_log = Path(str(job.paths.stdout).replace("_0_log.out", "_1_log.out")).read_text()
     assert "rank 1 on node2 joining" in rank1_log and "left the Ray cluster" in rank1_log
     leftovers = subprocess.run(["pgrep", "-f", f"ray-j{job.job_id}-"], capture_output=True, text=True).stdout

@@ -24,12 +24,15 @@ def build_optimizer(model: torch.nn.Module, opt_cfg: Mapping) -> torch.optim.Opt
         if param.requires_grad:
             (no_decay if param.dim() < 2 else decay).append(param)
     groups = [{"params": decay, "wd_mult": 1.0}, {"params": no_decay, "wd_mult": 0.0}]
+    # one fused CUDA kernel for all parameters (the default, a per-op foreach loop, is several passes over memory)
+    fused = bool(decay + no_decay) and all(p.is_cuda for p in decay + no_decay)
     return torch.optim.AdamW(
         [g for g in groups if g["params"]],
         lr=float(opt_cfg["lr"]),
         betas=(float(opt_cfg.get("adam_beta1", 0.9)), float(opt_cfg.get("adam_beta2", 0.999))),
         eps=float(opt_cfg.get("adam_eps", 1e-8)),
         weight_decay=float(opt_cfg.get("weight_decay", 0.0)),
+        fused=fused or None,
     )
 
 
@@ -68,18 +71,19 @@ def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float | None,
     if not params:
         return 0.0
     # Every TP rank adds its shards; replicated parameters are added on TP rank 0 only; one all-reduce.
+    # Per-tensor norms in one foreach launch (no float64 copy of every gradient), summed in float64.
+    counted = [p.grad.detach() for p in params if param_is_not_tensor_parallel_duplicate(p)]
     sq_sum = torch.zeros((), dtype=torch.float64, device=params[0].grad.device)
-    for p in params:
-        if param_is_not_tensor_parallel_duplicate(p):
-            sq_sum += p.grad.detach().double().pow(2).sum()
+    if counted:
+        norms = torch.stack(torch._foreach_norm(counted)).double()
+        sq_sum = sq_sum + norms.pow(2).sum()
     if model_parallel_group is not None and torch.distributed.get_world_size(model_parallel_group) > 1:
         torch.distributed.all_reduce(sq_sum, group=model_parallel_group)
     total = math.sqrt(float(sq_sum))
     if max_norm is not None and max_norm > 0 and math.isfinite(total):
         coef = max_norm / (total + 1e-6)
         if coef < 1.0:
-            for p in params:
-                p.grad.detach().mul_(coef)
+            torch._foreach_mul_([p.grad.detach() for p in params], coef)
     return total
 
 

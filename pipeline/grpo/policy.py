@@ -82,8 +82,9 @@ class PolicyWorker:
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
         torch.manual_seed(self.seed)
-        self.model = self.model_factory(tp=self.tp, pp=self.pp, dtype=torch.float32).to(self.device)
         mcfg = self.policy_cfg["megatron_cfg"]
+        # the factory sees megatron_cfg (attention_backend, activation_checkpointing, sequence_parallel)
+        self.model = self.model_factory(tp=self.tp, pp=self.pp, dtype=torch.float32, parallel=mcfg).to(self.device)
         self.optimizer = build_optimizer(self.model, mcfg["optimizer"])
         self.scheduler = build_scheduler(self.optimizer, mcfg["optimizer"], mcfg.get("scheduler", {}), self.total_steps)
         if self.loss_cfg.uses_reference:  # the initial weights are the reference policy (kept on CPU)
@@ -110,11 +111,12 @@ class PolicyWorker:
         amp = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext())
         with amp:
             logits = self.model(input_ids, position_ids, mask)           # [B, S, V / tp]
-        shifted = logits[:, :-1].float()
-        if self.temperature != 1.0:  # vLLM reports log-probs of the temperature-scaled distribution
-            shifted = shifted / self.temperature
-        next_logprobs = token_logprobs(shifted.contiguous(), input_ids[:, 1:].contiguous(),
-                                       vocab_size=getattr(self.model, "hf_vocab_size", None))
+        # every position predicts the next token; the last has none (target 0, dropped below). Whole-tensor
+        # logits (no [:, :-1] slice) let the fused GPU path read them in place. vLLM reports log-probs of the
+        # temperature-scaled distribution, hence the temperature.
+        targets = torch.cat([input_ids[:, 1:], torch.zeros_like(input_ids[:, :1])], dim=1)
+        next_logprobs = token_logprobs(logits, targets, vocab_size=getattr(self.model, "hf_vocab_size", None),
+                                       temperature=self.temperature)[:, :-1]
         return torch.cat([torch.zeros(batch, 1, device=self.device), next_logprobs], dim=1)
 
     def _microbatches(self, rows: slice, size: int, lengths: torch.Tensor):
@@ -189,7 +191,7 @@ class PolicyWorker:
                         generation_logprobs=pick("generation_logprobs") if "generation_logprobs" in batch else None,
                         reference_logprobs=pick("reference_logprobs") if "reference_logprobs" in batch else None)
                     loss.backward()
-                    parts.append({k: v.item() for k, v in stats.items()})
+                    parts.append({k: v.detach() for k, v in stats.items()})
             self._allreduce_grads(parallel_state.get_data_parallel_group())
             grad_norm = clip_grad_norm(self.model.parameters(), max_grad_norm,
                                        parallel_state.get_model_parallel_group())
@@ -197,6 +199,8 @@ class PolicyWorker:
             if global_tokens > 0:
                 self.optimizer.step()
                 self.scheduler.step(1)
+            # read the stats only now: an .item() per micro-batch would stall the GPU queue between micro-batches
+            parts = [{k: float(v) for k, v in p.items()} for p in parts]
             results.append({"parts": parts, "global_valid_tokens": global_tokens, "grad_norm": grad_norm, "lr": lr})
         return results if self.reports else None
 

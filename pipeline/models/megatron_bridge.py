@@ -10,7 +10,9 @@ owns the mapping between the two layouts:
 * Qwen3's per-head q_norm/k_norm are Megatron's qk layernorm; RMSNorm, RoPE theta and tied embeddings carry over;
 * the vocabulary is padded to a multiple of the TP size (padded logits are masked in `token_logprobs`).
 
-Only the local (non-Transformer-Engine) layer spec is used, so the same code runs on CPU and GPU.
+Only the local (non-Transformer-Engine) layer spec is used, so the same code runs on CPU and GPU; its core
+attention is `torch.nn.functional.scaled_dot_product_attention` (flash/cuDNN kernels) when
+`attention_backend` (policy.megatron_cfg) resolves to sdpa, the default on CUDA (see `attention.py`).
 """
 from __future__ import annotations
 
@@ -102,7 +104,8 @@ def megatron_config_from_hf(hf_config: Any, parallel: Mapping[str, Any] | None =
     """A Megatron `TransformerConfig` equivalent to the HF config.
 
     `parallel` holds `tensor_model_parallel_size` / `pipeline_model_parallel_size` (e.g. `policy.megatron_cfg`),
-    plus optional `sequence_parallel` and `activation_checkpointing`.
+    plus optional `sequence_parallel` and `activation_checkpointing` (`attention_backend` is read by
+    `build_megatron_model`).
     """
     import torch.nn.functional as F
     from megatron.core.transformer.transformer_config import TransformerConfig
@@ -143,7 +146,7 @@ def megatron_config_from_hf(hf_config: Any, parallel: Mapping[str, Any] | None =
         fp16=dtype == torch.float16,
         use_cpu_initialization=True,
         perform_initialization=False,          # every weight is overwritten from the checkpoint
-        bias_activation_fusion=False,
+        bias_activation_fusion=on_gpu,            # SwiGLU through Megatron's torch.compile'd kernel on GPU
         bias_dropout_fusion=False,
         masked_softmax_fusion=on_gpu,
         apply_rope_fusion=False,
@@ -165,8 +168,9 @@ def build_megatron_model(hf_dir: str | Path, tp: int = 1, pp: int = 1, dtype: to
     and `hf_vocab_size` attributes used by `export_hf_state_dict` and `token_logprobs`.
     """
     from megatron.core import parallel_state
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.models.gpt.gpt_model import GPTModel
+
+    from pipeline.models.attention import gpt_layer_spec
 
     hf_dir = Path(hf_dir)
     hf_config = json.loads((hf_dir / "config.json").read_text())
@@ -178,7 +182,7 @@ def build_megatron_model(hf_dir: str | Path, tp: int = 1, pp: int = 1, dtype: to
                            f"pp={parallel_state.get_pipeline_model_parallel_world_size()}")
     config = megatron_config_from_hf(hf_config, {**dict(parallel or {}), "tensor_model_parallel_size": tp,
                                                  "pipeline_model_parallel_size": pp}, dtype)
-    spec = get_gpt_layer_local_spec(qk_layernorm=arch.qk_norm, normalization="RMSNorm")
+    spec = gpt_layer_spec(arch.qk_norm, dict(parallel or {}).get("attention_backend"))
     model = GPTModel(
         config=config,
         transformer_layer_spec=spec,
@@ -470,17 +474,26 @@ def forward_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids, positions, causal_attention_mask(seq, input_ids.device))
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
-    """log p(target) per position from vocab-parallel logits [B, S, V_local]; padded vocab ids are excluded.
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int | None = None,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """log p(target) per position from vocab-parallel logits [B, S, V_local] divided by `temperature`; padded
+    vocab ids are excluded.
 
-    Differentiable; under TP the softmax normaliser is all-reduced across the TP group.
+    Differentiable; under TP the softmax normaliser is all-reduced across the TP group. With TP=1 on GPU the
+    fused path (`fused_ops.fused_token_logprobs`) reads bf16 logits in place instead of an fp32 copy.
     """
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
-    logits = logits.float()
     tp = parallel_state.get_tensor_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() \
         else 1
+    if tp == 1 and logits.is_cuda:
+        from pipeline.models.fused_ops import fused_token_logprobs
+
+        return fused_token_logprobs(logits, targets, vocab_size, temperature)
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
     local = logits.shape[-1]
     if vocab_size is not None and vocab_size < local * tp:
         start = local * (parallel_state.get_tensor_model_parallel_rank() if tp > 1 else 0)

@@ -1,0 +1,453 @@
+"""`make bench-gpu` / `python -m bench.gpu_bench`: bf16 Megatron-core policy on one GPU — parity, tokens/s, MFU.
+
+On the device machine (one H100/H200) it:
+  1. builds a ~1B-parameter Qwen3-architecture model with random weights in `transformers` (the Qwen3-1.7B
+     shape with 16 layers: 1.1 B parameters) and saves it as an HF directory;
+  2. parity: token log-probs of random sequences from transformers fp32 (the reference, TF32 off), transformers
+     bf16, and our Megatron-core model (bridge-converted) in fp32 and in the policy's bf16 mode (fp32 master
+     weights, bf16 autocast). Megatron bf16 passes when its error against the fp32 reference is no larger than
+     transformers' own bf16 error on the same weights and tokens (x1.5 on the mean, x2 on the max), and
+     Megatron fp32 matches transformers fp32 to 2e-3 (only summation order differs);
+  3. training: `PolicyWorker.train` (GRPO clipped loss, fwd + bwd + fused AdamW + grad clipping, as the trainer
+     runs it) on `--gbs` sequences of `--seq` tokens per optimizer step; tokens/s, MFU, peak memory, for each
+     attention backend / SDPA kernel / micro-batch size asked for;
+  4. the policy's log-prob pass (`PolicyWorker.get_logprobs`, no grad) tokens/s;
+  5. the torch generation backend (`TorchGeneration`, HF + KV cache, bf16) decode tokens/s.
+
+MFU = tokens/s x model FLOPs per token / peak dense bf16 FLOP/s of the card (H100 SXM and H200: 989e12).
+Model FLOPs per token: 2 x (matmul parameters incl. the LM head) + causal attention 2 x heads x head_dim x S
+(half of the S x S score matrix) per layer, times 3 for training (forward + backward). The non-causal
+convention (the full S x S, as in the PaLM paper) is reported beside it.
+
+`--tiny` runs the same steps with a tiny model on CPU (a few seconds; no MFU). Results: JSON in --out
+($OUT on the device machine, else bench/results/), a short table on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Qwen3-1.7B's shape (hidden 2048, 16 heads / 8 KV heads of 128, FFN 6144, vocab 151,936, tied embeddings)
+# with 16 of its 28 layers: 1.12 B parameters.
+GPU_SHAPE = dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=16, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960)
+TINY_SHAPE = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, vocab_size=512, max_position_embeddings=256)
+# Dense bf16 tensor-core peak by device name (vendor datasheets, without sparsity).
+PEAK_BF16 = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("H20", 148e12),
+             ("A100", 312e12))
+
+
+def peak_bf16_flops(device_name: str) -> float | None:
+    for key, peak in PEAK_BF16:
+        if key in device_name:
+            return peak
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FLOPs
+
+
+def matmul_params(shape: dict) -> int:
+    """Parameters that take part in a matmul per token (all layers' projections + the LM head)."""
+    h, f, L = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    q = shape["num_attention_heads"] * shape["head_dim"]
+    kv = shape["num_key_value_heads"] * shape["head_dim"]
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * f
+    return L * per_layer + h * shape["vocab_size"]
+
+
+def forward_flops_per_token(shape: dict, seq: int, causal: bool = True) -> float:
+    """Forward FLOPs per token of a sequence of `seq` tokens: matmuls + attention scores and values."""
+    q = shape["num_attention_heads"] * shape["head_dim"]
+    context = seq / 2 if causal else seq          # average keys a query attends to (causal: half)
+    attention = shape["num_hidden_layers"] * 2 * 2 * q * context     # QK^T and PV, 2 FLOPs per MAC
+    return 2 * matmul_params(shape) + attention
+
+
+def count_parameters(shape: dict) -> int:
+    h, L = shape["hidden_size"], shape["num_hidden_layers"]
+    norms = L * (2 * h + 2 * shape["head_dim"]) + h
+    return matmul_params(shape) + norms     # tied: the LM head counted in matmul_params is the embedding
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model
+
+
+def make_hf_model(out_dir: Path, shape: dict, device: torch.device, seed: int = 0) -> Path:
+    """A random Qwen3 model saved as an HF directory (bf16 on GPU, fp32 on CPU).
+
+    Norm weights are drawn around 1 (and the final norm scaled up) so that the logits are peaked (std ~3) like a
+    trained model's, not near-uniform as at initialisation, where any log-prob comparison would pass trivially."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(**shape, tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6,
+                         initializer_range=0.02, bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Qwen3ForCausalLM(config).to(dtype)
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.copy_(1 + 0.3 * torch.randn(param.shape, generator=gen, device=device))
+        model.model.norm.weight.mul_(3.0)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    del model
+    return out_dir
+
+
+def hf_token_logprobs(model, ids: torch.Tensor) -> torch.Tensor:
+    """log p(ids[:, t] | ids[:, :t]) for t >= 1 from a transformers model, fp32, [B, S-1]."""
+    logits = model(ids).logits
+    return torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+
+def free() -> None:
+    """Return cached GPU memory once the caller has dropped its references."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Policy worker (the code path the trainer runs)
+
+
+def base_loss_cfg() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "configs" / "base.yaml").read_text())["loss_fn"]
+
+
+def make_worker(hf_dir: Path, backend: str, gbs: int, mbs: int, precision: str = "bfloat16"):
+    import functools
+
+    from pipeline.distributed import free_port
+    from pipeline.grpo.policy import PolicyWorker
+    from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+
+    policy_cfg = {
+        "train_global_batch_size": gbs, "train_micro_batch_size": mbs, "logprob_batch_size": mbs,
+        "precision": precision, "max_grad_norm": 1.0,
+        "megatron_cfg": {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1,
+                         "attention_backend": backend,
+                         "optimizer": {"optimizer": "adam", "lr": 1e-6, "min_lr": 1e-7, "weight_decay": 0.01,
+                                       "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_eps": 1e-8},
+                         "scheduler": {"lr_decay_style": "constant", "lr_warmup_iters": 0}},
+    }
+    worker = PolicyWorker(policy_cfg, base_loss_cfg(), functools.partial(build_megatron_model, str(hf_dir)),
+                          export_hf_state_dict, total_steps=1000, rank=0, world_size=1)
+    worker.setup("127.0.0.1", free_port())
+    return worker
+
+
+def set_sdpa_kernel(worker, kernel: str) -> None:
+    from pipeline.models.attention import SDPACoreAttention
+
+    for module in worker.model.modules():
+        if isinstance(module, SDPACoreAttention):
+            module.kernel = kernel
+
+
+def rollout_batch(n: int, seq: int, vocab: int, prompt: int, seed: int = 0) -> dict:
+    """Full-length rollouts: `prompt` prompt tokens (not trained), the rest response tokens."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(n, seq)
+    mask[:, :prompt] = 0
+    return {"input_ids": torch.randint(1, vocab, (n, seq), generator=g), "input_lengths": torch.full((n,), seq),
+            "loss_mask": mask, "advantages": torch.randn(n, generator=g)}
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sections
+
+
+def parity(hf_dir: Path, backends: list[str], batch: int, seq: int, device: torch.device) -> dict:
+    """Token log-probs of Megatron (fp32 and bf16-autocast) vs transformers (fp32 reference and bf16)."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    ids = torch.randint(0, cfg["vocab_size"], (batch, seq), generator=torch.Generator().manual_seed(7)).to(device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    out: dict = {"batch": batch, "seq": seq}
+    with torch.no_grad():
+        hf = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).to(device).eval()
+        ref = hf_token_logprobs(hf, ids)
+        out["ref_logprob_mean"] = float(ref.mean())
+        out["ref_logit_std"] = float(hf(ids[:, :256]).logits.float().std())
+        hf = hf.to(torch.bfloat16)
+        candidates = {"transformers_bf16": hf_token_logprobs(hf, ids)}
+        del hf
+        free()
+    for backend in backends:
+        worker = make_worker(hf_dir, backend, gbs=batch, mbs=batch)
+        worker.model.eval()
+        with torch.no_grad():
+            candidates[f"megatron_{backend}_bf16"] = worker._token_logprobs(ids)[:, 1:]
+            worker.autocast_dtype = None
+            candidates[f"megatron_{backend}_fp32"] = worker._token_logprobs(ids)[:, 1:]
+        del worker
+        free()
+    for name, lp in candidates.items():
+        diff = (lp.float() - ref).abs()
+        out[name] = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())}
+    hf_bf16 = out["transformers_bf16"]
+    checks = {}
+    for backend in backends:
+        m32, m16 = out[f"megatron_{backend}_fp32"], out[f"megatron_{backend}_bf16"]
+        checks[f"{backend}_fp32_max_abs<=2e-3"] = m32["max_abs"] <= 2e-3
+        checks[f"{backend}_bf16_mean<=1.5x_transformers_bf16"] = m16["mean_abs"] <= 1.5 * hf_bf16["mean_abs"] + 1e-4
+        checks[f"{backend}_bf16_max<=2x_transformers_bf16"] = m16["max_abs"] <= 2 * hf_bf16["max_abs"] + 1e-3
+    out["checks"] = checks
+    out["passed"] = all(checks.values())
+    torch.backends.cuda.matmul.allow_tf32 = True
+    return out
+
+
+def train_throughput(worker, shape: dict, seq: int, gbs: int, variants: list[tuple[str, int]], steps: int,
+                     peak: float | None, profile_dir: Path | None = None) -> list[dict]:
+    """Optimizer steps of `gbs` x `seq` tokens through `PolicyWorker.train`, per (sdpa kernel, micro-batch)."""
+    batch = rollout_batch(gbs, seq, shape["vocab_size"], prompt=min(512, seq // 4))
+    batch["prev_logprobs"] = worker.get_logprobs(batch)
+    rows = []
+    for kernel, mbs in variants:
+        set_sdpa_kernel(worker, kernel)
+        worker.policy_cfg["train_micro_batch_size"] = mbs
+        row = {"section": "train", "sdpa_kernel": kernel, "micro_batch": mbs, "gbs": gbs, "seq": seq}
+        try:
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            warm = worker.train(batch)
+            times = timed(lambda: row.setdefault("results", []).append(worker.train(batch)), steps)
+        except torch.OutOfMemoryError as exc:
+            row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
+            rows.append(row)
+            free()
+            continue
+        except Exception as exc:  # a kernel refused (e.g. cuDNN not built in): record it, try the next variant
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            rows.append(row)
+            continue
+        results = row.pop("results")
+        losses = [r[0]["parts"][0]["loss"] for r in results] + [warm[0]["parts"][0]["loss"]]
+        row.update(step_seconds=statistics.median(times), step_seconds_all=times,
+                   loss_finite=all(map(lambda x: x == x and abs(x) < 1e30, losses)),
+                   grad_norm=results[-1][0]["grad_norm"])
+        add_rates(row, gbs * seq / row["step_seconds"], 3 * forward_flops_per_token(shape, seq), shape, seq,
+                  passes=3, peak=peak)
+        if torch.cuda.is_available():
+            row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        rows.append(row)
+        print(f"  train {kernel:9s} mbs={mbs}: {row['tokens_per_s']:,.0f} tokens/s, MFU {row.get('mfu')}", flush=True)
+    if profile_dir is not None and rows and "error" not in rows[0]:
+        set_sdpa_kernel(worker, rows[0]["sdpa_kernel"])
+        worker.policy_cfg["train_micro_batch_size"] = rows[0]["micro_batch"]
+        profile(lambda: worker.train(batch), profile_dir / "profile_train.txt")
+    return rows
+
+
+def add_rates(row: dict, tokens_per_s: float, flops_per_token: float, shape: dict, seq: int, passes: int = 3,
+              peak: float | None = None) -> None:
+    row["tokens_per_s"] = tokens_per_s
+    row["model_tflops_per_s"] = tokens_per_s * flops_per_token / 1e12
+    if peak:
+        row["mfu"] = round(tokens_per_s * flops_per_token / peak, 4)
+        full = passes * forward_flops_per_token(shape, seq, causal=False)
+        row["mfu_noncausal_convention"] = round(tokens_per_s * full / peak, 4)
+
+
+def profile(fn, path: Path) -> None:
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch_profile(activities=activities) as prof:
+        fn()
+        sync()
+    key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=90)
+    path.write_text(table)
+    print(table[:6000], flush=True)
+
+
+def logprob_throughput(worker, shape: dict, seq: int, n: int, mbs: int, repeats: int,
+                       peak: float | None) -> dict:
+    batch = rollout_batch(n, seq, shape["vocab_size"], prompt=min(512, seq // 4), seed=1)
+    worker.policy_cfg["logprob_batch_size"] = mbs
+    worker.get_logprobs(batch)
+    times = timed(lambda: worker.get_logprobs(batch), repeats)
+    row = {"section": "logprobs", "n": n, "seq": seq, "micro_batch": mbs, "seconds": statistics.median(times)}
+    add_rates(row, n * seq / row["seconds"], forward_flops_per_token(shape, seq), shape, seq, passes=1, peak=peak)
+    return row
+
+
+def generation_throughput(hf_dir: Path, prompts: int, prompt_len: int, new_tokens: int, vocab: int) -> dict:
+    from pipeline.generation.torch_backend import TorchGeneration
+
+    dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+    engine = TorchGeneration(str(hf_dir), max_model_len=prompt_len + new_tokens + 8, dtype=dtype,
+                             batch_size=prompts)
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, vocab, (prompts, prompt_len), generator=g).tolist()
+    engine.generate(ids, {"max_tokens": 4, "temperature": 1.0, "seed": 0})
+    sync()
+    start = time.perf_counter()
+    results = engine.generate(ids, {"max_tokens": new_tokens, "temperature": 1.0, "seed": 1})
+    sync()
+    seconds = time.perf_counter() - start
+    generated = sum(len(r["token_ids"]) for r in results)
+    del engine
+    free()
+    return {"section": "generation", "backend": "torch (transformers, KV cache)", "dtype": dtype,
+            "prompts": prompts, "prompt_len": prompt_len, "new_tokens": new_tokens, "generated": generated,
+            "seconds": seconds, "tokens_per_s": generated / seconds}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def environment(device: torch.device) -> dict:
+    import megatron.core
+    import transformers
+
+    env = {"torch": torch.__version__, "megatron_core": megatron.core.__version__,
+           "transformers": transformers.__version__, "python": platform.python_version()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(device=props.name, sms=props.multi_processor_count, memory_gib=props.total_memory / 2**30,
+                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    else:
+        env.update(device=f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)")
+    return env
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tiny", action="store_true", help="tiny model on CPU (a quick end-to-end check)")
+    p.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "bench" / "results"))
+    p.add_argument("--seq", type=int, default=None)
+    p.add_argument("--layers", type=int, default=None, help="override the number of layers")
+    p.add_argument("--gbs", type=int, default=None, help="sequences per optimizer step")
+    p.add_argument("--mbs", default=None, help="micro-batch sizes to time, comma-separated")
+    p.add_argument("--kernels", default=None, help="SDPA kernels to time: auto,flash,cudnn,efficient")
+    p.add_argument("--backends", default=None, help="attention backends to compare: sdpa,local")
+    p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per variant (after one warm-up)")
+    p.add_argument("--profile", action="store_true", help="write a kernel-time table of one training step")
+    p.add_argument("--skip", default="", help="sections to skip: parity,train,logprobs,generation")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    tiny = args.tiny or not torch.cuda.is_available()
+    device = torch.device("cpu" if tiny else "cuda")
+    shape = dict(TINY_SHAPE if tiny else GPU_SHAPE)
+    if args.layers:
+        shape["num_hidden_layers"] = args.layers
+    seq = args.seq or (64 if tiny else 4096)
+    gbs = args.gbs or (4 if tiny else 8)
+    mbs_list = [int(x) for x in (args.mbs or ("2" if tiny else "1,2")).split(",")]
+    kernels = (args.kernels or ("auto" if tiny else "auto,cudnn")).split(",")
+    backends = (args.backends or "sdpa,local").split(",")
+    skip = set(filter(None, args.skip.split(",")))
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = environment(device)
+    peak = peak_bf16_flops(env["device"]) if device.type == "cuda" else None
+    report = {"date": time.strftime("%Y-%m-%d"), "environment": env, "peak_bf16_flops": peak,
+              "model": {"shape": shape, "parameters": count_parameters(shape),
+                        "train_flops_per_token": 3 * forward_flops_per_token(shape, seq), "seq": seq},
+              "precision": "fp32 master weights, bf16 autocast (PolicyWorker, policy.precision=bfloat16)",
+              "rows": []}
+    print(f"device: {env['device']}; model {count_parameters(shape) / 1e9:.2f} B parameters; seq {seq}", flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="gpu_bench_"))
+    started = time.perf_counter()
+    hf_dir = make_hf_model(work / "hf", shape, device)
+    report["model"]["build_seconds"] = time.perf_counter() - started
+
+    if "parity" not in skip:
+        report["parity"] = parity(hf_dir, backends, batch=1 if not tiny else 2, seq=seq, device=device)
+        print(f"parity: {json.dumps(report['parity'])}", flush=True)
+    for backend in backends:
+        if "train" in skip and "logprobs" in skip:
+            break
+        # CPU: Megatron's linear backward is not autocast there (custom_bwd is CUDA-only), so it trains in fp32
+        worker = make_worker(hf_dir, backend, gbs=gbs, mbs=mbs_list[0], precision="float32" if tiny else "bfloat16")
+        backend_kernels = kernels if backend == "sdpa" else ["-"]
+        backend_mbs = mbs_list if backend == "sdpa" else mbs_list[:1]
+        if "train" not in skip:
+            variants = [(k, m) for k in backend_kernels for m in (backend_mbs if k == backend_kernels[0]
+                                                                    else backend_mbs[:1])]
+            for row in train_throughput(worker, shape, seq, gbs, variants, args.steps, peak,
+                                        out_dir if args.profile and backend == "sdpa" else None):
+                report["rows"].append({"backend": backend, **row})
+        if "logprobs" not in skip and backend == "sdpa":
+            set_sdpa_kernel(worker, kernels[0])
+            row = logprob_throughput(worker, shape, seq, n=gbs, mbs=max(mbs_list), repeats=args.steps, peak=peak)
+            report["rows"].append({"backend": backend, **row})
+            print(f"  logprobs: {row['tokens_per_s']:,.0f} tokens/s, MFU {row.get('mfu')}", flush=True)
+        del worker
+        free()
+    if "generation" not in skip:
+        row = generation_throughput(hf_dir, prompts=4 if tiny else 32, prompt_len=16 if tiny else 512,
+                                    new_tokens=8 if tiny else 256, vocab=shape["vocab_size"])
+        report["rows"].append(row)
+        print(f"  generation: {row['tokens_per_s']:,.0f} tokens/s", flush=True)
+
+    target = out_dir / ("gpu_bench_tiny.json" if tiny else "gpu.json")
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, target)
+    print_table(report)
+    print(f"wrote {target}")
+    return 0 if report.get("parity", {}).get("passed", True) else 1
+
+
+def print_table(report: dict) -> None:
+    print("\n| section | backend | kernel | mbs | tokens/s | MFU | peak GiB | note |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in report["rows"]:
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
+        mem = f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else "-"
+        tps = f"{r['tokens_per_s']:,.0f}" if "tokens_per_s" in r else "-"
+        print(f"| {r['section']} | {r.get('backend', '-')} | {r.get('sdpa_kernel', '-')} | "
+              f"{r.get('micro_batch', '-')} | {tps} | {mfu} | {mem} | {r.get('error', '')} |")
+    if "parity" in report:
+        print(f"parity passed: {report['parity']['passed']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -135,11 +135,19 @@ def counter_state(root: Path) -> dict:
 
 
 def release_requeued(job_id: str) -> None:
-    """A requeued job waits ~120 s (BeginTime); start it now."""
+    """A requeued job waits ~120 s (BeginTime); start it now, once the previous run is fully gone."""
     def pending() -> bool:
         out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
         return out.strip() == "PENDING"
+
+    def old_run_gone() -> bool:
+        found = subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job_id}\."], capture_output=True, text=True)
+        return found.stdout.strip() == ""
     wait_until(pending, 60, f"job {job_id} to be requeued")
+    wait_until(old_run_gone, 60, f"the first run of job {job_id} to be torn down")
+    # slurmd revokes the old run's credential with 1 s resolution: a relaunch within the same second is refused
+    # ("Job credential revoked") and the job FAILS -- the reason Slurm holds requeued jobs back ~120 s
+    time.sleep(3)
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
 
 

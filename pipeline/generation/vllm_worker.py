@@ -91,6 +91,12 @@ class VllmEngine:
             kwargs["enable_sleep_mode"] = settings.enable_sleep_mode
             if settings.tensor_parallel_size > 1:
                 kwargs["distributed_executor_backend"] = "mp"
+        else:
+            # A prompt prefilled in chunks makes vLLM rewind the seeded sampler's generator offset, which CPU
+            # generators do not support ("CPU Generator does not use offset": the engine dies once a batch's
+            # prompts exceed the token budget, e.g. a validation batch of 126). Whole-prompt prefill avoids it.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(settings.max_model_len, 8192)
         self.llm = LLM(**kwargs)
         self.start_seconds = time.perf_counter() - started
         self.asleep = False

@@ -54,6 +54,13 @@ stop_daemon() {  # PIDFILE NAME
   rm -f "$1"
 }
 
+# wait_running PIDFILE NAME: daemons write their pid file after forking; wait for it (slurmctld may not notice a
+# restarted slurmd at all, so the readiness check below cannot be relied on for this)
+wait_running() {
+  for _ in $(seq 1 100); do running "$1" "$2" && return 0; sleep 0.1; done
+  die "$2 did not start (no live process in $1); see $LOG_DIR/"
+}
+
 node_range() { if [ "$NODES" -eq 1 ]; then echo node1; else echo "node[1-$NODES]"; fi; }
 
 stop_slurm_daemons() {
@@ -252,11 +259,15 @@ cmd_start() {
     stop_slurm_daemons
   fi
   add_host_names
-  if ! running "$RUN_DIR/slurmctld.pid" slurmctld; then slurmctld; say "slurmctld started"; fi
+  if ! running "$RUN_DIR/slurmctld.pid" slurmctld; then
+    slurmctld; wait_running "$RUN_DIR/slurmctld.pid" slurmctld; say "slurmctld started"
+  fi
   local i
   for i in $(seq 1 "$NODES"); do
     mkdir -p "$SPOOL_D/node$i"
-    if ! running "$RUN_DIR/slurmd-node$i.pid" slurmd; then slurmd -N "node$i"; say "slurmd node$i started"; fi
+    if ! running "$RUN_DIR/slurmd-node$i.pid" slurmd; then
+      slurmd -N "node$i"; wait_running "$RUN_DIR/slurmd-node$i.pid" slurmd; say "slurmd node$i started"
+    fi
   done
   wait_until_ready
 }

@@ -25,8 +25,24 @@ def _maybe_compiled(fn, tensor: torch.Tensor):
     if not (_COMPILE and tensor.is_cuda):
         return fn
     if fn not in _compiled:
+        import torch._dynamo
+
+        # one graph per (feature size, dtypes, grad mode): a dozen for the norms. Past dynamo's default limit of 8
+        # a function silently falls back to eager, which measured 15% slower on an H100.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _compiled[fn] = torch.compile(fn, dynamic=None)
     return _compiled[fn]
+
+
+def _dynamic_tokens(*tensors: torch.Tensor, dims: tuple[int, ...] = (0,)) -> None:
+    """Token dimensions vary from call to call: compile them symbolic once instead of one graph per length."""
+    if not (_COMPILE and tensors[0].is_cuda):
+        return
+    import torch._dynamo
+
+    for t in tensors:
+        for d in dims:
+            torch._dynamo.maybe_mark_dynamic(t, d)
 
 
 def output_dtype(x: torch.Tensor) -> torch.dtype:
@@ -54,6 +70,7 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torc
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    _dynamic_tokens(x, dims=tuple(range(x.dim() - 1)))   # [s, b, (heads,) features]: read in place, strided
     return _run(_rms_norm, x, weight, float(eps), output_dtype(x))
 
 
@@ -91,7 +108,10 @@ def apply_rope(t: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     unfused `_apply_rotary_pos_emb_bshd` (mscale 1, full rotary dimension)."""
     if freqs.shape[-1] != t.shape[-1]:
         raise NotImplementedError(f"apply_rope: partial rotary ({freqs.shape[-1]} of {t.shape[-1]} dims)")
-    return _run(_rope, t, freqs.float(), output_dtype(t))
+    freqs = freqs.float()
+    _dynamic_tokens(t, dims=(0, 1))
+    _dynamic_tokens(freqs)
+    return _run(_rope, t, freqs, output_dtype(t))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -124,6 +144,7 @@ class _TokenLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, vocab_size: int, temperature: float):
+        _dynamic_tokens(logits, targets)
         with torch.autocast(logits.device.type, enabled=False):
             lse, picked = _maybe_compiled(_lse_and_target, logits)(logits, targets, vocab_size, temperature)
         ctx.save_for_backward(logits, targets, lse)
@@ -133,8 +154,10 @@ class _TokenLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         logits, targets, lse = ctx.saved_tensors
+        grad = grad.float()
+        _dynamic_tokens(logits, targets, lse, grad)
         with torch.autocast(logits.device.type, enabled=False):
-            grad_logits = _maybe_compiled(_logits_grad, logits)(logits, targets, lse, grad.float(),
+            grad_logits = _maybe_compiled(_logits_grad, logits)(logits, targets, lse, grad,
                                                                  ctx.vocab_size, ctx.temperature)
         return grad_logits, None, None, None
 

@@ -104,8 +104,8 @@ def megatron_config_from_hf(hf_config: Any, parallel: Mapping[str, Any] | None =
     """A Megatron `TransformerConfig` equivalent to the HF config.
 
     `parallel` holds `tensor_model_parallel_size` / `pipeline_model_parallel_size` (e.g. `policy.megatron_cfg`),
-    plus optional `sequence_parallel` and `activation_checkpointing` (`attention_backend` is read by
-    `build_megatron_model`).
+    plus optional `sequence_parallel` and `activation_checkpointing` (`attention_backend` and `fused_ops` are
+    read by `build_megatron_model`).
     """
     import torch.nn.functional as F
     from megatron.core.transformer.transformer_config import TransformerConfig
@@ -182,7 +182,8 @@ def build_megatron_model(hf_dir: str | Path, tp: int = 1, pp: int = 1, dtype: to
                            f"pp={parallel_state.get_pipeline_model_parallel_world_size()}")
     config = megatron_config_from_hf(hf_config, {**dict(parallel or {}), "tensor_model_parallel_size": tp,
                                                  "pipeline_model_parallel_size": pp}, dtype)
-    spec = gpt_layer_spec(arch.qk_norm, dict(parallel or {}).get("attention_backend"))
+    options = dict(parallel or {})
+    spec = gpt_layer_spec(arch.qk_norm, options.get("attention_backend"), fused=options.get("fused_ops"))
     model = GPTModel(
         config=config,
         transformer_layer_spec=spec,

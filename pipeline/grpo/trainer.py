@@ -107,6 +107,36 @@ def rollouts_to_batch(rollouts: Sequence[Any], advantages: torch.Tensor) -> dict
             "generation_logprobs": gen_lp, "advantages": advantages.float()}
 
 
+def informative_rows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The rows of a one-optimizer-step batch that carry gradient, with the same loss and gradient as the whole.
+
+    With the KL term off, a rollout whose advantage is 0 (every generation of its prompt got the same reward:
+    most groups early in training) adds exactly nothing to the clipped policy-gradient loss; it only adds its
+    tokens to the count that normalises the loss. Keeping the other rows and scaling their advantages by
+    kept tokens / all tokens gives the same loss and gradient (clipping depends only on the advantage's sign)
+    without the forward/backward passes over the rest. A batch with no such row keeps its shortest trainable
+    row (advantage 0): the optimizer and LR schedule still step, as they would have on the whole batch.
+    """
+    tokens = batch["loss_mask"].sum(dim=1)
+    keep = (batch["advantages"] != 0) & (tokens > 0)
+    if not bool(keep.any()):
+        if not bool((tokens > 0).any()):
+            return batch
+        shortest = int(torch.where(tokens > 0, tokens, torch.full_like(tokens, float("inf"))).argmin())
+        keep = torch.zeros_like(keep)
+        keep[shortest] = True
+    if bool(keep.all()):
+        return batch
+    index = keep.nonzero().squeeze(1)
+    subset = {key: value.index_select(0, index) for key, value in batch.items()}
+    seq = int(subset["input_lengths"].max())
+    for key in ("input_ids", "loss_mask", "generation_logprobs"):
+        if key in subset:
+            subset[key] = subset[key][:, :seq]
+    subset["advantages"] = subset["advantages"] * (float(tokens[index].sum()) / float(tokens.sum()))
+    return subset
+
+
 def is_success(rollout: Any) -> bool:
     return float(rollout.reward) >= 1.0 - 1e-9
 
@@ -231,12 +261,16 @@ class GRPOTrainer:
             advantages = compute_advantages(rewards, group_ids, bool(self.cfg.grpo.use_leave_one_out_baseline),
                                             bool(self.cfg.grpo.normalize_rewards))
             batch = rollouts_to_batch(rollouts, advantages)
+            train_batch = batch
+            if (self.cfg.grpo.get("skip_zero_advantage_rollouts", True) and not self.kl_on
+                    and len(rollouts) <= int(self.cfg.policy.train_global_batch_size)):
+                train_batch = informative_rows(batch)
         with timer("policy_and_reference_logprobs"):
-            batch["prev_logprobs"] = self.policy.get_logprobs(batch)
+            train_batch["prev_logprobs"] = self.policy.get_logprobs(train_batch)
             if self.kl_on:
-                batch["reference_logprobs"] = self.policy.get_logprobs(batch, use_reference=True)
+                train_batch["reference_logprobs"] = self.policy.get_logprobs(train_batch, use_reference=True)
         with timer("policy_training"):
-            train_metrics = self.policy.train(batch)
+            train_metrics = self.policy.train(train_batch)
         with timer("prepare_for_generation/transfer_and_update_weights"):
             self.generation.update_weights(self.policy.export_weights_blob(self.refit_dtype))
         self.consumed_samples += len(prompts)
@@ -253,7 +287,8 @@ class GRPOTrainer:
             "train:loss": train_metrics["loss"],
             "grad_norm": train_metrics["grad_norm"],
             "train:lr": train_metrics["lr"],
-            "train:global_valid_toks": train_metrics["global_valid_toks"],
+            "train:global_valid_toks": gen_tokens,
+            "train:trained_rollout_fraction": train_batch["input_ids"].shape[0] / len(rollouts),
             "train:mean_gen_tokens_per_sample": gen_tokens / len(rollouts),
             "train:mean_total_tokens_per_sample": float(batch["input_lengths"].float().mean()),
             "train:truncated_fraction": sum(bool(getattr(r, "truncated", False)) for r in rollouts) / len(rollouts),

@@ -154,6 +154,9 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     kwargs = {"runtime_env": {"env_vars": {"PYTHONPATH": python_path}}, "include_dashboard": False,
               "log_to_driver": True}
     if address is None:
+        # "local", never None: ray.init(None) joins whatever cluster another process on this host announced
+        # last (/tmp/ray/ray_current_cluster), e.g. another job's Ray, whose scheduler then cancels our actors
+        address = "local"
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # a private single-user instance
         kwargs["num_cpus"] = num_cpus or os.cpu_count()
     ray.init(address=address, **kwargs)

@@ -61,11 +61,14 @@ def run(cfg: DictConfig) -> Path:
 
 
 def ray_address(cfg: DictConfig) -> str | None:
-    """'auto' when a multi-node job started a Ray cluster for us (slurm/ray launch sets RAY_ADDRESS or we are
-    one of several Slurm nodes); None starts a private local instance."""
+    """The Ray cluster this job started for us (`jobs.ray_cluster` exports RAY_ADDRESS), 'auto' inside a
+    multi-node Slurm job that did not, else None: a private local instance.
+
+    Not `cluster.num_nodes`: that sizes the train job, and sanity/sft/eval run on one node under the same config;
+    'auto' there would join any Ray cluster that happens to run on the host (another job's)."""
     if os.environ.get("RAY_ADDRESS"):
         return os.environ["RAY_ADDRESS"]
-    if int(cfg.cluster.num_nodes) > 1 or int(os.environ.get("SLURM_JOB_NUM_NODES", "1")) > 1:
+    if int(os.environ.get("SLURM_JOB_NUM_NODES", "1") or 1) > 1:
         return "auto"
     return None
 

@@ -36,3 +36,19 @@ def test_init_ray_without_address_ignores_an_announced_cluster():
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     gcs = next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("GCS"))
     assert gcs != "127.0.0.1:9"
+
+
+def test_ray_address_of_one_node_stages_is_private_even_when_train_spans_nodes(monkeypatch):
+    """sanity/sft/eval share the train job's config (cluster.num_nodes=2) but run on one node: a private Ray."""
+    from omegaconf import OmegaConf
+
+    from pipeline.train import ray_address
+
+    cfg = OmegaConf.create({"cluster": {"num_nodes": 2}})
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "1")
+    assert ray_address(cfg) is None
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
+    assert ray_address(cfg) == "auto"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:20000")  # what jobs.ray_cluster exports on the head
+    assert ray_address(cfg) == "10.0.0.1:20000"

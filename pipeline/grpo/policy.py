@@ -81,6 +81,10 @@ class PolicyWorker:
         self.dp = parallel_state.get_data_parallel_world_size()
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        if self.device.type == "cpu":
+            # Ray pins an actor with num_cpus=1 to one OpenMP thread; the policy and the engines take turns
+            # (generate, then train), so on CPU the policy may use every core this process is allowed on.
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // max(1, self.world_size)))
         torch.manual_seed(self.seed)
         mcfg = self.policy_cfg["megatron_cfg"]
         # the factory sees megatron_cfg (attention_backend, activation_checkpointing, sequence_parallel)

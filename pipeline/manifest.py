@@ -153,15 +153,18 @@ def read_manifest(cfg: DictConfig, stage: str) -> dict[str, Any] | None:
         raise ValueError(f"{path}: corrupt manifest ({err})") from None
 
 
-def check_up_to_date(cfg: DictConfig, stage: str) -> tuple[bool, str]:
-    """(up_to_date, reason). The reason says what is missing or changed, for `status` and the chain's log."""
+def check_up_to_date(cfg: DictConfig, stage: str, expected_hash: str | None = None) -> tuple[bool, str]:
+    """(up_to_date, reason). The reason says what is missing or changed, for `status` and the chain's log.
+
+    `expected_hash`: compare with this stage config hash instead of `cfg`'s (`status` passes the one recorded at
+    submission, so that it needs only the run's name, not every override the run was submitted with)."""
     try:
         record = read_manifest(cfg, stage)
     except ValueError as err:
         return False, str(err)
     if record is None:
         return False, "no manifest"
-    wanted = stage_config_hash(cfg, stage)
+    wanted = expected_hash or stage_config_hash(cfg, stage)
     if record.get("config_hash") != wanted:
         return False, f"config changed (manifest {record.get('config_hash')}, now {wanted})"
     out_dir = stage_dir(cfg, stage)

@@ -160,3 +160,35 @@ def tool_message(output_text: str, call_id: str | None = None, name: str | None 
     if name is not None:
         message["name"] = name
     return message
+
+
+def parse_call_blocks(text: Any, open_tag: str, close_tag: str, expected: str, block_label: str,
+                      label_entries: bool) -> ParsedTurn:
+    """Model text -> ParsedTurn for formats that wrap calls in open/close tags (one object or a list per block).
+
+    Never raises: an unreadable block or entry becomes an error naming it ("<block_label> N" or, with
+    `label_entries`, "<block_label> N, entry M"), and the text outside the blocks is the content."""
+    if not isinstance(text, str):
+        return ParsedTurn(content="", errors=[f"Model output must be text, got {type(text).__name__}."])
+    reasoning, visible = split_reasoning(text)
+    calls: list[dict[str, str]] = []
+    errors: list[str] = []
+    content_parts: list[str] = []
+    position = 0
+    for number, block in enumerate(scan_blocks(visible, open_tag, close_tag), start=1):
+        content_parts.append(visible[position:block.start])
+        position = block.end
+        where = f"{block_label} {number}"
+        if block.error is not None:
+            errors.append(f"{where} could not be parsed ({block.error}); {expected}. Got: {snippet(block.payload)}")
+            continue
+        entries = block.value if isinstance(block.value, list) else [block.value]
+        for entry_number, obj in enumerate(entries, start=1):
+            call, problem = call_from_object(obj, f"{where}, entry {entry_number}" if label_entries else where)
+            if problem is not None:
+                errors.append(f"{problem} Got: {snippet(block.payload)}")
+            else:
+                calls.append(call)
+    content_parts.append(visible[position:])
+    content = "".join(content_parts).replace(close_tag, "").strip()
+    return ParsedTurn(content=content, tool_calls=calls, errors=errors, reasoning=reasoning)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Sequence
 
-from env_sim.formats._common import ParsedTurn, arguments_text, call_from_object, scan_blocks, snippet, split_reasoning
+from env_sim.formats._common import ParsedTurn, arguments_text, parse_call_blocks
 from env_sim.formats.base import ToolCallFormat
 from env_sim.formats.responses import tool_to_chat
 
@@ -54,29 +54,7 @@ class HermesFormat(ToolCallFormat):
         return content or calls_text
 
     def parse(self, text: str) -> ParsedTurn:
-        if not isinstance(text, str):
-            return ParsedTurn(content="", errors=[f"Model output must be text, got {type(text).__name__}."])
-        reasoning, visible = split_reasoning(text)
-        calls: list[dict[str, str]] = []
-        errors: list[str] = []
-        content_parts: list[str] = []
-        position = 0
-        for number, block in enumerate(scan_blocks(visible, CALL_OPEN, CALL_CLOSE), start=1):
-            content_parts.append(visible[position:block.start])
-            position = block.end
-            where = f"Tool call {number}"
-            if block.error is not None:
-                errors.append(f"{where} could not be parsed ({block.error}); {_EXPECTED}. Got: {snippet(block.payload)}")
-                continue
-            for obj in block.value if isinstance(block.value, list) else [block.value]:
-                call, problem = call_from_object(obj, where)
-                if problem is not None:
-                    errors.append(f"{problem} Got: {snippet(block.payload)}")
-                else:
-                    calls.append(call)
-        content_parts.append(visible[position:])
-        content = "".join(content_parts).replace(CALL_CLOSE, "").strip()
-        return ParsedTurn(content=content, tool_calls=calls, errors=errors, reasoning=reasoning)
+        return parse_call_blocks(text, CALL_OPEN, CALL_CLOSE, _EXPECTED, "Tool call", label_entries=False)
 
     def format_tool_result(self, output_text: str) -> str:
         return f"<tool_response>\n{output_text}\n</tool_response>"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Sequence
 
-from env_sim.formats._common import ParsedTurn, arguments_text, call_from_object, scan_blocks, snippet, split_reasoning
+from env_sim.formats._common import ParsedTurn, arguments_text, parse_call_blocks
 from env_sim.formats.base import ToolCallFormat
 from env_sim.formats.responses import function_definition
 
@@ -63,30 +63,7 @@ class NemotronFormat(ToolCallFormat):
         return content or calls_text
 
     def parse(self, text: str) -> ParsedTurn:
-        if not isinstance(text, str):
-            return ParsedTurn(content="", errors=[f"Model output must be text, got {type(text).__name__}."])
-        reasoning, visible = split_reasoning(text)
-        calls: list[dict[str, str]] = []
-        errors: list[str] = []
-        content_parts: list[str] = []
-        position = 0
-        for number, block in enumerate(scan_blocks(visible, CALL_OPEN, CALL_CLOSE), start=1):
-            content_parts.append(visible[position:block.start])
-            position = block.end
-            where = f"Tool call block {number}"
-            if block.error is not None:
-                errors.append(f"{where} could not be parsed ({block.error}); {_EXPECTED}. Got: {snippet(block.payload)}")
-                continue
-            entries = block.value if isinstance(block.value, list) else [block.value]
-            for entry_number, obj in enumerate(entries, start=1):
-                call, problem = call_from_object(obj, f"{where}, entry {entry_number}")
-                if problem is not None:
-                    errors.append(f"{problem} Got: {snippet(block.payload)}")
-                else:
-                    calls.append(call)
-        content_parts.append(visible[position:])
-        content = "".join(content_parts).replace(CALL_CLOSE, "").strip()
-        return ParsedTurn(content=content, tool_calls=calls, errors=errors, reasoning=reasoning)
+        return parse_call_blocks(text, CALL_OPEN, CALL_CLOSE, _EXPECTED, "Tool call block", label_entries=True)
 
     def format_tool_result(self, output_text: str) -> str:
         return f"<TOOL_RESPONSE>[{output_text}]</TOOL_RESPONSE>"

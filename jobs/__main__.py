@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from jobs import chain, status, sweep
 from jobs.stages import STAGE_ORDER, slurm_available
 from pipeline.config import load_config

@@ -18,12 +18,10 @@ Batch format (a dict of CPU tensors, right-padded):
 """
 from __future__ import annotations
 
-import io
 import os
-import socket
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import torch
 

@@ -15,7 +15,6 @@ one. `pipeline.signals.preemption_requested()` (set by the job's USR2/TERM handl
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import random

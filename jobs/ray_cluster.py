@@ -31,6 +31,9 @@ T = TypeVar("T")
 HEAD_FILE = "head.json"
 ENDED_FILE = "ENDED"
 JOIN_TIMEOUT_S = float(os.environ.get("SLURM_GRPO_RAY_JOIN_TIMEOUT_S", "300"))
+START_ATTEMPTS = int(os.environ.get("SLURM_GRPO_RAY_START_ATTEMPTS", "3"))
+START_TIMEOUT_S = 240.0
+STARTED_MARK = "Ray runtime started"   # what `ray start` prints once its node is registered
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,45 @@ def _stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
         process.wait(10)
 
 
+def _kill_group(process: subprocess.Popen) -> None:
+    """Kill a failed `ray start` and whatever it had started (its own session, see start_new_session)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait(10)
+
+
+def _start_node(cmd: list[str], log: Path, env: dict[str, str], what: str,
+                give_up: Callable[[], bool] = lambda: False) -> subprocess.Popen:
+    """Run `ray start ... --block` and return once it says its node is up.
+
+    Ray waits a fixed 30 s for a new raylet to register with the GCS; on an overloaded host (the local cluster
+    shares its cores with everything else) that can time out and `ray start` exits. Such an attempt's processes
+    are killed and it starts again, up to START_ATTEMPTS times."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        offset = log.stat().st_size if log.exists() else 0
+        with log.open("ab") as out:
+            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.time() + START_TIMEOUT_S
+        while True:
+            with log.open("rb") as handle:
+                handle.seek(offset)
+                if STARTED_MARK.encode() in handle.read():
+                    return process
+            if process.poll() is not None or time.time() > deadline or give_up():
+                break
+            time.sleep(0.3)
+        _kill_group(process)
+        if give_up():
+            return process
+        if attempt == START_ATTEMPTS:
+            raise RuntimeError(f"{what} did not start in {START_ATTEMPTS} attempts; {log}:\n{_tail(log)}")
+        _log(f"{what} failed to start (attempt {attempt}/{START_ATTEMPTS}, exit {process.returncode}); retrying")
+        time.sleep(2)
+    raise AssertionError("unreachable")
+
+
 def _wait_for_port(host: str, port: int, process: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -204,13 +246,12 @@ def run_head(task: TaskInfo, driver: Callable[[], T], num_cpus: int | None, num_
     address = f"{ip}:{ports.gcs}"
     started = time.time()
     auth = auth_settings(task, create=True)
-    with log.open("ab") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_ray_env(auth),
-                                   start_new_session=True)
     saved_env = {key: os.environ.get(key) for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", *auth)}
     os.environ.pop("RAY_AUTH_TOKEN", None)
     os.environ.update(auth)  # the driver (this process) authenticates with the job's token
+    process = None
     try:
+        process = _start_node(cmd, log, _ray_env(auth), "ray head")
         _wait_for_port(ip, ports.gcs, process, log, timeout=120)
         head_info = {"address": address, "job_id": task.job_id, "restart": task.restart, "nodes": task.num_nodes}
         tmp = task.rendezvous / f".{HEAD_FILE}.tmp"
@@ -235,7 +276,8 @@ def run_head(task: TaskInfo, driver: Callable[[], T], num_cpus: int | None, num_
         except ImportError:
             pass
         (task.rendezvous / ENDED_FILE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
-        _stop(process)
+        if process is not None:
+            _stop(process)
         _log("head stopped")
 
 
@@ -255,10 +297,9 @@ def run_worker(task: TaskInfo, num_cpus: int | None, num_gpus: int | None) -> No
     log = task.rendezvous / f"worker-{task.rank}.log"
     cmd = [_ray_cli(), "start", f"--address={address}", "--block", f"--node-ip-address={ip}",
            "--disable-usage-stats", f"--temp-dir={task.temp_dir}", *ports.args(), *_resources(num_cpus, num_gpus)]
-    with log.open("ab") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                   env=_ray_env(auth_settings(task, create=False)), start_new_session=True)
     _log(f"rank {task.rank} on {task.node_name} joining {address}")
+    process = _start_node(cmd, log, _ray_env(auth_settings(task, create=False)), f"ray worker on rank {task.rank}",
+                          give_up=ended.exists)
     try:
         while not ended.exists():
             if process.poll() is not None:

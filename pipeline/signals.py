@@ -68,3 +68,30 @@ def flag_on_signals(signums=(signal.SIGUSR2, signal.SIGTERM)) -> dict[int, objec
 def restore_handlers(previous: dict[int, object]) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
+
+
+# --- helper processes --------------------------------------------------------------------------------------------
+# Slurm delivers the time-limit warning (`--signal=USR2@N`) to *every* process of the job step, not only to the
+# job's Python: Ray's daemons and actors (policy workers, vLLM engines) would die of SIGUSR2's default action
+# before the trainer could save. Processes started with SIGUSR2 ignored pass that on to their children (an
+# ignored disposition survives fork and exec), so Ray started this way lets only the driver hear the warning.
+
+def ignore_preemption_signal() -> None:
+    """`preexec_fn` for helper processes (e.g. `ray start`): ignore SIGUSR2 in them and their children."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+class preemption_signal_ignored:
+    """Context manager: SIGUSR2 ignored while helper processes are spawned (e.g. `ray.init` of a local Ray),
+    then the previous handler back. A no-op outside the main thread (only it may set handlers)."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGUSR2, self.previous)
+        return False

@@ -113,3 +113,53 @@ def test_local_ray_start_is_retried_after_the_startup_timeout():
     with pytest.raises(ValueError, match="bad runtime_env"):
         _start_local_ray(other, "local", {})
     assert other.calls == 1
+
+
+USR2_CHILD = """
+import os, signal, time, ray
+from pipeline.distributed import init_ray
+mine = lambda *_: None
+signal.signal(signal.SIGUSR2, mine)
+init_ray(num_cpus=1)
+assert signal.getsignal(signal.SIGUSR2) is mine, "the driver's own handler must be back"
+
+@ray.remote(num_cpus=1)
+class Pid:
+    def pid(self):
+        return os.getpid()
+
+actor = Pid.remote()
+pid = ray.get(actor.pid.remote())
+os.kill(pid, signal.SIGUSR2)  # what Slurm's --signal=USR2@N does to every process of the step
+time.sleep(2)
+print("ALIVE", ray.get(actor.pid.remote(), timeout=60) == pid)
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_local_ray_actors_survive_slurms_usr2_warning():
+    with tempfile.TemporaryDirectory(prefix="rt", dir="/tmp") as tmp:
+        env = {"PATH": "/usr/bin:/bin", "RAY_TMPDIR": tmp, "HOME": tmp, "RAY_USAGE_STATS_ENABLED": "0"}
+        out = subprocess.run([sys.executable, "-c", USR2_CHILD], cwd=REPO_ROOT, env=env, capture_output=True,
+                             text=True, timeout=240)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    assert "ALIVE True" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+
+
+def test_ray_start_runs_with_usr2_ignored(tmp_path):
+    """`ray start` (and so every Ray process it spawns) inherits SIGUSR2 ignored; checked on a stand-in."""
+    from jobs import ray_cluster
+
+    fake = tmp_path / "show_ignored.sh"
+    fake.write_text(f"""#!/bin/bash
+grep SigIgn /proc/$$/status
+echo "{ray_cluster.STARTED_MARK}."
+exec sleep 60
+""")
+    fake.chmod(0o755)
+    log = tmp_path / "node.log"
+    process = ray_cluster._start_node([str(fake)], log, {"PATH": "/usr/bin:/bin"}, "stand-in")
+    ray_cluster._stop(process)
+    ignored = int(log.read_text().split("SigIgn:")[1].split()[0], 16)
+    assert ignored & (1 << (12 - 1)), log.read_text()  # SIGUSR2 is signal 12 on Linux

@@ -61,12 +61,142 @@ def sft_summary(sft_dir: Path) -> dict:
             "sft_step_seconds": sum(times) / len(times) if times else None}
 
 
+def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
+    """The sft stage's loop in this process (InProcessPolicy, no Ray), with a held-out check every `eval_every`
+    steps: mean token NLL of the validation rows' expert trajectories and the mean probability of sampling each
+    of them exactly at temperature 1 (a lower bound on val:accuracy at warm start). For tuning `sft.*` and the
+    model size without running GRPO."""
+    import functools
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from pipeline import data, prepare
+    from pipeline.config import run_root
+    from pipeline.grpo.policy import InProcessPolicy
+    from pipeline.grpo.trainer import rollouts_to_batch
+    from pipeline.io import read_jsonl
+    from pipeline.models.hub import resolve_model
+    from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+    from pipeline.sft import batch_order, expert_rollouts, sft_config, total_sft_steps
+
+    if threads:
+        torch.set_num_threads(threads)
+    if os.environ.get("DEMO_BENCH_DIGITS"):   # experiment: numbers split into single digits (as Qwen's tokenizer)
+        from pipeline.models import tiny
+        tiny.WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}_]+|\p{N}| ?[^\s\p{L}\p{N}_]+|\s+(?!\S)|\s+"""
+    data.run(cfg)
+    prepare.run(cfg)
+    root = run_root(cfg)
+    rows = read_jsonl(root / "prepare" / "train_prepare.jsonl")
+    val_rows = read_jsonl(root / "prepare" / "validation_prepare.jsonl")
+    model_dir = resolve_model(cfg.policy.model_name, root / "models", tiny_cfg=cfg.policy.get("tiny"),
+                              seed=int(cfg.run.seed))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    train, val = expert_rollouts(rows, tokenizer, cfg), expert_rollouts(val_rows, tokenizer, cfg)
+    val_batch = rollouts_to_batch(val, torch.ones(len(val)))
+    total = total_sft_steps(cfg, len(train))
+    policy = InProcessPolicy(sft_config(cfg), functools.partial(build_megatron_model, str(model_dir)),
+                             export_hf_state_dict, total)
+    gbs, seed = int(cfg.sft.train_global_batch_size), int(cfg.run.seed)
+    curve, started, cpu0 = [], time.perf_counter(), time.process_time()
+
+    def check(step: int) -> None:
+        lp = policy.get_logprobs(val_batch) * val_batch["loss_mask"]
+        per_row = lp.sum(dim=1)
+        point = {"step": step, "val_nll": float(-lp.sum() / val_batch["loss_mask"].sum()),
+                 "val_exact_prob": float(per_row.exp().mean()),
+                 "minutes": round((time.perf_counter() - started) / 60, 2),
+                 "cpu_minutes": round((time.process_time() - cpu0) / 60, 2), "load": round(load_average(), 1)}
+        curve.append(point)
+        print(json.dumps(point), flush=True)
+
+    for step in range(1, total + 1):
+        chosen = [train[i] for i in batch_order(len(train), gbs, seed, step)]
+        batch = rollouts_to_batch(chosen, torch.ones(len(chosen)))
+        batch.pop("generation_logprobs")
+        policy.train(batch)
+        if step % eval_every == 0 or step == total:
+            check(step)
+    if os.environ.get("DEMO_BENCH_ANALYZE"):
+        token_report(policy, val, val_batch, tokenizer)
+    hf_dir = policy.save_hf_model(model_dir, root / "sft" / "hf_model", "float32")
+    return curve, hf_dir
+
+
+def token_report(policy, rollouts, batch, tokenizer) -> None:
+    """Where the held-out NLL sits: tokens that also occur in the task's query (copied values) vs the rest,
+    by assistant turn, and the worst tokens."""
+    import collections
+
+    lp = policy.get_logprobs(batch)
+    classes: dict[str, list[float]] = collections.defaultdict(list)
+    worst: collections.Counter = collections.Counter()
+    for i, rollout in enumerate(rollouts):
+        ids = batch["input_ids"][i].tolist()
+        mask = batch["loss_mask"][i].tolist()
+        prompt = tokenizer.decode(ids[:rollout.prompt_length])
+        query = prompt[prompt.rfind("<|im_start|>user"):]
+        turn = 0
+        for t in range(1, int(batch["input_lengths"][i])):
+            if mask[t] and not mask[t - 1]:
+                turn += 1
+            if not mask[t]:
+                continue
+            piece = tokenizer.decode([ids[t]])
+            kind = "copied" if piece.strip() and piece.strip() in query and len(piece.strip()) > 1 else "other"
+            nll = -float(lp[i, t])
+            classes[f"turn{turn}/{kind}"].append(nll)
+            worst[piece] += nll
+    for key, values in sorted(classes.items()):
+        print(json.dumps({"class": key, "tokens": len(values), "mean_nll": round(sum(values) / len(values), 3),
+                          "sum_nll_per_row": round(sum(values) / len(rollouts), 3)}), flush=True)
+    print(json.dumps({"worst_tokens": [(k, round(v / len(rollouts), 3)) for k, v in worst.most_common(25)]}),
+          flush=True)
+
+
+def grpo_inprocess(cfg, model_dir) -> None:
+    """The train stage's GRPO loop in this process: InProcessPolicy + the torch generation backend (no Ray, no
+    vLLM), for exploring GRPO settings where vLLM is not installed (e.g. on a GPU box). Metrics go to
+    <run.root>/train/metrics.jsonl like the real stage's."""
+    import functools
+
+    from transformers import AutoTokenizer
+
+    from pipeline.config import run_root
+    from pipeline.generation.torch_backend import TorchGeneration
+    from pipeline.grpo.policy import InProcessPolicy
+    from pipeline.grpo.rollout import collect_rollouts
+    from pipeline.grpo.trainer import GRPOTrainer, total_training_steps
+    from pipeline.io import read_jsonl
+    from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+
+    root = run_root(cfg)
+    train_rows = read_jsonl(root / "prepare" / "train_prepare.jsonl")
+    val_rows = read_jsonl(root / "prepare" / "validation_prepare.jsonl")
+    policy = InProcessPolicy(cfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict,
+                             total_training_steps(cfg, len(train_rows)))
+    generation = TorchGeneration(str(model_dir), int(cfg.policy.generation.vllm_cfg.max_model_len), "float32",
+                                 batch_size=128)
+    trainer = GRPOTrainer(cfg, train_rows, val_rows, policy=policy, generation=generation,
+                          rollout_fn=collect_rollouts, tokenizer=AutoTokenizer.from_pretrained(str(model_dir)),
+                          refit_dtype="float32")
+    trainer.fit()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="run name (results/<name>)")
     parser.add_argument("--config", default="tiny_cpu")
     parser.add_argument("--seed", type=int, default=None, help="sets run.seed, grpo.seed and data.local.seed")
     parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument("--stages", default="data,prepare,sft,train",
+                        help="comma-separated subset to run, e.g. 'train' to retune GRPO on an existing warm start")
+    parser.add_argument("--sft-curve", type=int, default=0, metavar="K",
+                        help="only the sft loop in-process, with a held-out check every K steps")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for --sft-curve")
+    parser.add_argument("--inprocess-grpo", action="store_true",
+                        help="after --sft-curve, GRPO in-process with the torch generation backend")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
 
@@ -80,12 +210,22 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, overrides)
     root = run_root(cfg)
     record: dict = {"name": args.name, "overrides": overrides, "load_start": load_average()}
+    if args.sft_curve:
+        record["sft_curve"], hf_dir = sft_curve(cfg, args.sft_curve, args.threads)
+        if args.inprocess_grpo:
+            grpo_inprocess(cfg, hf_dir)
+            record.update(summarise(root / "train"))
+            print(json.dumps({k: v for k, v in record.items() if k != "sft_curve"}), flush=True)
+        with open(results / "demo_bench.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        return 0
     if not args.summary_only:
         from pipeline import data, prepare, sft, train
 
         minutes = {}
+        wanted = set(args.stages.split(","))
         for stage in (data, prepare, sft, train):
-            if stage is sft and not cfg.sft.enabled:
+            if (stage is sft and not cfg.sft.enabled) or stage.__name__.split(".")[-1] not in wanted:
                 continue
             started = time.perf_counter()
             stage.run(cfg)

@@ -8,9 +8,9 @@ bookkeeping as GRPO rollouts (`pipeline.grpo.rollout.collect_rollouts`), so the 
 the format it will be trained on.
 
 Training reuses the GRPO policy workers (Megatron-core model, AdamW, scheduler, checkpoints): with advantage 1
-and the on-policy ratio (previous log-probs = current), the clipped policy-gradient loss has exactly the gradient
-of the token-level negative log-likelihood, so no second training loop exists. The reported `sft:nll` is the
-batch's NLL before its update.
+and the on-policy ratio (a batch given without previous log-probs uses the current ones), the clipped
+policy-gradient loss has exactly the gradient of the token-level negative log-likelihood, so no second training
+loop exists. The reported `sft:nll` is the batch's NLL before its update (from the same forward pass).
 
 Artifacts in `<run.root>/sft/`: checkpoints/step_N (resumed from after a requeue), metrics.jsonl, hf_model/
 (what `train` starts from), manifest.json.
@@ -149,10 +149,8 @@ def run(cfg: DictConfig) -> Path:
         chosen = [trajectories[i] for i in batch_order(len(trajectories), gbs, seed, step)]
         batch = rollouts_to_batch(chosen, torch.ones(len(chosen)))
         batch.pop("generation_logprobs")
-        batch["prev_logprobs"] = policy.get_logprobs(batch)
-        nll = float(-(batch["prev_logprobs"] * batch["loss_mask"]).sum() / batch["loss_mask"].sum())
-        result = policy.train(batch)
-        metrics.log(step, {"sft:nll": nll, "grad_norm": result["grad_norm"], "sft:lr": result["lr"],
+        result = policy.train(batch)       # no prev_logprobs: on-policy, so the loss gradient is the NLL's
+        metrics.log(step, {"sft:nll": -result["logprob_mean"], "grad_norm": result["grad_norm"], "sft:lr": result["lr"],
                            "sft:tokens": float(batch["loss_mask"].sum()),
                            "timing/sft/step": time.perf_counter() - t0})
         if step % save_period == 0 and step < total:

@@ -76,7 +76,7 @@ def clipped_pg_loss(
     logprobs: [B, S] current policy (with grad); prev_logprobs / generation_logprobs / reference_logprobs:
     [B, S] (no grad); advantages: [B] (broadcast over tokens) or [B, S]; mask: [B, S] 1 on trained tokens.
     Returns (loss, stats) with stats = {loss, probs_ratio_sum, probs_ratio_min, probs_ratio_max,
-    probs_ratio_clamped, kl_penalty, token_mult_prob_error_sum, valid_tokens}; divide the *_sum entries and
+    probs_ratio_clamped, kl_penalty, token_mult_prob_error_sum, valid_tokens, logprob_sum}; divide the *_sum entries and
     the clamped count by the global valid tokens to get means.
     """
     if global_valid_tokens <= 0:
@@ -118,6 +118,7 @@ def clipped_pg_loss(
             "probs_ratio_clamped": ((r != clipped_ratio.detach()) & valid).sum().to(r.dtype),
             "kl_penalty_sum": (kl.detach() * mask).sum(),
             "valid_tokens": mask.sum(),
+            "logprob_sum": (logprobs.detach() * mask).sum(),
         }
         if generation_logprobs is not None:
             diff = torch.where(valid, (generation_logprobs.to(r.dtype) - prev_logprobs).abs(), torch.zeros_like(r))
@@ -138,6 +139,8 @@ def reduce_loss_stats(parts: list[dict[str, torch.Tensor]], global_valid_tokens:
         "probs_ratio_clamped": total("probs_ratio_clamped") / global_valid_tokens,
         "kl_penalty": total("kl_penalty_sum") / global_valid_tokens,
     }
+    if all("logprob_sum" in p for p in parts):   # mean log-prob of the trained tokens before the update (-NLL)
+        out["logprob_mean"] = total("logprob_sum") / global_valid_tokens
     if all("token_mult_prob_error_sum" in p for p in parts):
         out["token_mult_prob_error"] = total("token_mult_prob_error_sum") / global_valid_tokens
     return out

@@ -13,7 +13,8 @@ and takes its own data-parallel shard, so the driver never splits tensors by ran
 
 Batch format (a dict of CPU tensors, right-padded):
   input_ids [N, S] long, input_lengths [N] long, loss_mask [N, S] (1 on trained tokens), advantages [N],
-  prev_logprobs / generation_logprobs / reference_logprobs [N, S] (training only),
+  prev_logprobs / generation_logprobs / reference_logprobs [N, S] (training only; without prev_logprobs a
+  one-optimizer-step batch is trained on-policy),
   with `logprobs[b, t] = log p(input_ids[b, t] | input_ids[b, :t])` (position 0 is always 0).
 """
 from __future__ import annotations
@@ -172,6 +173,13 @@ class PolicyWorker:
         n = batch["input_ids"].shape[0]
         gbs = int(self.policy_cfg["train_global_batch_size"])
         mbs = int(self.policy_cfg["train_micro_batch_size"])
+        # Without prev_logprobs the batch is trained on-policy: the previous policy is the current one, whose
+        # log-probs the training forward computes anyway (a separate get_logprobs pass would repeat it). Only
+        # valid for one optimizer step: after it the weights have moved.
+        on_policy = "prev_logprobs" not in batch
+        if on_policy and n > gbs:
+            raise ValueError(f"a batch of {n} rollouts spans several optimizer steps (train_global_batch_size="
+                             f"{gbs}): pass prev_logprobs")
         max_grad_norm = self.policy_cfg.get("max_grad_norm")
         self.model.train()
         results = []
@@ -187,8 +195,9 @@ class PolicyWorker:
                 for sl, seq in self._microbatches(rows, mbs, batch["input_lengths"]):
                     pick = lambda key: self._pad_to(batch[key][sl], seq).to(self.device)  # noqa: E731
                     logprobs = self._token_logprobs(pick("input_ids"))
+                    prev = logprobs.detach() if on_policy else pick("prev_logprobs")
                     loss, stats = clipped_pg_loss(
-                        self.loss_cfg, logprobs, pick("prev_logprobs"), batch["advantages"][sl].to(self.device),
+                        self.loss_cfg, logprobs, prev, batch["advantages"][sl].to(self.device),
                         pick("loss_mask").float(), global_tokens,
                         generation_logprobs=pick("generation_logprobs") if "generation_logprobs" in batch else None,
                         reference_logprobs=pick("reference_logprobs") if "reference_logprobs" in batch else None)

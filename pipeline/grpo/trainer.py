@@ -3,7 +3,8 @@
     prompts    = loader.next_batch()                            # seeded order, epochs, resumable position
     rollouts   = rollout_fn(prompts x n, generation, seed=f(seed, step))   # multi-turn episodes in env_sim
     advantages = leave-one-out baseline per prompt group, / group std
-    prev_lp    = policy.get_logprobs(batch)                     # (+ reference log-probs when the KL is on)
+    prev_lp    = policy.get_logprobs(batch)   # only when the batch spans several optimizer steps (+ reference
+                                              # log-probs when the KL is on); one step is trained on-policy
     metrics    = policy.train(batch)                            # clipped-ratio loss, AdamW, clip, LR schedule
     generation.update_weights(policy.export_weights_blob())    # refit the engines with the new weights
     validate every `val_period` (and at start / end)            # val:accuracy on held-out rows
@@ -265,7 +266,10 @@ class GRPOTrainer:
                     and len(rollouts) <= int(self.cfg.policy.train_global_batch_size)):
                 train_batch = informative_rows(batch)
         with timer("policy_and_reference_logprobs"):
-            train_batch["prev_logprobs"] = self.policy.get_logprobs(train_batch)
+            if len(train_batch["input_ids"]) > int(self.cfg.policy.train_global_batch_size):
+                # several optimizer steps: the later ones are off-policy and need the old log-probs; a single
+                # step is on-policy and the policy takes them from its own training forward pass
+                train_batch["prev_logprobs"] = self.policy.get_logprobs(train_batch)
             if self.kl_on:
                 train_batch["reference_logprobs"] = self.policy.get_logprobs(train_batch, use_reference=True)
         with timer("policy_training"):

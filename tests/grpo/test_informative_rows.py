@@ -44,3 +44,27 @@ def test_all_informative_returns_the_batch_unchanged():
     batch = random_batch(n=4, seed=1)
     batch["advantages"] = torch.tensor([0.5, -0.5, 1.0, -1.0])
     assert informative_rows(batch) is batch
+
+
+def test_on_policy_batch_without_prev_logprobs_trains_like_one_with_them():
+    """A one-step batch given without prev_logprobs (sft, and GRPO steps that fit one optimizer step) gets the
+    same loss and gradient as with a separate get_logprobs pass, and reports the tokens' mean log-prob."""
+    batch = random_batch(n=8, seed=7)
+    with_prev, norm_with, grads_with = _loss_and_grads(make_worker(), batch)
+    worker = make_worker()
+    before = worker.get_logprobs(batch)
+    result = worker.train(dict(batch))[0]
+    assert sum(p["loss"] for p in result["parts"]) == pytest.approx(with_prev, rel=1e-5, abs=1e-7)
+    assert result["grad_norm"] == pytest.approx(norm_with, rel=1e-5)
+    for full, own in zip(grads_with, [p.grad for p in worker.model.parameters()]):
+        assert torch.allclose(full, own, rtol=1e-4, atol=1e-7)
+    from pipeline.grpo.loss import reduce_loss_stats
+    mean_lp = reduce_loss_stats(result["parts"], result["global_valid_tokens"])["logprob_mean"]
+    expected = float((before * batch["loss_mask"]).sum() / batch["loss_mask"].sum())
+    assert mean_lp == pytest.approx(expected, rel=1e-5)
+
+
+def test_several_optimizer_steps_need_prev_logprobs():
+    worker = make_worker({"train_global_batch_size": 4})
+    with pytest.raises(ValueError, match="prev_logprobs"):
+        worker.train(random_batch(n=8))

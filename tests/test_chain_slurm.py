@@ -55,7 +55,8 @@ def record(root: Path) -> dict:
 # --- login node ----------------------------------------------------------------------------------------------
 
 def test_login_node_imports_no_heavy_packages():
-    code = ("import sys, jobs, jobs.__main__, jobs.chain, jobs.stages, jobs.status, jobs.sweep, jobs.ray_cluster; "
+    code = ("import sys, jobs, jobs.__main__, jobs.chain, jobs.stages, jobs.status, jobs.sweep, jobs.ray_cluster, "
+            "jobs.demo; "
             "print(','.join(m for m in ('torch', 'ray', 'vllm', 'datasets', 'megatron') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -8,7 +8,7 @@ def test_tiny_recipe_inherits_base_and_overrides_it():
     cfg = load_config("tiny_cpu")
     assert cfg.run.name == "tiny_cpu"
     assert cfg.env.max_steps == 6  # from base
-    assert cfg.env.compact_tools is True  # tiny overrides base
+    assert cfg.env.compact_tools == "signatures"  # tiny overrides base
     assert cfg.checkpointing.metric_name == "val:accuracy"
 
 

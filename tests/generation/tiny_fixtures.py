@@ -12,6 +12,6 @@ def tiny_cfg(**overrides):
     from pipeline.config import load_config
 
     items = {"policy.max_total_sequence_length": 1536, "policy.generation.max_new_tokens": 128,
-             "policy.generation.vllm_cfg.kv_cache_space_gb": 1, "env.max_steps": 3}
+             "policy.generation.vllm_cfg.kv_cache_space_gb": 1, "env.max_steps": 3, "env.compact_tools": True}
     items.update(overrides)
     return load_config("tiny_cpu", [f"{k}={v}" for k, v in items.items()])

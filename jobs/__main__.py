@@ -138,7 +138,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ok, why = demo.slurm_responding()
         if not ok:
             print(f"demo: no usable Slurm cluster here ({why}). Running the same chain with submitit's "
-                  "LocalExecutor instead: the stages run one after another in this process's machine, "
+                  "LocalExecutor instead: the stages run one after another on this machine, "
                   "without a queue, dependencies or requeue.", flush=True)
             cfg.slurm.use_cluster = False
     cfg = chain.resolve_config(cfg, args.nodes)

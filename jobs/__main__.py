@@ -133,7 +133,7 @@ def cmd_sweep_remove(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from jobs import demo
 
-    cfg = load_config(args.config, list(args.overrides))
+    cfg = load_config(args.config, demo.demo_overrides(args.overrides))
     if bool(cfg.slurm.use_cluster):
         ok, why = demo.slurm_responding()
         if not ok:

@@ -45,6 +45,15 @@ def slurm_responding(timeout_s: float = 15.0) -> tuple[bool, str]:
     return True, ""
 
 
+def demo_overrides(overrides: Iterable[str]) -> list[str]:
+    """The demo warms the tiny model up before GRPO (sft on) unless the overrides say otherwise: a random-init
+    model would never see a reward."""
+    overrides = list(overrides)
+    if not any(item.lstrip("+").startswith("sft.enabled=") for item in overrides):
+        overrides.append("sft.enabled=true")
+    return overrides
+
+
 # --- metrics -------------------------------------------------------------------------------------------------
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -96,3 +96,10 @@ def test_resume_keeps_finished_upstream_stages_after_a_config_change(tmp_path):
     (tmp_path / "run" / "sanity" / "report.json").unlink()  # an incomplete stage is redone even on resume
     plans = chain.plan_chain(more_steps, "train", always=["train"], use_cluster=False, keep_before="train")
     assert actions(plans)[2] == ("sanity", "submit")
+
+
+def test_demo_turns_the_warm_start_on_unless_told_otherwise():
+    assert demo.demo_overrides(["grpo.max_num_steps=2"]) == ["grpo.max_num_steps=2", "sft.enabled=true"]
+    assert demo.demo_overrides(["sft.enabled=false"]) == ["sft.enabled=false"]
+    cfg = load_config("tiny_cpu", demo.demo_overrides([]))
+    assert chain.chain_stages(cfg, "eval") == ["data", "prepare", "sanity", "sft", "train", "eval"]

@@ -23,3 +23,15 @@ def local_cluster() -> dict[str, str]:
         pytest.fail(f"local cluster did not come up:\n{result.stdout}\n{result.stderr}")
     assert shutil.which("sbatch"), "sbatch missing after cluster start"
     return {"nodes": env["NODES"], "start_log": result.stdout}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_ray_per_module():
+    """Stop any Ray instance a module started (stages call init_ray and leave it up), so that the next module's
+    actors never queue behind an earlier module's idle ones for the 2 CPUs."""
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

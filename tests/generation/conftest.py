@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny model per session (tokenizer trained on env_sim text), one vLLM engine per session."""
+"""Shared fixtures: one tiny model per session (tokenizer trained on env_sim text), one vLLM engine per module."""
 from __future__ import annotations
 
 import pytest
@@ -20,9 +20,10 @@ def tiny_tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_group(tiny_model_dir):
-    """One vLLM engine (Ray actor) for the whole session; its start time is reported by the tests."""
+    """One vLLM engine (Ray actor) per test module; its start time is reported by the tests. Not per session:
+    an idle engine would hold a Ray CPU (and its memory) while later modules start their own actors."""
     import ray
 
     from pipeline.distributed import init_ray

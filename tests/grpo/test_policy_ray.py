@@ -16,7 +16,7 @@ def ray_session():
     import ray
     from pipeline.distributed import init_ray
 
-    init_ray(num_cpus=2)
+    init_ray(num_cpus=3)  # logical: a policy actor, the refitted engine and a fresh one
     yield ray
     ray.shutdown()
 

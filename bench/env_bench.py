@@ -21,7 +21,6 @@ import platform
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from env_sim.database import DATA_DIR, Database  # noqa: E402
 from env_sim.verify import verify  # noqa: E402
+from pipeline.io import atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "env.json"
 BENCH_DOC = ROOT / "docs" / "benchmarks.md"
@@ -247,14 +247,6 @@ def run(n_trajectories: int, min_seconds: float) -> dict:
     }
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def append_doc_rows(result: dict, path: Path = BENCH_DOC) -> None:
     """Add this run's rows to the benchmarks table (created with its header if missing)."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\n" + DOC_HEADER
@@ -276,7 +268,7 @@ def append_doc_rows(result: dict, path: Path = BENCH_DOC) -> None:
     head, sep, tail = text.partition(DOC_HEADER)
     block_end = tail.find("\n\n")
     table, rest = (tail, "") if block_end < 0 else (tail[: block_end + 1], tail[block_end + 1:])
-    _atomic_write(path, head + sep + table + lines + rest)
+    atomic_write_text(path, head + sep + table + lines + rest)
 
 
 def main(argv=None) -> int:
@@ -287,7 +279,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     result = run(args.trajectories, args.min_seconds)
-    _atomic_write(args.output, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
     if not args.no_doc:
         append_doc_rows(result)
     print(json.dumps(result, indent=2))

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.io import atomic_write_json
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "train.json"
 BENCH_DOC = ROOT / "docs" / "benchmarks.md"
@@ -109,10 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         append_doc_rows(json.loads(args.from_json.read_text()))
         return 0
     result = run(args.config, args.steps, args.overrides)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(f".{args.output.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.output)
+    atomic_write_json(args.output, result)
     if not args.no_doc:
         append_doc_rows(result)
     print(json.dumps(result, indent=2))

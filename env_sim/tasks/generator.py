@@ -502,14 +502,19 @@ def _overdue(task) -> bool:
     return task["due_date"] < TODAY.isoformat() and task["list_name"] != "Completed"
 
 
-def pm_move_in_progress_to_review(rng, snap):
+def _move_tasks(rng, snap, from_list: str, to_list: str, phrasings: list[str], only=lambda task: True) -> Task:
+    """Move one assignee's tasks in `from_list` (that also pass `only`) to `to_list`."""
     person = rng.choice(snap.task_assignees)
-    tasks = [t for t in _tasks_of(snap, person) if t["list_name"] == "In Progress"]
-    query = phrase(rng, ["Move all of {name}'s tasks that are in progress to in review",
-                         "can you move all of {name}'s tasks that are in progress to in review?"],
-                   name=first_name(person))
+    tasks = [t for t in _tasks_of(snap, person) if t["list_name"] == from_list and only(t)]
+    query = phrase(rng, phrasings, name=first_name(person))
     return Task(query, [call("project_management_update_task", task_id=t["task_id"], field="list_name",
-                             new_value="In Review") for t in tasks])
+                             new_value=to_list) for t in tasks])
+
+
+def pm_move_in_progress_to_review(rng, snap):
+    return _move_tasks(rng, snap, "In Progress", "In Review",
+                       ["Move all of {name}'s tasks that are in progress to in review",
+                        "can you move all of {name}'s tasks that are in progress to in review?"])
 
 
 def pm_create_backlog_task(rng, snap):
@@ -526,23 +531,15 @@ def pm_create_backlog_task(rng, snap):
 
 
 def pm_overdue_backlog_to_progress(rng, snap):
-    person = rng.choice(snap.task_assignees)
-    tasks = [t for t in _tasks_of(snap, person) if t["list_name"] == "Backlog" and _overdue(t)]
-    query = phrase(rng, ["Move all of {name}'s overdue tasks in the backlog to in progress",
-                         "can you move all of {name}'s overdue tasks in the backlog to in progress?"],
-                   name=first_name(person))
-    return Task(query, [call("project_management_update_task", task_id=t["task_id"], field="list_name",
-                             new_value="In Progress") for t in tasks])
+    return _move_tasks(rng, snap, "Backlog", "In Progress",
+                       ["Move all of {name}'s overdue tasks in the backlog to in progress",
+                        "can you move all of {name}'s overdue tasks in the backlog to in progress?"], only=_overdue)
 
 
 def pm_review_to_completed(rng, snap):
-    person = rng.choice(snap.task_assignees)
-    tasks = [t for t in _tasks_of(snap, person) if t["list_name"] == "In Review"]
-    query = phrase(rng, ["Move any of {name}'s tasks that are in review to completed",
-                         "can you move any of {name}'s tasks that are in review to completed?"],
-                   name=first_name(person))
-    return Task(query, [call("project_management_update_task", task_id=t["task_id"], field="list_name",
-                             new_value="Completed") for t in tasks])
+    return _move_tasks(rng, snap, "In Review", "Completed",
+                       ["Move any of {name}'s tasks that are in review to completed",
+                        "can you move any of {name}'s tasks that are in review to completed?"])
 
 
 def pm_sick_reassign(rng, snap):

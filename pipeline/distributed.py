@@ -157,9 +157,16 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         # "local", never None: ray.init(None) joins whatever cluster another process on this host announced
         # last (/tmp/ray/ray_current_cluster), e.g. another job's Ray, whose scheduler then cancels our actors
         address = "local"
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # a private single-user instance
         kwargs["num_cpus"] = num_cpus or os.cpu_count()
-        _start_local_ray(ray, address, kwargs)
+        # a private single-user instance needs no token; set only while it starts, so that jobs this process
+        # submits afterwards (sbatch exports the environment) do not inherit "disabled" and skip their own token
+        user_mode = os.environ.get("RAY_AUTH_MODE")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        try:
+            _start_local_ray(ray, address, kwargs)
+        finally:
+            if user_mode is None:
+                os.environ.pop("RAY_AUTH_MODE", None)
         return
     ray.init(address=address, **kwargs)
 

@@ -19,6 +19,8 @@ import os, ray
 from pipeline.distributed import init_ray
 init_ray(num_cpus=1)
 print("GCS", ray.get_runtime_context().gcs_address)
+print("AUTH_MODE_AFTER", os.environ.get("RAY_AUTH_MODE", "unset"))
+print("REMOTE", ray.get(ray.remote(lambda: "ok").remote()))
 ray.shutdown()
 """
 
@@ -36,6 +38,9 @@ def test_init_ray_without_address_ignores_an_announced_cluster():
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     gcs = next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("GCS"))
     assert gcs != "127.0.0.1:9"
+    # the private instance's "no token" must not leak into jobs this process submits later (sbatch exports the
+    # environment; a two-node train job then skipped its own token); its actors still run
+    assert "AUTH_MODE_AFTER unset" in out.stdout and "REMOTE ok" in out.stdout, out.stdout
 
 
 def test_ray_address_of_one_node_stages_is_private_even_when_train_spans_nodes(monkeypatch):

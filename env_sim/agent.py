@@ -49,11 +49,15 @@ class Episode:
     compact_tools: render the tool schemas one line per tool (tiny models only): true, or "signatures" (no
         descriptions).
     parse_error_feedback: show unparsable calls to the model as errors (True) or treat them as text (reference).
+    tool_scope: which tools the prompt shows: "all" (reference), "domain" (the row's domain and the company
+        directory; tiny models only) or "none" (no tool section); see env_sim.tools.tools_in_scope.
     """
 
     def __init__(self, row: dict[str, Any], fmt: str | ToolCallFormat = "hermes", max_steps: int = DEFAULT_MAX_STEPS,
-                 compact_tools: bool | str = False, parse_error_feedback: bool = True) -> None:
+                 compact_tools: bool | str = False, parse_error_feedback: bool = True,
+                 tool_scope: str = "all") -> None:
         from env_sim.database import Database
+        from env_sim.tools import TOOL_SCHEMAS, tools_in_scope
 
         if max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {max_steps}")
@@ -62,15 +66,13 @@ class Episode:
         self.max_steps = max_steps
         self.parse_error_feedback = parse_error_feedback
         params = row["responses_create_params"]
-        tools = params.get("tools")
-        if not tools:
-            from env_sim.tools import TOOL_SCHEMAS
-            tools = TOOL_SCHEMAS
+        tools = tools_in_scope(params.get("tools") or TOOL_SCHEMAS, str(row.get("category", "")), tool_scope)
         self.tools = tools
         raw_input = params["input"]
         if isinstance(raw_input, str):
             raw_input = [{"role": "user", "content": raw_input}]
-        self.messages: list[dict[str, Any]] = self._with_tools(items_to_messages(raw_input), tools, compact_tools)
+        messages = items_to_messages(raw_input)
+        self.messages: list[dict[str, Any]] = self._with_tools(messages, tools, compact_tools) if tools else messages
         self.prompt_length = len(self.messages)
         self.db = Database.fresh()
         self.function_calls: list[dict[str, str]] = []

@@ -116,7 +116,7 @@ def check_tokenizer(ctx: _Context) -> dict:
 
     from env_sim.agent import Episode
     from env_sim.formats import get_format
-    from env_sim.formats.compact import compact_level
+    from pipeline.grpo.rollout import episode_options
     from pipeline.train import initial_model_dir
 
     model_dir = initial_model_dir(ctx.cfg)
@@ -125,7 +125,7 @@ def check_tokenizer(ctx: _Context) -> dict:
     env = ctx.cfg.env
     fmt = get_format(env.tool_format)
     row = ctx.sample_rows(1)[0]
-    episode = Episode(dict(row), fmt, max_steps=int(env.max_steps), compact_tools=compact_level(env.compact_tools))
+    episode = Episode(dict(row), fmt, **episode_options(env))
     text = tokenizer.apply_chat_template(episode.messages, tokenize=False, add_generation_prompt=True)
     first_tool = row["responses_create_params"]["tools"][0]["name"]
     assert first_tool in text, f"the rendered prompt does not mention the first tool '{first_tool}'"
@@ -134,7 +134,7 @@ def check_tokenizer(ctx: _Context) -> dict:
     assert not parsed.errors, f"tool-call round trip failed: {parsed.errors}"
     assert [c["name"] for c in parsed.tool_calls] == [c["name"] for c in calls], "tool-call round trip lost calls"
     lengths = [len(tokenizer(tokenizer.apply_chat_template(
-        Episode(dict(r), fmt, compact_tools=compact_level(env.compact_tools)).messages, tokenize=False,
+        Episode(dict(r), fmt, **episode_options(env)).messages, tokenize=False,
         add_generation_prompt=True), add_special_tokens=False)["input_ids"]) for r in ctx.sample_rows(20)]
     limit = int(ctx.cfg.policy.max_total_sequence_length)
     assert max(lengths) < limit, f"prompts up to {max(lengths)} tokens do not fit policy.max_total_sequence_length={limit}"

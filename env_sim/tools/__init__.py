@@ -48,4 +48,28 @@ WRITE_TOOLS = frozenset([
     "customer_relationship_manager_delete_customer",
 ])
 
-__all__ = ["TOOL_SCHEMAS", "TOOL_NAMES", "REGISTRY", "WRITE_TOOLS", "ToolEntry"]
+TOOL_SCOPES = ("all", "domain", "none")
+SHARED_TOOLKIT = "company_directory"   # every domain's tasks may need someone's email address
+
+
+def tools_in_scope(tools: list[dict], category: str, scope: str = "all") -> list[dict]:
+    """The tools a prompt shows. "all": every tool the row lists (the reference). "domain": only the tools of
+    the row's own domain plus the company directory, in the row's order: a much shorter prompt for tiny models
+    (config `env.tool_scope`); every tool still executes, so a call outside the scope is not an error.
+    Categories without a single domain keep all tools. "none": no tool section at all (the sft stage's
+    short-context phase)."""
+    if scope not in TOOL_SCOPES:
+        raise ValueError(f"tool scope must be one of {TOOL_SCOPES}, got {scope!r}")
+    if scope == "all":
+        return list(tools)
+    if scope == "none":
+        return []
+    domain = category.removeprefix("workplace_assistant_")
+    prefixes = {prefix for prefix, _, _ in _TOOLKITS}
+    if domain not in prefixes:
+        return list(tools)
+    keep = (domain + "_", SHARED_TOOLKIT + "_")
+    return [tool for tool in tools if str(tool.get("name") or tool.get("function", {}).get("name", "")).startswith(keep)]
+
+
+__all__ = ["TOOL_SCHEMAS", "TOOL_NAMES", "TOOL_SCOPES", "REGISTRY", "WRITE_TOOLS", "ToolEntry", "tools_in_scope"]

@@ -48,6 +48,14 @@ class Rollout:
     function_calls: list[dict[str, str]] = field(default_factory=list)
 
 
+def episode_options(env_cfg) -> dict[str, Any]:
+    """Episode keyword arguments from the `env` config section (one place, so rollouts, sft and sanity agree)."""
+    from env_sim.formats.compact import compact_level
+
+    return {"max_steps": int(env_cfg.max_steps), "compact_tools": compact_level(env_cfg.compact_tools),
+            "tool_scope": str(env_cfg.get("tool_scope", "all"))}
+
+
 class _ChatRenderer:
     """The tokenizer's chat template as text, plus the end-of-turn marker used to cut renderings."""
 
@@ -114,11 +122,10 @@ def collect_rollouts(rows: Sequence[Mapping[str, Any]], generation, tokenizer, c
     """Play one episode per row to the end and return the rollouts in row order.
 
     generation: anything with `generate(prompt_token_ids, sampling) -> [{token_ids, logprobs, finish_reason}]`
-    (`pipeline.generation.make_generation`). cfg keys: env.{tool_format, max_steps, compact_tools},
+    (`pipeline.generation.make_generation`). cfg keys: env.{tool_format, max_steps, compact_tools, tool_scope},
     policy.{max_total_sequence_length, generation.*}.
     """
     from env_sim.agent import Episode
-    from env_sim.formats.compact import compact_level
     from pipeline.generation import stop_token_ids
 
     gen_cfg = cfg.policy.generation
@@ -133,8 +140,7 @@ def collect_rollouts(rows: Sequence[Mapping[str, Any]], generation, tokenizer, c
 
     live: list[_Live] = []
     for index, row in enumerate(rows):
-        episode = Episode(dict(row), cfg.env.tool_format, max_steps=int(cfg.env.max_steps),
-                          compact_tools=compact_level(cfg.env.compact_tools))
+        episode = Episode(dict(row), cfg.env.tool_format, **episode_options(cfg.env))
         prompt = renderer.encode(renderer.render(episode.messages, add_generation_prompt=True))
         state = _Live(index, episode, [], [], [], len(prompt))
         state.append(prompt, 0)

@@ -50,6 +50,24 @@ def test_compact_tools_shrink_the_system_prompt(fmt):
     assert "email_reply_email(email_id*, body*)" in compact
 
 
+def test_domain_tool_scope_shows_only_the_domain_and_the_directory_but_every_tool_still_runs():
+    row = row_with([DELETE_57])   # an email task
+    shown = [tool["name"] for tool in Episode(row, "hermes", tool_scope="domain").tools]
+    assert shown[0] == "company_directory_find_email_address" and len(shown) == 7
+    assert all(name.startswith(("email_", "company_directory_")) for name in shown)
+    prompt = Episode(row, "hermes", compact_tools=True, tool_scope="domain").messages[0]["content"]
+    assert "email_reply_email(" in prompt and "calendar_" not in prompt
+    # a call outside the shown scope is executed and scored as usual
+    outside = {"name": "calendar_delete_event", "arguments": '{"event_id": "00000013"}'}
+    episode = run_episode(scripted_model([calls_text(get_format("hermes"), outside)]), row, "hermes",
+                          tool_scope="domain")
+    assert episode.function_calls == [outside] and "Error" not in json.dumps(episode.response_items()[1])
+    assert episode.reward == 0.0
+    assert len(Episode(row, "hermes", tool_scope="all").tools) == 27
+    with pytest.raises(ValueError, match="tool scope must be one of"):
+        Episode(row, "hermes", tool_scope="mine")
+
+
 def test_max_steps_must_be_positive():
     with pytest.raises(ValueError, match="max_steps must be at least 1"):
         Episode(EXAMPLE_ROWS[0], "hermes", max_steps=0)

@@ -50,8 +50,8 @@ def _first_sentence(description: str) -> str:
     return description[:match.end()].strip() if match else description.strip()
 
 
-SIGNATURES_LEGEND = ("One tool per line: name(parameters). * marks a required parameter, a|b the allowed values, "
-                     ":int an integer, :date YYYY-MM-DD, :datetime YYYY-MM-DD HH:MM:SS.")
+# short: the signatures level exists for tiny models, whose every prompt token costs CPU time
+SIGNATURES_LEGEND = "Tools as name(parameters); * = required, a|b = allowed values."
 SIGNATURES = "signatures"
 
 

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping
 # Qwen3's special tokens. The first three are "special" (dropped by skip_special_tokens); the tool/think
 # markers are ordinary added tokens, so decoded model text keeps them and the tool-call parser can see them.
 # Part of the cache key: bump when the build changes in a way the settings do not show.
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MARKUP_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
@@ -43,8 +43,10 @@ DEFAULT_TINY = {
 }
 
 # How text is cut into words before BPE: GPT-2's split, except that underscores join words, so that tool and
-# parameter names (`email_send_email`, `event_start`) can become single tokens.
-WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}\p{N}_]+| ?[^\s\p{L}\p{N}_]+|\s+(?!\S)|\s+"""
+# parameter names (`email_send_email`, `event_start`) can become single tokens, and every digit is a token of
+# its own (as in Qwen's tokenizer). Single digits make IDs and dates copyable digit by digit: with merged
+# numbers the tiny model did not learn to copy them from the request in the CPU budget (docs/demo_tuning.md).
+WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}_]+|\p{N}| ?[^\s\p{L}\p{N}_]+|\s+(?!\S)|\s+"""
 
 # Our own ChatML template. The tool section uses the Hermes wording that Qwen3 models were trained on (and that
 # env_sim.formats.hermes reproduces), so prompts rendered by either agree. Written with explicit '\n' strings so

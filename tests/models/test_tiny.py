@@ -94,6 +94,15 @@ def test_tokenizer_round_trips_any_text_and_keeps_markup(tiny_dir):
     assert gen_cfg["eos_token_id"][0] == tok.convert_tokens_to_ids("<|im_end|>")
 
 
+def test_every_digit_is_a_token_of_its_own(tiny_dir):
+    """IDs and dates are copied from the request digit by digit (merged numbers were not learnable in budget)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    pieces = [tok.decode([i]) for i in tok.encode("task 00000242 due 2023-11-30", add_special_tokens=False)]
+    assert [p for p in pieces if any(ch.isdigit() for ch in p)] == list("00000242") + list("20231130")
+
+
 def test_chat_template_renders_tools_calls_and_responses(tiny_dir):
     from transformers import AutoTokenizer
 

@@ -60,6 +60,8 @@ class PolicyWorker:
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.autocast_dtype = torch.bfloat16 if str(self.policy_cfg.get("precision")) in ("bfloat16", "bf16") else None
         self.reference_state: dict | None = None
+        # output layer + softmax only at loss-mask positions (pipeline.models.megatron_bridge.selected_token_logprobs)
+        self.select_logits = bool(self.policy_cfg.get("logits_only_where_loss", True))
 
     # ---- setup -------------------------------------------------------------------------------------------
     def node_address(self) -> tuple[str, int]:
@@ -102,9 +104,13 @@ class PolicyWorker:
         return self.tp_rank == 0
 
     # ---- forward -----------------------------------------------------------------------------------------
-    def _token_logprobs(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """log p(token_t | tokens_<t) for t >= 1, 0 at t = 0; [B, S]. Grad flows when enabled."""
-        from pipeline.models.megatron_bridge import causal_attention_mask, token_logprobs
+    def _token_logprobs(self, input_ids: torch.Tensor, wanted: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(token_t | tokens_<t) for t >= 1, 0 at t = 0; [B, S]. Grad flows when enabled.
+
+        With `wanted` (the loss mask), only those positions are computed (0 elsewhere): the logits of prompt and
+        tool-output tokens are never needed."""
+        from pipeline.models.megatron_bridge import (causal_attention_mask, can_select_logits,
+                                                     selected_token_logprobs, token_logprobs)
 
         batch, seq = input_ids.shape
         input_ids = input_ids.to(self.device)
@@ -112,14 +118,18 @@ class PolicyWorker:
         # CPU: Megatron's default causal mask is built on CUDA, so give it one; GPU: let the kernel build it.
         mask = causal_attention_mask(seq) if self.device.type == "cpu" else None
         amp = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext())
+        vocab_size = getattr(self.model, "hf_vocab_size", None)
+        if wanted is not None and self.select_logits and can_select_logits(self.model):
+            with amp:
+                return selected_token_logprobs(self.model, input_ids, position_ids, mask, wanted, vocab_size,
+                                               self.temperature)
         with amp:
             logits = self.model(input_ids, position_ids, mask)           # [B, S, V / tp]
         # every position predicts the next token; the last has none (target 0, dropped below). Whole-tensor
         # logits (no [:, :-1] slice) let the fused GPU path read them in place. vLLM reports log-probs of the
         # temperature-scaled distribution, hence the temperature.
         targets = torch.cat([input_ids[:, 1:], torch.zeros_like(input_ids[:, :1])], dim=1)
-        next_logprobs = token_logprobs(logits, targets, vocab_size=getattr(self.model, "hf_vocab_size", None),
-                                       temperature=self.temperature)[:, :-1]
+        next_logprobs = token_logprobs(logits, targets, vocab_size=vocab_size, temperature=self.temperature)[:, :-1]
         return torch.cat([torch.zeros(batch, 1, device=self.device), next_logprobs], dim=1)
 
     def _microbatches(self, rows: slice, size: int, lengths: torch.Tensor):
@@ -129,6 +139,17 @@ class PolicyWorker:
             seq = int(lengths[sl].max().item())
             seq += (-seq) % self.tp  # TP kernels like lengths divisible by the TP size
             yield sl, max(seq, 2)
+
+    def _length_sorted_microbatches(self, rows: slice, size: int, lengths: torch.Tensor):
+        """Index tensors of at most `size` of `rows`, grouped by length (shortest first), each with its sequence
+        length: micro-batches of similar lengths pad little. The loss is a sum over the optimizer step's tokens,
+        so the grouping changes no gradient."""
+        order = torch.arange(rows.start, rows.stop)[torch.argsort(lengths[rows], stable=True)]
+        for start in range(0, len(order), size):
+            index = order[start:start + size]
+            seq = int(lengths[index].max().item())
+            seq += (-seq) % self.tp
+            yield index, max(seq, 2)
 
     @torch.no_grad()
     def get_logprobs(self, batch: Mapping[str, torch.Tensor], use_reference: bool = False) -> torch.Tensor | None:
@@ -141,7 +162,8 @@ class PolicyWorker:
         try:
             mbs = int(self.policy_cfg.get("logprob_batch_size") or self.policy_cfg["train_micro_batch_size"])
             for sl, seq in self._microbatches(rows, mbs, lengths):
-                lp = self._token_logprobs(self._pad_to(ids[sl], seq))
+                wanted = self._pad_to(batch["loss_mask"][sl], seq) if "loss_mask" in batch else None
+                lp = self._token_logprobs(self._pad_to(ids[sl], seq), wanted)
                 n = min(seq, ids.shape[1])
                 out[sl.start - rows.start: sl.stop - rows.start, :n] = lp[:, :n].cpu()
         finally:
@@ -192,9 +214,9 @@ class PolicyWorker:
             self.optimizer.zero_grad(set_to_none=True)
             parts = []
             if global_tokens > 0:
-                for sl, seq in self._microbatches(rows, mbs, batch["input_lengths"]):
+                for sl, seq in self._length_sorted_microbatches(rows, mbs, batch["input_lengths"]):
                     pick = lambda key: self._pad_to(batch[key][sl], seq).to(self.device)  # noqa: E731
-                    logprobs = self._token_logprobs(pick("input_ids"))
+                    logprobs = self._token_logprobs(pick("input_ids"), pick("loss_mask"))
                     prev = logprobs.detach() if on_policy else pick("prev_logprobs")
                     loss, stats = clipped_pg_loss(
                         self.loss_cfg, logprobs, prev, batch["advantages"][sl].to(self.device),

@@ -505,6 +505,40 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int 
     return -vocab_parallel_cross_entropy(logits.clone(), targets)   # it shifts its input in place
 
 
+def can_select_logits(model) -> bool:
+    """Whether `selected_token_logprobs` applies: one pipeline stage holding the output layer, no sequence
+    parallelism (its hidden states are split along the sequence) and no multi-token prediction."""
+    module = unwrap(model)
+    config = module.config
+    return (getattr(module, "pre_process", True) and getattr(module, "post_process", False)
+            and not config.sequence_parallel and not getattr(config, "mtp_num_layers", None))
+
+
+def selected_token_logprobs(model, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                            attention_mask: torch.Tensor | None, wanted: torch.Tensor, vocab_size: int | None = None,
+                            temperature: float = 1.0) -> torch.Tensor:
+    """log p(input_ids[:, t] | tokens before t) where `wanted[:, t]` is true, 0 elsewhere; [B, S], differentiable.
+
+    The output layer and the softmax run only at the positions that predict a wanted token: in RL and sft only
+    the assistant's tokens (a fraction of each sequence, behind a long shared prompt) enter the loss, and the
+    [tokens x vocab] logits of the rest would be computed and thrown away."""
+    module = unwrap(model)
+    module.post_process = False       # GPTModel then returns the decoder's output (final norm applied), [S, B, H]
+    try:
+        hidden = model(input_ids, position_ids, attention_mask)
+    finally:
+        module.post_process = True
+    batch, seq = input_ids.shape
+    predicts = wanted[:, 1:].to(device=hidden.device, dtype=torch.bool)      # position t-1 predicts token t
+    picked = hidden.transpose(0, 1)[:, :-1][predicts]                        # [N, H]
+    weight = module.shared_embedding_or_output_weight() if module.share_embeddings_and_output_weights else None
+    logits, _ = module.output_layer(picked.unsqueeze(1), weight=weight)      # [N, 1, V / tp]
+    targets = input_ids[:, 1:].to(hidden.device)[predicts]
+    values = token_logprobs(logits.transpose(0, 1), targets.unsqueeze(0), vocab_size, temperature)[0]
+    shifted = torch.zeros(batch, seq - 1, device=hidden.device, dtype=values.dtype).masked_scatter(predicts, values)
+    return torch.cat([torch.zeros(batch, 1, device=hidden.device, dtype=values.dtype), shifted], dim=1)
+
+
 def describe(model) -> dict[str, Any]:
     module = unwrap(model)
     return {"hf_arch": asdict(module.hf_arch), "num_parameters": sum(p.numel() for p in module.parameters())}

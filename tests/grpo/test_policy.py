@@ -13,7 +13,9 @@ def worker():
     return make_worker()
 
 
-def test_logprobs_match_manual_softmax_and_ignore_padding(worker):
+@pytest.mark.parametrize("only_where_loss", [False, True])
+def test_logprobs_match_manual_softmax_and_ignore_padding(only_where_loss):
+    worker = make_worker({"logits_only_where_loss": only_where_loss})
     batch = random_batch()
     lp = worker.get_logprobs(batch)
     assert lp.shape == batch["input_ids"].shape
@@ -25,8 +27,23 @@ def test_logprobs_match_manual_softmax_and_ignore_padding(worker):
         mask = torch.triu(torch.ones(L, L, dtype=torch.bool), 1)[None, None]
         logits = worker.model(ids, torch.arange(L)[None], mask)
     manual = torch.log_softmax(logits.float(), -1)[0, :-1].gather(-1, ids[0, 1:, None]).squeeze(-1)
+    if only_where_loss:  # computed at the loss-mask positions only, 0 elsewhere
+        manual = manual * batch["loss_mask"][0, 1:L]
+        assert torch.all(lp[batch["loss_mask"] == 0] == 0)
     assert torch.allclose(lp[0, 1:L], manual, atol=1e-5)
     assert torch.all(lp <= 0)
+
+
+def test_logits_only_where_loss_gives_the_same_update():
+    """The output layer at loss positions only is an optimisation: same loss, gradient norm and weights."""
+    batch = random_batch(seed=5)
+    full, selected = make_worker({"logits_only_where_loss": False}), make_worker({"logits_only_where_loss": True})
+    r_full, r_sel = full.train(dict(batch)), selected.train(dict(batch))
+    assert r_sel[0]["grad_norm"] == pytest.approx(r_full[0]["grad_norm"], rel=1e-5)
+    assert sum(p["loss"] for p in r_sel[0]["parts"]) == pytest.approx(sum(p["loss"] for p in r_full[0]["parts"]),
+                                                                        rel=1e-5)
+    for (name, a), (_, b) in zip(full.model.named_parameters(), selected.model.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-8), name   # gradients: see the test below
 
 
 def _trained_state(mbs, batch):

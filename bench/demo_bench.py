@@ -78,13 +78,11 @@ def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
     from pipeline.io import read_jsonl
     from pipeline.models.hub import resolve_model
     from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict
-    from pipeline.sft import batch_order, expert_rollouts, sft_config, total_sft_steps
+    from pipeline.sft import (batch_order, expert_rollouts, is_short_context_step, sft_config, short_context_epochs,
+                              total_sft_steps)
 
     if threads:
         torch.set_num_threads(threads)
-    if os.environ.get("DEMO_BENCH_DIGITS"):   # experiment: numbers split into single digits (as Qwen's tokenizer)
-        from pipeline.models import tiny
-        tiny.WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}_]+|\p{N}| ?[^\s\p{L}\p{N}_]+|\s+(?!\S)|\s+"""
     data.run(cfg)
     prepare.run(cfg)
     root = run_root(cfg)
@@ -94,6 +92,7 @@ def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
                               seed=int(cfg.run.seed))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     train, val = expert_rollouts(rows, tokenizer, cfg), expert_rollouts(val_rows, tokenizer, cfg)
+    short = expert_rollouts(rows, tokenizer, cfg, short_context=True) if short_context_epochs(cfg) else None
     val_batch = rollouts_to_batch(val, torch.ones(len(val)))
     total = total_sft_steps(cfg, len(train))
     policy = InProcessPolicy(sft_config(cfg), functools.partial(build_megatron_model, str(model_dir)),
@@ -112,7 +111,8 @@ def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
         print(json.dumps(point), flush=True)
 
     for step in range(1, total + 1):
-        chosen = [train[i] for i in batch_order(len(train), gbs, seed, step)]
+        source = short if is_short_context_step(cfg, len(train), step) else train
+        chosen = [source[i] for i in batch_order(len(train), gbs, seed, step)]
         batch = rollouts_to_batch(chosen, torch.ones(len(chosen)))
         batch.pop("generation_logprobs")
         policy.train(batch)

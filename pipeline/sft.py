@@ -48,13 +48,27 @@ class ExpertGeneration:
         return [{"token_ids": ids, "logprobs": [0.0] * len(ids), "finish_reason": finish}]
 
 
-def expert_rollouts(rows: Sequence[dict], tokenizer, cfg: DictConfig) -> list:
+def without_system_prompt(row: dict) -> dict:
+    """The row with its system message left out of the input (the query and what follows remain)."""
+    params = dict(row["responses_create_params"])
+    items = params["input"]
+    if isinstance(items, list):
+        params["input"] = [item for item in items if item.get("role") not in ("system", "developer")]
+    return {**row, "responses_create_params": params}
+
+
+def expert_rollouts(rows: Sequence[dict], tokenizer, cfg: DictConfig, short_context: bool = False) -> list:
     """One expert trajectory per row, as GRPO rollouts (token ids + assistant loss mask); rows whose expert
-    does not score 1.0 (which would mean the environment or the row is broken) are an error."""
+    does not score 1.0 (which would mean the environment or the row is broken) are an error.
+
+    `short_context`: without the system prompt and tool section (see `sft.short_context_epochs`)."""
     from env_sim.agent import expert_turns
     from pipeline.generation import stop_token_ids
     from pipeline.grpo.rollout import collect_rollouts
 
+    if short_context:
+        rows = [without_system_prompt(row) for row in rows]
+        cfg = OmegaConf.merge(cfg, OmegaConf.create({"env": {"tool_scope": "none"}}))
     end_of_turn = stop_token_ids(tokenizer, getattr(tokenizer, "name_or_path", None))[0]
     out = []
     for row in rows:
@@ -80,8 +94,22 @@ def sft_config(cfg: DictConfig) -> DictConfig:
 
 def total_sft_steps(cfg: DictConfig, num_rows: int) -> int:
     per_epoch = math.ceil(num_rows / int(cfg.sft.train_global_batch_size))
-    steps = per_epoch * int(cfg.sft.num_epochs)
+    steps = per_epoch * (short_context_epochs(cfg) + int(cfg.sft.num_epochs))
     return min(steps, int(cfg.sft.max_num_steps)) if cfg.sft.get("max_num_steps") else steps
+
+
+def short_context_epochs(cfg: DictConfig) -> int:
+    return int(cfg.sft.get("short_context_epochs", 0) or 0)
+
+
+def is_short_context_step(cfg: DictConfig, num_rows: int, step: int) -> bool:
+    """Whether optimizer step `step` (1-based) belongs to the short-context epochs, which come first.
+
+    Without the ~300-token system prompt a trajectory is ~4x shorter, so these epochs cost a fraction of full
+    ones; what a model from scratch learns slowest, copying IDs, dates and names from the request into call
+    arguments, does not need the tool list. The full epochs that follow teach the policy's real prompt."""
+    per_epoch = math.ceil(num_rows / int(cfg.sft.train_global_batch_size))
+    return (step - 1) // per_epoch < short_context_epochs(cfg)
 
 
 def batch_order(num_rows: int, gbs: int, seed: int, step: int) -> list[int]:
@@ -119,9 +147,11 @@ def run(cfg: DictConfig) -> Path:
                               seed=int(cfg.run.seed))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     trajectories = expert_rollouts(rows, tokenizer, cfg)
+    short = expert_rollouts(rows, tokenizer, cfg, short_context=True) if short_context_epochs(cfg) else None
     timer.phase("expert_trajectories")
     print(f"[sft] {len(trajectories)} expert trajectories, "
-          f"{sum(r.num_generated_tokens for r in trajectories)} assistant tokens", flush=True)
+          f"{sum(r.num_generated_tokens for r in trajectories)} assistant tokens"
+          + (f"; {short_context_epochs(cfg)} short-context epoch(s) first" if short else ""), flush=True)
 
     scfg = sft_config(cfg)
     total = total_sft_steps(cfg, len(trajectories))
@@ -146,7 +176,8 @@ def run(cfg: DictConfig) -> Path:
             return out_dir
         step += 1
         t0 = time.perf_counter()
-        chosen = [trajectories[i] for i in batch_order(len(trajectories), gbs, seed, step)]
+        source = short if is_short_context_step(cfg, len(trajectories), step) else trajectories
+        chosen = [source[i] for i in batch_order(len(trajectories), gbs, seed, step)]
         batch = rollouts_to_batch(chosen, torch.ones(len(chosen)))
         batch.pop("generation_logprobs")
         result = policy.train(batch)       # no prev_logprobs: on-policy, so the loss gradient is the NLL's

@@ -40,6 +40,39 @@ def test_expert_trajectories_score_one_and_mask_only_assistant_tokens(prepared_c
         assert not any(rollout.loss_mask[: rollout.prompt_length])
 
 
+def test_short_context_trajectories_leave_out_the_system_prompt_and_still_score_one(prepared_cfg):
+    from transformers import AutoTokenizer
+
+    from env_sim.tasks.rows import SYSTEM_PROMPT
+    from pipeline.io import read_jsonl
+    from pipeline.models.hub import resolve_model
+    from pipeline.sft import expert_rollouts
+
+    root = prepared_cfg.run.root
+    rows = read_jsonl(f"{root}/prepare/train_prepare.jsonl")[:6]
+    model_dir = resolve_model(prepared_cfg.policy.model_name, f"{root}/models", tiny_cfg=None, seed=42)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    full = expert_rollouts(rows, tokenizer, prepared_cfg)
+    short = expert_rollouts(rows, tokenizer, prepared_cfg, short_context=True)
+    for f, s, row in zip(full, short, rows):
+        prompt = tokenizer.decode(s.token_ids[: s.prompt_length])
+        assert s.reward == 1.0 and SYSTEM_PROMPT not in prompt and "<tools>" not in prompt
+        assert row["responses_create_params"]["input"][1]["content"] in prompt
+        assert len(s.token_ids) * 2 < len(f.token_ids)
+        # the trained (assistant) tokens are the same in both
+        assert [t for t, m in zip(s.token_ids, s.loss_mask) if m] == [t for t, m in zip(f.token_ids, f.loss_mask) if m]
+
+
+def test_short_context_epochs_come_first_and_add_to_the_step_count():
+    from omegaconf import OmegaConf
+
+    from pipeline.sft import is_short_context_step, total_sft_steps
+
+    cfg = OmegaConf.create({"sft": {"train_global_batch_size": 10, "num_epochs": 1, "short_context_epochs": 2}})
+    assert total_sft_steps(cfg, 95) == 30
+    assert [is_short_context_step(cfg, 95, step) for step in (1, 20, 21, 30)] == [True, True, False, False]
+
+
 @pytest.mark.slow
 def test_sft_lowers_nll_and_exports_a_loadable_model(prepared_cfg):
     from transformers import AutoModelForCausalLM

@@ -100,13 +100,20 @@ def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
     gbs, seed = int(cfg.sft.train_global_batch_size), int(cfg.run.seed)
     curve, started, cpu0 = [], time.perf_counter(), time.process_time()
 
+    short_val_batch = (rollouts_to_batch(expert_rollouts(val_rows, tokenizer, cfg, short_context=True),
+                                         torch.ones(len(val_rows))) if short else None)
+
+    def exact_prob(vb) -> tuple[float, float]:
+        lp = policy.get_logprobs(vb) * vb["loss_mask"]
+        return float(-lp.sum() / vb["loss_mask"].sum()), float(lp.sum(dim=1).exp().mean())
+
     def check(step: int) -> None:
-        lp = policy.get_logprobs(val_batch) * val_batch["loss_mask"]
-        per_row = lp.sum(dim=1)
-        point = {"step": step, "val_nll": float(-lp.sum() / val_batch["loss_mask"].sum()),
-                 "val_exact_prob": float(per_row.exp().mean()),
+        nll, prob = exact_prob(val_batch)
+        point = {"step": step, "val_nll": nll, "val_exact_prob": prob,
                  "minutes": round((time.perf_counter() - started) / 60, 2),
                  "cpu_minutes": round((time.process_time() - cpu0) / 60, 2), "load": round(load_average(), 1)}
+        if short_val_batch is not None and is_short_context_step(cfg, len(train), step):
+            point["short_val_nll"], point["short_val_exact_prob"] = exact_prob(short_val_batch)
         curve.append(point)
         print(json.dumps(point), flush=True)
 

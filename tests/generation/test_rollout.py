@@ -6,7 +6,7 @@ import torch
 
 from env_sim.agent import expert_turns
 from env_sim.tasks.generator import generate_rows
-from pipeline.grpo.rollout import collect_rollouts
+from pipeline.grpo.rollout import collect_rollouts, episode_options
 
 from tiny_fixtures import tiny_cfg
 
@@ -66,7 +66,7 @@ def test_expert_rollouts_match_the_template_and_score_one(tiny_tokenizer, rows):
         assert not ro.truncated and ro.template_fallbacks == 0
         assert len(ro.token_ids) == len(ro.loss_mask) == len(ro.generation_logprobs) <= 1536
         # the incremental token sequence is exactly the template's rendering of the finished conversation
-        episode = Episode(row, "hermes", max_steps=cfg.env.max_steps, compact_tools=True)
+        episode = Episode(row, "hermes", **episode_options(cfg.env))
         for text in expert_turns(row, "hermes", calls_per_turn=1)[:ro.num_turns]:
             if not episode.done:
                 episode.step(text)

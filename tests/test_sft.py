@@ -18,17 +18,24 @@ def prepared_cfg(tmp_path_factory):
     return cfg
 
 
-def test_expert_trajectories_score_one_and_mask_only_assistant_tokens(prepared_cfg):
+@pytest.fixture(scope="module")
+def rows_and_tokenizer(prepared_cfg):
+    """The first 12 prepared training rows and the run's tiny tokenizer."""
     from transformers import AutoTokenizer
 
     from pipeline.io import read_jsonl
     from pipeline.models.hub import resolve_model
-    from pipeline.sft import expert_rollouts
 
     root = prepared_cfg.run.root
     rows = read_jsonl(f"{root}/prepare/train_prepare.jsonl")[:12]
     model_dir = resolve_model(prepared_cfg.policy.model_name, f"{root}/models", tiny_cfg=None, seed=42)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    return rows, AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def test_expert_trajectories_score_one_and_mask_only_assistant_tokens(prepared_cfg, rows_and_tokenizer):
+    from pipeline.sft import expert_rollouts
+
+    rows, tokenizer = rows_and_tokenizer
     rollouts = expert_rollouts(rows, tokenizer, prepared_cfg)
     assert [r.reward for r in rollouts] == [1.0] * len(rows)
     for rollout, row in zip(rollouts, rows):
@@ -40,18 +47,13 @@ def test_expert_trajectories_score_one_and_mask_only_assistant_tokens(prepared_c
         assert not any(rollout.loss_mask[: rollout.prompt_length])
 
 
-def test_short_context_trajectories_leave_out_the_system_prompt_and_still_score_one(prepared_cfg):
-    from transformers import AutoTokenizer
-
+def test_short_context_trajectories_leave_out_the_system_prompt_and_still_score_one(prepared_cfg,
+                                                                                   rows_and_tokenizer):
     from env_sim.tasks.rows import SYSTEM_PROMPT
-    from pipeline.io import read_jsonl
-    from pipeline.models.hub import resolve_model
     from pipeline.sft import expert_rollouts
 
-    root = prepared_cfg.run.root
-    rows = read_jsonl(f"{root}/prepare/train_prepare.jsonl")[:6]
-    model_dir = resolve_model(prepared_cfg.policy.model_name, f"{root}/models", tiny_cfg=None, seed=42)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    rows, tokenizer = rows_and_tokenizer
+    rows = rows[:6]
     full = expert_rollouts(rows, tokenizer, prepared_cfg)
     short = expert_rollouts(rows, tokenizer, prepared_cfg, short_context=True)
     for f, s, row in zip(full, short, rows):

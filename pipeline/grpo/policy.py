@@ -133,22 +133,14 @@ class PolicyWorker:
         return torch.cat([torch.zeros(batch, 1, device=self.device), next_logprobs], dim=1)
 
     def _microbatches(self, rows: slice, size: int, lengths: torch.Tensor):
-        """Slices of `rows` of at most `size` rows, each with its own (trimmed) sequence length."""
-        for start in range(rows.start, rows.stop, size):
-            sl = slice(start, min(start + size, rows.stop))
-            seq = int(lengths[sl].max().item())
-            seq += (-seq) % self.tp  # TP kernels like lengths divisible by the TP size
-            yield sl, max(seq, 2)
-
-    def _length_sorted_microbatches(self, rows: slice, size: int, lengths: torch.Tensor):
         """Index tensors of at most `size` of `rows`, grouped by length (shortest first), each with its sequence
-        length: micro-batches of similar lengths pad little. The loss is a sum over the optimizer step's tokens,
-        so the grouping changes no gradient."""
+        length: micro-batches of similar lengths pad little. Row results are independent of the grouping, and
+        the training loss is a sum over the optimizer step's tokens, so it changes no gradient either."""
         order = torch.arange(rows.start, rows.stop)[torch.argsort(lengths[rows], stable=True)]
         for start in range(0, len(order), size):
             index = order[start:start + size]
             seq = int(lengths[index].max().item())
-            seq += (-seq) % self.tp
+            seq += (-seq) % self.tp  # TP kernels like lengths divisible by the TP size
             yield index, max(seq, 2)
 
     @torch.no_grad()
@@ -161,11 +153,11 @@ class PolicyWorker:
         out = torch.zeros(rows.stop - rows.start, ids.shape[1])
         try:
             mbs = int(self.policy_cfg.get("logprob_batch_size") or self.policy_cfg["train_micro_batch_size"])
-            for sl, seq in self._microbatches(rows, mbs, lengths):
-                wanted = self._pad_to(batch["loss_mask"][sl], seq) if "loss_mask" in batch else None
-                lp = self._token_logprobs(self._pad_to(ids[sl], seq), wanted)
+            for index, seq in self._microbatches(rows, mbs, lengths):
+                wanted = self._pad_to(batch["loss_mask"][index], seq) if "loss_mask" in batch else None
+                lp = self._token_logprobs(self._pad_to(ids[index], seq), wanted)
                 n = min(seq, ids.shape[1])
-                out[sl.start - rows.start: sl.stop - rows.start, :n] = lp[:, :n].cpu()
+                out[index - rows.start, :n] = lp[:, :n].cpu()
         finally:
             if swapped is not None:
                 self.model.load_state_dict(swapped, strict=False)
@@ -214,12 +206,12 @@ class PolicyWorker:
             self.optimizer.zero_grad(set_to_none=True)
             parts = []
             if global_tokens > 0:
-                for sl, seq in self._length_sorted_microbatches(rows, mbs, batch["input_lengths"]):
-                    pick = lambda key: self._pad_to(batch[key][sl], seq).to(self.device)  # noqa: E731
+                for index, seq in self._microbatches(rows, mbs, batch["input_lengths"]):
+                    pick = lambda key: self._pad_to(batch[key][index], seq).to(self.device)  # noqa: E731
                     logprobs = self._token_logprobs(pick("input_ids"), pick("loss_mask"))
                     prev = logprobs.detach() if on_policy else pick("prev_logprobs")
                     loss, stats = clipped_pg_loss(
-                        self.loss_cfg, logprobs, prev, batch["advantages"][sl].to(self.device),
+                        self.loss_cfg, logprobs, prev, batch["advantages"][index].to(self.device),
                         pick("loss_mask").float(), global_tokens,
                         generation_logprobs=pick("generation_logprobs") if "generation_logprobs" in batch else None,
                         reference_logprobs=pick("reference_logprobs") if "reference_logprobs" in batch else None)

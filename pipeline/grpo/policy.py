@@ -79,6 +79,8 @@ class PolicyWorker:
 
         init_distributed(self.tp, self.pp, rank=self.rank, world_size=self.world_size, master_addr=master_addr,
                          master_port=master_port, seed=self.seed)
+        if self.device.type == "cuda":  # the GPU init_distributed chose: the local rank's (torchrun, mp.spawn) or
+            self.device = torch.device("cuda", torch.cuda.current_device())  # the one a Ray actor sees
         self.dp = parallel_state.get_data_parallel_world_size()
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
@@ -217,6 +219,7 @@ class PolicyWorker:
                         reference_logprobs=pick("reference_logprobs") if "reference_logprobs" in batch else None)
                     loss.backward()
                     parts.append({k: v.detach() for k, v in stats.items()})
+            self._allreduce_tp_partial_grads()
             self._allreduce_grads(parallel_state.get_data_parallel_group())
             grad_norm = clip_grad_norm(self.model.parameters(), max_grad_norm,
                                        parallel_state.get_model_parallel_group())
@@ -228,6 +231,33 @@ class PolicyWorker:
             parts = [{k: float(v) for k, v in p.items()} for p in parts]
             results.append({"parts": parts, "global_valid_tokens": global_tokens, "grad_norm": grad_norm, "lr": lr})
         return results if self.reports else None
+
+    def _allreduce_tp_partial_grads(self) -> None:
+        """Sum over the TP group the gradients of replicated parameters that each TP rank computes only in part:
+        Qwen3's q/k norms (one weight, applied by each rank to its own heads) and, with sequence parallelism, the
+        layer norms (each rank sees a slice of the sequence). Megatron's finalize_model_grads does the same
+        (`_allreduce_non_tensor_model_parallel_grads`); without it the TP ranks' copies drift apart and the
+        gradient (and grad norm) differs from TP=1."""
+        import torch.distributed as dist
+        from megatron.core import parallel_state
+        from pipeline.models.megatron_bridge import unwrap
+
+        if self.tp == 1:
+            return
+        config = unwrap(self.model).config
+        params = [p for name, p in self.model.named_parameters() if p.requires_grad and (
+            (config.qk_layernorm and ("q_layernorm" in name or "k_layernorm" in name))
+            or (config.sequence_parallel and getattr(p, "sequence_parallel", False)))]
+        if not params:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
+        flat = torch._utils._flatten_dense_tensors(grads)
+        dist.all_reduce(flat, group=parallel_state.get_tensor_model_parallel_group())
+        for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            g.copy_(synced)
 
     def _allreduce_grads(self, group) -> None:
         """Sum gradients over data-parallel ranks (each rank's loss is already divided by the global tokens)."""

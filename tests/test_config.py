@@ -39,3 +39,14 @@ def test_config_hash_depends_only_on_selected_sections():
     b = load_config("tiny_cpu", ["grpo.num_prompts_per_step=32"])
     assert config_hash(a, ["data"]) == config_hash(b, ["data"])
     assert config_hash(a, ["grpo"]) != config_hash(b, ["grpo"])
+
+
+def test_engine_precision_defaults_to_the_policy_and_can_differ():
+    from pipeline.generation.vllm_worker import EngineSettings
+    from pipeline.train import export_dtype, refit_dtype
+
+    base = load_config("tiny_cpu", ["policy.generation.vllm_cfg.precision=${policy.precision}"])
+    assert EngineSettings.from_cfg(base).dtype == "float32" and refit_dtype(base) == "float32"
+    tiny = load_config("tiny_cpu")  # bf16 engines, fp32 policy: refit in the engines' dtype, export in the policy's
+    assert EngineSettings.from_cfg(tiny).dtype == "bfloat16"
+    assert refit_dtype(tiny) == "bfloat16" and export_dtype(tiny) == "float32"

@@ -36,7 +36,7 @@ class EngineSettings:
     @classmethod
     def from_cfg(cls, cfg) -> "EngineSettings":
         vllm_cfg = cfg.policy.generation.vllm_cfg
-        precision = str(cfg.policy.precision)
+        precision = str(vllm_cfg.get("precision") or cfg.policy.precision)
         return cls(
             tensor_parallel_size=int(vllm_cfg.tensor_parallel_size),
             max_model_len=int(vllm_cfg.max_model_len),

@@ -12,6 +12,8 @@ def tiny_cfg(**overrides):
     from pipeline.config import load_config
 
     items = {"policy.max_total_sequence_length": 1536, "policy.generation.max_new_tokens": 128,
-             "policy.generation.vllm_cfg.kv_cache_space_gb": 1, "env.max_steps": 3, "env.compact_tools": True}
+             "policy.generation.vllm_cfg.kv_cache_space_gb": 1, "env.max_steps": 3, "env.compact_tools": True,
+             # fp32 engines like the policy: the refit test checks log-prob agreement to fp32 rounding
+             "policy.generation.vllm_cfg.precision": "float32"}
     items.update(overrides)
     return load_config("tiny_cpu", [f"{k}={v}" for k, v in items.items()])

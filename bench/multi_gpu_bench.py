@@ -4,14 +4,17 @@ parity with one GPU, and data-parallel scaling.
 One process per GPU (torch.multiprocessing, NCCL; gloo on CPU), each a `PolicyWorker` set up through
 `pipeline.distributed.init_distributed` and trained by `PolicyWorker.train`, the code path of the trainer's Ray
 actors. The model, batch builder, policy config and FLOP/MFU helpers are bench/gpu_bench.py's (the ~1.1 B
-Qwen3-shaped model, random weights). Three runs, one after the other (tp1 alone, then dp2 and tp2 in one pair of
-processes):
+Qwen3-shaped model, random weights). Launches, one after the other, each a fresh set of processes (RUNS, --runs):
 
-  tp1  1 process:   TP=1 DP=1 — the reference (fp32 with TF32 off, and bf16 autocast twice from the same weights);
-                    then throughput on one GPU;
-  dp2  2 processes: TP=1 DP=2 — the same global batch, half the micro-batches per rank: parity, then throughput
-                    and the time of the gradient all-reduce;
-  tp2  2 processes: TP=2 DP=1 — the same weights and batch: parity, then throughput (for information).
+  tp1    1 process:   TP=1 DP=1 — the reference (fp32 with TF32 off, and bf16 autocast twice from the same
+                      weights); then throughput on one GPU (GPU 0);
+  dp2    2 processes: TP=1 DP=2 — the same global batch, half the micro-batches per rank: parity, then throughput
+                      and the time of the gradient all-reduce;
+  tp2    (same processes as dp2) TP=2 DP=1 — the same weights and batch: parity, then throughput (information);
+  tp1b   1 process:   the bf16 parity step of tp1 again, in a fresh process with an empty torch.compile cache;
+  pair   2 processes: two independent 1-GPU trainings at the same time, no communication (what this host gives
+                      two GPUs at best: DP=2 / pair is the cost of data parallelism itself);
+  solo1  1 process:   1-GPU throughput on GPU 1 alone.
 
 Parity: one optimizer step (GRPO clipped loss, prev_logprobs from `get_logprobs` as the trainer does, AdamW, grad
 clipping at 1.0) of `--parity-gbs` rows of `--parity-seq` tokens at micro-batch 1. Compared with the TP=1 run of the
@@ -20,14 +23,17 @@ trainer's loss and grad norm, the full gradient and the parameter update (both g
 fp32 (TF32 off) must agree to 1e-3 relative (only summation order and the TP split differ). bf16 must be no further
 from the fp32 reference than the TP=1 bf16 run is (x1.5; x2 on max abs log-prob diffs, as gpu_bench's parity): both
 round the same matmul inputs to bf16, so an excess would be a bug of ours, not rounding. DP=2 runs the very same
-micro-batches as DP=1, only the gradient sum is ordered differently, so in bf16 it must also agree with DP=1 to the
-run-to-run noise of DP=1 itself (the repeated TP=1 bf16 step; non-deterministic kernels) x2, or fp32's tolerance.
+micro-batches as DP=1, only the gradient sum is ordered differently, so in bf16 it must also agree with DP=1 to
+within x2 the distance between two processes running the same TP=1 bf16 step (tp1b; within one process the step
+repeats bit for bit, but torch.compile picks its kernels by timing them in each fresh process, and one changed
+rounding in bf16 spreads through the 16 layers), or fp32's tolerance.
 The loss is the GRPO loss on-policy (ratio ~1), nearly model-independent by construction; the NLL of the trained
 tokens is the model-dependent scalar.
 
 Throughput: `--mbs` x `--micro` micro-batches per GPU per optimizer step (gbs = mbs x micro x DP), sequence
 `--seq`, median of `--steps` steps after `--warmup`; tokens/s = gbs x seq / step time (the slowest rank's).
-Scaling efficiency = DP=2 tokens/s / (2 x DP=1 tokens/s).
+Scaling efficiency = DP=2 tokens/s / (2 x DP=1 tokens/s). On GPU one step of tp1, dp2 and pair is also run under the
+torch profiler (GPU busy vs idle time, top kernels: profile_<run>.txt beside the JSON).
 
 Multicast (NVLS) stays off in every process: NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1,
 NVSHMEM_DISABLE_NVLS=1 are set here before any process starts (the device's rules). `--tiny`: a tiny model, fp32,
@@ -53,6 +59,21 @@ from bench.gpu_bench import (GPU_SHAPE, ROOT, TINY_SHAPE, count_parameters, envi
 NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 BF16_ULP = 2.0 ** -8        # one bf16 rounding step, relative (8 significant bits)
 FP32_RTOL = 1e-3
+# Runs: processes, TP size, and what differs from the defaults. Runs joined by "+" share one launch (one pair of
+# processes); each launch is a fresh set of processes.
+RUNS = {
+    "tp1": {"world": 1, "tp": 1},                                   # the reference; 1-GPU throughput (GPU 0)
+    "dp2": {"world": 2, "tp": 1},
+    "tp2": {"world": 2, "tp": 2, "micro": "first", "profile": False},
+    # the bf16 parity step (fp32 on CPU) again in a fresh process with an empty torch.compile cache: how far apart
+    # two processes of the same code are (Inductor benchmarks kernel variants when it compiles; the winner can differ)
+    "tp1b": {"world": 1, "tp": 1, "precisions": "last", "skip": ["train"], "fresh_compile_cache": True},
+    # diagnostics for the scaling: two independent 1-GPU trainings at the same time (no communication), GPU 1 alone
+    "pair": {"world": 2, "tp": 1, "independent": True, "skip": ["parity"]},
+    "solo1": {"world": 1, "tp": 1, "gpus": [1], "skip": ["parity"], "micro": "first", "profile": False},
+}
+DEFAULT_RUNS = "tp1,dp2+tp2,tp1b,pair,solo1"
+TINY_RUNS = "tp1,dp2+tp2,tp1b,pair"         # CPU: no second GPU to time alone
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers that run inside a rank
@@ -63,7 +84,7 @@ def log(message: str) -> None:
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_rank() == 0:
-        print(message, flush=True)
+        print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
 
 
 def _gather(obj) -> list:
@@ -222,14 +243,17 @@ def run_parity(worker, spec: dict, run: str, rank: int, ref_dir: Path) -> dict:
     return out
 
 
-def timed_steps(fn, steps: int) -> list[float]:
-    """Wall time of each call, ranks started together (barrier) and the slowest rank's time taken."""
+def timed_steps(fn, steps: int, host_barrier=None) -> list[float]:
+    """Wall time of each call, ranks started together (barrier) and the slowest rank's time taken. `host_barrier`:
+    a multiprocessing barrier that also lines up independent processes (the `pair` run)."""
     import torch.distributed as dist
 
     times = []
     for _ in range(steps):
         dist.barrier()
         sync()
+        if host_barrier is not None:
+            host_barrier.wait()
         start = time.perf_counter()
         fn()
         sync()
@@ -237,11 +261,11 @@ def timed_steps(fn, steps: int) -> list[float]:
     return [max(per_rank) for per_rank in zip(*_gather(times))]
 
 
-def run_throughput(worker, spec: dict, run: str, world: int) -> list[dict]:
+def run_throughput(worker, spec: dict, run: str, world: int, host_barrier=None) -> list[dict]:
     shape, seq, mbs = spec["shape"], spec["seq"], spec["mbs"]
     peak = spec.get("peak")
     rows = []
-    for micro in spec["micro"]:
+    for i, micro in enumerate(spec["micro"]):
         gbs = mbs * micro * worker.dp
         worker.policy_cfg.update(train_global_batch_size=gbs, train_micro_batch_size=mbs, logprob_batch_size=mbs)
         row = {"section": "train", "run": run, "gpus": world, "tp": worker.tp, "dp": worker.dp, "micro_batch": mbs,
@@ -251,9 +275,14 @@ def run_throughput(worker, spec: dict, run: str, world: int) -> list[dict]:
             batch["prev_logprobs"] = full_logprobs(worker, batch)
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
+            if host_barrier is not None:
+                host_barrier.wait()
             for _ in range(spec["warmup"]):
                 worker.train(batch)
-            times = timed_steps(lambda: worker.train(batch), spec["steps"])
+            times = timed_steps(lambda: worker.train(batch), spec["steps"], host_barrier)
+            if i == 0 and spec.get("profile_dir") and torch.cuda.is_available():
+                row["profile"] = profile_step(lambda: worker.train(batch), host_barrier,
+                                              Path(spec["profile_dir"]) / f"profile_{run}.txt")
         except torch.OutOfMemoryError as exc:
             row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
             rows.append(row)
@@ -273,6 +302,33 @@ def run_throughput(worker, spec: dict, run: str, world: int) -> list[dict]:
     return rows
 
 
+def profile_step(fn, host_barrier, path: Path) -> dict:
+    """One step under the torch profiler: wall time, GPU busy time (kernels, copies, NCCL) and the top kernels."""
+    import torch.distributed as dist
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    dist.barrier()
+    sync()
+    if host_barrier is not None:
+        host_barrier.wait()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        fn()
+        sync()
+        wall = time.perf_counter() - start
+    averages = prof.key_averages()
+    # device-side events only (CPU ops also carry their kernels' time), as the profiler's own "Self CUDA time total"
+    device = [e for e in averages if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    busy = sum(e.self_device_time_total for e in device) / 1e6
+    nccl = sum(e.self_device_time_total for e in device if "nccl" in e.key.lower()) / 1e6
+    out = {"wall_seconds": wall, "gpu_busy_seconds": busy, "nccl_seconds": nccl, "gpu_idle_seconds": wall - busy}
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        path.write_text(json.dumps(out) + "\n" + averages.table(sort_by="self_device_time_total", row_limit=25,
+                                                                max_name_column_width=80))
+    return out
+
+
 def time_allreduce(worker, steps: int) -> dict:
     """The data-parallel gradient all-reduce of a step (`PolicyWorker._allreduce_grads`: flatten, NCCL all-reduce,
     copy back) and the bare all-reduce of the same flat fp32 buffer."""
@@ -289,14 +345,20 @@ def time_allreduce(worker, steps: int) -> dict:
     whole = statistics.median(timed_steps(lambda: worker._allreduce_grads(group), steps))
     n = dist.get_world_size(group)
     bytes_ = numel * 4
-    del flat
     return {"grad_bytes": bytes_, "allreduce_grads_seconds": whole, "bare_allreduce_seconds": bare,
             "bus_bandwidth_gb_s": bytes_ * 2 * (n - 1) / n / bare / 1e9}
 
 
-def _rank_main(rank: int, world: int, port: int, spec: dict) -> None:
-    """One process = one rank (one GPU): the runs of this world size, results written by rank 0."""
+def _rank_main(rank: int, world: int, ports: list[int], spec: dict, host_barrier=None) -> None:
+    """One process = one rank (one GPU): the runs of this launch, results written by rank 0 (by every process when
+    the run is `independent`: then each process is a world of its own on its own GPU)."""
     os.environ.update(NO_MULTICAST_ENV)
+    first = RUNS[spec["runs"][0]]
+    independent = bool(first.get("independent"))
+    if spec["cuda"] and (first.get("gpus") or independent):   # before CUDA starts in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = str((first.get("gpus") or list(range(world)))[rank])
+    if first.get("fresh_compile_cache"):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor_fresh_")
     from pipeline.distributed import destroy_distributed
 
     work = Path(spec["work"])
@@ -309,25 +371,34 @@ def _rank_main(rank: int, world: int, port: int, spec: dict) -> None:
         if rank == 0:
             write_json({"build_seconds": time.perf_counter() - started}, work / "build.json")
     precision = "bfloat16" if spec["cuda"] else "float32"
-    for run, tp in spec["runs"]:
-        result: dict = {"run": run, "world": world, "tp": tp}
+    me, size, port = (0, 1, ports[rank]) if independent else (rank, world, ports[0])
+    for run in spec["runs"]:
+        cfg = RUNS[run]
+        precisions = spec["precisions"][-1:] if cfg.get("precisions") == "last" else spec["precisions"]
+        run_spec = dict(spec, precisions=precisions, micro=spec["micro"][:1] if cfg.get("micro") else spec["micro"],
+                        profile_dir=spec.get("profile_dir") if cfg.get("profile", True) else None,
+                        skip=sorted(set(spec["skip"]) | set(cfg.get("skip", []))))
+        result: dict = {"run": run, "world": world, "tp": cfg["tp"], "independent": independent}
+        if cfg.get("gpus"):
+            result["gpus_used"] = cfg["gpus"]
         started = time.perf_counter()
-        worker = make_worker(hf_dir, "sdpa", gbs=spec["parity_gbs"], mbs=1, precision=precision, tp=tp, rank=rank,
-                             world_size=world, master=("127.0.0.1", port))
+        worker = make_worker(hf_dir, "sdpa", gbs=spec["parity_gbs"], mbs=1, precision=precision, tp=cfg["tp"],
+                             rank=me, world_size=size, master=("127.0.0.1", port))
         result.update(dp=worker.dp, setup_seconds=time.perf_counter() - started,
                       params_per_rank=sum(p.numel() for p in worker.model.parameters()))
-        if "parity" not in spec["skip"]:
-            result["parity"] = run_parity(worker, spec, run, rank, work)
-            if rank == 0:
-                write_json(result, work / f"{run}.json")
-        if "train" not in spec["skip"]:
+        name = f"{run}.rank{rank}" if independent else run
+        if "parity" not in run_spec["skip"]:
+            result["parity"] = run_parity(worker, run_spec, run, me, work)
+            if me == 0:
+                write_json(result, work / f"{name}.json")
+        if "train" not in run_spec["skip"]:
             set_precision(worker, "bf16" if spec["cuda"] else "fp32")
-            result["rows"] = run_throughput(worker, spec, run, world)
+            result["rows"] = run_throughput(worker, run_spec, run, size, host_barrier if independent else None)
             if worker.dp > 1:
                 result["allreduce"] = time_allreduce(worker, spec["steps"])
                 log(f"[{run}] allreduce: {json.dumps(result['allreduce'])}")
-        if rank == 0:
-            write_json(result, work / f"{run}.json")
+        if me == 0:
+            write_json(result, work / f"{name}.json")
         del worker
         free()
     destroy_distributed()
@@ -342,7 +413,8 @@ def launch(world: int, spec: dict) -> None:
 
     from pipeline.distributed import free_port
 
-    mp.spawn(_rank_main, args=(world, free_port(), spec), nprocs=world, join=True)
+    barrier = mp.get_context("spawn").Barrier(world, timeout=900)
+    mp.spawn(_rank_main, args=(world, [free_port() for _ in range(world)], spec, barrier), nprocs=world, join=True)
 
 
 def checks(report: dict) -> dict:
@@ -350,7 +422,8 @@ def checks(report: dict) -> dict:
     out = {}
     tp1 = report["runs"].get("tp1", {}).get("parity", {})
     base = tp1.get("bf16_vs_fp32")          # TP=1 bf16 vs fp32: the size of bf16 rounding here
-    noise = tp1.get("bf16_repeat_vs_bf16")  # TP=1 bf16 vs itself: run-to-run noise
+    # TP=1 bf16 vs itself: in a fresh process (tp1b; what DP=2's second process is) or, without it, in-process
+    noise = report["runs"].get("tp1b", {}).get("parity", {}).get("bf16_vs_tp1_bf16") or tp1.get("bf16_repeat_vs_bf16")
     for run in ("tp2", "dp2"):
         parity = report["runs"].get(run, {}).get("parity")
         if not parity:
@@ -395,7 +468,9 @@ def parse_args(argv=None):
     p.add_argument("--parity-gbs", type=int, default=4, help="rows of the parity step (micro-batch 1)")
     p.add_argument("--layers", type=int, default=None, help="override the number of layers")
     p.add_argument("--precisions", default=None, help="parity precisions (default fp32,bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--runs", default="tp1,dp2,tp2", help="runs, in this order within a world size")
+    p.add_argument("--runs", default=None, help=f"launches in order, runs of one launch joined by + "
+                                                   f"(default {DEFAULT_RUNS}; tiny: without solo1)")
+    p.add_argument("--no-profile", action="store_true", help="no torch-profiler step (GPU)")
     p.add_argument("--skip", default="", help="parity,train")
     return p.parse_args(argv)
 
@@ -410,7 +485,12 @@ def main(argv=None) -> int:
     shape = dict(GPU_SHAPE if cuda else TINY_SHAPE)
     if args.layers:
         shape["num_hidden_layers"] = args.layers
-    runs = [r for r in args.runs.split(",") if r]
+    launches = [group.split("+") for group in (args.runs or (DEFAULT_RUNS if cuda else TINY_RUNS)).split(",") if group]
+    for group in launches:
+        unknown = [r for r in group if r not in RUNS]
+        if unknown or len({RUNS[r]["world"] for r in group}) > 1 or (len(group) > 1 and any(
+                set(RUNS[r]) - {"world", "tp", "micro", "profile"} for r in group)):
+            raise SystemExit(f"--runs: {group} (runs: {', '.join(RUNS)}; only plain runs of one size join with +)")
     skip = set(filter(None, args.skip.split(",")))
     work = Path(tempfile.mkdtemp(prefix="multi_gpu_bench_"))
     spec = {"work": str(work), "cuda": cuda, "shape": shape, "skip": sorted(skip),
@@ -424,30 +504,35 @@ def main(argv=None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / ("multi_gpu.json" if cuda else "multi_gpu_tiny.json")
+    if cuda and not args.no_profile:
+        spec["profile_dir"] = str(out_dir)
     report = {"date": time.strftime("%Y-%m-%d"), "environment": env, "peak_bf16_flops": spec["peak"],
               "gpus": torch.cuda.device_count() if cuda else 0, "backend": "nccl" if cuda else "gloo",
               "no_multicast_env": NO_MULTICAST_ENV,
               "model": {"shape": shape, "parameters": count_parameters(shape),
                         "train_flops_per_token": 3 * forward_flops_per_token(shape, spec["seq"])},
-              "spec": {k: v for k, v in spec.items() if k != "work"}, "runs": {}, "errors": {}}
+              "spec": {k: v for k, v in spec.items() if k != "work"}, "launches": launches, "runs": {},
+              "launch_seconds": {}, "errors": {}}
     print(f"{report['gpus']} x {env['device']}; model {count_parameters(shape) / 1e9:.2f} B parameters", flush=True)
-    worlds = [(1, [(r, 1) for r in runs if r == "tp1"]), (2, [(r, {"tp2": 2, "dp2": 1}[r]) for r in runs
-                                                                if r in ("tp2", "dp2")])]
     first = True
-    for world, world_runs in worlds:
-        if not world_runs:
-            continue
+    for group in launches:
+        world = RUNS[group[0]]["world"]
         started = time.perf_counter()
+        print(f"{time.strftime('%H:%M:%S')} launch {'+'.join(group)}: {world} process(es)", flush=True)
         try:
-            launch(world, dict(spec, runs=world_runs, build_model=first))
-        except Exception as exc:  # record it, keep what the other world sizes measured
-            report["errors"][f"world{world}"] = f"{type(exc).__name__}: {str(exc)[-2000:]}"
-            print(f"world {world} failed: {exc}", flush=True)
+            launch(world, dict(spec, runs=group, build_model=first))
+        except Exception as exc:  # record it, keep what the other launches measured
+            report["errors"]["+".join(group)] = f"{type(exc).__name__}: {str(exc)[-2000:]}"
+            print(f"{'+'.join(group)} failed: {exc}", flush=True)
         first = False
-        report[f"world{world}_seconds"] = time.perf_counter() - started
-        for run, _ in world_runs:
+        report["launch_seconds"]["+".join(group)] = time.perf_counter() - started
+        for run in group:
             if (work / f"{run}.json").exists():
                 report["runs"][run] = json.loads((work / f"{run}.json").read_text())
+            ranks = sorted(work.glob(f"{run}.rank*.json"))
+            if ranks:
+                report["runs"][run] = {"run": run, "independent": True,
+                                       "processes": [json.loads(f.read_text()) for f in ranks]}
         if (work / "build.json").exists():
             report["model"].update(json.loads((work / "build.json").read_text()))
         report["checks"] = checks(report)
@@ -461,18 +546,41 @@ def main(argv=None) -> int:
     return 0 if report["passed"] else 1
 
 
+def _rows(report: dict, run: str) -> dict:
+    """A run's throughput rows by micro-batches per GPU; an independent run's processes summed (they ran at once)."""
+    res = report["runs"].get(run, {})
+    if res.get("independent"):
+        per = [{r["micro_batches_per_gpu_step"]: r for r in p.get("rows", []) if "tokens_per_s" in r}
+               for p in res["processes"]]
+        common = set.intersection(*(set(x) for x in per)) if per else set()
+        return {m: {"tokens_per_s": sum(x[m]["tokens_per_s"] for x in per),
+                    "per_process_tokens_per_s": [x[m]["tokens_per_s"] for x in per]} for m in common}
+    return {r["micro_batches_per_gpu_step"]: r for r in res.get("rows", []) if "tokens_per_s" in r}
+
+
 def scaling(report: dict) -> list[dict]:
-    """DP=2 (and TP=2) tokens/s against 2 x DP=1 at the same micro-batches per GPU."""
-    one = {r["micro_batches_per_gpu_step"]: r for r in report["runs"].get("tp1", {}).get("rows", [])
-           if "tokens_per_s" in r}
+    """2-GPU tokens/s against 2 x the 1-GPU (tp1, GPU 0) tokens/s at the same micro-batches per GPU: DP=2 (the
+    target), TP=2, and the two independent trainings (`pair`: the most two GPUs of this host give without any
+    communication); DP=2 / pair isolates the cost of the data-parallel step itself."""
+    one = _rows(report, "tp1")
+    pair = _rows(report, "pair")
     out = []
-    for run in ("dp2", "tp2"):
-        for r in report["runs"].get(run, {}).get("rows", []):
-            ref = one.get(r["micro_batches_per_gpu_step"])
-            if ref and "tokens_per_s" in r:
-                out.append({"run": run, "micro_batches_per_gpu_step": r["micro_batches_per_gpu_step"],
-                            "one_gpu_tokens_per_s": ref["tokens_per_s"], "two_gpu_tokens_per_s": r["tokens_per_s"],
-                            "scaling_efficiency": r["tokens_per_s"] / (2 * ref["tokens_per_s"])})
+    for run in ("dp2", "tp2", "pair", "solo1"):
+        for micro, r in sorted(_rows(report, run).items()):
+            ref = one.get(micro)
+            if not ref:
+                continue
+            row = {"run": run, "micro_batches_per_gpu_step": micro, "one_gpu_tokens_per_s": ref["tokens_per_s"],
+                   "tokens_per_s": r["tokens_per_s"]}
+            if run == "solo1":      # GPU 1 alone vs GPU 0 alone
+                row["ratio_to_gpu0"] = r["tokens_per_s"] / ref["tokens_per_s"]
+            else:
+                row["scaling_efficiency"] = r["tokens_per_s"] / (2 * ref["tokens_per_s"])
+            if run == "dp2" and micro in pair:
+                row["efficiency_vs_pair"] = r["tokens_per_s"] / pair[micro]["tokens_per_s"]
+            if "per_process_tokens_per_s" in r:
+                row["per_process_tokens_per_s"] = r["per_process_tokens_per_s"]
+            out.append(row)
     return out
 
 
@@ -480,7 +588,7 @@ def print_summary(report: dict) -> None:
     print("\n| run | GPUs | TP | DP | mbs x micro/GPU | gbs | tokens/s | per GPU | MFU | s/step | peak GiB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for run, res in report["runs"].items():
-        for r in res.get("rows", []):
+        for r in [r for p in res.get("processes", [res]) for r in p.get("rows", [])]:
             if "error" in r:
                 print(f"| {run} | {r['gpus']} | {r['tp']} | {r['dp']} | - | {r['gbs']} | {r['error']} |")
                 continue
@@ -490,8 +598,10 @@ def print_summary(report: dict) -> None:
                   f"{r['micro_batches_per_gpu_step']} | {r['gbs']} | {r['tokens_per_s']:,.0f} | "
                   f"{r['tokens_per_s_per_gpu']:,.0f} | {mfu} | {r['step_seconds']:.3f} | {mem} |")
     for s in report.get("scaling", []):
-        print(f"scaling {s['run']} ({s['micro_batches_per_gpu_step']} micro-batches/GPU): "
-              f"{100 * s['scaling_efficiency']:.1f}%")
+        figures = {k: f"{100 * v:.1f}%" for k, v in s.items() if k in ("scaling_efficiency", "efficiency_vs_pair",
+                                                                         "ratio_to_gpu0")}
+        print(f"scaling {s['run']} ({s['micro_batches_per_gpu_step']} micro-batches/GPU): {s['tokens_per_s']:,.0f} "
+              f"tokens/s vs 1 GPU {s['one_gpu_tokens_per_s']:,.0f}: {figures}")
     for run, res in report["runs"].items():
         for name, c in res.get("parity", {}).items():
             if isinstance(c, dict) and "grad" in c:

@@ -7,10 +7,11 @@ from bench import multi_gpu_bench
 
 
 def test_tiny_tp2_and_dp2_match_one_rank(tmp_path):
-    assert multi_gpu_bench.main(["--tiny", "--out", str(tmp_path)]) == 0
+    # the parity runs and the two-independent-processes diagnostic (tp1b: tp1 again in a fresh process, left out)
+    assert multi_gpu_bench.main(["--tiny", "--out", str(tmp_path), "--runs", "tp1,dp2+tp2,pair"]) == 0
     report = json.loads((tmp_path / "multi_gpu_tiny.json").read_text())
     assert report["backend"] == "gloo" and not report["errors"]
-    assert set(report["runs"]) == {"tp1", "tp2", "dp2"}
+    assert set(report["runs"]) == {"tp1", "tp2", "dp2", "pair"}
     assert report["checks"] and all(report["checks"].values()), report["checks"]
     assert (report["runs"]["tp2"]["tp"], report["runs"]["tp2"]["dp"]) == (2, 1)
     assert (report["runs"]["dp2"]["tp"], report["runs"]["dp2"]["dp"]) == (1, 2)
@@ -23,8 +24,11 @@ def test_tiny_tp2_and_dp2_match_one_rank(tmp_path):
         assert c["grad"]["elements"] == report["model"]["parameters"]
     # TP=2 halves the sharded weights on each rank
     assert report["runs"]["tp2"]["params_per_rank"] < 0.6 * report["runs"]["tp1"]["params_per_rank"]
-    rows = {run: res["rows"] for run, res in report["runs"].items()}
+    rows = {run: res["rows"] for run, res in report["runs"].items() if run != "pair"}
     assert all(len(r) == 1 and r[0]["tokens_per_s"] > 0 for r in rows.values())
     assert rows["dp2"][0]["gbs"] == 2 * rows["tp1"][0]["gbs"]
-    assert {s["run"] for s in report["scaling"]} == {"dp2", "tp2"}
+    pair = report["runs"]["pair"]["processes"]      # two world-1 processes, each with its own rows
+    assert len(pair) == 2 and all(p["dp"] == 1 and p["rows"][0]["gbs"] == rows["tp1"][0]["gbs"] for p in pair)
+    assert {s["run"] for s in report["scaling"]} == {"dp2", "tp2", "pair"}
+    assert all(s["scaling_efficiency"] > 0 for s in report["scaling"])
     assert report["runs"]["dp2"]["allreduce"]["grad_bytes"] == 4 * report["model"]["parameters"]

@@ -62,7 +62,9 @@ def test_vllm_logprobs_match_policy_after_refit(ray_session, tmp_path):
             "intermediate_size": 256, "vocab_size": 512}
     model_dir = resolve_model("tiny-qwen3", tmp_path / "models", tiny_cfg=tiny, seed=0,
                               corpus_fn=lambda: ["hello world, call the email tool please"] * 50)
-    cfg = _cfg(tmp_path, "policy.max_total_sequence_length=256", "policy.generation.max_new_tokens=16")
+    # engines in fp32 like the policy (tiny_cpu generates in bf16, ~4e-3 off in log-prob)
+    cfg = _cfg(tmp_path, "policy.max_total_sequence_length=256", "policy.generation.max_new_tokens=16",
+               "policy.generation.vllm_cfg.precision=float32")
     policy = PolicyGroup(cfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict, 4)
     engines = GenerationGroup(cfg, str(model_dir))
     try:

@@ -35,6 +35,12 @@ Throughput: `--mbs` x `--micro` micro-batches per GPU per optimizer step (gbs = 
 Scaling efficiency = DP=2 tokens/s / (2 x DP=1 tokens/s). On GPU one step of tp1, dp2 and pair is also run under the
 torch profiler (GPU busy vs idle time, top kernels: profile_<run>.txt beside the JSON).
 
+Gradient all-reduce overlap (`policy.megatron_cfg.overlap_grad_reduce`, `pipeline/grpo/grad_reduce.py`): runs with
+DP > 1 train in each mode of `--overlap` (default on,off) in the same processes: throughput steps of the modes
+interleaved one by one (on, off, off, on, ...) so that drift hits both alike, a row per mode; parity steps in each
+mode, the first compared with TP=1 as above and the others with the first (same process, same micro-batches: the
+two-rank sum a + b is the same in any bucketing, so the gradient and update must agree to 1e-6).
+
 Multicast (NVLS) stays off in every process: NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1,
 NVSHMEM_DISABLE_NVLS=1 are set here before any process starts (the device's rules). `--tiny`: a tiny model, fp32,
 gloo on CPU (a CI check of the same logic). Results: JSON in --out ($OUT on the device machine, else bench/results/).
@@ -135,6 +141,21 @@ def reset_optimizer(worker, state: dict) -> None:
                                        worker.total_steps)
 
 
+def set_overlap(worker, on: bool | None) -> None:
+    """The data-parallel gradient all-reduce overlapped with the last backward (True) or after it (False)."""
+    if on is not None:
+        worker.policy_cfg["megatron_cfg"]["overlap_grad_reduce"] = bool(on)
+
+
+def overlap_modes(worker, spec: dict) -> list:
+    """The overlap modes a run trains in: spec["overlap"] with data parallelism, else one (None: not applicable)."""
+    return list(spec["overlap"]) if worker.dp > 1 else [None]
+
+
+def mode_name(on: bool | None) -> str:
+    return {True: "on", False: "off", None: "-"}[on]
+
+
 def set_precision(worker, precision: str) -> None:
     """fp32: no autocast and no TF32 (the reference); bf16: the policy's autocast recipe."""
     worker.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
@@ -208,13 +229,28 @@ def run_parity(worker, spec: dict, run: str, rank: int, ref_dir: Path) -> dict:
     theta0 = export_hf_state_dict(worker.model)
     device = worker.device
     records, out = {}, {}
+    modes = overlap_modes(worker, spec)
+    if modes[0] is not None:
+        out["overlap_grad_reduce"] = modes[0]   # the mode of the records compared with TP=1
     for precision in spec["precisions"]:
         set_precision(worker, precision)
-        reset_optimizer(worker, initial)
-        started = time.perf_counter()
-        records[precision] = parity_record(worker, batch, theta0)
-        out[precision] = {k: records[precision][k] for k in ("loss", "grad_norm", "nll")}
-        out[precision]["seconds"] = time.perf_counter() - started
+        for j, mode in enumerate(modes):
+            set_overlap(worker, mode)
+            reset_optimizer(worker, initial)
+            started = time.perf_counter()
+            record = parity_record(worker, batch, theta0)
+            if j == 0:
+                records[precision] = record
+                out[precision] = {k: record[k] for k in ("loss", "grad_norm", "nll")}
+                out[precision]["seconds"] = time.perf_counter() - started
+            else:   # the same step with the other all-reduce: against the first mode's, in this process
+                if rank == 0:
+                    out[f"{precision}_overlap_{mode_name(mode)}_vs_{mode_name(modes[0])}"] = compare_step(
+                        record, records[precision], device, lr)
+                log(f"[{run}] parity {precision} overlap {mode_name(mode)}: loss {record['loss']:.6f} grad_norm "
+                    f"{record['grad_norm']:.6f}")
+                del record
+        set_overlap(worker, modes[0])
         if run == "tp1" and precision == "bf16":   # run-to-run noise of the same step (non-deterministic kernels)
             reset_optimizer(worker, initial)
             again = parity_record(worker, batch, theta0)
@@ -264,12 +300,16 @@ def timed_steps(fn, steps: int, host_barrier=None) -> list[float]:
 def run_throughput(worker, spec: dict, run: str, world: int, host_barrier=None) -> list[dict]:
     shape, seq, mbs = spec["shape"], spec["seq"], spec["mbs"]
     peak = spec.get("peak")
+    modes = overlap_modes(worker, spec)
     rows = []
     for i, micro in enumerate(spec["micro"]):
         gbs = mbs * micro * worker.dp
         worker.policy_cfg.update(train_global_batch_size=gbs, train_micro_batch_size=mbs, logprob_batch_size=mbs)
-        row = {"section": "train", "run": run, "gpus": world, "tp": worker.tp, "dp": worker.dp, "micro_batch": mbs,
-               "micro_batches_per_gpu_step": micro, "gbs": gbs, "seq": seq}
+        base = {"section": "train", "run": run, "gpus": world, "tp": worker.tp, "dp": worker.dp, "micro_batch": mbs,
+                "micro_batches_per_gpu_step": micro, "gbs": gbs, "seq": seq}
+        fresh = [dict(base, **({} if m is None else {"overlap_grad_reduce": m})) for m in modes]
+        times: dict = {m: [] for m in modes}
+        profiles: dict = {}
         try:
             batch = rollout_batch(gbs, seq, shape["vocab_size"], prompt=min(512, seq // 4))
             batch["prev_logprobs"] = full_logprobs(worker, batch)
@@ -277,28 +317,44 @@ def run_throughput(worker, spec: dict, run: str, world: int, host_barrier=None) 
                 torch.cuda.reset_peak_memory_stats()
             if host_barrier is not None:
                 host_barrier.wait()
-            for _ in range(spec["warmup"]):
-                worker.train(batch)
-            times = timed_steps(lambda: worker.train(batch), spec["steps"], host_barrier)
+            for mode in modes:
+                set_overlap(worker, mode)
+                for _ in range(spec["warmup"]):
+                    worker.train(batch)
+            # the modes' steps interleaved (on, off, off, on, ...): machine drift hits each mode alike
+            for step in range(spec["steps"]):
+                for mode in (modes if step % 2 == 0 else modes[::-1]):
+                    set_overlap(worker, mode)
+                    times[mode] += timed_steps(lambda: worker.train(batch), 1, host_barrier)
             if i == 0 and spec.get("profile_dir") and torch.cuda.is_available():
-                row["profile"] = profile_step(lambda: worker.train(batch), host_barrier,
-                                              Path(spec["profile_dir"]) / f"profile_{run}.txt")
+                for mode in modes:
+                    set_overlap(worker, mode)
+                    suffix = "" if mode is None else f"_overlap_{mode_name(mode)}"
+                    profiles[mode] = profile_step(lambda: worker.train(batch), host_barrier,
+                                                  Path(spec["profile_dir"]) / f"profile_{run}{suffix}.txt")
         except torch.OutOfMemoryError as exc:
-            row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
-            rows.append(row)
+            for row in fresh:
+                row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
+            rows += fresh
             free()
             continue
-        tokens_per_s = gbs * seq / statistics.median(times)
-        flops = 3 * forward_flops_per_token(shape, seq)
-        row.update(step_seconds=statistics.median(times), step_seconds_all=times, tokens_per_s=tokens_per_s,
-                   tokens_per_s_per_gpu=tokens_per_s / world)
-        if peak:
-            row["mfu"] = round(tokens_per_s / world * flops / peak, 4)
-        if torch.cuda.is_available():
-            row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        rows.append(row)
-        log(f"[{run}] train mbs={mbs} x {micro}/GPU gbs={gbs}: {tokens_per_s:,.0f} tokens/s "
-              f"({statistics.median(times):.3f} s/step), MFU {row.get('mfu')}")
+        finally:
+            set_overlap(worker, modes[0])
+        for mode, row in zip(modes, fresh):
+            tokens_per_s = gbs * seq / statistics.median(times[mode])
+            flops = 3 * forward_flops_per_token(shape, seq)
+            row.update(step_seconds=statistics.median(times[mode]), step_seconds_all=times[mode],
+                       tokens_per_s=tokens_per_s, tokens_per_s_per_gpu=tokens_per_s / world)
+            if mode in profiles:
+                row["profile"] = profiles[mode]
+            if peak:
+                row["mfu"] = round(tokens_per_s / world * flops / peak, 4)
+            if torch.cuda.is_available():
+                row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            rows.append(row)
+            log(f"[{run}] train mbs={mbs} x {micro}/GPU gbs={gbs}"
+                f"{'' if mode is None else ' overlap ' + mode_name(mode)}: {tokens_per_s:,.0f} tokens/s "
+                f"({statistics.median(times[mode]):.3f} s/step), MFU {row.get('mfu')}")
     return rows
 
 
@@ -345,8 +401,12 @@ def time_allreduce(worker, steps: int) -> dict:
     whole = statistics.median(timed_steps(lambda: worker._allreduce_grads(group), steps))
     n = dist.get_world_size(group)
     bytes_ = numel * 4
-    return {"grad_bytes": bytes_, "allreduce_grads_seconds": whole, "bare_allreduce_seconds": bare,
-            "bus_bandwidth_gb_s": bytes_ * 2 * (n - 1) / n / bare / 1e9}
+    out = {"grad_bytes": bytes_, "allreduce_grads_seconds": whole, "bare_allreduce_seconds": bare,
+           "bus_bandwidth_gb_s": bytes_ * 2 * (n - 1) / n / bare / 1e9}
+    if worker._reducer is not None:     # the overlapped path's buckets
+        out.update(overlap_buckets=worker._reducer.num_buckets,
+                   overlap_bucket_mb=worker._reducer.bucket_bytes / 2**20)
+    return out
 
 
 def _rank_main(rank: int, world: int, ports: list[int], spec: dict, host_barrier=None) -> None:
@@ -447,6 +507,11 @@ def checks(report: dict) -> dict:
             for key in ("grad", "update"):
                 out[f"{run}_bf16_{key}_rel_l2_vs_fp32<=1.5x_tp1_bf16"] = (c[key]["rel_l2"]
                                                                          <= 1.5 * base[key]["rel_l2"] + 1e-3)
+        for precision in ("fp32", "bf16"):     # overlapped vs after-the-backward all-reduce, same process
+            for name, c in parity.items():
+                if name.startswith(f"{precision}_overlap_") and isinstance(c, dict) and "grad" in c:
+                    out[f"{run}_{name}_grad_update_loss_rel<=1e-6"] = max(
+                        c["grad"]["rel_l2"], c["update"]["rel_l2"], c["loss_rel"], c["grad_norm_rel"]) <= 1e-6
         if run == "dp2" and "bf16_vs_tp1_bf16" in parity and noise:
             c = parity["bf16_vs_tp1_bf16"]
             for key in ("grad", "update"):
@@ -472,6 +537,8 @@ def parse_args(argv=None):
                                                    f"(default {DEFAULT_RUNS}; tiny: without solo1)")
     p.add_argument("--no-profile", action="store_true", help="no torch-profiler step (GPU)")
     p.add_argument("--skip", default="", help="parity,train")
+    p.add_argument("--overlap", default="on,off", help="overlap_grad_reduce modes of the DP > 1 runs, the first the "
+                                                      "parity reference (on,off | on | off)")
     return p.parse_args(argv)
 
 
@@ -498,7 +565,8 @@ def main(argv=None) -> int:
             "micro": [int(x) for x in (args.micro or ("2,4" if cuda else "2")).split(",")],
             "steps": args.steps or (5 if cuda else 2), "warmup": args.warmup or (2 if cuda else 1),
             "parity_seq": args.parity_seq or (1024 if cuda else 32), "parity_gbs": args.parity_gbs,
-            "precisions": (args.precisions or ("fp32,bf16" if cuda else "fp32")).split(",")}
+            "precisions": (args.precisions or ("fp32,bf16" if cuda else "fp32")).split(","),
+            "overlap": [{"on": True, "off": False}[x] for x in args.overlap.split(",")]}
     env = environment(torch.device("cuda" if cuda else "cpu"))
     spec["peak"] = peak_bf16_flops(env["device"]) if cuda else None
     out_dir = Path(args.out)
@@ -546,8 +614,9 @@ def main(argv=None) -> int:
     return 0 if report["passed"] else 1
 
 
-def _rows(report: dict, run: str) -> dict:
-    """A run's throughput rows by micro-batches per GPU; an independent run's processes summed (they ran at once)."""
+def _rows(report: dict, run: str, overlap: bool | None = None) -> dict:
+    """A run's throughput rows by micro-batches per GPU (of one overlap mode, for DP > 1); an independent run's
+    processes summed (they ran at once)."""
     res = report["runs"].get(run, {})
     if res.get("independent"):
         per = [{r["micro_batches_per_gpu_step"]: r for r in p.get("rows", []) if "tokens_per_s" in r}
@@ -555,7 +624,14 @@ def _rows(report: dict, run: str) -> dict:
         common = set.intersection(*(set(x) for x in per)) if per else set()
         return {m: {"tokens_per_s": sum(x[m]["tokens_per_s"] for x in per),
                     "per_process_tokens_per_s": [x[m]["tokens_per_s"] for x in per]} for m in common}
-    return {r["micro_batches_per_gpu_step"]: r for r in res.get("rows", []) if "tokens_per_s" in r}
+    return {r["micro_batches_per_gpu_step"]: r for r in res.get("rows", [])
+            if "tokens_per_s" in r and r.get("overlap_grad_reduce") == overlap}
+
+
+def _modes(report: dict, run: str) -> list:
+    """The overlap modes of a run's rows, in the order they were run (None where not applicable)."""
+    rows = report["runs"].get(run, {}).get("rows", [])
+    return list(dict.fromkeys(r.get("overlap_grad_reduce") for r in rows)) or [None]
 
 
 def scaling(report: dict) -> list[dict]:
@@ -565,13 +641,15 @@ def scaling(report: dict) -> list[dict]:
     one = _rows(report, "tp1")
     pair = _rows(report, "pair")
     out = []
-    for run in ("dp2", "tp2", "pair", "solo1"):
-        for micro, r in sorted(_rows(report, run).items()):
+    for run, mode in [(run, mode) for run in ("dp2", "tp2", "pair", "solo1") for mode in _modes(report, run)]:
+        for micro, r in sorted(_rows(report, run, mode).items()):
             ref = one.get(micro)
             if not ref:
                 continue
             row = {"run": run, "micro_batches_per_gpu_step": micro, "one_gpu_tokens_per_s": ref["tokens_per_s"],
                    "tokens_per_s": r["tokens_per_s"]}
+            if mode is not None:
+                row["overlap_grad_reduce"] = mode
             if run == "solo1":      # GPU 1 alone vs GPU 0 alone
                 row["ratio_to_gpu0"] = r["tokens_per_s"] / ref["tokens_per_s"]
             else:
@@ -594,13 +672,15 @@ def print_summary(report: dict) -> None:
                 continue
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
             mem = f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else "-"
-            print(f"| {run} | {r['gpus']} | {r['tp']} | {r['dp']} | {r['micro_batch']} x "
+            label = run if "overlap_grad_reduce" not in r else f"{run} overlap {mode_name(r['overlap_grad_reduce'])}"
+            print(f"| {label} | {r['gpus']} | {r['tp']} | {r['dp']} | {r['micro_batch']} x "
                   f"{r['micro_batches_per_gpu_step']} | {r['gbs']} | {r['tokens_per_s']:,.0f} | "
                   f"{r['tokens_per_s_per_gpu']:,.0f} | {mfu} | {r['step_seconds']:.3f} | {mem} |")
     for s in report.get("scaling", []):
         figures = {k: f"{100 * v:.1f}%" for k, v in s.items() if k in ("scaling_efficiency", "efficiency_vs_pair",
                                                                          "ratio_to_gpu0")}
-        print(f"scaling {s['run']} ({s['micro_batches_per_gpu_step']} micro-batches/GPU): {s['tokens_per_s']:,.0f} "
+        mode = f" overlap {mode_name(s['overlap_grad_reduce'])}" if "overlap_grad_reduce" in s else ""
+        print(f"scaling {s['run']}{mode} ({s['micro_batches_per_gpu_step']} micro-batches/GPU): {s['tokens_per_s']:,.0f} "
               f"tokens/s vs 1 GPU {s['one_gpu_tokens_per_s']:,.0f}: {figures}")
     for run, res in report["runs"].items():
         for name, c in res.get("parity", {}).items():

@@ -62,6 +62,7 @@ class PolicyWorker:
         self.reference_state: dict | None = None
         # output layer + softmax only at loss-mask positions (pipeline.models.megatron_bridge.selected_token_logprobs)
         self.select_logits = bool(self.policy_cfg.get("logits_only_where_loss", True))
+        self._reducer = None    # OverlappedGradReducer, built on the first training step that uses it
 
     # ---- setup -------------------------------------------------------------------------------------------
     def node_address(self) -> tuple[str, int]:
@@ -115,7 +116,7 @@ class PolicyWorker:
                                                      selected_token_logprobs, token_logprobs)
 
         batch, seq = input_ids.shape
-        input_ids = input_ids.to(self.device)
+        input_ids = self._to_device(input_ids)
         position_ids = torch.arange(seq, device=self.device).unsqueeze(0).expand(batch, seq)
         # CPU: Megatron's default causal mask is built on CUDA, so give it one; GPU: let the kernel build it.
         mask = causal_attention_mask(seq) if self.device.type == "cpu" else None
@@ -205,22 +206,35 @@ class PolicyWorker:
             global_tokens = float(mask_all.sum())
             shard = _shard(step_rows.stop - step_rows.start, self.dp, self.dp_rank)
             rows = slice(step_rows.start + shard.start, step_rows.start + shard.stop)
-            self.optimizer.zero_grad(set_to_none=True)
+            reducer = self._grad_reducer()
+            if reducer is not None:
+                reducer.zero_grad()         # .grad = views of the persistent bucket buffers, zeroed
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
             parts = []
-            if global_tokens > 0:
-                for index, seq in self._microbatches(rows, mbs, batch["input_lengths"]):
-                    pick = lambda key: self._pad_to(batch[key][index], seq).to(self.device)  # noqa: E731
-                    logprobs = self._token_logprobs(pick("input_ids"), pick("loss_mask"))
-                    prev = logprobs.detach() if on_policy else pick("prev_logprobs")
-                    loss, stats = clipped_pg_loss(
-                        self.loss_cfg, logprobs, prev, batch["advantages"][index].to(self.device),
-                        pick("loss_mask").float(), global_tokens,
-                        generation_logprobs=pick("generation_logprobs") if "generation_logprobs" in batch else None,
-                        reference_logprobs=pick("reference_logprobs") if "reference_logprobs" in batch else None)
-                    loss.backward()
-                    parts.append({k: v.detach() for k, v in stats.items()})
-            self._allreduce_tp_partial_grads()
-            self._allreduce_grads(parallel_state.get_data_parallel_group())
+            micro = list(self._microbatches(rows, mbs, batch["input_lengths"])) if global_tokens > 0 else []
+            for i, (index, seq) in enumerate(micro):
+                cpu = lambda key: self._pad_to(batch[key][index], seq)  # noqa: E731
+                pick = lambda key: self._to_device(cpu(key))            # noqa: E731
+                mask = pick("loss_mask")
+                # the CPU mask: the loss positions are found on the host (no device sync in the forward)
+                logprobs = self._token_logprobs(pick("input_ids"), cpu("loss_mask"))
+                prev = logprobs.detach() if on_policy else pick("prev_logprobs")
+                loss, stats = clipped_pg_loss(
+                    self.loss_cfg, logprobs, prev, self._to_device(batch["advantages"][index]),
+                    mask.float(), global_tokens,
+                    generation_logprobs=pick("generation_logprobs") if "generation_logprobs" in batch else None,
+                    reference_logprobs=pick("reference_logprobs") if "reference_logprobs" in batch else None)
+                if reducer is not None and i == len(micro) - 1:
+                    reducer.arm()           # the last backward: all-reduce each bucket as soon as it is final
+                loss.backward()
+                parts.append({k: v.detach() for k, v in stats.items()})
+            if reducer is not None:
+                reducer.finish()            # the DP sum (overlapped), then the TP partial sums (both are sums)
+                self._allreduce_tp_partial_grads()
+            else:
+                self._allreduce_tp_partial_grads()
+                self._allreduce_grads(parallel_state.get_data_parallel_group())
             grad_norm = clip_grad_norm(self.model.parameters(), max_grad_norm,
                                        parallel_state.get_model_parallel_group())
             lr = current_lr(self.optimizer)
@@ -231,6 +245,40 @@ class PolicyWorker:
             parts = [{k: float(v) for k, v in p.items()} for p in parts]
             results.append({"parts": parts, "global_valid_tokens": global_tokens, "grad_norm": grad_norm, "lr": lr})
         return results if self.reports else None
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A CPU tensor on the policy's device; on GPU through pinned memory, non-blocking: a pageable copy makes
+        the host wait until the GPU has drained its queue (the previous micro-batch's backward), then the GPU
+        idles while the host launches the next forward."""
+        if self.device.type != "cuda" or tensor.device.type != "cpu":
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def overlap_grad_reduce(self) -> bool:
+        """`policy.megatron_cfg.overlap_grad_reduce`: true | false | null/auto (= on with CUDA). Read at each
+        step. Only matters with data parallelism (DP > 1)."""
+        flag = self.policy_cfg["megatron_cfg"].get("overlap_grad_reduce")
+        if flag is None or str(flag).lower() == "auto":
+            return self.device.type == "cuda"
+        return str(flag).lower() not in ("false", "0", "off", "no")
+
+    def _grad_reducer(self):
+        """The overlapped data-parallel gradient reducer (`grad_reduce.py`) when on and DP > 1, else None (then
+        `_allreduce_grads` runs after the backward). Built once; rebuilt if the bucket size changes."""
+        from megatron.core import parallel_state
+        from pipeline.grpo.grad_reduce import OverlappedGradReducer
+
+        if self.dp == 1 or not self.overlap_grad_reduce():
+            return None
+        bucket_mb = float(self.policy_cfg["megatron_cfg"].get("grad_reduce_bucket_mb") or 40)
+        if self._reducer is None or self._reducer.bucket_bytes != int(bucket_mb * 2**20):
+            if self._reducer is not None:
+                self._reducer.remove()
+                self._reducer = None
+                self.optimizer.zero_grad(set_to_none=True)   # let the old buffers go before the new ones come
+            self._reducer = OverlappedGradReducer(self.model.parameters(), parallel_state.get_data_parallel_group(),
+                                                  bucket_mb)
+        return self._reducer
 
     def _allreduce_tp_partial_grads(self) -> None:
         """Sum over the TP group the gradients of replicated parameters that each TP rank computes only in part:
@@ -260,7 +308,8 @@ class PolicyWorker:
             g.copy_(synced)
 
     def _allreduce_grads(self, group) -> None:
-        """Sum gradients over data-parallel ranks (each rank's loss is already divided by the global tokens)."""
+        """Sum gradients over data-parallel ranks (each rank's loss is already divided by the global tokens), after
+        the backward (with `overlap_grad_reduce` off; on, `OverlappedGradReducer` does the same sum)."""
         import torch.distributed as dist
 
         if dist.get_world_size(group) == 1:

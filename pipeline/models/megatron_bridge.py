@@ -543,13 +543,20 @@ def selected_token_logprobs(model, input_ids: torch.Tensor, position_ids: torch.
     finally:
         module.post_process = True
     batch, seq = input_ids.shape
-    predicts = wanted[:, 1:].to(device=hidden.device, dtype=torch.bool)      # position t-1 predicts token t
-    picked = hidden.transpose(0, 1)[:, :-1][predicts]                        # [N, H]
+    # The positions are found where `wanted` lives: pass it on the CPU and the GPU never waits for them (a boolean
+    # index of a GPU tensor blocks the host until the forward is done). Row-major (b, t), as a boolean index.
+    rows, cols = (wanted[:, 1:] != 0).nonzero(as_tuple=True)                 # position t-1 predicts token t
+    if rows.device != hidden.device:
+        pin = hidden.device.type == "cuda" and rows.device.type == "cpu"
+        rows, cols = (x.pin_memory().to(hidden.device, non_blocking=True) if pin else x.to(hidden.device)
+                      for x in (rows, cols))
+    picked = hidden.reshape(seq * batch, -1).index_select(0, cols * batch + rows)    # hidden is [S, B, H]: [N, H]
     weight = module.shared_embedding_or_output_weight() if module.share_embeddings_and_output_weights else None
     logits, _ = module.output_layer(picked.unsqueeze(1), weight=weight)      # [N, 1, V / tp]
-    targets = input_ids[:, 1:].to(hidden.device)[predicts]
+    targets = input_ids.to(hidden.device).reshape(-1).index_select(0, rows * seq + cols + 1)
     values = token_logprobs(logits.transpose(0, 1), targets.unsqueeze(0), vocab_size, temperature)[0]
-    shifted = torch.zeros(batch, seq - 1, device=hidden.device, dtype=values.dtype).masked_scatter(predicts, values)
+    shifted = torch.zeros(batch * (seq - 1), device=hidden.device, dtype=values.dtype).index_copy(
+        0, rows * (seq - 1) + cols, values).view(batch, seq - 1)
     return torch.cat([torch.zeros(batch, 1, device=hidden.device, dtype=values.dtype), shifted], dim=1)
 
 

@@ -27,13 +27,16 @@ def _cfg(tmp_path, *extra):
                                     "policy.megatron_cfg.optimizer.lr=0.01", *extra])
 
 
-def test_two_data_parallel_ranks_match_one(ray_session, tmp_path):
+@pytest.mark.parametrize("overlap", [False, True], ids=["allreduce_after_backward", "overlapped_allreduce"])
+def test_two_data_parallel_ranks_match_one(ray_session, tmp_path, overlap):
+    """Also with the gradient all-reduce overlapped with the last backward (off by default on CPU)."""
     from pipeline.grpo.policy import PolicyGroup
 
     batch = random_batch(n=8, seed=11)
     results = {}
     for world in (1, 2):
-        group = PolicyGroup(_cfg(tmp_path), build_toy_gpt, export_toy_state_dict, total_steps=4, world_size=world)
+        cfg = _cfg(tmp_path, f"policy.megatron_cfg.overlap_grad_reduce={str(overlap).lower()}")
+        group = PolicyGroup(cfg, build_toy_gpt, export_toy_state_dict, total_steps=4, world_size=world)
         assert [info["dp_rank"] for info in group.setup_info] == list(range(world))
         prev = group.get_logprobs(batch)
         metrics = group.train(dict(batch, prev_logprobs=prev))

@@ -42,6 +42,20 @@ def _shard(n: int, parts: int, index: int) -> slice:
     return slice(start, start + base + (1 if index < extra else 0))
 
 
+def _sum_grads(params: list, group) -> None:
+    """All-reduce (sum) the gradients of `params` over `group` as one flat tensor; a missing gradient counts as 0."""
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat, group=group)
+    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
+
+
 class PolicyWorker:
     """One rank of the policy. Construct, then `setup(...)` on every rank at once (collective)."""
 
@@ -230,11 +244,10 @@ class PolicyWorker:
                 loss.backward()
                 parts.append({k: v.detach() for k, v in stats.items()})
             if reducer is not None:
-                reducer.finish()            # the DP sum (overlapped), then the TP partial sums (both are sums)
-                self._allreduce_tp_partial_grads()
+                reducer.finish()            # the DP sum, overlapped with the last backward
             else:
-                self._allreduce_tp_partial_grads()
                 self._allreduce_grads(parallel_state.get_data_parallel_group())
+            self._allreduce_tp_partial_grads()  # a sum too: the order of the two does not matter
             grad_norm = clip_grad_norm(self.model.parameters(), max_grad_norm,
                                        parallel_state.get_model_parallel_group())
             lr = current_lr(self.optimizer)
@@ -286,7 +299,6 @@ class PolicyWorker:
         layer norms (each rank sees a slice of the sequence). Megatron's finalize_model_grads does the same
         (`_allreduce_non_tensor_model_parallel_grads`); without it the TP ranks' copies drift apart and the
         gradient (and grad norm) differs from TP=1."""
-        import torch.distributed as dist
         from megatron.core import parallel_state
         from pipeline.models.megatron_bridge import unwrap
 
@@ -296,16 +308,8 @@ class PolicyWorker:
         params = [p for name, p in self.model.named_parameters() if p.requires_grad and (
             (config.qk_layernorm and ("q_layernorm" in name or "k_layernorm" in name))
             or (config.sequence_parallel and getattr(p, "sequence_parallel", False)))]
-        if not params:
-            return
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        grads = [p.grad for p in params]
-        flat = torch._utils._flatten_dense_tensors(grads)
-        dist.all_reduce(flat, group=parallel_state.get_tensor_model_parallel_group())
-        for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-            g.copy_(synced)
+        if params:
+            _sum_grads(params, parallel_state.get_tensor_model_parallel_group())
 
     def _allreduce_grads(self, group) -> None:
         """Sum gradients over data-parallel ranks (each rank's loss is already divided by the global tokens), after
@@ -314,14 +318,7 @@ class PolicyWorker:
 
         if dist.get_world_size(group) == 1:
             return
-        for p in self.model.parameters():
-            if p.requires_grad and p.grad is None:
-                p.grad = torch.zeros_like(p)
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        flat = torch._utils._flatten_dense_tensors(grads)
-        dist.all_reduce(flat, group=group)
-        for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-            g.copy_(synced)
+        _sum_grads([p for p in self.model.parameters() if p.requires_grad or p.grad is not None], group)
 
     # ---- weights -----------------------------------------------------------------------------------------
     def export_weights_blob(self, dtype: str = "bfloat16") -> bytes | None:

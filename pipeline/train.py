@@ -90,17 +90,14 @@ def _torch_dtype_name(precision: str) -> str:
 
 def refit_dtype(cfg: DictConfig) -> str:
     """Weights travel to the engines in the engines' own dtype (`policy.generation.vllm_cfg.precision`)."""
-    return _torch_dtype_name(generation_precision(cfg))
+    from pipeline.generation.vllm_worker import EngineSettings
+
+    return _torch_dtype_name(EngineSettings.from_cfg(cfg).dtype)
 
 
 def export_dtype(cfg: DictConfig) -> str:
     """The exported HF model keeps the policy's precision."""
     return _torch_dtype_name(cfg.policy.precision)
-
-
-def generation_precision(cfg: DictConfig) -> str:
-    """The engines' dtype: `policy.generation.vllm_cfg.precision` where set, else the policy's."""
-    return str(cfg.policy.generation.vllm_cfg.get("precision") or cfg.policy.precision)
 
 
 def build_components(cfg: DictConfig, model_dir: Path, total_steps: int) -> dict:

@@ -230,9 +230,10 @@ class PolicyWorker:
             for i, (index, seq) in enumerate(micro):
                 cpu = lambda key: self._pad_to(batch[key][index], seq)  # noqa: E731
                 pick = lambda key: self._to_device(cpu(key))            # noqa: E731
-                mask = pick("loss_mask")
                 # the CPU mask: the loss positions are found on the host (no device sync in the forward)
-                logprobs = self._token_logprobs(pick("input_ids"), cpu("loss_mask"))
+                mask_cpu = cpu("loss_mask")
+                mask = self._to_device(mask_cpu)
+                logprobs = self._token_logprobs(pick("input_ids"), mask_cpu)
                 prev = logprobs.detach() if on_policy else pick("prev_logprobs")
                 loss, stats = clipped_pg_loss(
                     self.loss_cfg, logprobs, prev, self._to_device(batch["advantages"][index]),

@@ -47,6 +47,26 @@ def test_engine_precision_defaults_to_the_policy_and_can_differ():
 
     base = load_config("tiny_cpu", ["policy.generation.vllm_cfg.precision=${policy.precision}"])
     assert EngineSettings.from_cfg(base).dtype == "float32" and refit_dtype(base) == "float32"
-    tiny = load_config("tiny_cpu")  # bf16 engines, fp32 policy: refit in the engines' dtype, export in the policy's
-    assert EngineSettings.from_cfg(tiny).dtype == "bfloat16"
+    tiny = load_config("tiny_cpu", ["policy.generation.vllm_cfg.precision=bfloat16"])
+    assert EngineSettings.from_cfg(tiny).dtype == "bfloat16"  # refit in the engines' dtype, export in the policy's
     assert refit_dtype(tiny) == "bfloat16" and export_dtype(tiny) == "float32"
+
+
+def test_auto_engine_precision_follows_the_cpu_and_the_policy_on_gpus(tmp_path, monkeypatch):
+    from pipeline.generation import vllm_worker
+    from pipeline.generation.vllm_worker import EngineSettings, cpu_has_native_bf16
+
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n")
+    sapphire = tmp_path / "amx"
+    sapphire.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n")
+    assert not cpu_has_native_bf16(str(avx2)) and cpu_has_native_bf16(str(sapphire))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))
+
+    cpu = load_config("tiny_cpu", ["policy.generation.vllm_cfg.precision=auto"])
+    for flags_file, dtype in ((avx2, "float32"), (sapphire, "bfloat16")):
+        monkeypatch.setattr(vllm_worker, "cpu_has_native_bf16", lambda path=str(flags_file): cpu_has_native_bf16(path))
+        assert EngineSettings.from_cfg(cpu).dtype == dtype
+    gpu = load_config("tiny_cpu", ["policy.generation.vllm_cfg.precision=auto", "cluster.gpus_per_node=8",
+                                   "policy.precision=bfloat16"])
+    assert EngineSettings.from_cfg(gpu).dtype == "bfloat16"

@@ -76,6 +76,8 @@ class PolicyWorker:
         self.reference_state: dict | None = None
         # output layer + softmax only at loss-mask positions (pipeline.models.megatron_bridge.selected_token_logprobs)
         self.select_logits = bool(self.policy_cfg.get("logits_only_where_loss", True))
+        # a prompt shared by several rollouts is computed once per micro-batch (pipeline.models.packing)
+        self.pack_prompts = bool(self.policy_cfg.get("pack_shared_prompts", True))
         self._reducer = None    # OverlappedGradReducer, built on the first training step that uses it
 
     # ---- setup -------------------------------------------------------------------------------------------
@@ -160,6 +162,49 @@ class PolicyWorker:
             seq += (-seq) % self.tp  # TP kernels like lengths divisible by the TP size
             yield index, max(seq, 2)
 
+    def _packing_applies(self) -> bool:
+        from pipeline.models.megatron_bridge import can_select_logits
+
+        return self.pack_prompts and self.select_logits and can_select_logits(self.model)
+
+    def _train_microbatches(self, rows: slice, size: int, batch: Mapping[str, torch.Tensor]):
+        """(index, seq, packed) per micro-batch: rollouts sharing a prompt packed together (`packed` a PackedRows)
+        into micro-batches of at most `size` x the longest row's tokens; or, where no prompt is shared or packing
+        does not apply, the length-sorted rows of `_microbatches` (packed None)."""
+        from pipeline.models.packing import pack_shared_prompts, packed_size, prompt_families
+
+        ids, lengths, mask = batch["input_ids"][rows], batch["input_lengths"][rows], batch["loss_mask"][rows]
+        families = prompt_families(ids, lengths, mask) if self._packing_applies() and len(ids) else []
+        if not any(len(family) > 1 for family in families):
+            yield from ((index, seq, None) for index, seq in self._microbatches(rows, size, batch["input_lengths"]))
+            return
+        budget = size * int(lengths.max())
+        groups, current, tokens = [], [], 0
+        for family in sorted(families, key=lambda f: packed_size(lengths, mask, f)):
+            need = packed_size(lengths, mask, family)
+            if current and tokens + need > budget:
+                groups.append(current)
+                current, tokens = [], 0
+            current.append(family)
+            tokens += need
+        groups.append(current)
+        for group in groups:
+            local = [row for family in group for row in family]
+            seq = max(int(lengths[local].max()), 2)
+            renumber = {row: i for i, row in enumerate(local)}
+            packed = pack_shared_prompts(ids[local, :seq], lengths[local], mask[local, :seq],
+                                         families=[[renumber[row] for row in family] for family in group],
+                                         multiple_of=self.tp)
+            yield torch.tensor(local) + rows.start, seq, packed
+
+    def _packed_logprobs(self, packed) -> torch.Tensor:
+        from pipeline.models.megatron_bridge import packed_token_logprobs
+
+        amp = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext())
+        with amp:
+            return packed_token_logprobs(self.model, packed, getattr(self.model, "hf_vocab_size", None),
+                                         self.temperature)
+
     @torch.no_grad()
     def get_logprobs(self, batch: Mapping[str, torch.Tensor], use_reference: bool = False) -> torch.Tensor | None:
         """Per-token log-probs of this rank's data-parallel shard ([n_shard, S], CPU) or None on non-reporting ranks."""
@@ -226,14 +271,15 @@ class PolicyWorker:
             else:
                 self.optimizer.zero_grad(set_to_none=True)
             parts = []
-            micro = list(self._microbatches(rows, mbs, batch["input_lengths"])) if global_tokens > 0 else []
-            for i, (index, seq) in enumerate(micro):
+            micro = list(self._train_microbatches(rows, mbs, batch)) if global_tokens > 0 else []
+            for i, (index, seq, packed) in enumerate(micro):
                 cpu = lambda key: self._pad_to(batch[key][index], seq)  # noqa: E731
                 pick = lambda key: self._to_device(cpu(key))            # noqa: E731
                 # the CPU mask: the loss positions are found on the host (no device sync in the forward)
                 mask_cpu = cpu("loss_mask")
                 mask = self._to_device(mask_cpu)
-                logprobs = self._token_logprobs(pick("input_ids"), mask_cpu)
+                logprobs = (self._packed_logprobs(packed) if packed is not None
+                            else self._token_logprobs(pick("input_ids"), mask_cpu))
                 prev = logprobs.detach() if on_policy else pick("prev_logprobs")
                 loss, stats = clipped_pg_loss(
                     self.loss_cfg, logprobs, prev, self._to_device(batch["advantages"][index]),

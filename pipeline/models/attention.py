@@ -15,9 +15,11 @@ instead of letting Megatron apply its unfused RoPE; the order, q/k norm then RoP
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import math
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -41,6 +43,20 @@ def resolve_attention_backend(name: Optional[str]) -> str:
     if name == "auto":
         return "sdpa" if torch.cuda.is_available() else "local"
     return name
+
+
+_EXPLICIT_MASK = contextvars.ContextVar("explicit_attention_mask", default=False)
+
+
+@contextmanager
+def explicit_attention_mask():
+    """Within it, SDPACoreAttention applies the attention mask it is given even in causal layers (whose mask it
+    otherwise never reads): packed sequences (`pipeline.models.packing`) need their block mask."""
+    token = _EXPLICIT_MASK.set(True)
+    try:
+        yield
+    finally:
+        _EXPLICIT_MASK.reset(token)
 
 
 class SDPACoreAttention(MegatronModule):
@@ -104,7 +120,11 @@ class SDPACoreAttention(MegatronModule):
         # in [s, b, h, d] memory order, so the final reshape is free.
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         mask, causal = None, False
-        if mask_type == AttnMaskType.causal:
+        if _EXPLICIT_MASK.get():
+            if attention_mask is None:
+                raise ValueError("explicit_attention_mask() is on but the forward was given no attention mask")
+            mask = ~attention_mask
+        elif mask_type == AttnMaskType.causal:
             if seq_q != key.shape[0]:
                 raise NotImplementedError("SDPACoreAttention: causal attention needs equal query/key lengths")
             causal = True

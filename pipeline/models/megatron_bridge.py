@@ -528,6 +528,55 @@ def can_select_logits(model) -> bool:
             and not config.sequence_parallel and not getattr(config, "mtp_num_layers", None))
 
 
+def _host_to(index: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor made on the host, on `device` (pinned and non-blocking from the CPU to a GPU)."""
+    if index.device == device:
+        return index
+    if device.type == "cuda" and index.device.type == "cpu":
+        return index.pin_memory().to(device, non_blocking=True)
+    return index.to(device)
+
+
+def decoder_hidden(model, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                   attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """The decoder's output [S, B, H] (final norm applied) without the output layer."""
+    module = unwrap(model)
+    module.post_process = False
+    try:
+        return model(input_ids, position_ids, attention_mask)
+    finally:
+        module.post_process = True
+
+
+def logprobs_at(module, hidden: torch.Tensor, index: torch.Tensor, targets: torch.Tensor,
+                vocab_size: int | None, temperature: float) -> torch.Tensor:
+    """log p(targets[n]) from the hidden states hidden[index[n]] ([M, H] flat): the output layer and softmax run
+    on those N positions only."""
+    picked = hidden.index_select(0, index)
+    weight = module.shared_embedding_or_output_weight() if module.share_embeddings_and_output_weights else None
+    logits, _ = module.output_layer(picked.unsqueeze(1), weight=weight)      # [N, 1, V / tp]
+    return token_logprobs(logits.transpose(0, 1), targets.unsqueeze(0), vocab_size, temperature)[0]
+
+
+def packed_token_logprobs(model, packed, vocab_size: int | None = None, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probs of the trained tokens of rows packed by `pipeline.models.packing.pack_shared_prompts`, in the
+    rows' own layout [B, S] (0 where nothing is trained), from one forward over the packed sequence."""
+    from pipeline.models.attention import explicit_attention_mask
+    from pipeline.models.packing import rotary_positions
+
+    module = unwrap(model)
+    device = next(module.parameters()).device
+    move = lambda t: _host_to(t, device)  # noqa: E731
+    positions = move(packed.positions)
+    with rotary_positions(module, positions[0]), explicit_attention_mask():
+        hidden = decoder_hidden(model, move(packed.input_ids), positions, move(packed.masked))
+    values = logprobs_at(module, hidden.reshape(hidden.shape[0], -1), move(packed.source), move(packed.targets),
+                         vocab_size, temperature)
+    batch, seq = packed.shape
+    out = torch.zeros(batch * seq, device=hidden.device, dtype=values.dtype)
+    return out.index_copy(0, move(packed.rows) * seq + move(packed.cols), values).view(batch, seq)
+
+
 def selected_token_logprobs(model, input_ids: torch.Tensor, position_ids: torch.Tensor,
                             attention_mask: torch.Tensor | None, wanted: torch.Tensor, vocab_size: int | None = None,
                             temperature: float = 1.0) -> torch.Tensor:
@@ -537,24 +586,16 @@ def selected_token_logprobs(model, input_ids: torch.Tensor, position_ids: torch.
     the assistant's tokens (a fraction of each sequence, behind a long shared prompt) enter the loss, and the
     [tokens x vocab] logits of the rest would be computed and thrown away."""
     module = unwrap(model)
-    module.post_process = False       # GPTModel then returns the decoder's output (final norm applied), [S, B, H]
-    try:
-        hidden = model(input_ids, position_ids, attention_mask)
-    finally:
-        module.post_process = True
+    hidden = decoder_hidden(model, input_ids, position_ids, attention_mask)
     batch, seq = input_ids.shape
     # The positions are found where `wanted` lives: pass it on the CPU and the GPU never waits for them (a boolean
     # index of a GPU tensor blocks the host until the forward is done). Row-major (b, t), as a boolean index.
     rows, cols = (wanted[:, 1:] != 0).nonzero(as_tuple=True)                 # position t-1 predicts token t
-    if rows.device != hidden.device:
-        pin = hidden.device.type == "cuda" and rows.device.type == "cpu"
-        rows, cols = (x.pin_memory().to(hidden.device, non_blocking=True) if pin else x.to(hidden.device)
-                      for x in (rows, cols))
-    picked = hidden.reshape(seq * batch, -1).index_select(0, cols * batch + rows)    # hidden is [S, B, H]: [N, H]
-    weight = module.shared_embedding_or_output_weight() if module.share_embeddings_and_output_weights else None
-    logits, _ = module.output_layer(picked.unsqueeze(1), weight=weight)      # [N, 1, V / tp]
+    rows, cols = (_host_to(x, hidden.device) for x in (rows, cols))
     targets = input_ids.to(hidden.device).reshape(-1).index_select(0, rows * seq + cols + 1)
-    values = token_logprobs(logits.transpose(0, 1), targets.unsqueeze(0), vocab_size, temperature)[0]
+    # hidden is [S, B, H]: row b, position t is flat index t * B + b
+    values = logprobs_at(module, hidden.reshape(seq * batch, -1), cols * batch + rows, targets, vocab_size,
+                         temperature)
     shifted = torch.zeros(batch * (seq - 1), device=hidden.device, dtype=values.dtype).index_copy(
         0, rows * (seq - 1) + cols, values).view(batch, seq - 1)
     return torch.cat([torch.zeros(batch, 1, device=hidden.device, dtype=values.dtype), shifted], dim=1)

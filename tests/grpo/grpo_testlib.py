@@ -38,10 +38,12 @@ def make_worker(policy_overrides=None, loss_overrides=None, total_steps=10, seed
     return worker
 
 
-def random_batch(n=8, seq=12, vocab=32, seed=0):
-    """Rollout-shaped batch: prompts of 3 tokens, responses of varied length, right padding."""
+def random_batch(n=8, seq=12, vocab=32, seed=0, group=1):
+    """Rollout-shaped batch: prompts of 3 tokens (the same for each `group` consecutive rows, as a GRPO group's
+    rollouts), responses of varied length, right padding."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, vocab, (n, seq), generator=g)
+    ids[:, :3] = ids[::group, :3].repeat_interleave(group, dim=0)[:n]
     lengths = torch.randint(6, seq + 1, (n,), generator=g)
     mask = torch.zeros(n, seq)
     for i, L in enumerate(lengths.tolist()):

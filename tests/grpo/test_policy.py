@@ -46,6 +46,24 @@ def test_logits_only_where_loss_gives_the_same_update():
         assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-8), name   # gradients: see the test below
 
 
+@pytest.mark.parametrize("mbs", [1, 4])
+def test_packed_shared_prompts_give_the_same_update(mbs):
+    """Groups of 4 rollouts sharing a prompt, packed (prompt computed once) or not: same loss and gradients."""
+    batch = random_batch(seed=6, group=4)
+    plain = make_worker({"pack_shared_prompts": False, "train_micro_batch_size": mbs})
+    packed = make_worker({"pack_shared_prompts": True, "train_micro_batch_size": mbs})
+    micro = list(packed._train_microbatches(slice(0, 8), mbs, batch))
+    assert all(p is not None for _, _, p in micro) and sorted(torch.cat([i for i, _, _ in micro]).tolist()) == \
+        list(range(8))
+    assert sum(p.packed_tokens for _, _, p in micro) < int(batch["input_lengths"].sum())
+    r_plain, r_packed = plain.train(dict(batch)), packed.train(dict(batch))
+    assert r_packed[0]["grad_norm"] == pytest.approx(r_plain[0]["grad_norm"], rel=1e-5)
+    assert sum(p["loss"] for p in r_packed[0]["parts"]) == pytest.approx(
+        sum(p["loss"] for p in r_plain[0]["parts"]), rel=1e-5)
+    for (name, a), (_, b) in zip(plain.model.named_parameters(), packed.model.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-8), name
+
+
 def _trained_state(mbs, batch):
     w = make_worker({"train_micro_batch_size": mbs})
     batch = dict(batch, prev_logprobs=w.get_logprobs(batch))

@@ -1,0 +1,135 @@
+"""Shared-prompt packing: the rollouts of a GRPO group run their common prompt through the model once.
+
+A group's rollouts start with the same prompt (~300 tokens in the tiny demo) and differ only in the ~50 tokens
+the model wrote after it. Trained as separate rows, the prompt is computed once per rollout: 85% of the
+policy's work. Packed, one sequence holds the prompt once and then each rollout's continuation; a block mask
+lets every continuation see the prompt and itself (never another continuation), and every token keeps the
+position it has in its own rollout (RoPE / learned positions). The hidden state of any rollout token is then
+the one the unpacked row gives, so the log-probs and, the loss being a sum over tokens, the gradients are
+the same (tests/models/test_packing.py).
+
+`pack_shared_prompts` builds the packed layout on the host; `packed_token_logprobs` runs the model on it and
+returns log-probs in the rows' own [rows, seq] layout, so the loss code does not know about packing.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PackedRows:
+    """One packed sequence and where each trained token of the original rows comes from."""
+
+    input_ids: torch.Tensor     # [1, T] prompt once, then each row's continuation (families one after another)
+    positions: torch.Tensor     # [1, T] each token's position in its own row
+    masked: torch.Tensor        # [1, 1, T, T] bool, True = may NOT attend (Megatron's convention)
+    source: torch.Tensor        # [N] packed index whose hidden state predicts the n-th trained token
+    rows: torch.Tensor          # [N] that token's row ...
+    cols: torch.Tensor          # [N] ... and column in the row layout
+    targets: torch.Tensor       # [N] its token id
+    shape: tuple[int, int]      # the row layout (rows, seq)
+
+    @property
+    def packed_tokens(self) -> int:
+        return int(self.input_ids.shape[1])
+
+
+def prompt_length(mask_row: torch.Tensor) -> int:
+    """Tokens before the first trained one: the part a row shares with the rest of its group (0: none)."""
+    hits = (mask_row != 0).nonzero()
+    return int(hits[0]) if len(hits) else 0
+
+
+def prompt_families(ids: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    """Row indices grouped by identical prompt (first-seen order); rows with no trained token are left out."""
+    families: dict[tuple[int, ...], list[int]] = {}
+    for row in range(ids.shape[0]):
+        start = prompt_length(mask[row, :int(lengths[row])])
+        if start == 0:
+            continue
+        families.setdefault(tuple(ids[row, :start].tolist()), []).append(row)
+    return list(families.values())
+
+
+def packed_size(lengths: torch.Tensor, mask: torch.Tensor, family: list[int]) -> int:
+    """Tokens a family takes packed: its prompt once plus every member's continuation."""
+    start = prompt_length(mask[family[0]])
+    return start + sum(int(lengths[row]) - start for row in family)
+
+
+def pack_shared_prompts(ids: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor,
+                        families: list[list[int]] | None = None, multiple_of: int = 1) -> PackedRows:
+    """Pack rows [B, S] (right-padded, `lengths` real tokens, `mask` 1 on trained tokens) into one sequence.
+
+    `families` (from `prompt_families`) are the rows that share a prompt; rows outside every family are not
+    packed (their log-probs come back as 0, as for masked positions). The packed length is padded up to a
+    multiple of `multiple_of` (tensor-parallel kernels); pad tokens attend only to themselves."""
+    families = prompt_families(ids, lengths, mask) if families is None else families
+    tokens, positions, segment, parent = [], [], [], []
+    source, rows, cols = [], [], []
+    for family in families:
+        start = prompt_length(mask[family[0]])
+        prompt_segment, offset = len(parent), len(tokens)
+        parent.append(-1)
+        tokens += ids[family[0], :start].tolist()
+        positions += range(start)
+        segment += [prompt_segment] * start
+        for row in family:
+            end = int(lengths[row])
+            if prompt_length(mask[row]) != start or not torch.equal(ids[row, :start], ids[family[0], :start]):
+                raise ValueError(f"row {row} does not share its family's prompt of {start} tokens")
+            own, first = len(parent), len(tokens)
+            parent.append(prompt_segment)
+            tokens += ids[row, start:end].tolist()
+            positions += range(start, end)
+            segment += [own] * (end - start)
+            for col in (mask[row, :end] != 0).nonzero().flatten().tolist():
+                # position col-1 predicts token col: the prompt's last token for the first continuation token
+                source.append(offset + col - 1 if col - 1 < start else first + col - 1 - start)
+                rows.append(row)
+                cols.append(col)
+    pad = (-len(tokens)) % multiple_of if tokens else multiple_of
+    for _ in range(pad):
+        parent.append(-1)
+        segment.append(len(parent) - 1)
+        tokens.append(0)
+        positions.append(0)
+    seg = torch.tensor(segment)
+    seg_parent = torch.tensor(parent)[seg]
+    index = torch.arange(len(tokens))
+    # token i may attend to token j <= i of its own segment or of its segment's prompt
+    allowed = (index[None, :] <= index[:, None]) & ((seg[None, :] == seg[:, None]) | (seg[None, :] == seg_parent[:, None]))
+    row_index = torch.tensor(rows, dtype=torch.long)
+    col_index = torch.tensor(cols, dtype=torch.long)
+    return PackedRows(
+        input_ids=torch.tensor(tokens, dtype=ids.dtype).unsqueeze(0),
+        positions=torch.tensor(positions, dtype=torch.long).unsqueeze(0),
+        masked=~allowed[None, None],
+        source=torch.tensor(source, dtype=torch.long),
+        rows=row_index, cols=col_index,
+        targets=ids[row_index, col_index] if len(rows) else torch.zeros(0, dtype=ids.dtype),
+        shape=(int(ids.shape[0]), int(ids.shape[1])))
+
+
+@contextmanager
+def rotary_positions(module, positions: torch.Tensor):
+    """Make a GPTModel's rotary embedding give each token the angles of `positions` [T] instead of 0..T-1
+    (Megatron derives RoPE from the sequence length alone and ignores position_ids)."""
+    rope = getattr(module, "rotary_pos_emb", None)
+    if rope is None:            # learned absolute positions: position_ids already carry them
+        yield
+        return
+
+    def by_position(_module, _args, emb):
+        if not isinstance(emb, torch.Tensor):
+            raise NotImplementedError(f"packing: rotary embedding {type(rope).__name__} is not supported")
+        return emb.index_select(0, positions.to(emb.device))
+
+    handle = rope.register_forward_hook(by_position)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,0 +1,108 @@
+"""Shared-prompt packing gives the log-probs and gradients of the unpacked rows (CPU, fp32)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.distributed import init_distributed
+from pipeline.models.packing import pack_shared_prompts, prompt_families
+from test_attention import VOCAB, _write_qwen3
+
+
+@pytest.fixture(scope="module")
+def dist_tp1():
+    init_distributed(tp=1, pp=1)
+    yield
+
+
+def grouped_rows(vocab: int, seed: int = 0):
+    """Two prompts (7 and 5 tokens) with 3 and 2 rollouts of different lengths, each with an untrained gap
+    (a tool output inside the continuation), plus a row with no trained token; right-padded."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(1, vocab, (7,), generator=g), torch.randint(1, vocab, (5,), generator=g)]
+    specs = [(0, 12), (1, 9), (0, 15), (0, 10), (1, 14), (1, 8)]
+    seq = max(end for _, end in specs) + 2
+    ids = torch.zeros(len(specs), seq, dtype=torch.long)
+    mask = torch.zeros(len(specs), seq)
+    for row, (which, end) in enumerate(specs):
+        prompt = prompts[which]
+        ids[row, :len(prompt)] = prompt
+        ids[row, len(prompt):end] = torch.randint(1, vocab, (end - len(prompt),), generator=g)
+        mask[row, len(prompt):end] = 1
+        mask[row, len(prompt) + 2] = 0            # an environment token between two assistant turns
+    mask[5] = 0                                   # nothing trained in the last row
+    lengths = torch.tensor([end for _, end in specs])
+    return ids, lengths, mask
+
+
+def test_layout_shares_each_prompt_once():
+    ids, lengths, mask = grouped_rows(VOCAB)
+    assert prompt_families(ids, lengths, mask) == [[0, 2, 3], [1, 4]]
+    packed = pack_shared_prompts(ids, lengths, mask, multiple_of=4)
+    unpadded = 7 + (12 - 7) + (15 - 7) + (10 - 7) + 5 + (9 - 5) + (14 - 5)
+    assert packed.packed_tokens == unpadded + (-unpadded) % 4
+    assert len(packed.targets) == int(mask[:5].sum())
+    # every trained token is predicted by the packed token that holds the token before it in its row
+    for src, row, col in zip(packed.source.tolist(), packed.rows.tolist(), packed.cols.tolist()):
+        assert packed.input_ids[0, src] == ids[row, col - 1]
+        assert packed.positions[0, src] == col - 1
+    allowed = ~packed.masked[0, 0]
+    # the second rollout of the first family (packed after the prompt and the first rollout) sees the prompt and
+    # itself, not the first rollout
+    first, second = 7, 7 + 5
+    assert allowed[second, :7].all() and not allowed[second, first:second].any() and allowed[second, second]
+    assert allowed.diagonal().all()               # every token, pads included, attends at least to itself
+
+
+def _unpacked_and_packed(model, ids, lengths, mask, vocab):
+    from pipeline.models.megatron_bridge import (causal_attention_mask, packed_token_logprobs,
+                                                 selected_token_logprobs)
+
+    weights = torch.randn(ids.shape, generator=torch.Generator().manual_seed(9)) * mask
+    results = []
+    for packed in (False, True):
+        model.zero_grad(set_to_none=True)
+        if packed:
+            lp = packed_token_logprobs(model, pack_shared_prompts(ids, lengths, mask), vocab)
+        else:
+            positions = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids)
+            lp = selected_token_logprobs(model, ids, positions, causal_attention_mask(ids.shape[1]), mask, vocab)
+        (lp * weights).sum().backward()
+        results.append((lp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    return results
+
+
+def _assert_same(results, mask):
+    (want, want_grads), (got, got_grads) = results
+    assert torch.all(got[mask == 0] == 0)
+    assert (got - want).abs().max() < 1e-5
+    assert want_grads.keys() == got_grads.keys()
+    for name, grad in want_grads.items():
+        scale = grad.abs().max().clamp_min(1e-6)
+        assert ((got_grads[name] - grad).abs().max() / scale) < 1e-4, name
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "local"])
+def test_packed_rope_model_matches_unpacked_rows(tmp_path, dist_tp1, backend):
+    """Qwen3 architecture (RoPE, GQA, q/k norms) with either attention backend."""
+    from pipeline.models.megatron_bridge import build_megatron_model
+
+    _write_qwen3(tmp_path)
+    model = build_megatron_model(tmp_path, parallel={"attention_backend": backend})
+    ids, lengths, mask = grouped_rows(VOCAB)
+    _assert_same(_unpacked_and_packed(model, ids, lengths, mask, VOCAB), mask)
+
+
+def test_packed_learned_position_model_matches_unpacked_rows(dist_tp1):
+    """The toy GPT (learned absolute positions, Megatron's local attention): positions come from position_ids."""
+    from pipeline.grpo.toy import build_toy_gpt
+
+    model = build_toy_gpt()
+    ids, lengths, mask = grouped_rows(32)
+    _assert_same(_unpacked_and_packed(model, ids, lengths, mask, None), mask)
+
+
+def test_rows_that_do_not_share_their_family_prompt_are_rejected():
+    ids, lengths, mask = grouped_rows(VOCAB)
+    with pytest.raises(ValueError, match="row 1 does not share"):
+        pack_shared_prompts(ids, lengths, mask, families=[[0, 1]])

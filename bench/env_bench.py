@@ -247,11 +247,21 @@ def run(n_trajectories: int, min_seconds: float) -> dict:
     }
 
 
-def append_doc_rows(result: dict, path: Path = BENCH_DOC) -> None:
-    """Add this run's rows to the benchmarks table (created with its header if missing)."""
+def append_table_rows(path: Path, date: str, machine: str, config: str, rows: list[tuple[str, str]]) -> None:
+    """Add (metric, figure) rows to the benchmarks table (created with its header if missing), right after
+    the table's last row."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\n" + DOC_HEADER
     if DOC_HEADER not in text:
         text = text.rstrip("\n") + "\n\n" + DOC_HEADER
+    lines = "".join(f"| {date} | {machine} | {config} | {m} | {f} |\n" for m, f in rows)
+    head, sep, tail = text.partition(DOC_HEADER)
+    block_end = tail.find("\n\n")
+    table, rest = (tail, "") if block_end < 0 else (tail[: block_end + 1], tail[block_end + 1:])
+    atomic_write_text(path, head + sep + table + lines + rest)
+
+
+def append_doc_rows(result: dict, path: Path = BENCH_DOC) -> None:
+    """Add this run's rows to the benchmarks table."""
     config = f"bench.env_bench, {result['n_trajectories']} trajectories, 1 core"
     o, r = result["ours"], result["reference_pandas"]
     rows = [
@@ -263,12 +273,7 @@ def append_doc_rows(result: dict, path: Path = BENCH_DOC) -> None:
         ("env episode reset (reference approach: re-read CSVs)", f"{r['reset_us'] / 1000:,.1f} ms"),
         ("env reset speed-up vs reference approach", f"{result['speedup_reset']:,.0f}x"),
     ]
-    lines = "".join(f"| {result['date']} | {result['machine']} | {config} | {m} | {f} |\n" for m, f in rows)
-    # rows go right after the table's last row (the table is the header's block)
-    head, sep, tail = text.partition(DOC_HEADER)
-    block_end = tail.find("\n\n")
-    table, rest = (tail, "") if block_end < 0 else (tail[: block_end + 1], tail[block_end + 1:])
-    atomic_write_text(path, head + sep + table + lines + rest)
+    append_table_rows(path, result["date"], result["machine"], config, rows)
 
 
 def main(argv=None) -> int:

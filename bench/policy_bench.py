@@ -3,7 +3,7 @@
 The batch has the demo's shape: `--groups` prompts (env_sim tasks in the tiny_cpu prompt format) x `--per-group`
 rollouts each; every rollout is the task's expert trajectory with its trained tokens resampled at random, so a
 group's rollouts share the prompt and differ after it, with the demo's lengths (~300 prompt tokens, ~50 more).
-The same Megatron-core policy (tiny_cpu sizes, fp32) takes the step with `policy.pack_shared_prompts` on and
+The same Megatron-core policy (tiny_cpu sizes, fp32) takes the step with `policy.pack_shared_prefixes` on and
 off, alternately (`--repeats` each, after one warm-up of each), in one process; the figure is the median.
 
 Writes bench/results/policy.json and adds rows to the table of docs/benchmarks.md.
@@ -70,7 +70,7 @@ def run(config: str, groups: int, per_group: int, repeats: int, overrides: list[
     seconds: dict[bool, list[float]] = {True: [], False: []}
     for attempt in range(repeats + 1):
         for packed in (False, True):
-            worker.pack_prompts = packed
+            worker.pack_prefixes = packed
             started = time.perf_counter()
             worker.train(dict(batch))
             if attempt:                                   # the first of each is the warm-up

@@ -76,8 +76,8 @@ class PolicyWorker:
         self.reference_state: dict | None = None
         # output layer + softmax only at loss-mask positions (pipeline.models.megatron_bridge.selected_token_logprobs)
         self.select_logits = bool(self.policy_cfg.get("logits_only_where_loss", True))
-        # a prompt shared by several rollouts is computed once per micro-batch (pipeline.models.packing)
-        self.pack_prompts = bool(self.policy_cfg.get("pack_shared_prompts", True))
+        # a prefix shared by several rows is computed once per micro-batch (pipeline.models.packing)
+        self.pack_prefixes = bool(self.policy_cfg.get("pack_shared_prefixes", True))
         self._reducer = None    # OverlappedGradReducer, built on the first training step that uses it
 
     # ---- setup -------------------------------------------------------------------------------------------
@@ -165,23 +165,24 @@ class PolicyWorker:
     def _packing_applies(self) -> bool:
         from pipeline.models.megatron_bridge import can_select_logits
 
-        return self.pack_prompts and self.select_logits and can_select_logits(self.model)
+        return self.pack_prefixes and self.select_logits and can_select_logits(self.model)
 
     def _train_microbatches(self, rows: slice, size: int, batch: Mapping[str, torch.Tensor]):
-        """(index, seq, packed) per micro-batch: rollouts sharing a prompt packed together (`packed` a PackedRows)
-        into micro-batches of at most `size` x the longest row's tokens; or, where no prompt is shared or packing
-        does not apply, the length-sorted rows of `_microbatches` (packed None)."""
-        from pipeline.models.packing import pack_shared_prompts, packed_size, prompt_families
+        """(index, seq, packed) per micro-batch: rows sharing a prefix (a GRPO group's prompt, an sft domain's
+        system prompt) packed together (`packed` a PackedRows) into micro-batches of at most `size` x the longest
+        row's tokens; or, where nothing is shared or packing does not apply, the length-sorted rows of
+        `_microbatches` (packed None)."""
+        from pipeline.models.packing import Family, pack_shared_prefixes, shared_prefix_families
 
         ids, lengths, mask = batch["input_ids"][rows], batch["input_lengths"][rows], batch["loss_mask"][rows]
-        families = prompt_families(ids, lengths, mask) if self._packing_applies() and len(ids) else []
-        if not any(len(family) > 1 for family in families):
+        budget = size * int(lengths.max()) if len(ids) else 0
+        families = shared_prefix_families(ids, lengths, mask, budget) if self._packing_applies() and budget else []
+        if not any(family.prefix > 0 for family in families):
             yield from ((index, seq, None) for index, seq in self._microbatches(rows, size, batch["input_lengths"]))
             return
-        budget = size * int(lengths.max())
         groups, current, tokens = [], [], 0
-        for family in sorted(families, key=lambda f: packed_size(lengths, mask, f)):
-            need = packed_size(lengths, mask, family)
+        for family in sorted(families, key=lambda f: f.packed_size(lengths)):
+            need = family.packed_size(lengths)
             if current and tokens + need > budget:
                 groups.append(current)
                 current, tokens = [], 0
@@ -189,12 +190,12 @@ class PolicyWorker:
             tokens += need
         groups.append(current)
         for group in groups:
-            local = [row for family in group for row in family]
+            local = [row for family in group for row in family.rows]
             seq = max(int(lengths[local].max()), 2)
             renumber = {row: i for i, row in enumerate(local)}
-            packed = pack_shared_prompts(ids[local, :seq], lengths[local], mask[local, :seq],
-                                         families=[[renumber[row] for row in family] for family in group],
-                                         multiple_of=self.tp)
+            packed = pack_shared_prefixes(
+                ids[local, :seq], lengths[local], mask[local, :seq], multiple_of=self.tp,
+                families=[Family(tuple(renumber[row] for row in family.rows), family.prefix) for family in group])
             yield torch.tensor(local) + rows.start, seq, packed
 
     def _packed_logprobs(self, packed) -> torch.Tensor:

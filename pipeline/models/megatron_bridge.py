@@ -559,7 +559,7 @@ def logprobs_at(module, hidden: torch.Tensor, index: torch.Tensor, targets: torc
 
 
 def packed_token_logprobs(model, packed, vocab_size: int | None = None, temperature: float = 1.0) -> torch.Tensor:
-    """Log-probs of the trained tokens of rows packed by `pipeline.models.packing.pack_shared_prompts`, in the
+    """Log-probs of the trained tokens of rows packed by `pipeline.models.packing.pack_shared_prefixes`, in the
     rows' own layout [B, S] (0 where nothing is trained), from one forward over the packed sequence."""
     from pipeline.models.attention import explicit_attention_mask
     from pipeline.models.packing import rotary_positions

@@ -8,7 +8,7 @@ position it has in its own rollout (RoPE / learned positions). The hidden state 
 the one the unpacked row gives, so the log-probs and, the loss being a sum over tokens, the gradients are
 the same (tests/models/test_packing.py).
 
-`pack_shared_prompts` builds the packed layout on the host; `packed_token_logprobs` runs the model on it and
+`pack_shared_prefixes` builds the packed layout on the host; `packed_token_logprobs` runs the model on it and
 returns log-probs in the rows' own [rows, seq] layout, so the loss code does not know about packing.
 """
 from __future__ import annotations
@@ -37,57 +37,85 @@ class PackedRows:
         return int(self.input_ids.shape[1])
 
 
-def prompt_length(mask_row: torch.Tensor) -> int:
-    """Tokens before the first trained one: the part a row shares with the rest of its group (0: none)."""
-    hits = (mask_row != 0).nonzero()
-    return int(hits[0]) if len(hits) else 0
+@dataclass(frozen=True)
+class Family:
+    """Rows whose first `prefix` tokens are the same: packed, the prefix is computed once for all of them."""
+
+    rows: tuple[int, ...]
+    prefix: int
+
+    def packed_size(self, lengths: torch.Tensor) -> int:
+        return self.prefix + sum(int(lengths[row]) - self.prefix for row in self.rows)
 
 
-def prompt_families(ids: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
-    """Row indices grouped by identical prompt (first-seen order); rows with no trained token are left out."""
-    families: dict[tuple[int, ...], list[int]] = {}
-    for row in range(ids.shape[0]):
-        start = prompt_length(mask[row, :int(lengths[row])])
-        if start == 0:
-            continue
-        families.setdefault(tuple(ids[row, :start].tolist()), []).append(row)
-    return list(families.values())
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
-def packed_size(lengths: torch.Tensor, mask: torch.Tensor, family: list[int]) -> int:
-    """Tokens a family takes packed: its prompt once plus every member's continuation."""
-    start = prompt_length(mask[family[0]])
-    return start + sum(int(lengths[row]) - start for row in family)
+def shared_prefix_families(ids: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor,
+                           max_tokens: int | None = None) -> list[Family]:
+    """Rows grouped into families that share a prefix (a GRPO group's prompt, or the system prompt and tool list
+    of sft rows of one domain), packing to the fewest tokens with each family at most `max_tokens`; rows with
+    no trained token are left out.
+
+    Rows sorted by their tokens put long common prefixes next to each other; the common prefix of a run of
+    sorted rows is the smallest common prefix of neighbours in it. A run is split at that weakest link when its
+    two parts pack into fewer tokens (e.g. two GRPO groups whose ~300-token prompts agree on ~250 tokens:
+    each group's own prompt saves more) or when it is over `max_tokens`. A lone row has prefix 0."""
+    seqs = {row: ids[row, :int(lengths[row])].tolist() for row in range(ids.shape[0])
+            if bool((mask[row, :int(lengths[row])] != 0).any())}
+    order = sorted(seqs, key=lambda r: seqs[r])
+    links = [_common_prefix(seqs[a], seqs[b]) for a, b in zip(order, order[1:])]
+
+    def split(rows: list[int], links: list[int]) -> list[Family]:
+        if len(rows) == 1:
+            return [Family((rows[0],), 0)]
+        prefix = min(links)
+        cut = links.index(prefix) + 1
+        parts = split(rows[:cut], links[:cut - 1]) + split(rows[cut:], links[cut:])
+        whole = Family(tuple(rows), prefix)
+        size = whole.packed_size(lengths)
+        if prefix > 0 and size <= sum(f.packed_size(lengths) for f in parts) and (max_tokens is None
+                                                                                  or size <= max_tokens):
+            return [whole]
+        return parts
+
+    return split(order, links) if order else []
 
 
-def pack_shared_prompts(ids: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor,
-                        families: list[list[int]] | None = None, multiple_of: int = 1) -> PackedRows:
+def pack_shared_prefixes(ids: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor,
+                         families: list[Family] | None = None, multiple_of: int = 1) -> PackedRows:
     """Pack rows [B, S] (right-padded, `lengths` real tokens, `mask` 1 on trained tokens) into one sequence.
 
-    `families` (from `prompt_families`) are the rows that share a prompt; rows outside every family are not
-    packed (their log-probs come back as 0, as for masked positions). The packed length is padded up to a
-    multiple of `multiple_of` (tensor-parallel kernels); pad tokens attend only to themselves."""
-    families = prompt_families(ids, lengths, mask) if families is None else families
+    `families` (default: `shared_prefix_families`) say which rows share which prefix; rows outside every
+    family are not packed (their log-probs come back as 0, as for masked positions). The packed length is
+    padded up to a multiple of `multiple_of` (tensor-parallel kernels); pad tokens attend only to themselves."""
+    families = shared_prefix_families(ids, lengths, mask) if families is None else families
     tokens, positions, segment, parent = [], [], [], []
     source, rows, cols = [], [], []
     for family in families:
-        start = prompt_length(mask[family[0]])
+        start, first_row = family.prefix, family.rows[0]
         prompt_segment, offset = len(parent), len(tokens)
         parent.append(-1)
-        tokens += ids[family[0], :start].tolist()
+        tokens += ids[first_row, :start].tolist()
         positions += range(start)
         segment += [prompt_segment] * start
-        for row in family:
+        for row in family.rows:
             end = int(lengths[row])
-            if prompt_length(mask[row]) != start or not torch.equal(ids[row, :start], ids[family[0], :start]):
-                raise ValueError(f"row {row} does not share its family's prompt of {start} tokens")
+            if end < start or not torch.equal(ids[row, :start], ids[first_row, :start]):
+                raise ValueError(f"row {row} does not share its family's prefix of {start} tokens")
             own, first = len(parent), len(tokens)
             parent.append(prompt_segment)
             tokens += ids[row, start:end].tolist()
             positions += range(start, end)
             segment += [own] * (end - start)
-            for col in (mask[row, :end] != 0).nonzero().flatten().tolist():
-                # position col-1 predicts token col: the prompt's last token for the first continuation token
+            for col in (mask[row, 1:end] != 0).nonzero().flatten().add(1).tolist():
+                # position col-1 predicts token col: inside the shared prefix, or in the row's own part
                 source.append(offset + col - 1 if col - 1 < start else first + col - 1 - start)
                 rows.append(row)
                 cols.append(col)

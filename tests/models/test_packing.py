@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pipeline.distributed import init_distributed
-from pipeline.models.packing import pack_shared_prompts, prompt_families
+from pipeline.models.packing import Family, pack_shared_prefixes, shared_prefix_families
 from test_attention import VOCAB, _write_qwen3
 
 
@@ -30,6 +30,7 @@ def grouped_rows(vocab: int, seed: int = 0):
         ids[row, len(prompt):end] = torch.randint(1, vocab, (end - len(prompt),), generator=g)
         mask[row, len(prompt):end] = 1
         mask[row, len(prompt) + 2] = 0            # an environment token between two assistant turns
+    ids[3, 7:9] = ids[0, 7:9]                     # rows 0 and 3 also share their first two trained tokens
     mask[5] = 0                                   # nothing trained in the last row
     lengths = torch.tensor([end for _, end in specs])
     return ids, lengths, mask
@@ -37,8 +38,9 @@ def grouped_rows(vocab: int, seed: int = 0):
 
 def test_layout_shares_each_prompt_once():
     ids, lengths, mask = grouped_rows(VOCAB)
-    assert prompt_families(ids, lengths, mask) == [[0, 2, 3], [1, 4]]
-    packed = pack_shared_prompts(ids, lengths, mask, multiple_of=4)
+    families = shared_prefix_families(ids, lengths, mask)
+    assert {(frozenset(f.rows), f.prefix) for f in families} == {(frozenset({0, 2, 3}), 7), (frozenset({1, 4}), 5)}
+    packed = pack_shared_prefixes(ids, lengths, mask, multiple_of=4)
     unpadded = 7 + (12 - 7) + (15 - 7) + (10 - 7) + 5 + (9 - 5) + (14 - 5)
     assert packed.packed_tokens == unpadded + (-unpadded) % 4
     assert len(packed.targets) == int(mask[:5].sum())
@@ -47,14 +49,38 @@ def test_layout_shares_each_prompt_once():
         assert packed.input_ids[0, src] == ids[row, col - 1]
         assert packed.positions[0, src] == col - 1
     allowed = ~packed.masked[0, 0]
-    # the second rollout of the first family (packed after the prompt and the first rollout) sees the prompt and
-    # itself, not the first rollout
-    first, second = 7, 7 + 5
-    assert allowed[second, :7].all() and not allowed[second, first:second].any() and allowed[second, second]
     assert allowed.diagonal().all()               # every token, pads included, attends at least to itself
+    # a row's own tokens see its family's prefix and themselves, never another row's tokens
+    segment_of = {}
+    for src, row in zip(packed.source.tolist(), packed.rows.tolist()):
+        if packed.positions[0, src] >= 7 or (row in (1, 4) and packed.positions[0, src] >= 5):
+            segment_of.setdefault(row, []).append(src)
+    for row, own in segment_of.items():
+        others = [i for r, idx in segment_of.items() if r != row for i in idx]
+        assert not allowed[own][:, others].any()
 
 
-def _unpacked_and_packed(model, ids, lengths, mask, vocab):
+def test_families_respect_the_token_budget_and_keep_most_of_the_prefix():
+    """sft-like rows: one long system prefix, then each row's own query and answer; one short unrelated row."""
+    g = torch.Generator().manual_seed(1)
+    system = torch.randint(1, VOCAB, (40,), generator=g)
+    ids = torch.zeros(5, 60, dtype=torch.long)
+    mask = torch.zeros(5, 60)
+    for row in range(4):
+        ids[row, :40] = system
+        ids[row, 40:55] = torch.randint(1, VOCAB, (15,), generator=g)
+        mask[row, 50:55] = 1
+    ids[4, :20] = torch.randint(1, VOCAB, (20,), generator=g)
+    mask[4, 10:20] = 1
+    lengths = torch.tensor([55, 55, 55, 55, 20])
+    families = shared_prefix_families(ids, lengths, mask)
+    assert {(frozenset(f.rows), f.prefix) for f in families} == {(frozenset(range(4)), 40), (frozenset({4}), 0)}
+    # a budget of 40 + 3 x 15 tokens: three rows share the prefix, the fourth starts its own family
+    budgeted = shared_prefix_families(ids, lengths, mask, max_tokens=85)
+    assert sorted(len(f.rows) for f in budgeted) == [1, 1, 3] and max(f.packed_size(lengths) for f in budgeted) <= 85
+
+
+def _unpacked_and_packed(model, ids, lengths, mask, vocab, families=None):
     from pipeline.models.megatron_bridge import (causal_attention_mask, packed_token_logprobs,
                                                  selected_token_logprobs)
 
@@ -63,7 +89,7 @@ def _unpacked_and_packed(model, ids, lengths, mask, vocab):
     for packed in (False, True):
         model.zero_grad(set_to_none=True)
         if packed:
-            lp = packed_token_logprobs(model, pack_shared_prompts(ids, lengths, mask), vocab)
+            lp = packed_token_logprobs(model, pack_shared_prefixes(ids, lengths, mask, families), vocab)
         else:
             positions = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids)
             lp = selected_token_logprobs(model, ids, positions, causal_attention_mask(ids.shape[1]), mask, vocab)
@@ -91,6 +117,9 @@ def test_packed_rope_model_matches_unpacked_rows(tmp_path, dist_tp1, backend):
     model = build_megatron_model(tmp_path, parallel={"attention_backend": backend})
     ids, lengths, mask = grouped_rows(VOCAB)
     _assert_same(_unpacked_and_packed(model, ids, lengths, mask, VOCAB), mask)
+    # a prefix that holds trained tokens (rows 0 and 3 agree on 2 of them): computed once, counted for both
+    families = [Family((0, 3), 9), Family((1, 4), 5), Family((2,), 0)]
+    _assert_same(_unpacked_and_packed(model, ids, lengths, mask, VOCAB, families), mask)
 
 
 def test_packed_learned_position_model_matches_unpacked_rows(dist_tp1):
@@ -102,7 +131,7 @@ def test_packed_learned_position_model_matches_unpacked_rows(dist_tp1):
     _assert_same(_unpacked_and_packed(model, ids, lengths, mask, None), mask)
 
 
-def test_rows_that_do_not_share_their_family_prompt_are_rejected():
+def test_rows_that_do_not_share_their_family_prefix_are_rejected():
     ids, lengths, mask = grouped_rows(VOCAB)
     with pytest.raises(ValueError, match="row 1 does not share"):
-        pack_shared_prompts(ids, lengths, mask, families=[[0, 1]])
+        pack_shared_prefixes(ids, lengths, mask, families=[Family((0, 1), 7)])

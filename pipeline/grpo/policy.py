@@ -78,6 +78,7 @@ class PolicyWorker:
         self.select_logits = bool(self.policy_cfg.get("logits_only_where_loss", True))
         # a prefix shared by several rows is computed once per micro-batch (pipeline.models.packing)
         self.pack_prefixes = bool(self.policy_cfg.get("pack_shared_prefixes", True))
+        self.pack_min_prefix = int(self.policy_cfg.get("pack_min_shared_tokens", 32))
         self._reducer = None    # OverlappedGradReducer, built on the first training step that uses it
 
     # ---- setup -------------------------------------------------------------------------------------------
@@ -176,7 +177,8 @@ class PolicyWorker:
 
         ids, lengths, mask = batch["input_ids"][rows], batch["input_lengths"][rows], batch["loss_mask"][rows]
         budget = size * int(lengths.max()) if len(ids) else 0
-        families = shared_prefix_families(ids, lengths, mask, budget) if self._packing_applies() and budget else []
+        families = (shared_prefix_families(ids, lengths, mask, budget, self.pack_min_prefix)
+                    if self._packing_applies() and budget else [])
         if not any(family.prefix > 0 for family in families):
             yield from ((index, seq, None) for index, seq in self._microbatches(rows, size, batch["input_lengths"]))
             return

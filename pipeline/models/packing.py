@@ -58,7 +58,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def shared_prefix_families(ids: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor,
-                           max_tokens: int | None = None) -> list[Family]:
+                           max_tokens: int | None = None, min_prefix: int = 1) -> list[Family]:
     """Rows grouped into families that share a prefix (a GRPO group's prompt, or the system prompt and tool list
     of sft rows of one domain), packing to the fewest tokens with each family at most `max_tokens`; rows with
     no trained token are left out.
@@ -66,7 +66,8 @@ def shared_prefix_families(ids: torch.Tensor, lengths: torch.Tensor, mask: torch
     Rows sorted by their tokens put long common prefixes next to each other; the common prefix of a run of
     sorted rows is the smallest common prefix of neighbours in it. A run is split at that weakest link when its
     two parts pack into fewer tokens (e.g. two GRPO groups whose ~300-token prompts agree on ~250 tokens:
-    each group's own prompt saves more) or when it is over `max_tokens`. A lone row has prefix 0."""
+    each group's own prompt saves more), when it is over `max_tokens`, or when its prefix is shorter than
+    `min_prefix` (a chat template's first tokens save less than the block mask costs). A lone row has prefix 0."""
     seqs = {row: ids[row, :int(lengths[row])].tolist() for row in range(ids.shape[0])
             if bool((mask[row, :int(lengths[row])] != 0).any())}
     order = sorted(seqs, key=lambda r: seqs[r])
@@ -80,7 +81,7 @@ def shared_prefix_families(ids: torch.Tensor, lengths: torch.Tensor, mask: torch
         parts = split(rows[:cut], links[:cut - 1]) + split(rows[cut:], links[cut:])
         whole = Family(tuple(rows), prefix)
         size = whole.packed_size(lengths)
-        if prefix > 0 and size <= sum(f.packed_size(lengths) for f in parts) and (max_tokens is None
+        if prefix >= max(1, min_prefix) and size <= sum(f.packed_size(lengths) for f in parts) and (max_tokens is None
                                                                                   or size <= max_tokens):
             return [whole]
         return parts

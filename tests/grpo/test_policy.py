@@ -51,7 +51,8 @@ def test_packed_shared_prompts_give_the_same_update(mbs):
     """Groups of 4 rollouts sharing a prompt, packed (prompt computed once) or not: same loss and gradients."""
     batch = random_batch(seed=6, group=4)
     plain = make_worker({"pack_shared_prefixes": False, "train_micro_batch_size": mbs})
-    packed = make_worker({"pack_shared_prefixes": True, "train_micro_batch_size": mbs})
+    packed = make_worker({"pack_shared_prefixes": True, "train_micro_batch_size": mbs, "pack_min_shared_tokens": 3})
+    assert all(p is None for _, _, p in make_worker()._train_microbatches(slice(0, 8), mbs, batch))  # 3 < 32
     micro = list(packed._train_microbatches(slice(0, 8), mbs, batch))
     assert all(p is not None for _, _, p in micro) and sorted(torch.cat([i for i, _, _ in micro]).tolist()) == \
         list(range(8))

@@ -78,6 +78,8 @@ def test_families_respect_the_token_budget_and_keep_most_of_the_prefix():
     # a budget of 40 + 3 x 15 tokens: three rows share the prefix, the fourth starts its own family
     budgeted = shared_prefix_families(ids, lengths, mask, max_tokens=85)
     assert sorted(len(f.rows) for f in budgeted) == [1, 1, 3] and max(f.packed_size(lengths) for f in budgeted) <= 85
+    # a prefix shorter than min_prefix is not shared
+    assert all(f.prefix == 0 for f in shared_prefix_families(ids, lengths, mask, min_prefix=41))
 
 
 def _unpacked_and_packed(model, ids, lengths, mask, vocab, families=None):

@@ -196,6 +196,7 @@ class GRPOTrainer:
                                      bool(cfg.logger.get("wandb_enabled", False)), resume_step=self.step,
                                      run_config=OmegaConf.to_container(cfg, resolve=True), echo=echo)
         self.resumed_from = resume_from
+        self.clock = time.monotonic       # for grpo.max_train_minutes (tests substitute their own)
 
     # ---- resume -------------------------------------------------------------------------------------------
     def _resume(self) -> Path | None:
@@ -221,15 +222,26 @@ class GRPOTrainer:
     def fit(self) -> TrainResult:
         g = self.cfg.grpo
         last = None
+        started = self.clock()
         if self.step == 0 and g.val_at_start and self.val_rows:
             self.metrics.log(0, self.validate(0))
             self.metrics.plot()
+        budget = float(g.max_train_minutes) * 60 if g.get("max_train_minutes") else None
+        loop_started, steps_run = self.clock(), 0
         while self.step < self.total_steps:
             if signals.preemption_requested():
                 return self._stop_for_preemption()
             self.step += 1
             metrics = self.train_step(self.step)
+            steps_run += 1
             is_last = self.step == self.total_steps
+            if budget is not None and not is_last:
+                # stop when another step (at this job's mean pace, validations included) would overrun the budget
+                now = self.clock()
+                if now - started + (now - loop_started) / steps_run > budget:
+                    is_last = True
+                    print(f"[grpo] grpo.max_train_minutes={g.max_train_minutes} reached: step {self.step} is the "
+                          f"last of this job (resume continues to step {self.total_steps})", flush=True)
             if self.val_rows and ((g.val_period and self.step % int(g.val_period) == 0) or (is_last and g.val_at_end)):
                 metrics.update(self.validate(self.step))
             with self._timer_into(metrics, "checkpointing"):
@@ -238,6 +250,8 @@ class GRPOTrainer:
             self.metrics.log(self.step, metrics)
             if "val:accuracy" in metrics:
                 self.metrics.plot()
+            if is_last:
+                break
         self.metrics.finish()
         return TrainResult("completed", self.step, self.checkpoints.latest() if self.checkpoints else None,
                            self.checkpoints.best() if self.checkpoints else None, self.metrics.read()[-1] if

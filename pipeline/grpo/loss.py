@@ -3,7 +3,8 @@
 Token-level aggregation: every micro-batch returns sum(token losses) / `global_valid_tokens`, where
 `global_valid_tokens` counts the valid tokens of the whole optimizer step (all micro-batches, all
 data-parallel ranks). Summing the micro-batch gradients then gives exactly the gradient of the
-step's token mean, whatever the micro-batch size or DP layout.
+step's token mean, whatever the micro-batch size or DP layout. (GRPO's sequence-level aggregation,
+`token_level_loss: false`, reweights the advantages instead: `advantage.sequence_level_weights`.)
 Log-prob tensors are aligned with the tokens: `logprobs[b, t] = log p(token[b, t] | tokens[b, :t])`.
 """
 from __future__ import annotations
@@ -33,8 +34,9 @@ class LossConfig:
             raise ValueError(f"loss_fn.ratio_clip_c must be > 1 (or null), got {cfg.ratio_clip_c}")
         if cfg.reference_policy_kl_type not in ("k1", "k2", "k3"):
             raise ValueError(f"loss_fn.reference_policy_kl_type must be k1|k2|k3, got {cfg.reference_policy_kl_type!r}")
-        if not loss_cfg.get("token_level_loss", True):
-            raise ValueError("loss_fn.token_level_loss=false (sequence-level aggregation) is not implemented")
+        if not loss_cfg.get("token_level_loss", True) and cfg.uses_reference:
+            raise ValueError("loss_fn.token_level_loss=false with reference_policy_kl_penalty != 0 is not "
+                             "implemented (sequence-level weights apply to the policy-gradient term only)")
         return cfg
 
     @property

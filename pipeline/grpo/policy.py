@@ -222,9 +222,15 @@ class PolicyWorker:
         out = torch.zeros(rows.stop - rows.start, ids.shape[1])
         try:
             mbs = int(self.policy_cfg.get("logprob_batch_size") or self.policy_cfg["train_micro_batch_size"])
-            for index, seq in self._microbatches(rows, mbs, lengths):
-                wanted = self._pad_to(batch["loss_mask"][index], seq) if "loss_mask" in batch else None
-                lp = self._token_logprobs(self._pad_to(ids[index], seq), wanted)
+            # with a loss mask, rows sharing a prefix are packed as in training (same values, prefix once)
+            micro = (self._train_microbatches(rows, mbs, batch) if "loss_mask" in batch else
+                     ((index, seq, None) for index, seq in self._microbatches(rows, mbs, lengths)))
+            for index, seq, packed in micro:
+                if packed is not None:
+                    lp = self._packed_logprobs(packed)
+                else:
+                    wanted = self._pad_to(batch["loss_mask"][index], seq) if "loss_mask" in batch else None
+                    lp = self._token_logprobs(self._pad_to(ids[index], seq), wanted)
                 n = min(seq, ids.shape[1])
                 out[index - rows.start, :n] = lp[:, :n].cpu()
         finally:

@@ -1,6 +1,7 @@
 """The GRPO loop. One step, top to bottom (each phase timed as `timing/train/<phase>`):
 
     prompts    = loader.next_batch()                            # seeded order, epochs, resumable position
+                 (+ keep the most informative of a larger pool: grpo.prompt_selection, pipeline.grpo.selection)
     rollouts   = rollout_fn(prompts x n, generation, seed=f(seed, step))   # multi-turn episodes in env_sim
     advantages = leave-one-out baseline per prompt group, / group std
     prev_lp    = policy.get_logprobs(batch)   # only when the batch spans several optimizer steps (+ reference
@@ -30,9 +31,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import signals
-from pipeline.grpo.advantage import compute_advantages
+from pipeline.grpo.advantage import compute_advantages, sequence_level_weights
 from pipeline.grpo.checkpoint import CheckpointManager
 from pipeline.grpo.metrics import MetricsLogger
+from pipeline.grpo.selection import ExpertScorer, select_prompts
 
 
 # ---- data order ---------------------------------------------------------------------------------------------
@@ -171,18 +173,26 @@ class GRPOTrainer:
 
     `policy` (PolicyGroup-like), `generation` (has `update_weights(blob)`), `rollout_fn(rows, generation,
     tokenizer, cfg, seed) -> rollouts` (one per row, in order) and `tokenizer` are built from `cfg` by
-    `pipeline.train.build_components` in a real run; tests pass their own.
+    `pipeline.train.build_components` in a real run; tests pass their own. `expert_fn(rows) -> rollouts` (the
+    rows' expert trajectories) is needed only by `grpo.prompt_selection`.
     """
 
     def __init__(self, cfg: DictConfig, train_rows: Sequence[dict], val_rows: Sequence[dict], *, policy, generation,
-                 rollout_fn: Callable, tokenizer=None, log_dir: str | Path | None = None,
-                 refit_dtype: str = "bfloat16", echo: bool = True):
+                 rollout_fn: Callable, tokenizer=None, expert_fn: Callable | None = None,
+                 log_dir: str | Path | None = None, refit_dtype: str = "bfloat16", echo: bool = True):
         self.cfg, self.policy, self.generation = cfg, policy, generation
         self.rollout_fn, self.tokenizer, self.refit_dtype = rollout_fn, tokenizer, refit_dtype
         g = cfg.grpo
         self.seed = int(g.seed)
         self.num_generations = int(g.num_generations_per_prompt)
-        self.loader = PromptLoader(train_rows, int(g.num_prompts_per_step), self.seed)
+        self.num_prompts = int(g.num_prompts_per_step)
+        self.scorer = None
+        if prompts_drawn_per_step(cfg) > self.num_prompts:
+            if expert_fn is None:
+                raise ValueError("grpo.prompt_selection.pool_factor > 1 scores expert trajectories, but the trainer "
+                                 "was given no expert_fn")
+            self.scorer = ExpertScorer(expert_fn)
+        self.loader = PromptLoader(train_rows, prompts_drawn_per_step(cfg), self.seed)
         self.val_rows = list(val_rows)[: int(g.max_val_samples)] if g.max_val_samples else list(val_rows)
         self.total_steps = total_training_steps(cfg, len(train_rows))
         self.kl_on = float(cfg.loss_fn.reference_policy_kl_penalty) != 0
@@ -261,8 +271,17 @@ class GRPOTrainer:
         """One GRPO step; returns its metrics."""
         timer = PhaseTimer("timing/train")
         t0 = time.perf_counter()
+        selection: dict[str, Any] = {}
         with timer("data_processing"):
             prompts = self.loader.next_batch()
+        if self.scorer is not None:
+            with timer("prompt_selection"):
+                candidates = len(prompts)
+                prompts, kept_q = select_prompts(prompts, self.num_prompts, self.num_generations, self.scorer,
+                                                 self.policy)
+                selection = {"train:selection_candidates": candidates,
+                             "train:selection_expert_prob_mean": float(kept_q.mean())}
+        with timer("data_processing"):
             rows = [row for row in prompts for _ in range(self.num_generations)]
             group_ids = torch.arange(len(prompts)).repeat_interleave(self.num_generations)
         with timer("generation"):
@@ -275,6 +294,9 @@ class GRPOTrainer:
             advantages = compute_advantages(rewards, group_ids, bool(self.cfg.grpo.use_leave_one_out_baseline),
                                             bool(self.cfg.grpo.normalize_rewards))
             batch = rollouts_to_batch(rollouts, advantages)
+            if not self.cfg.loss_fn.get("token_level_loss", True):
+                batch["advantages"] = batch["advantages"] * sequence_level_weights(
+                    batch["loss_mask"], int(self.cfg.policy.train_global_batch_size))
             train_batch = batch
             if (self.cfg.grpo.get("skip_zero_advantage_rollouts", True) and not self.kl_on
                     and len(rollouts) <= int(self.cfg.policy.train_global_batch_size)):
@@ -319,6 +341,7 @@ class GRPOTrainer:
                     "token_mult_prob_error"):
             if key in train_metrics:
                 metrics[f"train:{key}"] = train_metrics[key]
+        metrics.update(selection)
         metrics.update(timer.times)
         return metrics
 
@@ -384,10 +407,19 @@ class GRPOTrainer:
         return TrainResult("preempted", self.step, path, self.checkpoints.best() if self.checkpoints else None)
 
 
+def prompts_drawn_per_step(cfg: DictConfig) -> int:
+    """Rows a step takes from the data: num_prompts_per_step, times grpo.prompt_selection.pool_factor."""
+    g = cfg.grpo
+    factor = float((g.get("prompt_selection") or {}).get("pool_factor") or 1)
+    if factor < 1:
+        raise ValueError(f"grpo.prompt_selection.pool_factor must be >= 1 (1 = off), got {factor}")
+    return max(int(g.num_prompts_per_step), round(int(g.num_prompts_per_step) * factor))
+
+
 def total_training_steps(cfg: DictConfig, num_train_rows: int) -> int:
     """min(grpo.max_num_steps, grpo.max_num_epochs x steps per epoch); either may be null (not both)."""
     g = cfg.grpo
-    per_epoch = math.ceil(num_train_rows / int(g.num_prompts_per_step))
+    per_epoch = math.ceil(num_train_rows / prompts_drawn_per_step(cfg))
     limits = [int(g.max_num_steps)] if g.get("max_num_steps") else []
     if g.get("max_num_epochs"):
         limits.append(int(g.max_num_epochs) * per_epoch)

@@ -118,3 +118,13 @@ def test_token_mult_prob_error_is_one_when_generation_matches():
 def test_bad_config_is_named():
     with pytest.raises(ValueError, match="ratio_clip_c"):
         LossConfig.from_cfg({"ratio_clip_c": 0.5})
+
+
+def test_sequence_level_weights_per_optimizer_step():
+    from pipeline.grpo.advantage import sequence_level_weights
+
+    mask = torch.tensor([[0, 1, 1, 1], [0, 1, 0, 0], [0, 0, 0, 0], [0, 1, 1, 0]])
+    w = sequence_level_weights(mask, rows_per_step=2)
+    # step 1: rows of 3 and 1 tokens (4 in all, 2 rows); step 2: one trained row of 2 tokens
+    assert w.tolist() == pytest.approx([4 / (3 * 2), 4 / (1 * 2), 0.0, 1.0])
+    assert float((w[:2] * mask[:2].sum(1)).sum()) == pytest.approx(float(mask[:2].sum()))  # tokens' total weight kept

@@ -65,6 +65,17 @@ def test_packed_shared_prompts_give_the_same_update(mbs):
         assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-8), name
 
 
+def test_packed_logprobs_equal_the_unpacked_ones():
+    """get_logprobs packs rows sharing a prefix too (informative prompt selection scores whole pools with it)."""
+    batch = random_batch(seed=8, group=4)
+    plain = make_worker({"pack_shared_prefixes": False})
+    packed = make_worker({"pack_shared_prefixes": True, "pack_min_shared_tokens": 3})
+    assert any(p is not None for _, _, p in packed._train_microbatches(slice(0, 8), 4, batch))
+    a, b = plain.get_logprobs(batch), packed.get_logprobs(batch)
+    trained = batch["loss_mask"] != 0
+    assert torch.allclose(a[trained], b[trained], atol=1e-5) and (a[~trained] == 0).all() and (b[~trained] == 0).all()
+
+
 def _trained_state(mbs, batch):
     w = make_worker({"train_micro_batch_size": mbs})
     batch = dict(batch, prev_logprobs=w.get_logprobs(batch))
@@ -161,3 +172,25 @@ def test_export_blob_roundtrips_weights(worker):
     for name, value in worker.model.state_dict().items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(tensors[name], value)
+
+
+def test_sequence_level_weights_give_the_gradient_of_the_mean_of_rollout_means():
+    """token_level_loss=false: the token-level loss with reweighted advantages has the sequence-level gradient."""
+    from pipeline.grpo.advantage import sequence_level_weights
+
+    batch = random_batch(seed=9)
+    weights = sequence_level_weights(batch["loss_mask"], rows_per_step=8)
+    trained = make_worker({"max_grad_norm": None})                   # compare unclipped gradients
+    trained.train(dict(batch, advantages=batch["advantages"] * weights))
+
+    manual = make_worker()
+    mask = batch["loss_mask"]
+    logprobs = manual._token_logprobs(batch["input_ids"], mask)
+    rollout_means = (logprobs * mask).sum(1) / mask.sum(1)          # on-policy: d ratio = d log-prob
+    (-(batch["advantages"] * rollout_means).mean()).backward()
+    for (name, a), (_, b) in zip(trained.model.named_parameters(), manual.model.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), name
+    plain = make_worker({"max_grad_norm": None})
+    plain.train(dict(batch))
+    assert not all(torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-6)      # the token-level gradient differs
+                   for a, b in zip(plain.model.parameters(), manual.model.parameters()))

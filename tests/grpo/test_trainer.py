@@ -148,3 +148,32 @@ def test_resume_from_best_and_named_step(tmp_path):
     best = CheckpointManager(tmp_path / "train" / "checkpoints").best()
     t2, _ = make_trainer(toy_cfg(tmp_path, "grpo.max_num_steps=4", "checkpointing.resume_from=best"))
     assert t2.resumed_from == best
+
+
+def test_sequence_level_loss_trains_on_length_weighted_advantages(tmp_path):
+    """loss_fn.token_level_loss=false: the policy gets each rollout's advantage times (step tokens) / (its tokens x
+    rows), which makes its token-level loss the mean of rollout means (tests/grpo/test_policy.py checks that)."""
+    from pipeline.grpo.advantage import compute_advantages, sequence_level_weights
+
+    cfg = toy_cfg(tmp_path, "loss_fn.token_level_loss=false", "grpo.max_num_steps=1", "grpo.val_at_start=false",
+                  "policy.train_global_batch_size=8")       # two optimizer steps: no row is left out
+    trainer, _ = make_trainer(cfg)
+    toy_rollouts, rollouts, batches = trainer.rollout_fn, [], []
+
+    def uneven_rollouts(rows, generation, tokenizer, cfg_, seed):   # every other response 2 tokens shorter
+        out = toy_rollouts(rows, generation, tokenizer, cfg_, seed)
+        for r in out[1::2]:
+            r.token_ids, r.loss_mask, r.generation_logprobs = r.token_ids[:-2], r.loss_mask[:-2], r.generation_logprobs[:-2]
+        rollouts.extend(out)
+        return out
+
+    trainer.rollout_fn = uneven_rollouts
+    train = trainer.policy.train
+    trainer.policy.train = lambda batch: batches.append(dict(batch)) or train(batch)
+    trainer.fit()
+    batch = batches[0]
+    rewards = torch.tensor([r.reward for r in rollouts[:16]])
+    weights = sequence_level_weights(batch["loss_mask"], int(cfg.policy.train_global_batch_size))
+    assert weights.unique().numel() == 2                                      # two lengths, two weights
+    expected = compute_advantages(rewards, torch.arange(4).repeat_interleave(4)) * weights
+    assert torch.allclose(batch["advantages"], expected)

@@ -63,4 +63,5 @@ def toy_cfg(tmp_path, *extra):
         "grpo.val_at_start=true", "checkpointing.save_period=2", "checkpointing.keep_top_k=2",
         "logger.wandb_enabled=false", "policy.train_global_batch_size=16", "policy.train_micro_batch_size=4",
         "policy.logprob_batch_size=8", "policy.megatron_cfg.optimizer.lr=0.01",
-        "policy.megatron_cfg.optimizer.min_lr=0.001", "policy.generation.temperature=1.0", *extra])
+        "policy.megatron_cfg.optimizer.min_lr=0.001", "policy.generation.temperature=1.0",
+        "grpo.prompt_selection.pool_factor=1", *extra])   # toy rows have no expert trajectories

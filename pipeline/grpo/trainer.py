@@ -186,13 +186,14 @@ class GRPOTrainer:
         self.seed = int(g.seed)
         self.num_generations = int(g.num_generations_per_prompt)
         self.num_prompts = int(g.num_prompts_per_step)
+        drawn = prompts_drawn_per_step(cfg)
         self.scorer = None
-        if prompts_drawn_per_step(cfg) > self.num_prompts:
+        if drawn > self.num_prompts:
             if expert_fn is None:
                 raise ValueError("grpo.prompt_selection.pool_factor > 1 scores expert trajectories, but the trainer "
                                  "was given no expert_fn")
             self.scorer = ExpertScorer(expert_fn)
-        self.loader = PromptLoader(train_rows, prompts_drawn_per_step(cfg), self.seed)
+        self.loader = PromptLoader(train_rows, drawn, self.seed)
         self.val_rows = list(val_rows)[: int(g.max_val_samples)] if g.max_val_samples else list(val_rows)
         self.total_steps = total_training_steps(cfg, len(train_rows))
         self.kl_on = float(cfg.loss_fn.reference_policy_kl_penalty) != 0

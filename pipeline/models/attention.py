@@ -59,6 +59,37 @@ def explicit_attention_mask():
         _EXPLICIT_MASK.reset(token)
 
 
+_SEGMENTS = contextvars.ContextVar("segment_attention", default=None)
+
+
+@contextmanager
+def segment_attention(batches):
+    """Within it, SDPACoreAttention attends over a packed sequence segment by segment (`batches`: the
+    `pipeline.models.packing.SegmentBatch`es of its layout) instead of through the dense block mask: the same
+    result, without scoring the pairs the mask forbids."""
+    token = _SEGMENTS.set(tuple(batches) or None)
+    try:
+        yield
+    finally:
+        _SEGMENTS.reset(token)
+
+
+def _segmented_sdpa(attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batches) -> torch.Tensor:
+    """Attention of one packed sequence ([1, heads, T, d] views) as batched calls over its segments."""
+    if q.shape[0] != 1:
+        raise ValueError(f"segment attention takes one packed sequence, got a batch of {q.shape[0]}")
+    q, k, v = q[0], k[0], v[0]
+    out = q.new_zeros(q.shape)
+    for batch in batches:
+        # [heads, n, L, d] -> [n, heads, L, d]
+        qs, ks, vs = (t[:, index].transpose(0, 1) for t, index in
+                      ((q, batch.q_index), (k, batch.k_index), (v, batch.k_index)))
+        got = attend(qs, ks, vs, allowed=batch.allowed)
+        got = got.transpose(0, 1).reshape(q.shape[0], -1, q.shape[2]).index_select(1, batch.take)
+        out = out.index_copy(1, batch.dest, got)
+    return out.unsqueeze(0)
+
+
 class SDPACoreAttention(MegatronModule):
     """Drop-in for Megatron's `DotProductAttention` (same constructor and forward signature).
 
@@ -104,10 +135,36 @@ class SDPACoreAttention(MegatronModule):
 
         return [getattr(SDPBackend, name)]
 
-    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
-                packed_seq_params=None):
+    def _attend(self, q, k, v, attn_mask=None, is_causal=False):
+        """SDPA with this layer's scale, dropout, grouped-query flag and kernel choice."""
+        kwargs = dict(attn_mask=attn_mask, is_causal=is_causal, scale=self.softmax_scale,
+                      dropout_p=self.dropout_p if self.training else 0.0)
+        if self.groups != self.heads:
+            kwargs["enable_gqa"] = True
+        kernels = self._kernels()
+        if kernels is None:
+            return F.scaled_dot_product_attention(q, k, v, **kwargs)
+        from torch.nn.attention import sdpa_kernel
+
+        with sdpa_kernel(kernels):
+            return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+    def _mask(self, attention_mask, mask_type, seq_q: int, seq_k: int):
+        """(SDPA's boolean mask or None, is_causal) for Megatron's mask (True = masked out) and mask type."""
         from megatron.core.transformer.enums import AttnMaskType
 
+        if _EXPLICIT_MASK.get():
+            if attention_mask is None:
+                raise ValueError("explicit_attention_mask() is on but the forward was given no attention mask")
+            return ~attention_mask, False
+        if mask_type == AttnMaskType.causal:
+            if seq_q != seq_k:
+                raise NotImplementedError("SDPACoreAttention: causal attention needs equal query/key lengths")
+            return None, True
+        return (None if attention_mask is None else ~attention_mask), False
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
         if packed_seq_params is not None:
             raise NotImplementedError("SDPACoreAttention: packed sequences (THD) are not supported")
         if attention_bias is not None:
@@ -119,29 +176,12 @@ class SDPACoreAttention(MegatronModule):
         # [s, b, h, d] -> [b, h, s, d] as views: the kernels take strided inputs, and the output then comes back
         # in [s, b, h, d] memory order, so the final reshape is free.
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        mask, causal = None, False
-        if _EXPLICIT_MASK.get():
-            if attention_mask is None:
-                raise ValueError("explicit_attention_mask() is on but the forward was given no attention mask")
-            mask = ~attention_mask
-        elif mask_type == AttnMaskType.causal:
-            if seq_q != key.shape[0]:
-                raise NotImplementedError("SDPACoreAttention: causal attention needs equal query/key lengths")
-            causal = True
-        elif attention_mask is not None:
-            mask = ~attention_mask          # Megatron: True = masked out; SDPA: True = take part
-        dropout = self.dropout_p if self.training else 0.0
-        kwargs = dict(attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=self.softmax_scale)
-        if self.groups != self.heads:
-            kwargs["enable_gqa"] = True
-        kernels = self._kernels()
-        if kernels is None:
-            out = F.scaled_dot_product_attention(q, k, v, **kwargs)
+        segments = _SEGMENTS.get()
+        if segments is not None:
+            out = _segmented_sdpa(lambda *qkv, allowed: self._attend(*qkv, attn_mask=allowed), q, k, v, segments)
         else:
-            from torch.nn.attention import sdpa_kernel
-
-            with sdpa_kernel(kernels):
-                out = F.scaled_dot_product_attention(q, k, v, **kwargs)
+            mask, causal = self._mask(attention_mask, mask_type, seq_q, key.shape[0])
+            out = self._attend(q, k, v, attn_mask=mask, is_causal=causal)
         # [b, h, s, d] -> [s, b, h * d]
         return out.permute(2, 0, 1, 3).reshape(seq_q, batch, self.heads * self.head_dim)
 

@@ -561,14 +561,16 @@ def logprobs_at(module, hidden: torch.Tensor, index: torch.Tensor, targets: torc
 def packed_token_logprobs(model, packed, vocab_size: int | None = None, temperature: float = 1.0) -> torch.Tensor:
     """Log-probs of the trained tokens of rows packed by `pipeline.models.packing.pack_shared_prefixes`, in the
     rows' own layout [B, S] (0 where nothing is trained), from one forward over the packed sequence."""
-    from pipeline.models.attention import explicit_attention_mask
+    from pipeline.models.attention import explicit_attention_mask, segment_attention
     from pipeline.models.packing import rotary_positions
 
     module = unwrap(model)
     device = next(module.parameters()).device
     move = lambda t: _host_to(t, device)  # noqa: E731
     positions = move(packed.positions)
-    with rotary_positions(module, positions[0]), explicit_attention_mask():
+    # the SDPA backend attends segment by segment; Megatron's own (local) attention reads the dense mask
+    segments = [batch.to(device) for batch in packed.segments]
+    with rotary_positions(module, positions[0]), explicit_attention_mask(), segment_attention(segments):
         hidden = decoder_hidden(model, move(packed.input_ids), positions, move(packed.masked))
     values = logprobs_at(module, hidden.reshape(hidden.shape[0], -1), move(packed.source), move(packed.targets),
                          vocab_size, temperature)

@@ -10,6 +10,11 @@ the same (tests/models/test_packing.py).
 
 `pack_shared_prefixes` builds the packed layout on the host; `packed_token_logprobs` runs the model on it and
 returns log-probs in the rows' own [rows, seq] layout, so the loss code does not know about packing.
+
+The block mask over the whole packed sequence makes a dense attention kernel score every token against every
+other: with two ~700-token families in a 1,400-token pack, ~5x the pairs that may attend, and half the tiny
+model's training step. `SegmentBatch` describes the same attention as two batched calls (the prompts, then all
+continuations, each against its prompt and itself), which the SDPA backend runs instead of the dense one.
 """
 from __future__ import annotations
 
@@ -31,10 +36,69 @@ class PackedRows:
     cols: torch.Tensor          # [N] ... and column in the row layout
     targets: torch.Tensor       # [N] its token id
     shape: tuple[int, int]      # the row layout (rows, seq)
+    segments: tuple["SegmentBatch", ...] = ()   # the mask's attention as batched segments (empty: use the mask)
 
     @property
     def packed_tokens(self) -> int:
         return int(self.input_ids.shape[1])
+
+
+@dataclass
+class SegmentBatch:
+    """Segments of the packed sequence padded to one length, for one batched attention call: segment n's
+    tokens (queries `q_index[n]`) attend to `k_index[n]` (its prompt's tokens, then its own) where `allowed`.
+    Padding repeats a real position and is never allowed as a key nor read back as a query."""
+
+    q_index: torch.Tensor       # [n, Lq] packed positions of each segment's tokens
+    k_index: torch.Tensor       # [n, Lk] packed positions of the keys: the prompt's tokens, then the segment's
+    allowed: torch.Tensor       # [n, 1, Lq, Lk] bool, True = may attend (SDPA's convention)
+    take: torch.Tensor          # [m] flat index into the [n * Lq] queries of each real token ...
+    dest: torch.Tensor          # [m] ... and its packed position
+
+    def to(self, device) -> "SegmentBatch":
+        return SegmentBatch(*(t.to(device, non_blocking=True) for t in
+                              (self.q_index, self.k_index, self.allowed, self.take, self.dest)))
+
+
+def _segment_batch(spans: list[tuple[int, int]], prompts: list[tuple[int, int]]) -> SegmentBatch:
+    """Batch segments (start, length) of the packed sequence, each attending to its prompt span (start, length;
+    length 0 for none) and causally to itself."""
+    width_q = max(length for _, length in spans)
+    width_k = max(p_len + length for (_, length), (_, p_len) in zip(spans, prompts))
+    q_index = torch.zeros(len(spans), width_q, dtype=torch.long)
+    k_index = torch.zeros(len(spans), width_k, dtype=torch.long)
+    allowed = torch.zeros(len(spans), 1, width_q, width_k, dtype=torch.bool)
+    causal = torch.ones(width_q, width_q, dtype=torch.bool).tril()
+    take, dest = [], []
+    for n, ((start, length), (p_start, p_len)) in enumerate(zip(spans, prompts)):
+        q_index[n] = start
+        q_index[n, :length] = torch.arange(start, start + length)
+        k_index[n] = start
+        k_index[n, :p_len] = torch.arange(p_start, p_start + p_len)
+        k_index[n, p_len:p_len + length] = torch.arange(start, start + length)
+        allowed[n, 0, :, :p_len] = True
+        allowed[n, 0, :, p_len:p_len + length] = causal[:, :length]
+        take.append(torch.arange(n * width_q, n * width_q + length))
+        dest.append(torch.arange(start, start + length))
+    return SegmentBatch(q_index, k_index, allowed, torch.cat(take), torch.cat(dest))
+
+
+def segment_batches(segment: list[int], parent: list[int]) -> tuple[SegmentBatch, ...]:
+    """The packed sequence's attention (token i of segment s sees its own segment causally and all of segment
+    parent[s]) as two batches: the segments without a parent (prompts, pads), then those with one."""
+    starts: dict[int, int] = {}
+    lengths: dict[int, int] = {}
+    for position, seg in enumerate(segment):
+        starts.setdefault(seg, position)
+        lengths[seg] = lengths.get(seg, 0) + 1
+    span = lambda seg: (starts.get(seg, 0), lengths.get(seg, 0))  # noqa: E731
+    batches = []
+    for has_prompt in (False, True):
+        own = [seg for seg in sorted(lengths) if (parent[seg] >= 0) == has_prompt]
+        if own:
+            batches.append(_segment_batch([span(seg) for seg in own],
+                                          [span(parent[seg]) if has_prompt else (0, 0) for seg in own]))
+    return tuple(batches)
 
 
 @dataclass(frozen=True)
@@ -138,7 +202,8 @@ def pack_shared_prefixes(ids: torch.Tensor, lengths: torch.Tensor, mask: torch.T
         source=torch.tensor(source, dtype=torch.long),
         rows=row_index, cols=col_index,
         targets=ids[row_index, col_index] if len(rows) else torch.zeros(0, dtype=ids.dtype),
-        shape=(int(ids.shape[0]), int(ids.shape[1])))
+        shape=(int(ids.shape[0]), int(ids.shape[1])),
+        segments=segment_batches(segment, parent))
 
 
 @contextmanager

@@ -60,6 +60,26 @@ def test_layout_shares_each_prompt_once():
         assert not allowed[own][:, others].any()
 
 
+def test_segment_batches_allow_exactly_what_the_block_mask_allows():
+    """The SDPA backend attends by segments (prompts, then continuations): each real token must get the same keys
+    as its row of the dense block mask, and every packed token must come back exactly once."""
+    ids, lengths, mask = grouped_rows(VOCAB)
+    for families in (None, [Family((0, 3), 9), Family((1, 4), 5), Family((2,), 0)]):
+        packed = pack_shared_prefixes(ids, lengths, mask, families, multiple_of=4)
+        dense = ~packed.masked[0, 0]
+        from_segments = torch.zeros_like(dense)
+        covered = torch.zeros(packed.packed_tokens, dtype=torch.long)
+        for batch in packed.segments:
+            width = batch.q_index.shape[1]
+            for flat, position in zip(batch.take.tolist(), batch.dest.tolist()):
+                n, query = divmod(flat, width)
+                assert batch.q_index[n, query] == position
+                from_segments[position, batch.k_index[n][batch.allowed[n, 0, query]]] = True
+                covered[position] += 1
+        assert covered.tolist() == [1] * packed.packed_tokens
+        assert torch.equal(from_segments, dense)
+
+
 def test_families_respect_the_token_budget_and_keep_most_of_the_prefix():
     """sft-like rows: one long system prefix, then each row's own query and answer; one short unrelated row."""
     g = torch.Generator().manual_seed(1)

@@ -34,7 +34,7 @@ def grpo_batch(cfg, tokenizer, groups: int, per_group: int, seed: int):
     import torch
 
     from env_sim.tasks.generator import generate_rows
-    from pipeline.grpo.trainer import rollouts_to_batch
+    from pipeline.grpo.batch import rollouts_to_batch
     from pipeline.sft import expert_rollouts
 
     rows = generate_rows(groups, seed, difficulties=list(cfg.data.local.difficulties or []) or None)

@@ -205,7 +205,7 @@ def check_checkpoint(ctx: _Context) -> dict:
 def _perturbation_batch(ctx: _Context):
     import torch
 
-    from pipeline.grpo.trainer import rollouts_to_batch
+    from pipeline.grpo.batch import rollouts_to_batch
 
     rollouts = ctx.rollouts[:2] or ctx.rollouts
     adv = torch.tensor([1.0, -1.0][: len(rollouts)])

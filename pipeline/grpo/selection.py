@@ -18,6 +18,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from pipeline.grpo.batch import rollouts_to_batch
+
 
 def mixed_group_probability(success_prob: torch.Tensor, group_size: int) -> torch.Tensor:
     """P(a group of `group_size` independent rollouts has both a success and a failure)."""
@@ -61,8 +63,6 @@ class ExpertScorer:
         return row.get("id") if row.get("id") is not None else repr(row.get("responses_create_params"))
 
     def success_probabilities(self, rows: Sequence[dict], policy) -> torch.Tensor:
-        from pipeline.grpo.trainer import rollouts_to_batch
-
         experts = self.trajectories(rows)
         batch = rollouts_to_batch(experts, torch.zeros(len(experts)))
         logprobs = policy.get_logprobs(batch)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.grpo.trainer import informative_rows
+from pipeline.grpo.batch import informative_rows
 
 from grpo_testlib import make_worker, random_batch
 

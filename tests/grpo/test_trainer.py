@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from pipeline import signals
+from pipeline.grpo.batch import rollouts_to_batch
 from pipeline.grpo.checkpoint import CheckpointManager
 from pipeline.grpo.policy import InProcessPolicy
 from pipeline.grpo.toy import ToySampler, build_toy_gpt, export_toy_state_dict, make_toy_rollout_fn, toy_rows
-from pipeline.grpo.trainer import GRPOTrainer, PromptLoader, rollouts_to_batch, step_seed, total_training_steps
+from pipeline.grpo.trainer import GRPOTrainer, PromptLoader, step_seed, total_training_steps
 
 from grpo_testlib import toy_cfg
 

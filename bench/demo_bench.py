@@ -73,8 +73,8 @@ def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
 
     from pipeline import data, prepare
     from pipeline.config import run_root
-    from pipeline.grpo.policy import InProcessPolicy
     from pipeline.grpo.batch import rollouts_to_batch
+    from pipeline.grpo.policy import InProcessPolicy
     from pipeline.io import read_jsonl
     from pipeline.models.hub import resolve_model
     from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict

@@ -128,9 +128,9 @@ def run(cfg: DictConfig) -> Path:
     from pipeline import manifest, signals
     from pipeline.distributed import init_ray
     from pipeline.grpo.checkpoint import CheckpointManager
+    from pipeline.grpo.batch import rollouts_to_batch
     from pipeline.grpo.metrics import MetricsLogger
     from pipeline.grpo.policy import PolicyGroup
-    from pipeline.grpo.batch import rollouts_to_batch
     from pipeline.io import read_jsonl
     from pipeline.models.hub import resolve_model
     from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict

@@ -127,8 +127,8 @@ def run(cfg: DictConfig) -> Path:
 
     from pipeline import manifest, signals
     from pipeline.distributed import init_ray
-    from pipeline.grpo.checkpoint import CheckpointManager
     from pipeline.grpo.batch import rollouts_to_batch
+    from pipeline.grpo.checkpoint import CheckpointManager
     from pipeline.grpo.metrics import MetricsLogger
     from pipeline.grpo.policy import PolicyGroup
     from pipeline.io import read_jsonl

@@ -88,7 +88,7 @@ def step_seed(seed: int, step: int, purpose: str = "train") -> int:
     return random.Random(f"{seed}:{purpose}:{step}").randrange(2**31 - 1)
 
 
-# ---- batch assembly -----------------------------------------------------------------------------------------
+# ---- rewards ------------------------------------------------------------------------------------------------
 def is_success(rollout: Any) -> bool:
     return float(rollout.reward) >= 1.0 - 1e-9
 

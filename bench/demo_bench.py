@@ -78,8 +78,7 @@ def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
     from pipeline.io import read_jsonl
     from pipeline.models.hub import resolve_model
     from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict
-    from pipeline.sft import (batch_order, expert_rollouts, is_short_context_step, sft_config, short_context_epochs,
-                              total_sft_steps)
+    from pipeline.sft import SftPlan, batch_order, expert_rollouts, sft_config
 
     if threads:
         torch.set_num_threads(threads)
@@ -92,9 +91,10 @@ def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
                               seed=int(cfg.run.seed))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     train, val = expert_rollouts(rows, tokenizer, cfg), expert_rollouts(val_rows, tokenizer, cfg)
-    short = expert_rollouts(rows, tokenizer, cfg, short_context=True) if short_context_epochs(cfg) else None
+    plan = SftPlan.from_config(cfg, len(train))
+    short = expert_rollouts(rows, tokenizer, cfg, short_context=True) if plan.short_epochs else None
     val_batch = rollouts_to_batch(val, torch.ones(len(val)))
-    total = total_sft_steps(cfg, len(train))
+    total = plan.total_steps
     policy = InProcessPolicy(sft_config(cfg), functools.partial(build_megatron_model, str(model_dir)),
                              export_hf_state_dict, total)
     gbs, seed = int(cfg.sft.train_global_batch_size), int(cfg.run.seed)
@@ -112,13 +112,13 @@ def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
         point = {"step": step, "val_nll": nll, "val_exact_prob": prob,
                  "minutes": round((time.perf_counter() - started) / 60, 2),
                  "cpu_minutes": round((time.process_time() - cpu0) / 60, 2), "load": round(load_average(), 1)}
-        if short_val_batch is not None and is_short_context_step(cfg, len(train), step):
+        if short_val_batch is not None and plan.is_short(step):
             point["short_val_nll"], point["short_val_exact_prob"] = exact_prob(short_val_batch)
         curve.append(point)
         print(json.dumps(point), flush=True)
 
     for step in range(1, total + 1):
-        source = short if is_short_context_step(cfg, len(train), step) else train
+        source = short if plan.is_short(step) else train
         chosen = [source[i] for i in batch_order(len(train), gbs, seed, step)]
         batch = rollouts_to_batch(chosen, torch.ones(len(chosen)))
         batch.pop("generation_logprobs")
@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         record["sft_plus_train_minutes"] = round(minutes.get("sft", 0) + minutes.get("train", 0), 2)
     record["load_end"] = load_average()
     record.update(sft_summary(root / "sft"))
-    record.update(summarise(root / "train"))
+    if (root / "train" / "metrics.jsonl").exists():      # not with --stages that leave train out
+        record.update(summarise(root / "train"))
     print(json.dumps(record, indent=1), flush=True)
     if not args.summary_only:
         with open(results / "demo_bench.jsonl", "a") as fh:

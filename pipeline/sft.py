@@ -22,6 +22,7 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -92,24 +93,64 @@ def sft_config(cfg: DictConfig) -> DictConfig:
     }}))
 
 
-def total_sft_steps(cfg: DictConfig, num_rows: int) -> int:
-    per_epoch = math.ceil(num_rows / int(cfg.sft.train_global_batch_size))
-    steps = per_epoch * (short_context_epochs(cfg) + int(cfg.sft.num_epochs))
-    return min(steps, int(cfg.sft.max_num_steps)) if cfg.sft.get("max_num_steps") else steps
+@dataclass
+class SftPlan:
+    """Which optimizer steps the warm start takes: `short_epochs` short-context epochs first, then `full_epochs`
+    with the policy's real prompt (at most `max_steps` in all). The copy check may add short epochs on the way.
 
-
-def short_context_epochs(cfg: DictConfig) -> int:
-    return int(cfg.sft.get("short_context_epochs", 0) or 0)
-
-
-def is_short_context_step(cfg: DictConfig, num_rows: int, step: int) -> bool:
-    """Whether optimizer step `step` (1-based) belongs to the short-context epochs, which come first.
-
-    Without the ~300-token system prompt a trajectory is ~4x shorter, so these epochs cost a fraction of full
-    ones; what a model from scratch learns slowest, copying IDs, dates and names from the request into call
+    Without the ~300-token system prompt a trajectory is ~4x shorter, so short-context epochs cost a fraction of
+    full ones; what a model from scratch learns slowest, copying IDs, dates and names from the request into call
     arguments, does not need the tool list. The full epochs that follow teach the policy's real prompt."""
-    per_epoch = math.ceil(num_rows / int(cfg.sft.train_global_batch_size))
-    return (step - 1) // per_epoch < short_context_epochs(cfg)
+    steps_per_epoch: int
+    short_epochs: int
+    full_epochs: int
+    max_steps: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, num_rows: int) -> "SftPlan":
+        return cls(math.ceil(num_rows / int(cfg.sft.train_global_batch_size)),
+                   int(cfg.sft.get("short_context_epochs", 0) or 0), int(cfg.sft.num_epochs),
+                   int(cfg.sft.max_num_steps) if cfg.sft.get("max_num_steps") else None)
+
+    @property
+    def short_steps(self) -> int:
+        return self.steps_per_epoch * self.short_epochs
+
+    @property
+    def total_steps(self) -> int:
+        steps = self.steps_per_epoch * (self.short_epochs + self.full_epochs)
+        return min(steps, self.max_steps) if self.max_steps else steps
+
+    def is_short(self, step: int) -> bool:
+        """Whether optimizer step `step` (1-based) belongs to the short-context epochs."""
+        return step <= self.short_steps
+
+
+class CopyCheck:
+    """`sft.copy_check`: after the planned short-context epochs, is the model copying values from the request?
+
+    Measured as the mean probability of sampling a trajectory exactly (temperature 1) over a seeded sample of
+    short-context training trajectories: a model that invents IDs and dates instead of copying them scores near
+    the share of question tasks, however well it knows the tool names. Below `min_exact_prob`, another
+    short-context epoch follows (at most `max_extra_epochs`) and the LR decay stretches by that epoch. Seeds differ
+    here by ~2 epochs (docs/demo_tuning.md), so a fixed count either wastes GRPO's headroom or leaves a seed
+    without copying. Training rows only: the validation rows stay unseen until GRPO's validation."""
+
+    def __init__(self, check_cfg: Mapping[str, Any], short_rollouts: Sequence, seed: int):
+        import torch
+
+        from pipeline.grpo.batch import rollouts_to_batch
+
+        self.min_exact_prob = float(check_cfg["min_exact_prob"])
+        self.max_extra_epochs = int(check_cfg.get("max_extra_epochs", 0) or 0)
+        count = min(int(check_cfg.get("rows", 128)), len(short_rollouts))
+        picked = sorted(random.Random(f"{seed}:sft:copy_check").sample(range(len(short_rollouts)), count))
+        chosen = [short_rollouts[i] for i in picked]
+        self.batch = rollouts_to_batch(chosen, torch.ones(len(chosen)))
+
+    def exact_prob(self, policy) -> float:
+        logprobs = policy.get_logprobs(self.batch) * self.batch["loss_mask"]
+        return float(logprobs.sum(dim=1).exp().mean())
 
 
 def batch_order(num_rows: int, gbs: int, seed: int, step: int) -> list[int]:
@@ -147,45 +188,66 @@ def run(cfg: DictConfig) -> Path:
                               seed=int(cfg.run.seed))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     trajectories = expert_rollouts(rows, tokenizer, cfg)
-    short = expert_rollouts(rows, tokenizer, cfg, short_context=True) if short_context_epochs(cfg) else None
+    plan = SftPlan.from_config(cfg, len(trajectories))
+    planned_short_epochs = plan.short_epochs       # the copy check's extra epochs count from here
+    short = expert_rollouts(rows, tokenizer, cfg, short_context=True) if plan.short_epochs else None
+    gbs, seed = int(cfg.sft.train_global_batch_size), int(cfg.run.seed)
+    copy_check = (CopyCheck(cfg.sft.copy_check, short, seed) if short and cfg.sft.get("copy_check") else None)
     timer.phase("expert_trajectories")
     print(f"[sft] {len(trajectories)} expert trajectories, "
           f"{sum(r.num_generated_tokens for r in trajectories)} assistant tokens"
-          + (f"; {short_context_epochs(cfg)} short-context epoch(s) first" if short else ""), flush=True)
+          + (f"; {plan.short_epochs} short-context epoch(s) first" if short else "")
+          + (f" (more while the copy check's exact-trajectory probability is under "
+             f"{copy_check.min_exact_prob}, at most {copy_check.max_extra_epochs})" if copy_check else ""), flush=True)
 
     scfg = sft_config(cfg)
-    total = total_sft_steps(cfg, len(trajectories))
-    gbs, seed = int(cfg.sft.train_global_batch_size), int(cfg.run.seed)
     init_ray(address=ray_address(cfg))
-    policy = PolicyGroup(scfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict, total)
+    policy = PolicyGroup(scfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict,
+                         plan.total_steps)
     checkpoints = CheckpointManager(out_dir / "checkpoints", metric_name=None, keep_top_k=1)
     step = 0
     latest = checkpoints.latest()
     if latest is not None:
-        policy.load(latest / "policy")
-        step = int(CheckpointManager.training_info(latest)["current_step"])
+        policy.load(latest / "policy")       # the scheduler state carries any stretched LR decay
+        info = CheckpointManager.training_info(latest)
+        step, plan.short_epochs = int(info["current_step"]), int(info.get("short_context_epochs", plan.short_epochs))
         print(f"[sft] resumed from {latest} at step {step}", flush=True)
     metrics = MetricsLogger(out_dir, None, False, resume_step=step, echo=True)
     timer.phase("start_workers")
 
-    save_period = max(1, int(cfg.sft.get("save_period", 0) or total))
-    while step < total:
+    def save(at: int) -> None:
+        checkpoints.save(at, {"stage": "sft", "short_context_epochs": plan.short_epochs}, OmegaConf.to_yaml(scfg),
+                         lambda d: policy.save(d / "policy"))
+
+    save_period = max(1, int(cfg.sft.get("save_period", 0) or plan.total_steps))
+    while step < plan.total_steps:
         if signals.preemption_requested():
-            checkpoints.save(step, {"stage": "sft"}, OmegaConf.to_yaml(scfg), lambda d: policy.save(d / "policy"))
+            save(step)
             print(f"[sft] preemption requested: saved step {step}, stopping", flush=True)
             return out_dir
         step += 1
         t0 = time.perf_counter()
-        source = short if is_short_context_step(cfg, len(trajectories), step) else trajectories
+        source = short if plan.is_short(step) else trajectories
         chosen = [source[i] for i in batch_order(len(trajectories), gbs, seed, step)]
         batch = rollouts_to_batch(chosen, torch.ones(len(chosen)))
         batch.pop("generation_logprobs")
         result = policy.train(batch)       # no prev_logprobs: on-policy, so the loss gradient is the NLL's
-        metrics.log(step, {"sft:nll": -result["logprob_mean"], "grad_norm": result["grad_norm"], "sft:lr": result["lr"],
-                           "sft:tokens": float(batch["loss_mask"].sum()),
-                           "timing/sft/step": time.perf_counter() - t0})
-        if step % save_period == 0 and step < total:
-            checkpoints.save(step, {"stage": "sft"}, OmegaConf.to_yaml(scfg), lambda d: policy.save(d / "policy"))
+        logged = {"sft:nll": -result["logprob_mean"], "grad_norm": result["grad_norm"], "sft:lr": result["lr"],
+                  "sft:tokens": float(batch["loss_mask"].sum()), "timing/sft/step": time.perf_counter() - t0}
+        if copy_check is not None and step == plan.short_steps:
+            logged["sft:copy_exact_prob"] = prob = copy_check.exact_prob(policy)
+            extra = plan.short_epochs - planned_short_epochs
+            if prob < copy_check.min_exact_prob and extra < copy_check.max_extra_epochs:
+                plan.short_epochs += 1
+                policy.extend_lr_decay(plan.steps_per_epoch)
+                print(f"[sft] copy check: exact-trajectory probability {prob:.3f} < {copy_check.min_exact_prob}: "
+                      f"short-context epoch {plan.short_epochs} follows", flush=True)
+            else:
+                print(f"[sft] copy check: exact-trajectory probability {prob:.3f} after {plan.short_epochs} "
+                      f"short-context epoch(s); the full-prompt epoch(s) follow", flush=True)
+        metrics.log(step, logged)
+        if step % save_period == 0 and step < plan.total_steps:
+            save(step)
     timer.phase("train")
     hf_dir = policy.save_hf_model(model_dir, out_dir / "hf_model",
                                   "bfloat16" if str(cfg.policy.precision) in ("bfloat16", "bf16") else "float32")
@@ -196,6 +258,7 @@ def run(cfg: DictConfig) -> Path:
     manifest.write_manifest(cfg, "sft", inputs=[train_path], outputs=[hf_dir, out_dir / "metrics.jsonl"],
                             timer=timer, extra={
                                 "steps": step, "initial_model": str(model_dir),
+                                "short_context_epochs": plan.short_epochs,
                                 "first_nll": history[0].get("sft:nll") if history else None,
                                 "final_nll": history[-1].get("sft:nll") if history else None})
     return out_dir

@@ -68,24 +68,42 @@ def test_short_context_trajectories_leave_out_the_system_prompt_and_still_score_
 def test_short_context_epochs_come_first_and_add_to_the_step_count():
     from omegaconf import OmegaConf
 
-    from pipeline.sft import is_short_context_step, total_sft_steps
+    from pipeline.sft import SftPlan
 
     cfg = OmegaConf.create({"sft": {"train_global_batch_size": 10, "num_epochs": 1, "short_context_epochs": 2}})
-    assert total_sft_steps(cfg, 95) == 30
-    assert [is_short_context_step(cfg, 95, step) for step in (1, 20, 21, 30)] == [True, True, False, False]
+    plan = SftPlan.from_config(cfg, 95)
+    assert (plan.steps_per_epoch, plan.short_steps, plan.total_steps) == (10, 20, 30)
+    assert [plan.is_short(step) for step in (1, 20, 21, 30)] == [True, True, False, False]
+    plan.short_epochs += 1                         # what the copy check does: the full epoch moves back
+    assert (plan.total_steps, plan.is_short(30), plan.is_short(31)) == (40, True, False)
+    cfg.sft.max_num_steps = 25
+    assert SftPlan.from_config(cfg, 95).total_steps == 25
 
 
 @pytest.mark.slow
-def test_sft_lowers_nll_and_exports_a_loadable_model(prepared_cfg):
+def test_sft_lowers_nll_extends_short_context_while_copying_lags_and_exports_a_loadable_model(prepared_cfg):
+    """An unreachable copy-check threshold adds the one extra short-context epoch allowed; the LR decay is
+    stretched by it, so the rate keeps falling to the last step instead of sitting at min_lr for the last epoch."""
+    from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM
 
     from pipeline import sft
+    from pipeline.io import read_jsonl
 
-    out = sft.run(prepared_cfg)
+    train_rows = len(read_jsonl(f"{prepared_cfg.run.root}/prepare/train_prepare.jsonl"))
+    gbs = -(-train_rows // 2)                       # two optimizer steps an epoch
+    cfg = OmegaConf.merge(prepared_cfg, OmegaConf.create({"sft": {
+        "max_num_steps": None, "train_global_batch_size": gbs, "short_context_epochs": 1, "num_epochs": 1,
+        "lr_warmup_iters": 0, "copy_check": {"rows": 8, "min_exact_prob": 1.0, "max_extra_epochs": 1}}}))
+    out = sft.run(cfg)
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [h["step"] for h in history] == [1, 2, 3]
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
+    checked = {h["step"]: h["sft:copy_exact_prob"] for h in history if "sft:copy_exact_prob" in h}
+    assert list(checked) == [2, 4] and all(0.0 <= p < 1.0 for p in checked.values())
+    lrs = [h["sft:lr"] for h in history]
+    assert all(a > b for a, b in zip(lrs, lrs[1:])), lrs
     assert history[-1]["sft:nll"] < history[0]["sft:nll"]
     model = AutoModelForCausalLM.from_pretrained(str(out / "hf_model"))
     assert model.config.model_type == "qwen3"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["extra"]["steps"] == 3
+    assert (manifest["extra"]["steps"], manifest["extra"]["short_context_epochs"]) == (6, 2)

@@ -404,6 +404,14 @@ class PolicyWorker:
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def extend_lr_decay(self, extra_steps: int) -> None:
+        """Stretch the LR decay by `extra_steps` optimizer steps (a run that decides to train longer, like sft's
+        copy check, still ends its schedule at min_lr). Saved with the scheduler, so a resumed run keeps it."""
+        self.scheduler.lr_decay_steps += int(extra_steps)
+        self.scheduler.wd_incr_steps += int(extra_steps)
+        for group in self.optimizer.param_groups:   # the next step already uses the stretched schedule
+            group["lr"] = self.scheduler.get_lr(group)
+
     def save(self, directory: str) -> None:
         """Weights, optimizer and scheduler state of this (tp, pp) shard; DP replicas are equal, rank dp 0 writes."""
         if self.dp_rank != 0:
@@ -521,6 +529,9 @@ class PolicyGroup:
     def param_checksums(self) -> list[float]:
         return self._all("param_checksum")
 
+    def extend_lr_decay(self, extra_steps: int) -> None:
+        self._all("extend_lr_decay", extra_steps)
+
     def save_hf_model(self, template_hf_dir, out_dir, dtype: str = "bfloat16") -> Path:
         return Path(self._all("save_hf_model", str(template_hf_dir), str(out_dir), dtype)[0])
 
@@ -563,6 +574,9 @@ class InProcessPolicy:
 
     def param_checksums(self) -> list[float]:
         return [self.worker.param_checksum()]
+
+    def extend_lr_decay(self, extra_steps: int) -> None:
+        self.worker.extend_lr_decay(extra_steps)
 
     def save_hf_model(self, template_hf_dir, out_dir, dtype: str = "bfloat16") -> Path:
         return Path(self.worker.save_hf_model(str(template_hf_dir), str(out_dir), dtype))

@@ -22,6 +22,8 @@ from jobs import chain, status
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                 "DEADLINE", "PREEMPTED")
 HEARTBEAT_S = 60.0
+# What the demo leaves after the train loop's deadline: the eval job (~1-1.3 min on 2 cores) and the summary.
+EVAL_RESERVE_S = 108.0
 
 
 def slurm_responding(timeout_s: float = 15.0) -> tuple[bool, str]:
@@ -75,7 +77,8 @@ def metrics_line(stage: str, row: dict[str, Any]) -> str:
 
     if stage == "sft":
         parts = [f"step {row.get('step')}"] + [f"{short}={row[key]:.4g}" for key, short in
-                                              (("sft:nll", "nll"), ("grad_norm", "gnorm"))
+                                              (("sft:nll", "nll"), ("grad_norm", "gnorm"),
+                                               ("sft:copy_exact_prob", "copy check"))
                                               if isinstance(row.get(key), (int, float))]
         return " | ".join(parts)
     return format_console_line(row.get("step", 0), row)
@@ -203,7 +206,10 @@ def summary_lines(root: Path, stages: Iterable[str], job_rows: list[status.Stage
         lines.append(f"samples/s      {sum(speeds) / len(speeds):.3f} mean over {len(speeds)} GRPO steps")
     sft = _manifest_extra(root, "sft")
     if sft.get("first_nll") is not None:
-        lines.append(f"sft nll        {sft['first_nll']:.3f} -> {sft['final_nll']:.3f} over {sft.get('steps')} steps")
+        epochs = (f", the first {sft['short_context_epochs']} epochs with the short context"
+                  if sft.get("short_context_epochs") else "")
+        lines.append(f"sft nll        {sft['first_nll']:.3f} -> {sft['final_nll']:.3f} over {sft.get('steps')} steps"
+                     + epochs)
 
     summary_path = root / "eval" / "summary.json"
     if summary_path.exists():
@@ -231,13 +237,22 @@ def summary_lines(root: Path, stages: Iterable[str], job_rows: list[status.Stage
 # --- the command ---------------------------------------------------------------------------------------------
 
 def run_demo(cfg: DictConfig, nodes: int = 1, out: Callable[[str], None] = print, poll_s: float = 5.0) -> int:
-    """Submit the chain up to eval, follow it, print the summary. 0 when every stage completed."""
+    """Submit the chain up to eval, follow it, print the summary. 0 when every stage completed.
+
+    `run.demo_budget_minutes` (tiny_cpu: 28): the whole chain's time from now. The train loop gets `grpo.deadline`
+    so that eval still fits (unless the config sets a deadline): a warm start that ran longer shortens GRPO
+    instead of overrunning the budget."""
     root = Path(cfg.run.root)
     stages = chain.chain_stages(cfg, "eval")
     use_cluster = bool(cfg.slurm.use_cluster)
     out(f"demo: run {cfg.run.name} on {'the Slurm cluster' if use_cluster else 'this machine (LocalExecutor)'}: "
         f"{' -> '.join(stages)}; artifacts in {root}")
     started = time.time()
+    budget_minutes = cfg.run.get("demo_budget_minutes")
+    if budget_minutes and cfg.grpo.get("deadline") is None and "train" in stages:
+        cfg.grpo.deadline = started + float(budget_minutes) * 60 - EVAL_RESERVE_S
+        out(f"demo: {budget_minutes:g}-minute budget: the train loop ends by "
+            f"{time.strftime('%H:%M:%S', time.localtime(cfg.grpo.deadline))} at the latest (grpo.deadline)")
     ok = True
     if use_cluster:
         plans = chain.submit_chain(cfg, "eval", nodes=nodes, log=out)

@@ -39,8 +39,8 @@ STAGE_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "train": ("data", "prepare", "env", "policy", "sft", "grpo", "loss_fn", "checkpointing", "cluster"),
     "eval": ("data", "prepare", "env", "policy", "sft", "grpo", "loss_fn", "checkpointing", "cluster", "eval"),
 }
-# Dotted keys that select where to *resume from* rather than what to compute: never part of a hash.
-HASH_EXCLUDED_KEYS = ("checkpointing.resume_from",)
+# Dotted keys that select where to *resume from* or when to stop rather than what to compute: never part of a hash.
+HASH_EXCLUDED_KEYS = ("checkpointing.resume_from", "grpo.deadline")
 
 # Files larger than this are recorded by size only (hashing checkpoints would cost more than the check is worth).
 _HASH_LIMIT_BYTES = 64 * 1024 * 1024

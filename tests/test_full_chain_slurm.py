@@ -115,6 +115,7 @@ def test_demo_runs_every_stage_on_slurm_and_a_requeued_train_job_resumes(local_c
 
     # the demo's own output: progress lines and the summary table
     assert f"job {train_id}" in text and "REQUEUED" in text
+    assert "28-minute budget: the train loop ends by" in text      # tiny_cpu's run.demo_budget_minutes
     assert "train    step 1" in text, text[-6000:]
     assert "val:accuracy   warm start" in text and "eval accuracy" in text and "samples/s" in text
     assert f"HF model        {root / 'train' / 'hf_model'}" in text

@@ -180,14 +180,27 @@ class GRPOTrainer:
         return path
 
     # ---- the loop -----------------------------------------------------------------------------------------
+    def _time_budget(self) -> tuple[float | None, str]:
+        """Seconds this job's loop may take, from now, and which key sets them: `grpo.max_train_minutes` (a budget
+        per job) or `grpo.deadline` (unix time the loop must end by: a reservation's end, `make demo`'s budget)."""
+        g = self.cfg.grpo
+        budget, bound_by = None, ""
+        if g.get("max_train_minutes"):
+            budget, bound_by = float(g.max_train_minutes) * 60, f"grpo.max_train_minutes={g.max_train_minutes}"
+        if g.get("deadline"):
+            left = float(g.deadline) - time.time()
+            if budget is None or left < budget:
+                budget, bound_by = left, f"grpo.deadline ({time.strftime('%H:%M:%S', time.localtime(g.deadline))})"
+        return budget, bound_by
+
     def fit(self) -> TrainResult:
         g = self.cfg.grpo
         last = None
         started = self.clock()
+        budget, bound_by = self._time_budget()   # from `started`: the step-0 validation counts
         if self.step == 0 and g.val_at_start and self.val_rows:
             self.metrics.log(0, self.validate(0))
             self.metrics.plot()
-        budget = float(g.max_train_minutes) * 60 if g.get("max_train_minutes") else None
         loop_started, steps_run = self.clock(), 0
         while self.step < self.total_steps:
             if signals.preemption_requested():
@@ -201,8 +214,8 @@ class GRPOTrainer:
                 now = self.clock()
                 if now - started + (now - loop_started) / steps_run > budget:
                     is_last = True
-                    print(f"[grpo] grpo.max_train_minutes={g.max_train_minutes} reached: step {self.step} is the "
-                          f"last of this job (resume continues to step {self.total_steps})", flush=True)
+                    print(f"[grpo] {bound_by} reached: step {self.step} is the last of this job (resume continues "
+                          f"to step {self.total_steps})", flush=True)
             if self.val_rows and ((g.val_period and self.step % int(g.val_period) == 0) or (is_last and g.val_at_end)):
                 metrics.update(self.validate(self.step))
             with self._timer_into(metrics, "checkpointing"):

@@ -1,6 +1,7 @@
 """The GRPO loop on the toy Megatron GPT with an in-process policy and toy sampler (no Ray, no vLLM):
 metrics, refit, validation, checkpoints, preemption, and exact resume."""
 import json
+import time
 
 import pytest
 import torch
@@ -138,6 +139,17 @@ def test_time_budget_ends_the_job_with_a_validated_checkpoint_and_resume_goes_on
     assert CheckpointManager.training_info(trainer.checkpoints.latest())["current_step"] == last
     resumed, _ = make_trainer(toy_cfg(tmp_path, "checkpointing.save_period=100"))
     assert resumed.step == last and resumed.fit().step == 6
+
+
+def test_deadline_ends_the_job_when_it_comes_before_the_per_job_budget(tmp_path):
+    deadline = time.time() + 48          # 43-48 s left when fit starts (setup takes well under 5 s)
+    cfg = toy_cfg(tmp_path, "grpo.max_train_minutes=1", f"grpo.deadline={deadline}", "checkpointing.save_period=100")
+    trainer, _ = make_trainer(cfg)
+    ticks = iter(range(0, 10_000, 10))
+    trainer.clock = lambda: float(next(ticks))   # as above: after step k, 10 + 10k s from the start
+    # after step 2: 30 + 10 <= 43; after step 3: 40 + 10 > 48, so 3 is the last (the 60 s budget would allow 5)
+    result = trainer.fit()
+    assert result.step == 3 and trainer.metrics.read()[-1]["step"] == 3
 
 
 def test_resume_from_best_and_named_step(tmp_path):

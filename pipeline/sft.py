@@ -133,7 +133,7 @@ class CopyCheck:
     short-context training trajectories: a model that invents IDs and dates instead of copying them scores near
     the share of question tasks, however well it knows the tool names. Below `min_exact_prob`, another
     short-context epoch follows (at most `max_extra_epochs`) and the LR decay stretches by that epoch. Seeds differ
-    here by ~2 epochs (docs/demo_tuning.md), so a fixed count either wastes GRPO's headroom or leaves a seed
+    here by up to ~3 epochs (docs/demo_tuning.md), so a fixed count either wastes GRPO's headroom or leaves a seed
     without copying. Training rows only: the validation rows stay unseen until GRPO's validation."""
 
     def __init__(self, check_cfg: Mapping[str, Any], short_rollouts: Sequence, seed: int):
@@ -141,6 +141,9 @@ class CopyCheck:
 
         from pipeline.grpo.batch import rollouts_to_batch
 
+        if check_cfg.get("min_exact_prob") is None:
+            raise ValueError("sft.copy_check needs min_exact_prob (and may set rows, max_extra_epochs); "
+                             f"got {dict(check_cfg)}")
         self.min_exact_prob = float(check_cfg["min_exact_prob"])
         self.max_extra_epochs = int(check_cfg.get("max_extra_epochs", 0) or 0)
         count = min(int(check_cfg.get("rows", 128)), len(short_rollouts))

@@ -80,6 +80,13 @@ def test_short_context_epochs_come_first_and_add_to_the_step_count():
     assert SftPlan.from_config(cfg, 95).total_steps == 25
 
 
+def test_copy_check_without_a_threshold_says_which_key_is_missing():
+    from pipeline.sft import CopyCheck
+
+    with pytest.raises(ValueError, match="sft.copy_check needs min_exact_prob"):
+        CopyCheck({"rows": 8, "max_extra_epochs": 2}, [], seed=0)
+
+
 @pytest.mark.slow
 def test_sft_lowers_nll_extends_short_context_while_copying_lags_and_exports_a_loadable_model(prepared_cfg):
     """An unreachable copy-check threshold adds the one extra short-context epoch allowed; the LR decay is

@@ -62,7 +62,8 @@ def sft_summary(sft_dir: Path) -> dict:
 
 
 def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
-    """The sft stage's loop in this process (InProcessPolicy, no Ray), with a held-out check every `eval_every`
+    """The sft stage's loop in this process (InProcessPolicy, no Ray; the planned epochs only: no copy check, so
+    fixed schedules can be compared), with a held-out check every `eval_every`
     steps: mean token NLL of the validation rows' expert trajectories and the mean probability of sampling each
     of them exactly at temperature 1 (a lower bound on val:accuracy at warm start). For tuning `sft.*` and the
     model size without running GRPO."""

@@ -76,6 +76,7 @@ def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
     from pipeline.config import run_root
     from pipeline.grpo.batch import rollouts_to_batch
     from pipeline.grpo.policy import InProcessPolicy
+    from pipeline.grpo.selection import sequence_probabilities
     from pipeline.io import read_jsonl
     from pipeline.models.hub import resolve_model
     from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict
@@ -106,7 +107,7 @@ def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
 
     def exact_prob(vb) -> tuple[float, float]:
         lp = policy.get_logprobs(vb) * vb["loss_mask"]
-        return float(-lp.sum() / vb["loss_mask"].sum()), float(lp.sum(dim=1).exp().mean())
+        return float(-lp.sum() / vb["loss_mask"].sum()), float(sequence_probabilities(lp, vb["loss_mask"]).mean())
 
     def check(step: int) -> None:
         nll, prob = exact_prob(val_batch)

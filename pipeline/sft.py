@@ -152,8 +152,9 @@ class CopyCheck:
         self.batch = rollouts_to_batch(chosen, torch.ones(len(chosen)))
 
     def exact_prob(self, policy) -> float:
-        logprobs = policy.get_logprobs(self.batch) * self.batch["loss_mask"]
-        return float(logprobs.sum(dim=1).exp().mean())
+        from pipeline.grpo.selection import sequence_probabilities
+
+        return float(sequence_probabilities(policy.get_logprobs(self.batch), self.batch["loss_mask"]).mean())
 
 
 def batch_order(num_rows: int, gbs: int, seed: int, step: int) -> list[int]:

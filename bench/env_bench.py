@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from env_sim.database import DATA_DIR, Database  # noqa: E402
 from env_sim.verify import verify  # noqa: E402
-from pipeline.io import atomic_write_text  # noqa: E402
+from pipeline.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "env.json"
 BENCH_DOC = ROOT / "docs" / "benchmarks.md"
@@ -251,6 +251,17 @@ def run(n_trajectories: int, min_seconds: float) -> dict:
         "speedup_verify": ref_s / ours_s,
         "speedup_reset": reset_ref / reset_ours,
     }
+
+
+def publish(result: dict, output: Path, doc: tuple[str, list[tuple[str, str]]] | None,
+            hidden_keys: tuple[str, ...] = ()) -> None:
+    """A bench's ending: its result as JSON at `output`, printed (less the bulky `hidden_keys`), and `doc`'s
+    (config, [(metric, figure)]) rows added to the table of docs/benchmarks.md (None: left out)."""
+    atomic_write_json(output, result)
+    print(json.dumps({k: v for k, v in result.items() if k not in hidden_keys}, indent=1))
+    if doc is not None:
+        config, rows = doc
+        append_table_rows(BENCH_DOC, result["date"], result["machine"], config, rows)
 
 
 def append_table_rows(path: Path, date: str, machine: str, config: str, rows: list[tuple[str, str]]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
-import json
 import statistics
 import sys
 import tempfile
@@ -23,8 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.env_bench import BENCH_DOC, append_table_rows, machine_name  # noqa: E402
-from pipeline.io import atomic_write_json  # noqa: E402
+from bench.env_bench import machine_name, publish  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "policy.json"
 
@@ -116,11 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     result = run(args.config, args.groups, args.per_group, args.repeats, args.overrides)
-    atomic_write_json(args.output, result)
-    print(json.dumps({k: v for k, v in result.items() if k != "all_seconds"}, indent=1))
-    if not args.no_doc:
-        config, rows = doc_rows(result)
-        append_table_rows(BENCH_DOC, result["date"], result["machine"], config, rows)
+    publish(result, args.output, None if args.no_doc else doc_rows(result), hidden_keys=("all_seconds",))
     return 0
 
 

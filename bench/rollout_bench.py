@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import statistics
 import sys
 import tempfile
@@ -26,8 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.env_bench import BENCH_DOC, append_table_rows, machine_name  # noqa: E402
-from pipeline.io import atomic_write_json  # noqa: E402
+from bench.env_bench import machine_name, publish  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "rollout.json"
 DEMO_WARM_START = ROOT / "results" / "tiny_cpu" / "sft" / "hf_model"
@@ -99,8 +97,10 @@ def doc_rows(result: dict) -> tuple[str, list[tuple[str, str]]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny_cpu")
-    p.add_argument("--model", type=Path, default=DEMO_WARM_START if DEMO_WARM_START.exists() else None,
-                   help="HF model directory (default: make demo's warm start if present, else a random tiny model)")
+    p.add_argument("--model", type=lambda path: Path(path) if path else None,
+                   default=DEMO_WARM_START if DEMO_WARM_START.exists() else None,
+                   help="HF model directory (default: make demo's warm start if present, else a random tiny model; "
+                        "'' for the random one)")
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--per-prompt", type=int, default=8)
     p.add_argument("--repeats", type=int, default=4)
@@ -109,11 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     result = run(args.config, args.model, args.prompts, args.per_prompt, args.repeats, args.overrides)
-    atomic_write_json(args.output, result)
-    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
-    if not args.no_doc:
-        config, rows = doc_rows(result)
-        append_table_rows(BENCH_DOC, result["date"], result["machine"], config, rows)
+    publish(result, args.output, None if args.no_doc else doc_rows(result), hidden_keys=("runs",))
     return 0
 
 

@@ -32,6 +32,7 @@ DEMO_WARM_START = ROOT / "results" / "tiny_cpu" / "sft" / "hf_model"
 
 
 def run(config: str, model: Path | None, prompts: int, per_prompt: int, repeats: int, overrides: list[str]) -> dict:
+    import ray
     from transformers import AutoTokenizer
 
     from env_sim.tasks.generator import generate_rows
@@ -48,6 +49,7 @@ def run(config: str, model: Path | None, prompts: int, per_prompt: int, repeats:
                               tiny_cfg=cfg.policy.get("tiny"), seed=0)
     tokenizer = AutoTokenizer.from_pretrained(str(model))
     settings = EngineSettings.from_cfg(cfg)
+    own_ray = not ray.is_initialized()
     init_ray(num_cpus=2)
     engines = {}
     for label, block_size in (("vllm default", None), ("configured", settings.block_size)):
@@ -69,6 +71,8 @@ def run(config: str, model: Path | None, prompts: int, per_prompt: int, repeats:
                     "reward_mean": sum(r.reward for r in rollouts) / len(rollouts)})
     for group in engines.values():
         group.shutdown()
+    if own_ray:
+        ray.shutdown()
     median = {name: statistics.median(m["seconds"] for m in runs) for name, runs in measured.items()}
     default, configured = list(engines)
     return {

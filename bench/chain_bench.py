@@ -35,11 +35,11 @@ PROBE = "probe.json"
 # --- stage targets run inside the jobs ----------------------------------------------------------------------------
 
 def noop_sanity(cfg: DictConfig) -> Path:
-    from pipeline import manifest
+    from infra import manifest
 
     out = manifest.stage_dir(cfg, "sanity")
     report = out / "report.json"
-    from pipeline.io import atomic_write_json
+    from infra.io import atomic_write_json
 
     atomic_write_json(report, {"passed": True, "checks": [], "note": "bench-chain placeholder"})
     manifest.write_manifest(cfg, "sanity", outputs=[report])
@@ -54,8 +54,8 @@ def first_step_probe(cfg: DictConfig) -> Path:
     ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, logging_level="WARNING")
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     ray.shutdown()
-    from pipeline import manifest
-    from pipeline.io import atomic_write_json
+    from infra import manifest
+    from infra.io import atomic_write_json
 
     out = manifest.stage_dir(cfg, "train")
     atomic_write_json(out / PROBE, {"entered": entered, "stage_started": float(os.environ["SLURM_GRPO_STAGE_START"]),

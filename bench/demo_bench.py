@@ -73,14 +73,15 @@ def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
     from transformers import AutoTokenizer
 
     from pipeline import data, prepare
-    from pipeline.config import run_root
-    from pipeline.grpo.batch import rollouts_to_batch
-    from pipeline.grpo.policy import InProcessPolicy
-    from pipeline.grpo.selection import sequence_probabilities
-    from pipeline.io import read_jsonl
-    from pipeline.models.hub import resolve_model
-    from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict
-    from pipeline.sft import SftPlan, batch_order, expert_rollouts, sft_config
+    from infra.config import run_root
+    from trainer.batch import rollouts_to_batch
+    from trainer.policy.worker import InProcessPolicy
+    from trainer.grpo.selection import sequence_probabilities
+    from infra.io import read_jsonl
+    from trainer.models.hub import resolve_model
+    from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+    from pipeline.sft import SftPlan, batch_order, sft_config
+    from trainer.expert import expert_rollouts
 
     if threads:
         torch.set_num_threads(threads)
@@ -172,13 +173,13 @@ def grpo_inprocess(cfg, model_dir) -> None:
 
     from transformers import AutoTokenizer
 
-    from pipeline.config import run_root
-    from pipeline.generation.torch_backend import TorchGeneration
-    from pipeline.grpo.policy import InProcessPolicy
-    from pipeline.grpo.rollout import collect_rollouts
-    from pipeline.grpo.trainer import GRPOTrainer, total_training_steps
-    from pipeline.io import read_jsonl
-    from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+    from infra.config import run_root
+    from trainer.generation.torch_backend import TorchGeneration
+    from trainer.policy.worker import InProcessPolicy
+    from trainer.rollout import collect_rollouts
+    from trainer.grpo.loop import GRPOTrainer, total_training_steps
+    from infra.io import read_jsonl
+    from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
 
     root = run_root(cfg)
     train_rows = read_jsonl(root / "prepare" / "train_prepare.jsonl")
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     results = Path(os.environ.setdefault("SLURM_GRPO_RESULTS", "/tmp/demo_bench"))
-    from pipeline.config import load_config, run_root
+    from infra.config import load_config, run_root
 
     overrides = [f"run.name={args.name}"] + list(args.overrides)
     if args.seed is not None:

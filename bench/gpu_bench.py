@@ -161,9 +161,9 @@ def make_worker(hf_dir: Path, backend: str, gbs: int, mbs: int, precision: str =
     """A set-up `PolicyWorker` (collective when world_size > 1: every rank calls it with the same `master`)."""
     import functools
 
-    from pipeline.distributed import free_port
-    from pipeline.grpo.policy import PolicyWorker
-    from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+    from trainer.distributed import free_port
+    from trainer.policy.worker import PolicyWorker
+    from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
 
     worker = PolicyWorker(policy_config(backend, gbs, mbs, precision, tp), base_loss_cfg(),
                           functools.partial(build_megatron_model, str(hf_dir)), export_hf_state_dict,
@@ -173,7 +173,7 @@ def make_worker(hf_dir: Path, backend: str, gbs: int, mbs: int, precision: str =
 
 
 def set_sdpa_kernel(worker, kernel: str) -> None:
-    from pipeline.models.attention import SDPACoreAttention
+    from trainer.models.attention import SDPACoreAttention
 
     for module in worker.model.modules():
         if isinstance(module, SDPACoreAttention):
@@ -334,7 +334,7 @@ def logprob_throughput(worker, shape: dict, seq: int, n: int, mbs: int, repeats:
 
 
 def generation_throughput(hf_dir: Path, prompts: int, prompt_len: int, new_tokens: int, vocab: int) -> dict:
-    from pipeline.generation.torch_backend import TorchGeneration
+    from trainer.generation.torch_backend import TorchGeneration
 
     dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     engine = TorchGeneration(str(hf_dir), max_model_len=prompt_len + new_tokens + 8, dtype=dtype,

@@ -2,7 +2,7 @@
 parity with one GPU, and data-parallel scaling.
 
 One process per GPU (torch.multiprocessing, NCCL; gloo on CPU), each a `PolicyWorker` set up through
-`pipeline.distributed.init_distributed` and trained by `PolicyWorker.train`, the code path of the trainer's Ray
+`trainer.distributed.init_distributed` and trained by `PolicyWorker.train`, the code path of the trainer's Ray
 actors. The model, batch builder, policy config and FLOP/MFU helpers are bench/gpu_bench.py's (the ~1.1 B
 Qwen3-shaped model, random weights). Launches, one after the other, each a fresh set of processes (RUNS, --runs):
 
@@ -35,7 +35,7 @@ Throughput: `--mbs` x `--micro` micro-batches per GPU per optimizer step (gbs = 
 Scaling efficiency = DP=2 tokens/s / (2 x DP=1 tokens/s). On GPU one step of tp1, dp2 and pair is also run under the
 torch profiler (GPU busy vs idle time, top kernels: profile_<run>.txt beside the JSON).
 
-Gradient all-reduce overlap (`policy.megatron_cfg.overlap_grad_reduce`, `pipeline/grpo/grad_reduce.py`): runs with
+Gradient all-reduce overlap (`policy.megatron_cfg.overlap_grad_reduce`, `trainer/policy/grad_reduce.py`): runs with
 DP > 1 train in each mode of `--overlap` (default on,off) in the same processes: throughput steps of the modes
 interleaved one by one (on, off, off, on, ...) so that drift hits both alike, a row per mode; parity steps in each
 mode, the first compared with TP=1 as above and the others with the first (same process, same micro-batches: the
@@ -108,7 +108,7 @@ def full_logprobs(worker, batch: dict) -> torch.Tensor:
 
 def train_step(worker, batch: dict) -> dict:
     """`PolicyWorker.train` on every rank; the trainer's merged metrics (`combine_train_results`)."""
-    from pipeline.grpo.policy import combine_train_results
+    from trainer.policy.worker import combine_train_results
 
     return combine_train_results(_gather(worker.train(batch)))
 
@@ -117,7 +117,7 @@ def train_step(worker, batch: dict) -> dict:
 def export_grads(worker) -> dict[str, torch.Tensor]:
     """The gradients in HF layout (TP shards gathered), through the weight exporter: each parameter's storage is
     swapped with its gradient for the export."""
-    from pipeline.models.megatron_bridge import export_hf_state_dict
+    from trainer.models.megatron_bridge import export_hf_state_dict
 
     params = list(worker.model.parameters())
     saved = [p.data for p in params]
@@ -132,7 +132,7 @@ def export_grads(worker) -> dict[str, torch.Tensor]:
 
 def reset_optimizer(worker, state: dict) -> None:
     """Back to the given weights with a fresh optimizer and scheduler (the first step again)."""
-    from pipeline.grpo.optim import build_optimizer, build_scheduler
+    from trainer.policy.optim import build_optimizer, build_scheduler
 
     worker.model.load_state_dict(state, strict=False)
     mcfg = worker.policy_cfg["megatron_cfg"]
@@ -203,7 +203,7 @@ def compare_step(a: dict, b: dict, device: torch.device, lr: float) -> dict:
 
 def parity_record(worker, batch: dict, theta0: dict) -> dict:
     """One optimizer step from the current weights: log-probs, the trainer's metrics, gradient and update."""
-    from pipeline.models.megatron_bridge import export_hf_state_dict
+    from trainer.models.megatron_bridge import export_hf_state_dict
 
     lp = full_logprobs(worker, batch)
     metrics = train_step(worker, dict(batch, prev_logprobs=lp))
@@ -217,7 +217,7 @@ def parity_record(worker, batch: dict, theta0: dict) -> dict:
 
 def run_parity(worker, spec: dict, run: str, rank: int, ref_dir: Path) -> dict:
     """Parity steps of this run; the tp1 run stores its records as the references of the later runs."""
-    from pipeline.models.megatron_bridge import export_hf_state_dict
+    from trainer.models.megatron_bridge import export_hf_state_dict
 
     lr = float(worker.policy_cfg["megatron_cfg"]["optimizer"]["lr"])
     batch = rollout_batch(spec["parity_gbs"], spec["parity_seq"], spec["shape"]["vocab_size"],
@@ -419,7 +419,7 @@ def _rank_main(rank: int, world: int, ports: list[int], spec: dict, host_barrier
         os.environ["CUDA_VISIBLE_DEVICES"] = str((first.get("gpus") or list(range(world)))[rank])
     if first.get("fresh_compile_cache"):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor_fresh_")
-    from pipeline.distributed import destroy_distributed
+    from trainer.distributed import destroy_distributed
 
     work = Path(spec["work"])
     hf_dir = work / "hf"
@@ -471,7 +471,7 @@ def _rank_main(rank: int, world: int, ports: list[int], spec: dict, host_barrier
 def launch(world: int, spec: dict) -> None:
     import torch.multiprocessing as mp
 
-    from pipeline.distributed import free_port
+    from trainer.distributed import free_port
 
     barrier = mp.get_context("spawn").Barrier(world, timeout=900)
     mp.spawn(_rank_main, args=(world, [free_port() for _ in range(world)], spec, barrier), nprocs=world, join=True)

@@ -32,8 +32,8 @@ def grpo_batch(cfg, tokenizer, groups: int, per_group: int, seed: int):
     import torch
 
     from env_sim.tasks.generator import generate_rows
-    from pipeline.grpo.batch import rollouts_to_batch
-    from pipeline.sft import expert_rollouts
+    from trainer.batch import rollouts_to_batch
+    from trainer.expert import expert_rollouts
 
     rows = generate_rows(groups, seed, difficulties=list(cfg.data.local.difficulties or []) or None)
     experts = expert_rollouts(rows, tokenizer, cfg)
@@ -51,10 +51,10 @@ def grpo_batch(cfg, tokenizer, groups: int, per_group: int, seed: int):
 def run(config: str, groups: int, per_group: int, repeats: int, overrides: list[str]) -> dict:
     import torch
 
-    from pipeline.config import load_config
-    from pipeline.grpo.policy import InProcessPolicy
-    from pipeline.models.hub import resolve_model
-    from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+    from infra.config import load_config
+    from trainer.policy.worker import InProcessPolicy
+    from trainer.models.hub import resolve_model
+    from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
     from transformers import AutoTokenizer
 
     cfg = load_config(config, [f"policy.train_global_batch_size={groups * per_group}", *overrides])

@@ -1,7 +1,7 @@
 """`make bench-rollout`: a GRPO step's generation phase on vLLM engines of two KV-cache block sizes.
 
 The batch has the demo's shape: `--prompts` env_sim tasks (tiny_cpu's prompt format) x `--per-prompt` episodes,
-played to the end against the environment (`pipeline.grpo.rollout.collect_rollouts`). Two engines (Ray actors,
+played to the end against the environment (`trainer.rollout.collect_rollouts`). Two engines (Ray actors,
 as in the train stage) differ only in `policy.generation.vllm_cfg.block_size`: vLLM's own (128 tokens on CPUs)
 and the config's. The prefix cache keeps whole blocks only, so with 128-token blocks a ~300-token prompt's last
 ~40 tokens are recomputed for each of a group's copies, and each next turn recomputes its last partial block too.
@@ -36,11 +36,11 @@ def run(config: str, model: Path | None, prompts: int, per_prompt: int, repeats:
     from transformers import AutoTokenizer
 
     from env_sim.tasks.generator import generate_rows
-    from pipeline.config import load_config
-    from pipeline.distributed import init_ray
-    from pipeline.generation.vllm_worker import EngineSettings, GenerationGroup
-    from pipeline.grpo.rollout import collect_rollouts
-    from pipeline.models.hub import resolve_model
+    from infra.config import load_config
+    from trainer.distributed import init_ray
+    from trainer.generation.vllm_worker import EngineSettings, GenerationGroup
+    from trainer.rollout import collect_rollouts
+    from trainer.models.hub import resolve_model
 
     cfg = load_config(config, overrides)
     random_init = model is None

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.io import atomic_write_json
+from infra.io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "train.json"
@@ -38,11 +38,11 @@ def bench_overrides(root: Path, steps: int) -> list[str]:
 
 def run(config: str, steps: int, extra: list[str]) -> dict:
     from pipeline import data, prepare
-    from pipeline.config import load_config
-    from pipeline.distributed import init_ray
-    from pipeline.grpo.trainer import GRPOTrainer, total_training_steps
-    from pipeline.io import read_jsonl
-    from pipeline.train import build_components, initial_model_dir, refit_dtype
+    from infra.config import load_config
+    from trainer.distributed import init_ray
+    from trainer.grpo.loop import GRPOTrainer, total_training_steps
+    from infra.io import read_jsonl
+    from trainer.components import build_components, initial_model_dir, refit_dtype
 
     root = Path(tempfile.mkdtemp(prefix="train_bench_"))
     cfg = load_config(config, bench_overrides(root, steps) + list(extra))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from jobs import chain, status, sweep
 from jobs.stages import STAGE_ORDER, slurm_available
-from pipeline.config import load_config
+from infra.config import load_config
 
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                 "DEADLINE", "PREEMPTED")

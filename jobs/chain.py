@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterable
 from omegaconf import DictConfig, OmegaConf
 
 from jobs.stages import STAGE_ORDER, STAGES, log_folder, make_executor, make_job
-from pipeline import manifest
-from pipeline.io import atomic_write_json
+from infra import manifest
+from infra.io import atomic_write_json
 
 RECORD_NAME = "jobs.json"
 ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",

@@ -73,7 +73,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def metrics_line(stage: str, row: dict[str, Any]) -> str:
     """One short line per logged step, the way the trainer prints it."""
-    from pipeline.grpo.metrics import format_console_line  # light: stdlib + pipeline.io
+    from trainer.metrics import format_console_line  # light: stdlib + infra.io
 
     if stage == "sft":
         parts = [f"step {row.get('step')}"] + [f"{short}={row[key]:.4g}" for key, short in

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from pipeline.signals import ignore_preemption_signal
+from infra.signals import ignore_preemption_signal
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ only submitit and omegaconf.
 
     StageJob("prepare", cfg_yaml)                   -> pipeline.prepare.run(cfg) in the job
     CheckpointableStageJob("train", cfg_yaml, ...)  -> same, and on SIGUSR2 (time limit / preemption) the stage
-                                                       is asked to save (pipeline.signals), then the job requeues
+                                                       is asked to save (infra.signals), then the job requeues
 """
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ class StageJob:
 
 
 class CheckpointableStageJob(StageJob, submitit.helpers.Checkpointable):
-    """A stage that may be stopped and resumed: on SIGUSR2 it raises `pipeline.signals`' flag, lets the stage
+    """A stage that may be stopped and resumed: on SIGUSR2 it raises `infra.signals`' flag, lets the stage
     save and return (it polls the flag), then hands over to submitit, which requeues the job; the restarted job
     runs the same stage, which resumes from its own checkpoints on disk.
 
@@ -105,7 +105,7 @@ class CheckpointableStageJob(StageJob, submitit.helpers.Checkpointable):
         self.grace_s = grace_s
 
     def __call__(self) -> str | None:
-        from pipeline import signals
+        from infra import signals
 
         signals.clear()
         submitit_usr2 = signal.getsignal(signal.SIGUSR2)  # submitit's checkpoint-and-requeue handler
@@ -142,7 +142,7 @@ class CheckpointableStageJob(StageJob, submitit.helpers.Checkpointable):
                 signal.signal(sig, handler)
         if not received or int(os.environ.get("SLURM_PROCID", "0") or 0) != 0:
             return result
-        from pipeline import manifest
+        from infra import manifest
 
         if manifest.is_up_to_date(self.config(), self.stage):
             return result  # it finished anyway

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from jobs.chain import load_record
 from jobs.stages import STAGE_ORDER, slurm_available
-from pipeline import manifest
+from infra import manifest
 
 SACCT_FIELDS = ("JobIDRaw", "State", "ExitCode", "Reason", "Elapsed", "Start", "End", "NodeList")
 BAD_END_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",

@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 
 from jobs.chain import now_iso, resolve_config, submit_chain
 from jobs.stages import make_job, slurm_parameters
-from pipeline.config import load_config
-from pipeline.io import atomic_write_json
+from infra.config import load_config
+from infra.io import atomic_write_json
 
 
 def sweep_root(config_name: str, overrides: list[str]) -> Path:

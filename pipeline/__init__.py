@@ -1,5 +1,6 @@
-"""Pipeline stages: one module per stage, each a plain function `run(cfg) -> Path`.
+"""The stages: one module each (`data`, `prepare`, `sanity`, `sft`, `train`, `eval`), each a plain function
+`run(cfg) -> Path` of the run's config that returns where its artifacts are.
 
-Nothing here imports torch/vllm/ray at package import time, so the login node can import
-`pipeline.config` with only omegaconf installed.
+A stage reads its inputs from the shared filesystem, uses the trainer package and env_sim, and never imports
+another stage. Heavy libraries (torch, vLLM, Ray, Megatron-core) load inside `run`.
 """

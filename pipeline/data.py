@@ -23,8 +23,8 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig
 
-from pipeline import manifest
-from pipeline.io import atomic_write_jsonl, read_jsonl
+from infra import manifest
+from infra.io import atomic_write_jsonl, read_jsonl
 
 HUB_PROBE_TIMEOUT_S = 3.0
 

@@ -23,12 +23,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.config import load_config, run_root
+from infra.config import load_config, run_root
 
 
 def resolve_eval_model(cfg: DictConfig) -> tuple[Path, str]:
     """(HF model dir or checkpoint dir, kind) where kind is 'hf' or 'checkpoint'."""
-    from pipeline.grpo.checkpoint import INFO_FILE, CheckpointManager
+    from trainer.checkpoint import INFO_FILE, CheckpointManager
 
     given = cfg.eval.get("model")
     if given:
@@ -52,9 +52,9 @@ def resolve_eval_model(cfg: DictConfig) -> tuple[Path, str]:
 
 def checkpoint_to_hf(cfg: DictConfig, checkpoint: Path, out_dir: Path) -> Path:
     """Load a `step_N/` checkpoint into policy workers and export it as an HF directory."""
-    from pipeline.grpo.policy import PolicyGroup
-    from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict
-    from pipeline.train import initial_model_dir
+    from trainer.policy.worker import PolicyGroup
+    from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+    from trainer.components import initial_model_dir
 
     base = initial_model_dir(cfg)
     policy = PolicyGroup(cfg, functools.partial(build_megatron_model, str(base)), export_hf_state_dict, 1)
@@ -82,12 +82,11 @@ def score(rollouts: list) -> dict[str, Any]:
 def run(cfg: DictConfig) -> Path:
     from transformers import AutoTokenizer
 
-    from pipeline import manifest
-    from pipeline.distributed import init_ray
-    from pipeline.generation import make_generation
-    from pipeline.grpo.rollout import collect_rollouts
-    from pipeline.io import atomic_write_json, atomic_write_jsonl, read_jsonl
-    from pipeline.train import ray_address
+    from infra import manifest
+    from trainer.distributed import init_ray, ray_address
+    from trainer.generation import make_generation
+    from trainer.rollout import collect_rollouts
+    from infra.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 
     timer = manifest.StageTimer()
     out_dir = run_root(cfg) / "eval"

@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import manifest
-from pipeline.io import atomic_write_json, atomic_write_jsonl, iter_jsonl
+from infra import manifest
+from infra.io import atomic_write_json, atomic_write_jsonl, iter_jsonl
 
 SPLITS = ("train", "validation")
 MAX_REPORTED_DROPS = 50

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import run_root
+from infra.config import run_root
 
 ALL_CHECKS = ("data", "environment", "tokenizer", "generation", "train_step", "checkpoint")
 ENV_REPLAY_ROWS = 50
@@ -48,7 +48,7 @@ class _Context:
 
     def rows(self) -> list[dict]:
         if not self.train_rows:
-            from pipeline.io import read_jsonl
+            from infra.io import read_jsonl
 
             self.train_rows = read_jsonl(self.root / "prepare" / "train_prepare.jsonl")
             self.val_rows = read_jsonl(self.root / "prepare" / "validation_prepare.jsonl")
@@ -71,8 +71,8 @@ class _Context:
 
     def build(self):
         if self.components is None:
-            from pipeline.distributed import init_ray
-            from pipeline.train import build_components, initial_model_dir, ray_address
+            from trainer.components import build_components, initial_model_dir
+            from trainer.distributed import init_ray, ray_address
 
             init_ray(address=ray_address(self.cfg))
             self.model_dir = initial_model_dir(self.cfg)
@@ -116,8 +116,8 @@ def check_tokenizer(ctx: _Context) -> dict:
 
     from env_sim.agent import Episode
     from env_sim.formats import get_format
-    from pipeline.grpo.rollout import episode_options
-    from pipeline.train import initial_model_dir
+    from trainer.rollout import episode_options
+    from trainer.components import initial_model_dir
 
     model_dir = initial_model_dir(ctx.cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -143,7 +143,7 @@ def check_tokenizer(ctx: _Context) -> dict:
 
 
 def check_generation(ctx: _Context) -> dict:
-    from pipeline.grpo.rollout import collect_rollouts
+    from trainer.rollout import collect_rollouts
 
     comp = ctx.build()
     rows = ctx.sample_rows(int(ctx.cfg.sanity.num_rollouts))
@@ -159,8 +159,8 @@ def check_generation(ctx: _Context) -> dict:
 
 
 def check_train_step(ctx: _Context) -> dict:
-    from pipeline.grpo.rollout import collect_rollouts
-    from pipeline.grpo.trainer import GRPOTrainer
+    from trainer.rollout import collect_rollouts
+    from trainer.grpo.loop import GRPOTrainer
 
     if not ctx.rollouts:
         check_generation(ctx)
@@ -205,7 +205,7 @@ def check_checkpoint(ctx: _Context) -> dict:
 def _perturbation_batch(ctx: _Context):
     import torch
 
-    from pipeline.grpo.batch import rollouts_to_batch
+    from trainer.batch import rollouts_to_batch
 
     rollouts = ctx.rollouts[:2] or ctx.rollouts
     adv = torch.tensor([1.0, -1.0][: len(rollouts)])
@@ -249,8 +249,8 @@ def run_checks(cfg: DictConfig, names: list[str] | None = None) -> dict:
 
 
 def run(cfg: DictConfig) -> Path:
-    from pipeline import manifest
-    from pipeline.io import atomic_write_json
+    from infra import manifest
+    from infra.io import atomic_write_json
 
     timer = manifest.StageTimer()
     report = run_checks(cfg)

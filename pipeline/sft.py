@@ -4,7 +4,7 @@ Where no trained model is given (the tiny default starts from random weights), G
 This stage plays every training row once with an *expert* in place of the model: the expert's turns are the
 row's ground-truth tool calls followed by a short final answer (`env_sim.agent.expert_turns`), executed against
 the environment like any rollout, so tool outputs are real. The trajectories go through the same token
-bookkeeping as GRPO rollouts (`pipeline.grpo.rollout.collect_rollouts`), so the warm-started model sees exactly
+bookkeeping as GRPO rollouts (`trainer.rollout.collect_rollouts`), so the warm-started model sees exactly
 the format it will be trained on.
 
 Training reuses the GRPO policy workers (Megatron-core model, AdamW, scheduler, checkpoints): with advantage 1
@@ -28,58 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import run_root
-
-
-class ExpertGeneration:
-    """A generation backend that 'samples' given assistant texts, one per call (one episode at a time)."""
-
-    def __init__(self, tokenizer, turns: Sequence[str], end_of_turn_id: int):
-        self.tokenizer, self.turns, self.end_of_turn_id = tokenizer, list(turns), end_of_turn_id
-
-    def generate(self, prompt_token_ids, sampling: Mapping[str, Any]) -> list[dict]:
-        if len(prompt_token_ids) != 1:
-            raise ValueError("ExpertGeneration plays one episode at a time")
-        text = self.turns.pop(0) if self.turns else "Done."
-        ids = self.tokenizer.encode(text, add_special_tokens=False) + [self.end_of_turn_id]
-        limit = sampling["max_tokens"][0] if isinstance(sampling.get("max_tokens"), list) else None
-        finish = "stop"
-        if limit is not None and len(ids) > limit:
-            ids, finish = ids[:limit], "length"
-        return [{"token_ids": ids, "logprobs": [0.0] * len(ids), "finish_reason": finish}]
-
-
-def without_system_prompt(row: dict) -> dict:
-    """The row with its system message left out of the input (the query and what follows remain)."""
-    params = dict(row["responses_create_params"])
-    items = params["input"]
-    if isinstance(items, list):
-        params["input"] = [item for item in items if item.get("role") not in ("system", "developer")]
-    return {**row, "responses_create_params": params}
-
-
-def expert_rollouts(rows: Sequence[dict], tokenizer, cfg: DictConfig, short_context: bool = False) -> list:
-    """One expert trajectory per row, as GRPO rollouts (token ids + assistant loss mask); rows whose expert
-    does not score 1.0 (which would mean the environment or the row is broken) are an error.
-
-    `short_context`: without the system prompt and tool section (see `sft.short_context_epochs`)."""
-    from env_sim.agent import expert_turns
-    from pipeline.generation import stop_token_ids
-    from pipeline.grpo.rollout import collect_rollouts
-
-    if short_context:
-        rows = [without_system_prompt(row) for row in rows]
-        cfg = OmegaConf.merge(cfg, OmegaConf.create({"env": {"tool_scope": "none"}}))
-    end_of_turn = stop_token_ids(tokenizer, getattr(tokenizer, "name_or_path", None))[0]
-    out = []
-    for row in rows:
-        turns = expert_turns(row, cfg.env.tool_format)
-        rollout = collect_rollouts([row], ExpertGeneration(tokenizer, turns, end_of_turn), tokenizer, cfg, seed=0)[0]
-        if rollout.reward != 1.0 and not rollout.truncated:
-            raise ValueError(f"row id {row.get('id')}: the expert trajectory scored {rollout.reward} "
-                             f"(stop: {rollout.stop_reason}); the row's ground truth does not solve it")
-        out.append(rollout)
-    return out
+from infra.config import run_root
 
 
 def sft_config(cfg: DictConfig) -> DictConfig:
@@ -139,7 +88,7 @@ class CopyCheck:
     def __init__(self, check_cfg: Mapping[str, Any], short_rollouts: Sequence, seed: int):
         import torch
 
-        from pipeline.grpo.batch import rollouts_to_batch
+        from trainer.batch import rollouts_to_batch
 
         if check_cfg.get("min_exact_prob") is None:
             raise ValueError("sft.copy_check needs min_exact_prob (and may set rows, max_extra_epochs); "
@@ -152,7 +101,7 @@ class CopyCheck:
         self.batch = rollouts_to_batch(chosen, torch.ones(len(chosen)))
 
     def exact_prob(self, policy) -> float:
-        from pipeline.grpo.selection import sequence_probabilities
+        from trainer.grpo.selection import sequence_probabilities
 
         return float(sequence_probabilities(policy.get_logprobs(self.batch), self.batch["loss_mask"]).mean())
 
@@ -170,16 +119,16 @@ def run(cfg: DictConfig) -> Path:
     import torch
     from transformers import AutoTokenizer
 
-    from pipeline import manifest, signals
-    from pipeline.distributed import init_ray
-    from pipeline.grpo.batch import rollouts_to_batch
-    from pipeline.grpo.checkpoint import CheckpointManager
-    from pipeline.grpo.metrics import MetricsLogger
-    from pipeline.grpo.policy import PolicyGroup
-    from pipeline.io import read_jsonl
-    from pipeline.models.hub import resolve_model
-    from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict
-    from pipeline.train import ray_address
+    from infra import manifest, signals
+    from trainer.distributed import init_ray, ray_address
+    from trainer.expert import expert_rollouts
+    from trainer.batch import rollouts_to_batch
+    from trainer.checkpoint import CheckpointManager
+    from trainer.metrics import MetricsLogger
+    from trainer.policy.worker import PolicyGroup
+    from infra.io import read_jsonl
+    from trainer.models.hub import resolve_model
+    from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
 
     timer = manifest.StageTimer()
     root = run_root(cfg)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pipeline import manifest, signals
-from pipeline.io import atomic_write_json
+from infra import manifest, signals
+from infra.io import atomic_write_json
 
 
 def _testing(cfg: DictConfig, key: str, default):

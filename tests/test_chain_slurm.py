@@ -14,7 +14,7 @@ import pytest
 from jobs import chain
 from jobs.stages import CheckpointableStageJob, make_executor, make_job
 from omegaconf import OmegaConf
-from pipeline.config import load_config
+from infra.config import load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_ROWS = REPO_ROOT / "tests" / "data" / "example_rows.jsonl"

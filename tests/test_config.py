@@ -1,7 +1,7 @@
 """The config loader: recipes with defaults, dotlist overrides, typo protection, stable hashes."""
 import pytest
 
-from pipeline.config import config_hash, load_config
+from infra.config import config_hash, load_config
 
 
 def test_tiny_recipe_inherits_base_and_overrides_it():
@@ -42,8 +42,8 @@ def test_config_hash_depends_only_on_selected_sections():
 
 
 def test_engine_precision_defaults_to_the_policy_and_can_differ():
-    from pipeline.generation.vllm_worker import EngineSettings
-    from pipeline.train import export_dtype, refit_dtype
+    from trainer.generation.vllm_worker import EngineSettings
+    from trainer.components import export_dtype, refit_dtype
 
     base = load_config("tiny_cpu", ["policy.generation.vllm_cfg.precision=${policy.precision}"])
     assert EngineSettings.from_cfg(base).dtype == "float32" and refit_dtype(base) == "float32"
@@ -53,8 +53,8 @@ def test_engine_precision_defaults_to_the_policy_and_can_differ():
 
 
 def test_auto_engine_precision_follows_the_cpu_and_the_policy_on_gpus(tmp_path, monkeypatch):
-    from pipeline.generation import vllm_worker
-    from pipeline.generation.vllm_worker import EngineSettings, cpu_has_native_bf16
+    from trainer.generation import vllm_worker
+    from trainer.generation.vllm_worker import EngineSettings, cpu_has_native_bf16
 
     avx2 = tmp_path / "avx2"
     avx2.write_text("processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n")
@@ -73,7 +73,7 @@ def test_auto_engine_precision_follows_the_cpu_and_the_policy_on_gpus(tmp_path, 
 
 
 def test_cpu_engine_environment_sets_reserved_cores_only_when_configured():
-    from pipeline.generation.vllm_worker import EngineSettings, cpu_engine_environment
+    from trainer.generation.vllm_worker import EngineSettings, cpu_engine_environment
 
     tiny = EngineSettings.from_cfg(load_config("tiny_cpu"))
     assert tiny.cpu_reserved_cores == 0

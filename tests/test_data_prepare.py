@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import data, manifest, prepare
-from pipeline.config import load_config
-from pipeline.io import JsonlError, atomic_write_jsonl, read_jsonl
+from infra import manifest
+from pipeline import data, prepare
+from infra.config import load_config
+from infra.io import JsonlError, atomic_write_jsonl, read_jsonl
 
 EXAMPLE_ROWS = Path(__file__).resolve().parent / "data" / "example_rows.jsonl"
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from jobs import chain, demo
-from pipeline.config import load_config
+from infra.config import load_config
 
 EXAMPLE_ROWS = Path(__file__).resolve().parent / "data" / "example_rows.jsonl"
 

@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = """
 import os, ray
-from pipeline.distributed import init_ray
+from trainer.distributed import init_ray
 init_ray(num_cpus=1)
 print("GCS", ray.get_runtime_context().gcs_address)
 print("AUTH_MODE_AFTER", os.environ.get("RAY_AUTH_MODE", "unset"))
@@ -47,7 +47,7 @@ def test_ray_address_of_one_node_stages_is_private_even_when_train_spans_nodes(m
     """sanity/sft/eval share the train job's config (cluster.num_nodes=2) but run on one node: a private Ray."""
     from omegaconf import OmegaConf
 
-    from pipeline.train import ray_address
+    from trainer.distributed import ray_address
 
     cfg = OmegaConf.create({"cluster": {"num_nodes": 2}})
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -97,7 +97,7 @@ def test_ray_node_start_gives_up_after_the_last_attempt(tmp_path, monkeypatch):
 
 def test_local_ray_start_is_retried_after_the_startup_timeout():
     """The retry around ray.init of a local instance: once for Ray's startup timeout, never for other errors."""
-    from pipeline.distributed import _start_local_ray
+    from trainer.distributed import _start_local_ray
 
     class FlakyRay:
         def __init__(self, errors):
@@ -122,7 +122,7 @@ def test_local_ray_start_is_retried_after_the_startup_timeout():
 
 USR2_CHILD = """
 import os, signal, time, ray
-from pipeline.distributed import init_ray
+from trainer.distributed import init_ray
 mine = lambda *_: None
 signal.signal(signal.SIGUSR2, mine)
 init_ray(num_cpus=1)

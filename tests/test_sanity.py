@@ -4,7 +4,7 @@ import json
 import pytest
 
 from pipeline import data, prepare, sanity
-from pipeline.config import load_config
+from infra.config import load_config
 
 
 @pytest.fixture()

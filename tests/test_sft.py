@@ -4,7 +4,7 @@ import json
 import pytest
 
 from pipeline import data, prepare
-from pipeline.config import load_config
+from infra.config import load_config
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,8 @@ def rows_and_tokenizer(prepared_cfg):
     """The first 12 prepared training rows and the run's tiny tokenizer."""
     from transformers import AutoTokenizer
 
-    from pipeline.io import read_jsonl
-    from pipeline.models.hub import resolve_model
+    from infra.io import read_jsonl
+    from trainer.models.hub import resolve_model
 
     root = prepared_cfg.run.root
     rows = read_jsonl(f"{root}/prepare/train_prepare.jsonl")[:12]
@@ -33,7 +33,7 @@ def rows_and_tokenizer(prepared_cfg):
 
 
 def test_expert_trajectories_score_one_and_mask_only_assistant_tokens(prepared_cfg, rows_and_tokenizer):
-    from pipeline.sft import expert_rollouts
+    from trainer.expert import expert_rollouts
 
     rows, tokenizer = rows_and_tokenizer
     rollouts = expert_rollouts(rows, tokenizer, prepared_cfg)
@@ -50,7 +50,7 @@ def test_expert_trajectories_score_one_and_mask_only_assistant_tokens(prepared_c
 def test_short_context_trajectories_leave_out_the_system_prompt_and_still_score_one(prepared_cfg,
                                                                                    rows_and_tokenizer):
     from env_sim.tasks.rows import SYSTEM_PROMPT
-    from pipeline.sft import expert_rollouts
+    from trainer.expert import expert_rollouts
 
     rows, tokenizer = rows_and_tokenizer
     rows = rows[:6]
@@ -95,7 +95,7 @@ def test_sft_lowers_nll_extends_short_context_while_copying_lags_and_exports_a_l
     from transformers import AutoModelForCausalLM
 
     from pipeline import sft
-    from pipeline.io import read_jsonl
+    from infra.io import read_jsonl
 
     train_rows = len(read_jsonl(f"{prepared_cfg.run.root}/prepare/train_prepare.jsonl"))
     gbs = -(-train_rows // 2)                       # two optimizer steps an epoch

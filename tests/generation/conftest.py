@@ -8,7 +8,7 @@ from tiny_fixtures import TEST_TINY, tiny_cfg
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    from pipeline.models.hub import resolve_model
+    from trainer.models.hub import resolve_model
 
     return resolve_model("tiny-qwen3", tmp_path_factory.mktemp("models"), tiny_cfg=TEST_TINY, seed=1)
 
@@ -26,8 +26,8 @@ def vllm_group(tiny_model_dir):
     an idle engine would hold a Ray CPU (and its memory) while later modules start their own actors."""
     import ray
 
-    from pipeline.distributed import init_ray
-    from pipeline.generation.vllm_worker import GenerationGroup
+    from trainer.distributed import init_ray
+    from trainer.generation.vllm_worker import GenerationGroup
 
     init_ray(num_cpus=2)
     group = GenerationGroup(tiny_cfg(), str(tiny_model_dir), num_engines=1)

@@ -6,7 +6,7 @@ import torch
 
 from env_sim.agent import expert_turns
 from env_sim.tasks.generator import generate_rows
-from pipeline.grpo.rollout import collect_rollouts, episode_options
+from trainer.rollout import collect_rollouts, episode_options
 
 from tiny_fixtures import tiny_cfg
 
@@ -142,7 +142,7 @@ def test_torch_backend_rollouts_have_aligned_logprobs_and_are_seeded(tiny_model_
     """A real (random) model through the torch backend: generation log-probs equal teacher-forced log-probs."""
     from transformers import AutoModelForCausalLM
 
-    from pipeline.generation import make_generation
+    from trainer.generation import make_generation
 
     cfg = tiny_cfg(**{"policy.generation.backend": "torch", "policy.generation.max_new_tokens": 8})
     gen = make_generation(cfg, str(tiny_model_dir))

@@ -67,7 +67,7 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(vllm_group, tiny_
 
 def _megatron_logprobs(model, prompt, generated, temperature=1.0):
     """Teacher-forced log-probs of `generated` after `prompt` under the Megatron model."""
-    from pipeline.models.megatron_bridge import forward_logits, token_logprobs
+    from trainer.models.megatron_bridge import forward_logits, token_logprobs
 
     ids = torch.tensor([list(prompt) + list(generated)])
     with torch.no_grad():
@@ -81,8 +81,8 @@ def test_refit_matches_megatron_logprobs(vllm_group, tiny_model_dir, tiny_tokeni
     generous for that and still 100x below the difference the refit makes (> 0.1 on average)."""
     from safetensors.torch import save
 
-    from pipeline.distributed import init_distributed
-    from pipeline.models.megatron_bridge import (build_megatron_model, export_hf_state_dict, load_hf_weights,
+    from trainer.distributed import init_distributed
+    from trainer.models.megatron_bridge import (build_megatron_model, export_hf_state_dict, load_hf_weights,
                                                  read_hf_state_dict)
 
     init_distributed(tp=1, pp=1)

@@ -9,7 +9,7 @@ TEST_TINY = {"hidden_size": 128, "num_layers": 2, "num_attention_heads": 2, "num
 
 def tiny_cfg(**overrides):
     """The tiny_cpu recipe with test-sized generation settings."""
-    from pipeline.config import load_config
+    from infra.config import load_config
 
     items = {"policy.max_total_sequence_length": 1536, "policy.generation.max_new_tokens": 128,
              "policy.generation.vllm_cfg.kv_cache_space_gb": 1, "env.max_steps": 3, "env.compact_tools": True,

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from pipeline.grpo.toy import build_toy_gpt, export_toy_state_dict
+from tests.grpo.toy import build_toy_gpt, export_toy_state_dict
 
 POLICY_CFG = {
     "train_global_batch_size": 8,
@@ -29,7 +29,7 @@ LOSS_CFG = {"ratio_clip_min": 0.2, "ratio_clip_max": 0.2, "ratio_clip_c": None,
 
 
 def make_worker(policy_overrides=None, loss_overrides=None, total_steps=10, seed=1):
-    from pipeline.grpo.policy import PolicyWorker
+    from trainer.policy.worker import PolicyWorker
 
     cfg = {**POLICY_CFG, **(policy_overrides or {})}
     worker = PolicyWorker(cfg, {**LOSS_CFG, **(loss_overrides or {})}, functools.partial(build_toy_gpt, seed=seed),
@@ -55,7 +55,7 @@ def random_batch(n=8, seq=12, vocab=32, seed=0, group=1):
 
 def toy_cfg(tmp_path, *extra):
     """tiny_cpu with the toy trainer's sizes (4 prompts x 4 generations, 6 steps, val/save every 2)."""
-    from pipeline.config import load_config
+    from infra.config import load_config
 
     return load_config("tiny_cpu", [
         f"run.root={tmp_path}", "grpo.num_prompts_per_step=4", "grpo.num_generations_per_prompt=4",

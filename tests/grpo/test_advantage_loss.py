@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from pipeline.grpo.advantage import compute_advantages
-from pipeline.grpo.loss import LossConfig, clipped_pg_loss, kl_estimate, reduce_loss_stats
+from trainer.grpo.advantage import compute_advantages
+from trainer.grpo.loss import LossConfig, clipped_pg_loss, kl_estimate, reduce_loss_stats
 
 
 def test_leave_one_out_normalised_by_std_of_the_others():
@@ -121,7 +121,7 @@ def test_bad_config_is_named():
 
 
 def test_sequence_level_weights_per_optimizer_step():
-    from pipeline.grpo.advantage import sequence_level_weights
+    from trainer.grpo.advantage import sequence_level_weights
 
     mask = torch.tensor([[0, 1, 1, 1], [0, 1, 0, 0], [0, 0, 0, 0], [0, 1, 1, 0]])
     w = sequence_level_weights(mask, rows_per_step=2)

@@ -1,7 +1,7 @@
 """CheckpointManager: atomic writes (a crashed write is never loaded), top-k retention, resume selection."""
 import pytest
 
-from pipeline.grpo.checkpoint import CheckpointManager
+from trainer.checkpoint import CheckpointManager
 
 
 def _save(mgr, step, metric=None, payload="w"):

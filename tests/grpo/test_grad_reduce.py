@@ -1,4 +1,4 @@
-"""The overlapped data-parallel gradient all-reduce (`pipeline/grpo/grad_reduce.py`, `overlap_grad_reduce`) on CPU:
+"""The overlapped data-parallel gradient all-reduce (`trainer/policy/grad_reduce.py`, `overlap_grad_reduce`) on CPU:
 2 gloo ranks, the same two optimizer steps with the all-reduce after the backward (off), overlapped in one bucket
 and overlapped with a bucket per parameter. The ranks get different numbers of micro-batches (5 and 4 rows of each
 step at micro-batch 2), so each arms its own last backward. The two-rank sum a + b is the same in any bucketing:
@@ -16,10 +16,10 @@ MODES = {"off": (False, 40), "on": (True, 40), "on_tiny_buckets": (True, 1e-6)}
 
 
 def _rank_main(rank: int, world: int, port: int, out: str) -> None:
-    from pipeline.distributed import destroy_distributed
-    from pipeline.grpo.optim import build_optimizer, build_scheduler
-    from pipeline.grpo.policy import PolicyWorker
-    from pipeline.grpo.toy import build_toy_gpt, export_toy_state_dict
+    from trainer.distributed import destroy_distributed
+    from trainer.policy.optim import build_optimizer, build_scheduler
+    from trainer.policy.worker import PolicyWorker
+    from tests.grpo.toy import build_toy_gpt, export_toy_state_dict
 
     torch.set_num_threads(1)
     cfg = copy.deepcopy(POLICY_CFG)
@@ -64,7 +64,7 @@ def _gather(obj) -> list:
 def test_overlapped_allreduce_matches_allreduce_after_backward(tmp_path):
     import torch.multiprocessing as mp
 
-    from pipeline.distributed import free_port
+    from trainer.distributed import free_port
 
     mp.spawn(_rank_main, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.grpo.batch import informative_rows
+from trainer.batch import informative_rows
 
 from grpo_testlib import make_worker, random_batch
 
@@ -58,7 +58,7 @@ def test_on_policy_batch_without_prev_logprobs_trains_like_one_with_them():
     assert result["grad_norm"] == pytest.approx(norm_with, rel=1e-5)
     for full, own in zip(grads_with, [p.grad for p in worker.model.parameters()]):
         assert torch.allclose(full, own, rtol=1e-4, atol=1e-7)
-    from pipeline.grpo.loss import reduce_loss_stats
+    from trainer.grpo.loss import reduce_loss_stats
     mean_lp = reduce_loss_stats(result["parts"], result["global_valid_tokens"])["logprob_mean"]
     expected = float((before * batch["loss_mask"]).sum() / batch["loss_mask"].sum())
     assert mean_lp == pytest.approx(expected, rel=1e-5)

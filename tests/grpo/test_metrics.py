@@ -1,7 +1,7 @@
 """MetricsLogger: jsonl lines, truncation on resume, the PNG plot, wandb offline."""
 import json
 
-from pipeline.grpo.metrics import MetricsLogger, format_console_line
+from trainer.metrics import MetricsLogger, format_console_line
 
 
 def test_jsonl_plot_and_resume_truncation(tmp_path, capsys):

@@ -176,7 +176,7 @@ def test_export_blob_roundtrips_weights(worker):
 
 def test_sequence_level_weights_give_the_gradient_of_the_mean_of_rollout_means():
     """token_level_loss=false: the token-level loss with reweighted advantages has the sequence-level gradient."""
-    from pipeline.grpo.advantage import sequence_level_weights
+    from trainer.grpo.advantage import sequence_level_weights
 
     batch = random_batch(seed=9)
     weights = sequence_level_weights(batch["loss_mask"], rows_per_step=8)

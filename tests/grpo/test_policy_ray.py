@@ -3,8 +3,8 @@ update as 1 rank, and vLLM generates with the policy's weights after a refit (lo
 import pytest
 import torch
 
-from pipeline.config import load_config
-from pipeline.grpo.toy import build_toy_gpt, export_toy_state_dict
+from infra.config import load_config
+from tests.grpo.toy import build_toy_gpt, export_toy_state_dict
 
 from grpo_testlib import random_batch
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def ray_session():
     import ray
-    from pipeline.distributed import init_ray
+    from trainer.distributed import init_ray
 
     init_ray(num_cpus=3)  # logical: a policy actor, the refitted engine and a fresh one
     yield ray
@@ -30,7 +30,7 @@ def _cfg(tmp_path, *extra):
 @pytest.mark.parametrize("overlap", [False, True], ids=["allreduce_after_backward", "overlapped_allreduce"])
 def test_two_data_parallel_ranks_match_one(ray_session, tmp_path, overlap):
     """Also with the gradient all-reduce overlapped with the last backward (off by default on CPU)."""
-    from pipeline.grpo.policy import PolicyGroup
+    from trainer.policy.worker import PolicyGroup
 
     batch = random_batch(n=8, seed=11)
     results = {}
@@ -56,10 +56,10 @@ def test_vllm_logprobs_match_policy_after_refit(ray_session, tmp_path):
     its own samples equal the policy's teacher-forced log-probs (both fp32 on CPU)."""
     import functools
 
-    from pipeline.generation.vllm_worker import GenerationGroup
-    from pipeline.grpo.policy import PolicyGroup
-    from pipeline.models.hub import resolve_model
-    from pipeline.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+    from trainer.generation.vllm_worker import GenerationGroup
+    from trainer.policy.worker import PolicyGroup
+    from trainer.models.hub import resolve_model
+    from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
 
     tiny = {"hidden_size": 128, "num_layers": 2, "num_attention_heads": 2, "num_kv_heads": 1,
             "intermediate_size": 256, "vocab_size": 512}

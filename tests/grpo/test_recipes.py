@@ -1,8 +1,8 @@
 """The seeds' recipes load and carry the seeds' numbers."""
 import pytest
 
-from pipeline.config import load_config
-from pipeline.grpo.trainer import total_training_steps
+from infra.config import load_config
+from trainer.grpo.loop import total_training_steps
 
 
 def test_nemotron_recipe_matches_the_seed():

@@ -3,12 +3,12 @@ for the candidates the policy ranks most likely to give a mixed group."""
 import pytest
 import torch
 
-from pipeline.grpo.batch import rollouts_to_batch
-from pipeline.grpo.policy import InProcessPolicy
-from pipeline.grpo.selection import (ExpertScorer, mixed_group_probability, pick_most_informative,
+from trainer.batch import rollouts_to_batch
+from trainer.policy.worker import InProcessPolicy
+from trainer.grpo.selection import (ExpertScorer, mixed_group_probability, pick_most_informative,
                                      sequence_probabilities)
-from pipeline.grpo.toy import ToyRollout, ToySampler, build_toy_gpt, export_toy_state_dict, make_toy_rollout_fn, toy_rows
-from pipeline.grpo.trainer import GRPOTrainer, PromptLoader, total_training_steps
+from tests.grpo.toy import ToyRollout, ToySampler, build_toy_gpt, export_toy_state_dict, make_toy_rollout_fn, toy_rows
+from trainer.grpo.loop import GRPOTrainer, PromptLoader, total_training_steps
 
 from grpo_testlib import toy_cfg
 

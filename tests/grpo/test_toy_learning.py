@@ -2,9 +2,9 @@
 GRPO raises the mean reward within a few dozen steps."""
 import pytest
 
-from pipeline.grpo.policy import InProcessPolicy
-from pipeline.grpo.toy import ToySampler, build_toy_gpt, export_toy_state_dict, make_toy_rollout_fn, toy_rows
-from pipeline.grpo.trainer import GRPOTrainer, total_training_steps
+from trainer.policy.worker import InProcessPolicy
+from tests.grpo.toy import ToySampler, build_toy_gpt, export_toy_state_dict, make_toy_rollout_fn, toy_rows
+from trainer.grpo.loop import GRPOTrainer, total_training_steps
 
 from grpo_testlib import toy_cfg
 

@@ -18,8 +18,8 @@ OVERRIDES = [
 
 def test_train_stage_end_to_end_and_resume(tmp_path):
     from pipeline import data, prepare, train
-    from pipeline.config import load_config
-    from pipeline.grpo.checkpoint import CheckpointManager
+    from infra.config import load_config
+    from trainer.checkpoint import CheckpointManager
 
     cfg = load_config("tiny_cpu", [f"run.root={tmp_path}", *OVERRIDES])
     data.run(cfg)

@@ -6,12 +6,12 @@ import time
 import pytest
 import torch
 
-from pipeline import signals
-from pipeline.grpo.batch import rollouts_to_batch
-from pipeline.grpo.checkpoint import CheckpointManager
-from pipeline.grpo.policy import InProcessPolicy
-from pipeline.grpo.toy import ToySampler, build_toy_gpt, export_toy_state_dict, make_toy_rollout_fn, toy_rows
-from pipeline.grpo.trainer import GRPOTrainer, PromptLoader, step_seed, total_training_steps
+from infra import signals
+from trainer.batch import rollouts_to_batch
+from trainer.checkpoint import CheckpointManager
+from trainer.policy.worker import InProcessPolicy
+from tests.grpo.toy import ToySampler, build_toy_gpt, export_toy_state_dict, make_toy_rollout_fn, toy_rows
+from trainer.grpo.loop import GRPOTrainer, PromptLoader, step_seed, total_training_steps
 
 from grpo_testlib import toy_cfg
 
@@ -166,7 +166,7 @@ def test_resume_from_best_and_named_step(tmp_path):
 def test_sequence_level_loss_trains_on_length_weighted_advantages(tmp_path):
     """loss_fn.token_level_loss=false: the policy gets each rollout's advantage times (step tokens) / (its tokens x
     rows), which makes its token-level loss the mean of rollout means (tests/grpo/test_policy.py checks that)."""
-    from pipeline.grpo.advantage import compute_advantages, sequence_level_weights
+    from trainer.grpo.advantage import compute_advantages, sequence_level_weights
 
     cfg = toy_cfg(tmp_path, "loss_fn.token_level_loss=false", "grpo.max_num_steps=1", "grpo.val_at_start=false",
                   "policy.train_global_batch_size=8")       # two optimizer steps: no row is left out

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.distributed import init_distributed
+from trainer.distributed import init_distributed
 
 VOCAB = 300   # not a multiple of anything: the padded-vocab masking is exercised by the log-prob tests
 
@@ -33,7 +33,7 @@ def _write_qwen3(path, seed=0):
 
 
 def _logits_and_grads(model, ids):
-    from pipeline.models.megatron_bridge import forward_logits, token_logprobs
+    from trainer.models.megatron_bridge import forward_logits, token_logprobs
 
     model.zero_grad(set_to_none=True)
     logits = forward_logits(model, ids)
@@ -42,7 +42,7 @@ def _logits_and_grads(model, ids):
 
 
 def test_resolve_attention_backend():
-    from pipeline.models.attention import resolve_attention_backend
+    from trainer.models.attention import resolve_attention_backend
 
     assert resolve_attention_backend("SDPA") == "sdpa"
     assert resolve_attention_backend(None) == ("sdpa" if torch.cuda.is_available() else "local")
@@ -53,9 +53,9 @@ def test_resolve_attention_backend():
 @pytest.mark.parametrize("fused", [False, True])
 def test_sdpa_spec_matches_local_spec(tmp_path, dist_tp1, monkeypatch, fused):
     """Same weights, same tokens: logits and every parameter gradient agree with the local (unfused) spec."""
-    import pipeline.models.attention as attention
-    from pipeline.models.fused_ops import FusedRMSNorm
-    from pipeline.models.megatron_bridge import build_megatron_model
+    import trainer.models.attention as attention
+    from trainer.models.fused_ops import FusedRMSNorm
+    from trainer.models.megatron_bridge import build_megatron_model
 
     hf_model = _write_qwen3(tmp_path)
     ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(3))
@@ -84,7 +84,7 @@ def test_sdpa_core_attention_padding_mask_matches_megatron(dist_tp1):
     from megatron.core.transformer.enums import AttnMaskType
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    from pipeline.models.attention import SDPACoreAttention
+    from trainer.models.attention import SDPACoreAttention
 
     cfg = TransformerConfig(num_layers=1, hidden_size=64, num_attention_heads=4, num_query_groups=2,
                             kv_channels=16, attention_dropout=0.0, hidden_dropout=0.0)
@@ -106,7 +106,7 @@ def test_sdpa_core_attention_padding_mask_matches_megatron(dist_tp1):
 def test_fused_rms_norm_and_rope_match_megatron():
     from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd
 
-    from pipeline.models.fused_ops import apply_rope, rms_norm
+    from trainer.models.fused_ops import apply_rope, rms_norm
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(10, 2, 4, 16, generator=g, requires_grad=True)
@@ -129,7 +129,7 @@ def test_fused_rms_norm_and_rope_match_megatron():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_token_logprobs_match_log_softmax(dtype):
-    from pipeline.models.fused_ops import fused_token_logprobs
+    from trainer.models.fused_ops import fused_token_logprobs
 
     g = torch.Generator().manual_seed(2)
     vocab, padded, temperature = 300, 320, 0.7

@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from pipeline.distributed import free_port, init_distributed
-from pipeline.models.megatron_bridge import (build_megatron_model, export_hf_state_dict, forward_logits, fuse_qkv,
+from trainer.distributed import free_port, init_distributed
+from trainer.models.megatron_bridge import (build_megatron_model, export_hf_state_dict, forward_logits, fuse_qkv,
                                              hf_arch, read_hf_state_dict, save_hf_model, split_qkv,
                                              token_logprobs)
 

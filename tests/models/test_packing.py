@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.distributed import init_distributed
-from pipeline.models.packing import Family, pack_shared_prefixes, shared_prefix_families
+from trainer.distributed import init_distributed
+from trainer.models.packing import Family, pack_shared_prefixes, shared_prefix_families
 from test_attention import VOCAB, _write_qwen3
 
 
@@ -103,7 +103,7 @@ def test_families_respect_the_token_budget_and_keep_most_of_the_prefix():
 
 
 def _unpacked_and_packed(model, ids, lengths, mask, vocab, families=None):
-    from pipeline.models.megatron_bridge import (causal_attention_mask, packed_token_logprobs,
+    from trainer.models.megatron_bridge import (causal_attention_mask, packed_token_logprobs,
                                                  selected_token_logprobs)
 
     weights = torch.randn(ids.shape, generator=torch.Generator().manual_seed(9)) * mask
@@ -133,7 +133,7 @@ def _assert_same(results, mask):
 @pytest.mark.parametrize("backend", ["sdpa", "local"])
 def test_packed_rope_model_matches_unpacked_rows(tmp_path, dist_tp1, backend):
     """Qwen3 architecture (RoPE, GQA, q/k norms) with either attention backend."""
-    from pipeline.models.megatron_bridge import build_megatron_model
+    from trainer.models.megatron_bridge import build_megatron_model
 
     _write_qwen3(tmp_path)
     model = build_megatron_model(tmp_path, parallel={"attention_backend": backend})
@@ -146,7 +146,7 @@ def test_packed_rope_model_matches_unpacked_rows(tmp_path, dist_tp1, backend):
 
 def test_packed_learned_position_model_matches_unpacked_rows(dist_tp1):
     """The toy GPT (learned absolute positions, Megatron's local attention): positions come from position_ids."""
-    from pipeline.grpo.toy import build_toy_gpt
+    from tests.grpo.toy import build_toy_gpt
 
     model = build_toy_gpt()
     ids, lengths, mask = grouped_rows(32)

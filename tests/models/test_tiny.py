@@ -9,8 +9,8 @@ import random
 import pytest
 import torch
 
-from pipeline.models.hub import resolve_model
-from pipeline.models.tiny import MARKUP_TOKENS, SPECIAL_TOKENS, build_tiny_model, tiny_settings
+from trainer.models.hub import resolve_model
+from trainer.models.tiny import MARKUP_TOKENS, SPECIAL_TOKENS, build_tiny_model, tiny_settings
 
 SMALL = {"hidden_size": 128, "num_layers": 2, "num_attention_heads": 2, "num_kv_heads": 1, "head_dim": 64,
          "intermediate_size": 256, "vocab_size": 1024, "max_position_embeddings": 1024}

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.module import MegatronModule
 
-from pipeline.models.fused_ops import FusedRMSNorm, apply_rope
+from trainer.models.fused_ops import FusedRMSNorm, apply_rope
 
 ATTENTION_BACKENDS = ("auto", "sdpa", "local")
 # Which SDPA kernels may run ("auto": let torch choose). Names of torch.nn.attention.SDPBackend members.
@@ -51,7 +51,7 @@ _EXPLICIT_MASK = contextvars.ContextVar("explicit_attention_mask", default=False
 @contextmanager
 def explicit_attention_mask():
     """Within it, SDPACoreAttention applies the attention mask it is given even in causal layers (whose mask it
-    otherwise never reads): packed sequences (`pipeline.models.packing`) need their block mask."""
+    otherwise never reads): packed sequences (`trainer.models.packing`) need their block mask."""
     token = _EXPLICIT_MASK.set(True)
     try:
         yield
@@ -65,7 +65,7 @@ _SEGMENTS = contextvars.ContextVar("segment_attention", default=None)
 @contextmanager
 def segment_attention(batches):
     """Within it, SDPACoreAttention attends over a packed sequence segment by segment (`batches`: the
-    `pipeline.models.packing.SegmentBatch`es of its layout) instead of through the dense block mask: the same
+    `trainer.models.packing.SegmentBatch`es of its layout) instead of through the dense block mask: the same
     result, without scoring the pairs the mask forbids."""
     token = _SEGMENTS.set(tuple(batches) or None)
     try:

@@ -26,7 +26,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from pipeline.grpo.loss import LossConfig, clipped_pg_loss, reduce_loss_stats
+from trainer.grpo.loss import LossConfig, clipped_pg_loss, reduce_loss_stats
 
 ModelFactory = Callable[..., torch.nn.Module]          # factory(tp=, pp=, dtype=) -> GPTModel
 WeightsExporter = Callable[[torch.nn.Module], dict]    # model -> full HF state dict (gathered over TP)
@@ -74,9 +74,9 @@ class PolicyWorker:
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self.autocast_dtype = torch.bfloat16 if str(self.policy_cfg.get("precision")) in ("bfloat16", "bf16") else None
         self.reference_state: dict | None = None
-        # output layer + softmax only at loss-mask positions (pipeline.models.megatron_bridge.selected_token_logprobs)
+        # output layer + softmax only at loss-mask positions (trainer.models.megatron_bridge.selected_token_logprobs)
         self.select_logits = bool(self.policy_cfg.get("logits_only_where_loss", True))
-        # a prefix shared by several rows is computed once per micro-batch (pipeline.models.packing)
+        # a prefix shared by several rows is computed once per micro-batch (trainer.models.packing)
         self.pack_prefixes = bool(self.policy_cfg.get("pack_shared_prefixes", True))
         self.pack_min_prefix = int(self.policy_cfg.get("pack_min_shared_tokens", 32))
         self._reducer = None    # OverlappedGradReducer, built on the first training step that uses it
@@ -85,15 +85,15 @@ class PolicyWorker:
     def node_address(self) -> tuple[str, int]:
         """Where rank 0 listens for the process group (asked before setup)."""
         import ray
-        from pipeline.distributed import free_port
+        from trainer.distributed import free_port
 
         return ray.util.get_node_ip_address(), free_port()
 
     def setup(self, master_addr: str, master_port: int) -> dict:
         from megatron.core import parallel_state
-        from pipeline.grpo.optim import build_optimizer, build_scheduler
+        from trainer.policy.optim import build_optimizer, build_scheduler
 
-        from pipeline.distributed import init_distributed
+        from trainer.distributed import init_distributed
 
         init_distributed(self.tp, self.pp, rank=self.rank, world_size=self.world_size, master_addr=master_addr,
                          master_port=master_port, seed=self.seed)
@@ -129,7 +129,7 @@ class PolicyWorker:
 
         With `wanted` (the loss mask), only those positions are computed (0 elsewhere): the logits of prompt and
         tool-output tokens are never needed."""
-        from pipeline.models.megatron_bridge import (causal_attention_mask, can_select_logits,
+        from trainer.models.megatron_bridge import (causal_attention_mask, can_select_logits,
                                                      selected_token_logprobs, token_logprobs)
 
         batch, seq = input_ids.shape
@@ -168,7 +168,7 @@ class PolicyWorker:
             yield index, max(seq, 2)
 
     def _packing_applies(self) -> bool:
-        from pipeline.models.megatron_bridge import can_select_logits
+        from trainer.models.megatron_bridge import can_select_logits
 
         return self.pack_prefixes and self.select_logits and can_select_logits(self.model)
 
@@ -177,7 +177,7 @@ class PolicyWorker:
         system prompt) packed together (`packed` a PackedRows) into micro-batches of at most `size` x the longest
         row's tokens; or, where nothing is shared or packing does not apply, the length-sorted rows of
         `_microbatches` (packed None)."""
-        from pipeline.models.packing import Family, pack_shared_prefixes, shared_prefix_families
+        from trainer.models.packing import Family, pack_shared_prefixes, shared_prefix_families
 
         ids, lengths, mask = batch["input_ids"][rows], batch["input_lengths"][rows], batch["loss_mask"][rows]
         budget = size * int(lengths.max()) if len(ids) else 0
@@ -205,7 +205,7 @@ class PolicyWorker:
             yield torch.tensor(local) + rows.start, seq, packed
 
     def _packed_logprobs(self, packed) -> torch.Tensor:
-        from pipeline.models.megatron_bridge import packed_token_logprobs
+        from trainer.models.megatron_bridge import packed_token_logprobs
 
         amp = self._autocast()
         with amp:
@@ -257,7 +257,7 @@ class PolicyWorker:
         Returns, on reporting ranks, per optimizer step: the raw micro-batch loss sums of this DP shard,
         the global valid-token count, grad_norm and lr (the driver combines the shards)."""
         from megatron.core import parallel_state
-        from pipeline.grpo.optim import clip_grad_norm, current_lr
+        from trainer.policy.optim import clip_grad_norm, current_lr
 
         n = batch["input_ids"].shape[0]
         gbs = int(self.policy_cfg["train_global_batch_size"])
@@ -339,7 +339,7 @@ class PolicyWorker:
         """The overlapped data-parallel gradient reducer (`grad_reduce.py`) when on and DP > 1, else None (then
         `_allreduce_grads` runs after the backward). Built once; rebuilt if the bucket size changes."""
         from megatron.core import parallel_state
-        from pipeline.grpo.grad_reduce import OverlappedGradReducer
+        from trainer.policy.grad_reduce import OverlappedGradReducer
 
         if self.dp == 1 or not self.overlap_grad_reduce():
             return None
@@ -360,7 +360,7 @@ class PolicyWorker:
         (`_allreduce_non_tensor_model_parallel_grads`); without it the TP ranks' copies drift apart and the
         gradient (and grad norm) differs from TP=1."""
         from megatron.core import parallel_state
-        from pipeline.models.megatron_bridge import unwrap
+        from trainer.models.megatron_bridge import unwrap
 
         if self.tp == 1:
             return
@@ -393,7 +393,7 @@ class PolicyWorker:
 
     def save_hf_model(self, template_hf_dir: str, out_dir: str, dtype: str = "bfloat16") -> str:
         """Export the current weights as a Hugging Face directory (collective; global rank 0 writes)."""
-        from pipeline.models.megatron_bridge import save_hf_model
+        from trainer.models.megatron_bridge import save_hf_model
 
         return str(save_hf_model(self.model, template_hf_dir, out_dir, getattr(torch, dtype)))
 
@@ -549,7 +549,7 @@ class InProcessPolicy:
     def __init__(self, cfg, model_factory: ModelFactory, weights_exporter: WeightsExporter, total_steps: int,
                  master_port: int | None = None):
         from omegaconf import OmegaConf
-        from pipeline.distributed import free_port
+        from trainer.distributed import free_port
 
         policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
         temperature = float(policy_cfg.get("generation", {}).get("temperature", 1.0))

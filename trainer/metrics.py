@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.io import atomic_write_text
+from infra.io import atomic_write_text
 
 CONSOLE_KEYS = [("train:reward_mean", "reward"), ("train:accuracy", "acc"), ("train:loss", "loss"),
                 ("grad_norm", "gnorm"), ("val:accuracy", "val_acc"), ("performance:samples_per_sec", "samples/s"),

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from pipeline.grpo.batch import rollouts_to_batch
+from trainer.batch import rollouts_to_batch
 
 
 def mixed_group_probability(success_prob: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -43,7 +43,7 @@ def pick_most_informative(scores: torch.Tensor, k: int) -> list[int]:
 class ExpertScorer:
     """Scores candidate rows by the policy's probability of their expert trajectory.
 
-    expert_fn(rows) -> rollouts with token_ids / loss_mask (e.g. `pipeline.sft.expert_rollouts`); trajectories
+    expert_fn(rows) -> rollouts with token_ids / loss_mask (e.g. `trainer.expert.expert_rollouts`); trajectories
     are cached by row id, since a row's expert trajectory never changes and rows recur across epochs.
     """
 

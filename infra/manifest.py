@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.io import atomic_write_json
+from infra.io import atomic_write_json
 
 MANIFEST_NAME = "manifest.json"
 

@@ -21,7 +21,7 @@ def resolve_model(model_name: str | os.PathLike, cache_dir: str | os.PathLike,
     Parameters
     ----------
     cache_dir: where `tiny-qwen3` is built (a folder on the shared filesystem, e.g. `<run.root>/models`).
-    corpus_fn: texts the tiny tokenizer is trained on; default `pipeline.models.corpus.default_tiny_corpus`.
+    corpus_fn: texts the tiny tokenizer is trained on; default `trainer.models.corpus.default_tiny_corpus`.
     tiny_cfg, seed: sizes (`policy.tiny`) and init seed of the tiny model.
     """
     name = str(model_name)
@@ -31,10 +31,10 @@ def resolve_model(model_name: str | os.PathLike, cache_dir: str | os.PathLike,
             raise FileNotFoundError(f"model dir {local} has no config.json (not a Hugging Face model directory)")
         return local.resolve()
     if name == TINY_MODEL_NAME:
-        from pipeline.models.tiny import build_tiny_model
+        from trainer.models.tiny import build_tiny_model
 
         if corpus_fn is None:
-            from pipeline.models.corpus import default_tiny_corpus as corpus_fn
+            from trainer.models.corpus import default_tiny_corpus as corpus_fn
         return build_tiny_model(Path(cache_dir), tiny_cfg, corpus_fn(), seed)
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise FileNotFoundError(f"model '{name}' is neither an existing directory, '{TINY_MODEL_NAME}', "

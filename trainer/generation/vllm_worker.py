@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import ray
 
-REFIT_EXTENSION = "pipeline.generation.weight_refit.WeightRefitExtension"
+REFIT_EXTENSION = "trainer.generation.weight_refit.WeightRefitExtension"
 # On GPUs an engine shares its GPU with a policy rank (colocated), as the policy worker does.
 COLOCATED_GPU_SHARE = 0.5
 

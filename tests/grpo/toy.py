@@ -1,6 +1,6 @@
 """A toy Megatron-core GPT (integer tokens, no tokenizer) for fast unit tests of the policy and trainer.
 
-The real runs build their model from a Hugging Face directory (`pipeline.models.megatron_bridge`); tests of
+The real runs build their model from a Hugging Face directory (`trainer.models.megatron_bridge`); tests of
 the GRPO machinery only need *a* Megatron GPTModel that trains on CPU in milliseconds. Its "HF export" is
 its own state dict, so weight refits into the toy sampler (tests/grpo) round-trip exactly.
 """
@@ -73,7 +73,7 @@ class ToySampler:
 
 
 class ToyRollout:
-    """Rollout-shaped record (same fields the trainer reads from `pipeline.grpo.rollout.Rollout`)."""
+    """Rollout-shaped record (same fields the trainer reads from `trainer.rollout.Rollout`)."""
 
     def __init__(self, row, prompt, response, response_logprobs, reward):
         self.row_id = row["id"]

@@ -4,7 +4,7 @@ Slurm warns a job before its time limit (and on preemption) with SIGUSR2; `scont
 SIGTERM a few seconds (KillWait) before SIGKILL. The job wrapper (`jobs.stages`) turns those signals into this
 flag instead of stopping Python mid-step; the trainer checks it at step boundaries::
 
-    from pipeline import signals
+    from infra import signals
     for step in ...:
         ...train one step...
         if signals.preemption_requested():

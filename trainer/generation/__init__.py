@@ -13,15 +13,15 @@ BACKENDS = ("vllm", "torch")
 def make_generation(cfg, model_dir: str, num_engines: int | None = None):
     """The backend named by `policy.generation.backend`, loaded with the weights in `model_dir`.
 
-    The vLLM backend needs Ray (`pipeline.distributed.init_ray()`) first.
+    The vLLM backend needs Ray (`trainer.distributed.init_ray()`) first.
     """
     backend = str(cfg.policy.generation.backend)
     if backend == "vllm":
-        from pipeline.generation.vllm_worker import GenerationGroup
+        from trainer.generation.vllm_worker import GenerationGroup
 
         return GenerationGroup(cfg, str(model_dir), num_engines)
     if backend == "torch":
-        from pipeline.generation.torch_backend import TorchGeneration
+        from trainer.generation.torch_backend import TorchGeneration
 
         return TorchGeneration.from_cfg(cfg, str(model_dir))
     raise ValueError(f"policy.generation.backend={backend!r}: choose one of {BACKENDS}")

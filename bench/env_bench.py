@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from env_sim.database import DATA_DIR, Database  # noqa: E402
-from env_sim.verify import verify  # noqa: E402
+from env_sim.workplace_assistant.database import DATA_DIR, Database  # noqa: E402
+from env_sim.workplace_assistant.verify import verify  # noqa: E402
 from infra.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "env.json"

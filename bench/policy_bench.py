@@ -31,7 +31,7 @@ def grpo_batch(cfg, tokenizer, groups: int, per_group: int, seed: int):
     """Rollout batch: each group = one task's expert trajectory `per_group` times, trained tokens resampled."""
     import torch
 
-    from env_sim.tasks.generator import generate_rows
+    from env_sim.workplace_assistant.tasks.generator import generate_rows
     from trainer.batch import rollouts_to_batch
     from trainer.expert import expert_rollouts
 

@@ -35,7 +35,7 @@ def run(config: str, model: Path | None, prompts: int, per_prompt: int, repeats:
     import ray
     from transformers import AutoTokenizer
 
-    from env_sim.tasks.generator import generate_rows
+    from env_sim.workplace_assistant.tasks.generator import generate_rows
     from infra.config import load_config
     from trainer.distributed import init_ray
     from trainer.generation.vllm_worker import EngineSettings, GenerationGroup

@@ -16,13 +16,16 @@ One deliberate addition: tool calls the format parser cannot read are not execut
 with the parse error instead (and the episode continues while steps remain), so a policy can learn the format from
 its mistakes. `parse_error_feedback=False` restores the reference's behaviour, where unreadable calls are plain text.
 
-Each episode owns a fresh `Database`: episodes never share state.
+Each episode owns a fresh state of its environment (`env_sim.environment.Environment`, picked by the row's
+`environment_name`): episodes never share state.
 """
 from __future__ import annotations
 
 import json
 from typing import Any, Callable, Sequence
 
+from env_sim.environment import Environment, get_environment
+from env_sim.execute import execute_call
 from env_sim.formats import ToolCallFormat, get_format
 from env_sim.formats._common import ParsedTurn, split_reasoning
 from env_sim.formats.responses import (ItemIds, function_call_item, function_call_output_item, items_to_messages,
@@ -33,40 +36,58 @@ DEFAULT_MAX_STEPS = 6
 Model = Callable[[list[dict[str, Any]]], str]
 
 
+TOOL_SCOPES = ("all", "domain", "none")
+
+
+def tools_in_scope(env: Environment, tools: list[dict], category: str, scope: str = "all") -> list[dict]:
+    """The tools a prompt shows. "all": every tool the row lists (the reference). "domain": the environment's
+    choice for the row's category (`Environment.domain_tools`; the workplace assistant keeps the row's domain and
+    the company directory): a much shorter prompt for tiny models (config `env.tool_scope`); every tool still
+    executes, so a call outside the scope is not an error. "none": no tool section at all (the sft stage's
+    short-context phase)."""
+    if scope not in TOOL_SCOPES:
+        raise ValueError(f"tool scope must be one of {TOOL_SCOPES}, got {scope!r}")
+    if scope == "all":
+        return list(tools)
+    if scope == "none":
+        return []
+    return env.domain_tools(tools, category)
+
+
 def parse_error_output(error: str) -> str:
     """The tool-message text for a call that could not be parsed (same shape as the reference's argument error)."""
     return json.dumps({"error": f"Invalid tool call: {error}"})
 
 
 class Episode:
-    """One task played against its own fresh database.
+    """One task played against its own fresh environment state.
 
     Parameters
     ----------
-    row: a dataset row (see env_sim.tasks.rows).
+    row: a dataset row (the workplace assistant's: env_sim.workplace_assistant.tasks.rows).
     fmt: a format name ("hermes" | "nemotron") or format object.
     max_steps: the most model calls (reference: 6).
     compact_tools: render the tool schemas one line per tool (tiny models only): true, or "signatures" (no
         descriptions).
     parse_error_feedback: show unparsable calls to the model as errors (True) or treat them as text (reference).
     tool_scope: which tools the prompt shows: "all" (reference), "domain" (the row's domain and the company
-        directory; tiny models only) or "none" (no tool section); see env_sim.tools.tools_in_scope.
+        directory; tiny models only) or "none" (no tool section); see tools_in_scope.
+    env: the environment (object or name); default: the one the row's `environment_name` names.
     """
 
     def __init__(self, row: dict[str, Any], fmt: str | ToolCallFormat = "hermes", max_steps: int = DEFAULT_MAX_STEPS,
                  compact_tools: bool | str = False, parse_error_feedback: bool = True,
-                 tool_scope: str = "all") -> None:
-        from env_sim.database import Database
-        from env_sim.tools import TOOL_SCHEMAS, tools_in_scope
-
+                 tool_scope: str = "all", env: str | Environment | None = None) -> None:
         if max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {max_steps}")
         self.row = row
+        self.env = get_environment(env or row.get("environment_name"))
         self.fmt = get_format(fmt)
         self.max_steps = max_steps
         self.parse_error_feedback = parse_error_feedback
         params = row["responses_create_params"]
-        tools = tools_in_scope(params.get("tools") or TOOL_SCHEMAS, str(row.get("category", "")), tool_scope)
+        tools = tools_in_scope(self.env, params.get("tools") or self.env.tool_schemas, str(row.get("category", "")),
+                               tool_scope)
         self.tools = tools
         raw_input = params["input"]
         if isinstance(raw_input, str):
@@ -74,7 +95,7 @@ class Episode:
         messages = items_to_messages(raw_input)
         self.messages: list[dict[str, Any]] = self._with_tools(messages, tools, compact_tools) if tools else messages
         self.prompt_length = len(self.messages)
-        self.db = Database.fresh()
+        self.state = self.env.fresh_state()
         self.function_calls: list[dict[str, str]] = []
         self.steps = 0
         self.done = False
@@ -147,10 +168,8 @@ class Episode:
         return has_message
 
     def _execute(self, turn: ParsedTurn) -> None:
-        from env_sim.execute import execute_call
-
         for call, call_id in zip(turn.tool_calls, self._pending_call_ids):
-            output = execute_call(self.db, call["name"], call["arguments"])
+            output = execute_call(self.env.call_tool, self.state, call["name"], call["arguments"])
             self.function_calls.append({"name": call["name"], "arguments": call["arguments"]})
             self._items.append(function_call_output_item(call_id, output))
             self.messages.append(self.fmt.tool_message(output, call_id=call_id, name=call["name"]))
@@ -176,15 +195,13 @@ class Episode:
 
     def finish(self):
         """Score the episode: every function call against the row's ground truth. Ends the episode."""
-        from env_sim.verify import verify
-
         if not self.done:
             self.done = True
             self.stop_reason = self.stop_reason or "finished_early"
         ground_truth = self.row.get("ground_truth") or []
         if isinstance(ground_truth, str):
             ground_truth = json.loads(ground_truth)
-        self.verdict = verify(self.function_calls, ground_truth)
+        self.verdict = self.env.verify(self.function_calls, ground_truth)
         return self.verdict
 
     @property

@@ -1,6 +1,8 @@
-"""``python -m env_sim <command>``: verify trajectories, serve the HTTP API (and more, see below).
+"""``python -m env_sim <command>``: verify trajectories, serve the HTTP API, and each environment's own commands.
 
-Adding a command: write ``configure(parser)`` and ``run(args) -> int`` and call
+``verify`` and ``serve`` are generic (``--environment`` picks one, default the workplace assistant). An environment
+adds commands through ``Environment.commands`` (the workplace assistant: ``generate``, ``convert-workbench``).
+Adding a generic command: write ``configure(parser)`` and ``run(args) -> int`` and call
 ``register_command(name, help, configure, run)`` below; ``main`` picks everything registered up.
 """
 
@@ -8,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
+
+from env_sim.environment import DEFAULT_ENVIRONMENT, ENVIRONMENTS, get_environment
+from env_sim.files import atomic_write_lines
 
 _COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
 
@@ -24,25 +27,6 @@ def register_command(name: str, help: str, configure: Callable[[argparse.Argumen
 
 class InputError(ValueError):
     """Bad input file content; the message names the file, line and problem."""
-
-
-def atomic_write_lines(path: Path, lines) -> None:
-    """Write text lines to a temp file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for line in lines:
-                fh.write(line)
-                fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # --- verify -----------------------------------------------------------------------------------------
@@ -73,14 +57,19 @@ def read_verify_input(path: Path) -> list[dict]:
     return rows
 
 
+def _add_environment_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--environment", default=DEFAULT_ENVIRONMENT, choices=sorted(ENVIRONMENTS),
+                   help=f"which environment (default: {DEFAULT_ENVIRONMENT})")
+
+
 def _configure_verify(p: argparse.ArgumentParser) -> None:
+    _add_environment_option(p)
     p.add_argument("--input", required=True, type=Path, help="JSONL: {id, predicted, ground_truth} per line")
     p.add_argument("--output", required=True, type=Path, help="JSONL: {id, reward, ...diagnostics} per line")
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from env_sim.verify import verify
-
+    verify = get_environment(args.environment).verify
     rows = read_verify_input(args.input)
     out = []
     total = 0.0
@@ -100,6 +89,7 @@ def _run_verify(args: argparse.Namespace) -> int:
 # --- serve ------------------------------------------------------------------------------------------
 
 def _configure_serve(p: argparse.ArgumentParser) -> None:
+    _add_environment_option(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--verbose", action="store_true", help="log every request")
@@ -108,24 +98,25 @@ def _configure_serve(p: argparse.ArgumentParser) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from env_sim.server import serve
 
-    serve(args.host, args.port, args.verbose)
+    serve(get_environment(args.environment), args.host, args.port, args.verbose)
     return 0
 
 
 register_command("verify", "score trajectories against ground truth (reference reward)", _configure_verify, _run_verify)
 register_command("serve", "HTTP server compatible with the reference resources server", _configure_serve, _run_serve)
 
-# generate / convert-workbench: task rows in the dataset format (env_sim.tasks.commands)
-from env_sim.tasks.commands import COMMANDS as _TASK_COMMANDS  # noqa: E402  (stdlib-only, heavy imports are lazy)
-
-for _name, _help, _configure, _run in _TASK_COMMANDS:
-    register_command(_name, _help, _configure, _run)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m env_sim", description="Workplace Assistant environment")
+    """Generic commands plus every environment's own (importing an environment is cheap: data loads lazily)."""
+    commands = dict(_COMMANDS)
+    for env_name in ENVIRONMENTS:
+        for name, help_text, configure, run in get_environment(env_name).commands:
+            if name in commands:
+                raise ValueError(f"environment {env_name!r} redefines the command {name!r}")
+            commands[name] = (help_text, configure, run)
+    parser = argparse.ArgumentParser(prog="python -m env_sim", description="Tool-use environments for agents")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, configure, run) in _COMMANDS.items():
+    for name, (help_text, configure, run) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         configure(p)
         p.set_defaults(_run=run)

@@ -1,26 +1,13 @@
-"""Running one tool call the way the reference server and agent do.
+"""The wire texts of a tool call, as the reference server and agent produce them (environment-agnostic).
 
-``call_tool`` is the server side (``POST /<tool_name>``): None-valued arguments are dropped, and an
-unknown tool, a wrong argument or an exception becomes ``"Error executing tool '<name>': <message>"``.
-``execute_call`` adds the agent side: it parses the model's JSON arguments and returns the exact
-``function_call_output`` text the reference agent records (the server's raw response body).
+``execute_call`` is the agent side: it parses the model's JSON arguments, runs the call with the environment's
+``call_tool`` and returns the exact ``function_call_output`` text the reference agent records (the server's raw
+response body). ``dump_output`` and ``unprocessable_body`` are the server's reply bodies.
 """
 
 from __future__ import annotations
 
 import json
-
-from env_sim.tools import REGISTRY
-
-
-def call_tool(db, name: str, kwargs: dict):
-    """Run tool ``name`` on ``db``; returns the tool's result (str, dict or list) or the error string."""
-    args = {key: value for key, value in kwargs.items() if value is not None}
-    try:
-        entry = REGISTRY[name]
-        return getattr(entry.toolkit(db), entry.method)(**args)
-    except Exception as e:  # returned to the model so it can correct itself, as the reference does
-        return f"Error executing tool '{name}': {e}"
 
 
 def dump_output(result) -> str:
@@ -65,9 +52,10 @@ def unprocessable_body(body) -> str:
     return json.dumps({"detail": [detail]}, ensure_ascii=False, separators=(",", ":"))
 
 
-def execute_call(db, name: str, arguments_json: str) -> str:
-    """The ``function_call_output`` text the reference agent records for one model tool call."""
+def execute_call(call_tool, state, name: str, arguments_json: str) -> str:
+    """The ``function_call_output`` text the reference agent records for one model tool call on ``state``;
+    ``call_tool(state, name, kwargs)`` is the environment's (``Environment.call_tool``)."""
     kwargs, error_output = parse_arguments(arguments_json)
     if error_output is not None:
         return error_output
-    return dump_output(call_tool(db, name, kwargs))
+    return dump_output(call_tool(state, name, kwargs))

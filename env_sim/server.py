@@ -1,6 +1,6 @@
-"""HTTP server speaking the reference resources server's API, on the standard library only.
+"""HTTP server speaking the reference resources server's API for any environment, on the standard library only.
 
-Clients written for NeMo Gym's ``workplace_assistant`` server work unchanged:
+Clients written for a NeMo Gym resources server (e.g. ``workplace_assistant``) work unchanged:
 
 * ``POST /seed_session``   -> ``{}``; starts a fresh episode for the caller's session cookie
 * ``POST /<tool_name>``    JSON body = keyword arguments -> ``{"output": ...}`` (HTTP 400 without a seeded session)
@@ -9,7 +9,8 @@ Clients written for NeMo Gym's ``workplace_assistant`` server work unchanged:
 * ``POST /aggregate_metrics`` ``{"verify_responses": [...]}`` (or a bare list) -> mean reward and count
 
 The session id travels in a ``session_id`` cookie, set on the first response that lacks one.
-Each session has its own lock, so concurrent sessions never share or interleave state.
+Each session has its own lock, so concurrent sessions never share or interleave state. What a session's state is,
+how a tool runs and how a trajectory is scored come from the ``Environment`` the server is given.
 """
 
 from __future__ import annotations
@@ -20,32 +21,33 @@ import threading
 from http import cookies
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from env_sim.database import Database
-from env_sim.execute import call_tool, dump_output, unprocessable_body
-from env_sim.verify import verify
+from env_sim.environment import Environment, get_environment
+from env_sim.execute import dump_output, unprocessable_body
 
 SESSION_COOKIE = "session_id"
 NO_SESSION = "Session not initialized. Please call seed_session first."
 
 
 class _Session:
-    __slots__ = ("db", "lock")
+    __slots__ = ("state", "lock")
 
-    def __init__(self):
-        self.db = Database.fresh()
+    def __init__(self, state):
+        self.state = state
         self.lock = threading.Lock()
 
 
 class SessionStore:
-    """Episode states by session id (thread-safe)."""
+    """Episode states by session id (thread-safe); ``fresh_state()`` makes a new session's state."""
 
-    def __init__(self):
+    def __init__(self, fresh_state):
+        self._fresh_state = fresh_state
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()
 
     def seed(self, session_id: str) -> None:
+        session = _Session(self._fresh_state())
         with self._lock:
-            self._sessions[session_id] = _Session()
+            self._sessions[session_id] = session
 
     def get(self, session_id: str) -> _Session | None:
         with self._lock:
@@ -66,10 +68,10 @@ def predicted_calls(response: dict) -> list[dict]:
     return [item for item in output if isinstance(item, dict) and item.get("type") == "function_call"]
 
 
-def verify_body(body: dict) -> dict:
+def verify_body(env: Environment, body: dict) -> dict:
     """The /verify reply for one request body: the body echoed back with ``reward`` added."""
     response = body["response"]
-    reward = verify(predicted_calls(response), body["ground_truth"]).reward
+    reward = env.verify(predicted_calls(response), body["ground_truth"]).reward
     return {**body, "reward": reward}
 
 
@@ -150,45 +152,49 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             return self._reply(422, unprocessable_body(body), new_cookie)
         with session.lock:
-            text = dump_output(call_tool(session.db, name, body))
+            text = dump_output(self.server.env.call_tool(session.state, name, body))
         self._reply(200, text, new_cookie)
 
     def _verify(self, session_id: str, body, new_cookie) -> None:
+        # The episode is over, as in the reference. Dropped before replying: a client that calls again as soon
+        # as it has the reply must already find no session.
+        self.server.sessions.drop(session_id)
+        if not isinstance(body, dict):
+            return self._reply(422, unprocessable_body(body), new_cookie)
+        missing = [k for k in ("response", "ground_truth") if k not in body]
+        if missing or not isinstance(body["response"], dict):
+            detail = [{"type": "missing", "loc": ["body", k], "msg": "Field required", "input": body}
+                      for k in missing] or [{"type": "model_type", "loc": ["body", "response"],
+                                             "msg": "Input should be an object", "input": body["response"]}]
+            return self._json(422, {"detail": detail}, new_cookie)
         try:
-            if not isinstance(body, dict):
-                return self._reply(422, unprocessable_body(body), new_cookie)
-            missing = [k for k in ("response", "ground_truth") if k not in body]
-            if missing or not isinstance(body["response"], dict):
-                detail = [{"type": "missing", "loc": ["body", k], "msg": "Field required", "input": body}
-                          for k in missing] or [{"type": "model_type", "loc": ["body", "response"],
-                                                 "msg": "Input should be an object", "input": body["response"]}]
-                return self._json(422, {"detail": detail}, new_cookie)
-            try:
-                reply = verify_body(body)
-            except ValueError as e:
-                return self._json(422, {"detail": str(e)}, new_cookie)
-            self._json(200, reply, new_cookie)
-        finally:
-            self.server.sessions.drop(session_id)  # the episode is over, as in the reference
+            reply = verify_body(self.server.env, body)
+        except ValueError as e:
+            return self._json(422, {"detail": str(e)}, new_cookie)
+        self._json(200, reply, new_cookie)
 
 
 class EnvServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], verbose: bool = False):
+    def __init__(self, env: Environment, address: tuple[str, int], verbose: bool = False):
         super().__init__(address, _Handler)
-        self.sessions = SessionStore()
+        self.env = env
+        self.sessions = SessionStore(env.fresh_state)
         self.verbose = verbose
 
 
-def make_server(host: str = "127.0.0.1", port: int = 0, verbose: bool = False) -> EnvServer:
-    """A ready server (port 0 picks a free port: ``server.server_address[1]``); call serve_forever()."""
-    return EnvServer((host, port), verbose=verbose)
+def make_server(env: str | Environment | None = None, host: str = "127.0.0.1", port: int = 0,
+                verbose: bool = False) -> EnvServer:
+    """A ready server for ``env`` (an Environment or its name; None: the default environment); port 0 picks a
+    free port (``server.server_address[1]``); call serve_forever()."""
+    return EnvServer(get_environment(env), (host, port), verbose=verbose)
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, verbose: bool = False) -> None:
-    server = make_server(host, port, verbose)
-    print(f"env_sim server listening on http://{host}:{server.server_address[1]}", flush=True)
+def serve(env: str | Environment | None = None, host: str = "127.0.0.1", port: int = 8000,
+          verbose: bool = False) -> None:
+    server = make_server(env, host, port, verbose)
+    print(f"env_sim server ({server.env.name}) listening on http://{host}:{server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

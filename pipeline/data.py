@@ -153,9 +153,9 @@ def load_local_rows(cfg: DictConfig) -> tuple[list[dict], str, list[Path]]:
     parts = []
     if int(local.generator_rows) > 0:
         try:
-            from env_sim.tasks.generator import generate_rows
+            from env_sim.workplace_assistant.tasks.generator import generate_rows
         except ImportError as err:
-            raise RuntimeError(f"data.source=local needs env_sim.tasks.generator ({err}); "
+            raise RuntimeError(f"data.source=local needs env_sim.workplace_assistant.tasks.generator ({err}); "
                                "or set +data.local.jsonl=<rows.jsonl>") from err
         difficulties = local.get("difficulties")
         difficulties = list(difficulties) if difficulties else None
@@ -163,7 +163,7 @@ def load_local_rows(cfg: DictConfig) -> tuple[list[dict], str, list[Path]]:
         parts.append(f"env_sim generator ({local.generator_rows} rows, seed {local.seed}"
                      + (f", difficulties {difficulties})" if difficulties else ")"))
     if bool(local.workbench):
-        from env_sim.tasks.workbench import convert_workbench
+        from env_sim.workplace_assistant.tasks.workbench import convert_workbench
         converted = convert_workbench(start_id=len(rows))
         rows.extend(converted)
         parts.append(f"WorkBench ({len(converted)} rows)")

@@ -1,6 +1,6 @@
 """Stage `prepare`: validate every row, add `agent_ref`, write the files the trainer reads, with metrics.
 
-Validation is `env_sim.tasks.rows.validate_row`: schema, tool names, argument JSON against the tool schemas, and
+Validation is the workplace assistant's `validate_row`: schema, tool names, argument JSON against the tool schemas, and
 a replay of the ground truth on a fresh database that must not produce a tool error. A bad row stops the stage
 with `file:line: problem`; with `prepare.drop_bad_rows=true` bad rows are dropped and counted instead.
 
@@ -28,10 +28,10 @@ class BadRowError(ValueError):
 
 def _row_validator() -> Callable[[dict], list[str]]:
     try:
-        from env_sim.tasks.rows import validate_row
-        from env_sim.tools import TOOL_NAMES  # noqa: F401 -- validate_row needs it; fail here, clearly
+        from env_sim.workplace_assistant.tasks.rows import validate_row
+        from env_sim.workplace_assistant.tools import TOOL_NAMES  # noqa: F401 -- validate_row needs it
     except ImportError as err:
-        raise RuntimeError(f"prepare needs env_sim's row validator (env_sim.tasks.rows.validate_row): {err}") from err
+        raise RuntimeError(f"prepare needs env_sim's row validator (workplace_assistant.tasks.rows): {err}") from err
     return lambda row: list(validate_row(row, replay=True))
 
 

@@ -98,7 +98,7 @@ def check_data(ctx: _Context) -> dict:
 
 
 def check_environment(ctx: _Context) -> dict:
-    from env_sim.verify import verify
+    from env_sim.workplace_assistant.verify import verify
 
     rows = ctx.sample_rows(ENV_REPLAY_ROWS)
     bad_replays = [r["id"] for r in rows if verify(r["ground_truth"], r["ground_truth"]).reward != 1.0]

@@ -91,7 +91,7 @@ def test_data_stage_from_a_local_file_writes_splits_and_manifest(tmp_path, capsy
 
 
 def test_data_stage_uses_the_env_sim_generator_by_default(tmp_path):
-    pytest.importorskip("env_sim.tasks.generator")
+    pytest.importorskip("env_sim.workplace_assistant.tasks.generator")
     cfg = config(tmp_path, "data.local.generator_rows=50")
     out = data.run(cfg)
     assert len(read_jsonl(out / "train.jsonl")) == 45 and len(read_jsonl(out / "validation.jsonl")) == 5

@@ -49,7 +49,7 @@ def test_expert_trajectories_score_one_and_mask_only_assistant_tokens(prepared_c
 
 def test_short_context_trajectories_leave_out_the_system_prompt_and_still_score_one(prepared_cfg,
                                                                                    rows_and_tokenizer):
-    from env_sim.tasks.rows import SYSTEM_PROMPT
+    from env_sim.workplace_assistant.tasks.rows import SYSTEM_PROMPT
     from trainer.expert import expert_rollouts
 
     rows, tokenizer = rows_and_tokenizer

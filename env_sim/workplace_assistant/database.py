@@ -91,7 +91,7 @@ class Table:
 
     def set_where(self, mask: list, column: str, value) -> None:
         """``df.loc[mask, column] = value`` (lists are spread over the rows, dicts become NaN)."""
-        from env_sim.tools.pandas_semantics import loc_values  # local: tools import this module
+        from env_sim.workplace_assistant.tools.pandas_semantics import loc_values  # local: tools import this module
 
         positions = [pos for pos, hit in enumerate(mask) if hit]
         values = loc_values(value, len(positions))
@@ -152,7 +152,7 @@ class Database:
 
 def normalized_column_values(table: Table, col: str) -> list:
     """One column as the verifier sees it: ``.str.lower()`` unless the column's case matters."""
-    from env_sim.tools.pandas_semantics import str_lower  # local: tools import this module
+    from env_sim.workplace_assistant.tools.pandas_semantics import str_lower  # local: tools import this module
 
     values = table.column(col)
     return values if col in CASE_SENSITIVE_COLUMNS else str_lower(values)
@@ -208,7 +208,7 @@ def _validate_all(t: Table) -> None:
 
 def _validate_lowerable(t: Table, col: str) -> None:
     """pandas refuses ``.str`` on a column without any string (only possible after odd writes)."""
-    from env_sim.tools.pandas_semantics import check_str_accessor
+    from env_sim.workplace_assistant.tools.pandas_semantics import check_str_accessor
 
     if not t._owned:
         return  # untouched snapshot columns always hold strings

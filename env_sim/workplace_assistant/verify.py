@@ -11,16 +11,10 @@ the state untouched.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
-from env_sim.database import COMPARED_TABLES, Database
-from env_sim.tools import REGISTRY
-
-
-@dataclass(frozen=True)
-class Verdict:
-    reward: float
-    diagnostics: dict = field(default_factory=dict)
+from env_sim.environment import Verdict
+from env_sim.workplace_assistant.database import COMPARED_TABLES, Database
+from env_sim.workplace_assistant.tools import REGISTRY
 
 
 def replay(calls) -> tuple[Database, int]:

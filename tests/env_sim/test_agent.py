@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from env_sim.agent import Episode, expert_turns, run_episode, scripted_model
-from env_sim.database import Database
 from env_sim.formats import get_format
-from env_sim.tasks.rows import SYSTEM_PROMPT, make_row
+from env_sim.workplace_assistant.database import Database
+from env_sim.workplace_assistant.tasks.rows import SYSTEM_PROMPT, make_row
 
 DATA = Path(__file__).resolve().parent / "data"
 EXAMPLE_ROWS = [json.loads(line) for line in (DATA / "example.jsonl").read_text().splitlines() if line.strip()]
@@ -124,7 +124,7 @@ def test_truncated_response_ends_the_episode_and_its_calls_still_count(fmt):
     episode = Episode(row_with([DELETE_57]), fmt)
     episode.step(calls_text(fmt, DELETE_57), truncated=True)
     assert episode.done and episode.stop_reason == "truncated"
-    assert episode.db == Database.fresh()  # not executed ...
+    assert episode.state == Database.fresh()  # not executed ...
     assert episode.function_calls == [DELETE_57]
     assert episode.finish().reward == 1.0  # ... but the verifier replays every function call of the response
     assert episode.response()["incomplete_details"] == {"reason": "max_output_tokens"}
@@ -138,7 +138,7 @@ def test_calls_execute_in_order_on_the_episodes_own_database(fmt):
     first.step(calls_text(fmt, DELETE_57, DELETE_57))
     outputs = [json.loads(m["content"])["output"] for m in first.messages if m["role"] == "tool"]
     assert outputs == ["Email deleted successfully.", "Email not found."]
-    assert first.db != Database.fresh() and second.db == Database.fresh()
+    assert first.state != Database.fresh() and second.state == Database.fresh()
     tool_messages = [m for m in first.messages if m["role"] == "tool"]
     call_items = [i for i in first.response_items() if i["type"] == "function_call"]
     assert [m["tool_call_id"] for m in tool_messages] == [i["call_id"] for i in call_items]
@@ -178,7 +178,7 @@ def test_unparsable_call_becomes_an_error_message_and_is_not_executed(fmt):
     error = json.loads(episode.messages[-1]["content"])["error"]
     assert error.startswith("Invalid tool call: Tool call") and "could not be parsed" in error
     assert episode.messages[-1]["role"] == "tool"
-    assert episode.db == Database.fresh()
+    assert episode.state == Database.fresh()
     episode.step(calls_text(fmt, DELETE_57))
     episode.step("Done.")
     assert episode.finish().reward == 1.0

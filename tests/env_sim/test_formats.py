@@ -282,7 +282,7 @@ def test_items_to_messages_rejects_unknown_items():
 
 def test_signatures_level_drops_descriptions_but_keeps_every_tool_and_parameter():
     from env_sim.formats.compact import compact_level, render_compact_tools
-    from env_sim.tools import TOOL_SCHEMAS
+    from env_sim.workplace_assistant.tools import TOOL_SCHEMAS
 
     full = render_compact_tools(TOOL_SCHEMAS, True)
     short = render_compact_tools(TOOL_SCHEMAS, "signatures")

@@ -3,10 +3,11 @@
 import json
 import random
 
-from env_sim.database import Database
-from env_sim.execute import call_tool, execute_call
-from env_sim.tools import TOOL_NAMES, TOOL_SCHEMAS
-from env_sim.verify import verify
+from env_sim.execute import execute_call
+from env_sim.workplace_assistant import call_tool
+from env_sim.workplace_assistant.database import Database
+from env_sim.workplace_assistant.tools import TOOL_NAMES, TOOL_SCHEMAS
+from env_sim.workplace_assistant.verify import verify
 
 PARAMS = sorted({p for s in TOOL_SCHEMAS for p in s["parameters"]["properties"]})
 STRINGS = ["", " ", "00000057", "00000252", "00000149", "00000107", "2023-11-30", "2023-12-01 10:00:00",
@@ -72,7 +73,7 @@ def test_ten_thousand_fuzzed_calls_never_raise_and_never_leak():
                 assert isinstance(out, (str, dict, list))
                 json.dumps(out, allow_nan=True)  # every result is serialisable
             else:
-                text = execute_call(db, name, garbage_json(rng, args))
+                text = execute_call(call_tool, db, name, garbage_json(rng, args))
                 assert isinstance(text, str)
                 assert set(json.loads(text)) & {"output", "error", "detail"}
             episode.append({"name": name, "arguments": json.dumps(args, allow_nan=True)})

@@ -143,7 +143,7 @@ def test_fuzzed_episodes_never_leak_state():
     """10,000 fuzzed model outputs played through episodes (both formats): no exception, every episode starts from
     the initial state, and replaying an episode's outputs on a new episode gives identical tool outputs."""
     from env_sim.agent import Episode
-    from env_sim.database import Database
+    from env_sim.workplace_assistant.database import Database
 
     row = json.loads((DATA / "example.jsonl").read_text().splitlines()[0])
     pristine = Database.fresh()
@@ -163,7 +163,7 @@ def test_fuzzed_episodes_never_leak_state():
             else:
                 texts.append(fuzzed_output(rng))
         episode = Episode(row, fmt, max_steps=6)
-        assert episode.db == pristine, "a new episode must start from the initial state"
+        assert episode.state == pristine, "a new episode must start from the initial state"
         tool_outputs = []
         for text in texts:
             if episode.done:
@@ -171,11 +171,11 @@ def test_fuzzed_episodes_never_leak_state():
             episode.step(text)
             outputs_played += 1
         tool_outputs = [i["output"] for i in episode.response_items() if i["type"] == "function_call_output"]
-        changed_state += episode.db != pristine
+        changed_state += episode.state != pristine
         replay = Episode(row, fmt, max_steps=6)
         for text in texts[:episode.steps]:
             replay.step(text)
         assert [i["output"] for i in replay.response_items() if i["type"] == "function_call_output"] == tool_outputs
-        assert replay.db == episode.db
+        assert replay.state == episode.state
     assert Database.fresh() == pristine
     assert changed_state > 100  # the fuzz did write to the databases it was given

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from env_sim.database import DATA_DIR, Database
-from env_sim.execute import call_tool, execute_call
-from env_sim.verify import verify
+from env_sim.execute import execute_call
+from env_sim.workplace_assistant import call_tool
+from env_sim.workplace_assistant.database import DATA_DIR, Database
+from env_sim.workplace_assistant.verify import verify
 
 DATA = Path(__file__).parent / "data"
 TODAY = dt.date(2023, 11, 30)
@@ -74,7 +75,7 @@ def test_recorded_tool_outputs_are_reproduced_exactly(index):
     calls = [o for o in rollout["response"]["output"] if o["type"] == "function_call"]
     assert calls
     for item in calls:
-        assert execute_call(db, item["name"], item["arguments"]) == outputs[item["call_id"]]
+        assert execute_call(call_tool, db, item["name"], item["arguments"]) == outputs[item["call_id"]]
 
 
 @pytest.mark.parametrize("index", range(5))

@@ -11,7 +11,7 @@ from env_sim.server import NO_SESSION, make_server
 
 @pytest.fixture(scope="module")
 def server():
-    srv = make_server("127.0.0.1", 0)
+    srv = make_server("workplace_assistant", "127.0.0.1", 0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv

@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 
 from env_sim.execute import execute_call
-from env_sim.database import Database
-from env_sim.tasks.generator import TEMPLATES, generate_rows, generate_tasks
-from env_sim.tasks.rows import (CATEGORIES, SYSTEM_PROMPT, make_row, read_rows, row_query, validate_row, write_rows)
-from env_sim.tasks.snapshot import initial_snapshot
-from env_sim.tasks.workbench import WorkBenchFormatError, convert_workbench, parse_answer, parse_call, read_workbench
-from env_sim.tools import TOOL_SCHEMAS
-from env_sim.verify import verify
+from env_sim.workplace_assistant import call_tool
+from env_sim.workplace_assistant.database import Database
+from env_sim.workplace_assistant.tasks.generator import TEMPLATES, generate_rows, generate_tasks
+from env_sim.workplace_assistant.tasks.rows import (CATEGORIES, SYSTEM_PROMPT, make_row, read_rows, row_query,
+                                                    validate_row, write_rows)
+from env_sim.workplace_assistant.tasks.snapshot import initial_snapshot
+from env_sim.workplace_assistant.tasks.workbench import (WorkBenchFormatError, convert_workbench, parse_answer,
+                                                         parse_call, read_workbench)
+from env_sim.workplace_assistant.tools import TOOL_SCHEMAS
+from env_sim.workplace_assistant.verify import verify
 
 DATA = Path(__file__).resolve().parent / "data"
 EXAMPLE_ROWS = [json.loads(line) for line in (DATA / "example.jsonl").read_text().splitlines() if line.strip()]
@@ -281,7 +284,8 @@ def test_latest_email_agrees_with_the_search_tool():
     db = Database.fresh()
     for person in snap.people[:8]:
         address = snap.email_of[person]
-        found = json.loads(execute_call(db, "email_search_emails", json.dumps({"query": address, "page_size": 1})))
+        arguments = json.dumps({"query": address, "page_size": 1})
+        found = json.loads(execute_call(call_tool, db, "email_search_emails", arguments))
         expected = snap.latest_email_from(address)
         if expected is None:
             continue
@@ -293,7 +297,7 @@ def test_latest_email_agrees_with_the_search_tool():
 def _run_command(argv):
     import argparse
 
-    from env_sim.tasks.commands import add_task_commands
+    from env_sim.workplace_assistant.tasks.commands import add_task_commands
 
     parser = argparse.ArgumentParser()
     add_task_commands(parser.add_subparsers(dest="command", required=True))
@@ -321,7 +325,8 @@ def test_daily_metrics_agree_with_the_analytics_tools(metric, tool):
     snap = initial_snapshot()
     db = Database.fresh()
     for start, end in [("2023-11-01", "2023-11-29"), ("2023-09-15", "2023-10-02")]:
-        output = json.loads(execute_call(db, tool, json.dumps({"time_min": start, "time_max": end})))["output"]
+        arguments = json.dumps({"time_min": start, "time_max": end})
+        output = json.loads(execute_call(call_tool, db, tool, arguments))["output"]
         mine = snap.daily_metric(metric, start, end)
         assert set(output) == set(mine)
         assert all(abs(float(output[d]) - mine[d]) < 1e-9 for d in mine)
@@ -344,7 +349,7 @@ def test_python_m_env_sim_generate_and_convert(tmp_path):
 
 
 def test_difficulty_filter_keeps_only_those_templates():
-    from env_sim.tasks.generator import TEMPLATES, generate_tasks, templates_of
+    from env_sim.workplace_assistant.tasks.generator import TEMPLATES, generate_tasks, templates_of
 
     easy = templates_of(["easy"])
     assert easy and all(t.difficulty == "easy" for t in easy) and len(easy) < len(TEMPLATES)

@@ -5,8 +5,8 @@ from collections import defaultdict
 
 import pytest
 
-from env_sim.database import DATA_DIR, Database
-from env_sim.execute import call_tool
+from env_sim.workplace_assistant import call_tool
+from env_sim.workplace_assistant.database import DATA_DIR, Database
 
 
 @pytest.fixture

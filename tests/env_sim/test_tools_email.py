@@ -2,8 +2,8 @@
 
 import pytest
 
-from env_sim.database import CURRENT_TIME, Database
-from env_sim.execute import call_tool
+from env_sim.workplace_assistant import call_tool
+from env_sim.workplace_assistant.database import CURRENT_TIME, Database
 
 
 @pytest.fixture

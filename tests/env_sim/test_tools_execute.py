@@ -2,8 +2,9 @@
 
 import json
 
-from env_sim.database import Database
-from env_sim.execute import call_tool, execute_call
+from env_sim.execute import execute_call
+from env_sim.workplace_assistant import call_tool
+from env_sim.workplace_assistant.database import Database
 
 
 def test_unknown_tool_and_unexpected_argument_texts():
@@ -30,20 +31,20 @@ def test_none_arguments_are_dropped_so_defaults_apply():
 
 def test_execute_call_output_texts():
     db = Database.fresh()
-    assert execute_call(db, "email_delete_email", '{"email_id":"00000259"}') == (
+    assert execute_call(call_tool, db, "email_delete_email", '{"email_id":"00000259"}') == (
         '{"output":"Email deleted successfully."}')
-    assert execute_call(db, "company_directory_find_email_address", '{"name": "nadia"}') == (
+    assert execute_call(call_tool, db, "company_directory_find_email_address", '{"name": "nadia"}') == (
         '{"output":["nadia.moreau@atlas.com"]}')
-    assert execute_call(db, "email_send_email", '{"recipient":"a@b.c","subject":"Café","body":"ü"}') == (
+    assert execute_call(call_tool, db, "email_send_email", '{"recipient":"a@b.c","subject":"Café","body":"ü"}') == (
         '{"output":"Email sent successfully."}')
     assert db.emails.record(len(db.emails) - 1)["subject"] == "Café"
     # invalid JSON: the agent's own error object (json.dumps defaults, repr of the exception)
-    assert execute_call(db, "email_delete_email", '{"email_id": ') == (
+    assert execute_call(call_tool, db, "email_delete_email", '{"email_id": ') == (
         '{"error": "Invalid tool call arguments: JSONDecodeError(\'Expecting value: line 1 column 14 (char 13)\')"}')
-    assert execute_call(db, "email_delete_email", None) == json.dumps(
+    assert execute_call(call_tool, db, "email_delete_email", None) == json.dumps(
         {"error": "Invalid tool call arguments: TypeError('the JSON object must be str, bytes or bytearray, not NoneType')"})
     # valid JSON that is not an object: the server's 422 body
-    body = json.loads(execute_call(db, "email_delete_email", "[1]"))
+    body = json.loads(execute_call(call_tool, db, "email_delete_email", "[1]"))
     assert body["detail"][0]["type"] == "model_attributes_type" and body["detail"][0]["input"] == [1]
 
 
@@ -64,7 +65,8 @@ def test_non_finite_numbers_serialise_as_null():
     db = Database.fresh()
     assert call_tool(db, "calendar_update_event", {"event_id": "00000252", "field": "event_name",
                                                    "new_value": float("inf")}) == "Event updated successfully."
-    text = execute_call(db, "calendar_get_event_information_by_id", '{"event_id": "00000252", "field": "event_name"}')
+    arguments = '{"event_id": "00000252", "field": "event_name"}'
+    text = execute_call(call_tool, db, "calendar_get_event_information_by_id", arguments)
     assert text == '{"output":{"event_name":null}}'
 
 
@@ -72,7 +74,8 @@ def test_env_sim_imports_neither_pandas_nor_torch():
     import subprocess
     import sys
 
-    code = ("import sys, env_sim.database, env_sim.tools, env_sim.execute, env_sim.verify, env_sim.server, env_sim.cli; "
+    code = ("import sys, env_sim.workplace_assistant.database, env_sim.workplace_assistant.tools, env_sim.execute, "
+            "env_sim.workplace_assistant.verify, env_sim.server, env_sim.cli; "
             "print(sorted(m for m in ('pandas', 'numpy', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

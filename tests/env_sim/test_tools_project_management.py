@@ -2,8 +2,8 @@
 
 import pytest
 
-from env_sim.database import Database
-from env_sim.execute import call_tool
+from env_sim.workplace_assistant import call_tool
+from env_sim.workplace_assistant.database import Database
 
 TASK = {"task_name": "Write docs", "assigned_to_email": "Leila.Azizi@atlas.com", "list_name": "Backlog",
         "due_date": "2023-12-15", "board": "Design"}

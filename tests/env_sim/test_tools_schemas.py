@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from env_sim.tools import REGISTRY, TOOL_NAMES, TOOL_SCHEMAS, WRITE_TOOLS
+from env_sim.workplace_assistant.tools import REGISTRY, TOOL_NAMES, TOOL_SCHEMAS, WRITE_TOOLS
 
 DATA = Path(__file__).parent / "data"
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from env_sim.database import Database
-from env_sim.verify import Verdict, replay, verify
+from env_sim.workplace_assistant.database import Database
+from env_sim.workplace_assistant.verify import Verdict, replay, verify
 
 
 def call(name, **kwargs):

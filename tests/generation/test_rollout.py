@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from env_sim.agent import expert_turns
-from env_sim.tasks.generator import generate_rows
+from env_sim.workplace_assistant.tasks.generator import generate_rows
 from trainer.rollout import collect_rollouts, episode_options
 
 from tiny_fixtures import tiny_cfg

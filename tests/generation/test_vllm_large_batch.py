@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def test_big_seeded_batch_runs_and_matches_small_batches(vllm_group, tiny_tokenizer):
     from env_sim.agent import Episode
-    from env_sim.tasks.generator import generate_rows
+    from env_sim.workplace_assistant.tasks.generator import generate_rows
 
     rows = generate_rows(120, seed=11)
     prompts = [tiny_tokenizer.encode(tiny_tokenizer.apply_chat_template(

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def _prompts(tokenizer, n, seed=3):
     """Real first-turn prompts (system prompt with the compact tool section + a task query)."""
     from env_sim.agent import Episode
-    from env_sim.tasks.generator import generate_rows
+    from env_sim.workplace_assistant.tasks.generator import generate_rows
 
     rows = generate_rows(n, seed=seed)
     return [tokenizer.encode(tokenizer.apply_chat_template(Episode(r, "hermes", compact_tools=True).messages,

@@ -21,9 +21,9 @@ def default_tiny_corpus(num_rows: int = 600, seed: int = CORPUS_SEED) -> Iterato
     from env_sim.formats import get_format
     from env_sim.formats.compact import SIGNATURES
     from env_sim.formats.responses import tool_to_chat
-    from env_sim.tasks.generator import generate_rows
-    from env_sim.tasks.rows import SYSTEM_PROMPT
-    from env_sim.tools import TOOL_SCHEMAS
+    from env_sim.workplace_assistant.tasks.generator import generate_rows
+    from env_sim.workplace_assistant.tasks.rows import SYSTEM_PROMPT
+    from env_sim.workplace_assistant.tools import TOOL_SCHEMAS
 
     for tool in TOOL_SCHEMAS:
         yield json.dumps(tool_to_chat(tool), ensure_ascii=False)

@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 from typing import Any
 
-from env_sim.tasks.rows import CATEGORIES, validate_row, write_rows
+from env_sim.workplace_assistant.tasks.rows import CATEGORIES, validate_row, write_rows
 
 
 def _summary(rows: list[dict[str, Any]], output: str, check: bool) -> dict[str, Any]:
@@ -32,7 +32,7 @@ def _summary(rows: list[dict[str, Any]], output: str, check: bool) -> dict[str, 
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from env_sim.tasks.generator import generate_rows
+    from env_sim.workplace_assistant.tasks.generator import generate_rows
 
     rows = generate_rows(args.n, args.seed, categories=args.categories or None, start_id=args.start_id)
     summary = _summary(rows, args.output, check=not args.no_check)
@@ -45,7 +45,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_convert_workbench(args: argparse.Namespace) -> int:
-    from env_sim.tasks.workbench import QA_DIR, convert_workbench
+    from env_sim.workplace_assistant.tasks.workbench import QA_DIR, convert_workbench
 
     rows = convert_workbench(args.qa_dir or QA_DIR, start_id=args.start_id)
     write_rows(args.output, rows)

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
 
-from env_sim.tasks.rows import CATEGORIES, CATEGORY_PREFIX, DOMAINS, make_row
-from env_sim.tasks.snapshot import (METRICS, NOW, TODAY, TRAFFIC_SOURCES, YESTERDAY, Snapshot, days_before,
-                                    first_name, initial_snapshot, natural_date)
+from env_sim.workplace_assistant.tasks.rows import CATEGORIES, CATEGORY_PREFIX, DOMAINS, make_row
+from env_sim.workplace_assistant.tasks.snapshot import (METRICS, NOW, TODAY, TRAFFIC_SOURCES, YESTERDAY, Snapshot,
+                                                        days_before, first_name, initial_snapshot, natural_date)
 
 Call = dict[str, Any]
 

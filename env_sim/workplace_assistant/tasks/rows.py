@@ -13,10 +13,10 @@ The prepare stage adds `agent_ref`; `validate_row` accepts it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from env_sim.files import atomic_write_lines
 
 SYSTEM_PROMPT = (
     "Today's date is Thursday, 2023-11-30 and the current time is 23:59:00. Remember the current date and time "
@@ -46,7 +46,7 @@ def make_row(row_id: int, query: str, ground_truth: Iterable[dict[str, Any]], do
              tools: list[dict[str, Any]] | None = None, system_prompt: str = SYSTEM_PROMPT) -> dict[str, Any]:
     """A dataset row; ground-truth arguments may be dicts or JSON text."""
     if tools is None:
-        from env_sim.tools import TOOL_SCHEMAS
+        from env_sim.workplace_assistant.tools import TOOL_SCHEMAS
         tools = TOOL_SCHEMAS
     return {
         "id": int(row_id),
@@ -132,7 +132,7 @@ def validate_row(row: Any, replay: bool = True, strict: bool = False) -> list[st
     """Problems of one row (empty list: the row is good). `replay` also executes the ground truth on a fresh
     database and reports every call whose output is an error. `strict` also rejects a ground truth whose writes
     leave the state unchanged (WorkBench has two such rows: reassigning a customer to their current owner)."""
-    from env_sim.tools import TOOL_NAMES, TOOL_SCHEMAS
+    from env_sim.workplace_assistant.tools import TOOL_NAMES, TOOL_SCHEMAS
 
     if not isinstance(row, dict):
         return [f"row must be a JSON object, got {type(row).__name__}"]
@@ -198,16 +198,15 @@ def validate_row(row: Any, replay: bool = True, strict: bool = False) -> list[st
 def replay_problems(row: dict[str, Any], strict: bool = False) -> list[str]:
     """Execute the ground truth in order on a fresh database; every failing call is a problem (and, if strict,
     writes that change nothing)."""
-    from env_sim.database import Database
     from env_sim.execute import execute_call
-
-    from env_sim.tools import WRITE_TOOLS
-    from env_sim.verify import verify
+    from env_sim.workplace_assistant.database import Database
+    from env_sim.workplace_assistant.tools import WRITE_TOOLS, call_tool
+    from env_sim.workplace_assistant.verify import verify
 
     db = Database.fresh()
     problems = []
     for index, call in enumerate(row["ground_truth"]):
-        output = execute_call(db, call["name"], call["arguments"])
+        output = execute_call(call_tool, db, call["name"], call["arguments"])
         if output_is_failure(output):
             problems.append(f"row {row.get('id', '?')} ground_truth[{index}] {call['name']}: replay failed: "
                             f"{output[:300]}")
@@ -220,20 +219,8 @@ def replay_problems(row: dict[str, Any], strict: bool = False) -> list[str]:
 # --- files ---------------------------------------------------------------------------------------------------
 
 def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
-    """Write rows as JSON lines to a temp file in the same folder, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            for row in rows:
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(temp_name, path)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        raise
-    return path
+    """Write rows as JSON lines, atomically (a temp file in the same folder renamed into place)."""
+    return atomic_write_lines(path, (json.dumps(row, ensure_ascii=False) for row in rows))
 
 
 def read_rows(path: str | Path) -> Iterator[dict[str, Any]]:

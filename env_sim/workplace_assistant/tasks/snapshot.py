@@ -73,7 +73,7 @@ class Snapshot:
 
     @classmethod
     def from_database(cls, db: Any) -> "Snapshot":
-        """The view of a core `env_sim.database.Database` (read through its tables, never written)."""
+        """The view of a `Database` (env_sim.workplace_assistant.database; read through its tables, never written)."""
         return cls(emails=db.emails.records(), events=db.calendar_events.records(),
                    visits=db.analytics_data.records(), tasks=db.project_tasks.records(), customers=db.crm.records(),
                    directory=list(db.directory))
@@ -125,7 +125,7 @@ class Snapshot:
 @lru_cache(maxsize=1)
 def initial_snapshot() -> Snapshot:
     """The snapshot of the environment's initial database (built once per process)."""
-    from env_sim.database import Database
+    from env_sim.workplace_assistant.database import Database
 
     return Snapshot.from_database(Database.fresh())
 

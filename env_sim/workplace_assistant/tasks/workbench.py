@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from env_sim.tasks.rows import DOMAINS, make_row
+from env_sim.workplace_assistant.tasks.rows import DOMAINS, make_row
 
 QA_DIR = Path(__file__).resolve().parent / "workbench_data" / "queries_and_answers"
 QA_FILES = (

@@ -1,4 +1,4 @@
-"""The 27 Workplace Assistant tools: schemas in the reference's order and the name -> method registry.
+"""The 27 Workplace Assistant tools: schemas in the reference's order, the name -> method registry, ``call_tool``.
 
 A tool named ``<toolkit>_<method>`` runs ``<Toolkit>Tool(db).<method>(**kwargs)``; every toolkit
 class wraps one ``Database`` and keeps the reference's class, method and parameter names.
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from env_sim.tools import analytics, calendar, company_directory, customer_relationship_manager, email
-from env_sim.tools import project_management
+from env_sim.workplace_assistant.tools import analytics, calendar, company_directory, customer_relationship_manager
+from env_sim.workplace_assistant.tools import email, project_management
 
 
 class ToolEntry(NamedTuple):
@@ -48,28 +48,21 @@ WRITE_TOOLS = frozenset([
     "customer_relationship_manager_delete_customer",
 ])
 
-TOOL_SCOPES = ("all", "domain", "none")
+TOOLKIT_NAMES = tuple(prefix for prefix, _, _ in _TOOLKITS)
 SHARED_TOOLKIT = "company_directory"   # every domain's tasks may need someone's email address
 
 
-def tools_in_scope(tools: list[dict], category: str, scope: str = "all") -> list[dict]:
-    """The tools a prompt shows. "all": every tool the row lists (the reference). "domain": only the tools of
-    the row's own domain plus the company directory, in the row's order: a much shorter prompt for tiny models
-    (config `env.tool_scope`); every tool still executes, so a call outside the scope is not an error.
-    Categories without a single domain keep all tools. "none": no tool section at all (the sft stage's
-    short-context phase)."""
-    if scope not in TOOL_SCOPES:
-        raise ValueError(f"tool scope must be one of {TOOL_SCOPES}, got {scope!r}")
-    if scope == "all":
-        return list(tools)
-    if scope == "none":
-        return []
-    domain = category.removeprefix("workplace_assistant_")
-    prefixes = {prefix for prefix, _, _ in _TOOLKITS}
-    if domain not in prefixes:
-        return list(tools)
-    keep = (domain + "_", SHARED_TOOLKIT + "_")
-    return [tool for tool in tools if str(tool.get("name") or tool.get("function", {}).get("name", "")).startswith(keep)]
+def call_tool(db, name: str, kwargs: dict):
+    """Run tool ``name`` on ``db`` as the reference server does (``POST /<tool_name>``): None-valued arguments
+    are dropped; an unknown tool, a wrong argument or an exception becomes ``"Error executing tool '<name>': ..."``.
+    Returns the tool's result (str, dict or list) or that error string."""
+    args = {key: value for key, value in kwargs.items() if value is not None}
+    try:
+        entry = REGISTRY[name]
+        return getattr(entry.toolkit(db), entry.method)(**args)
+    except Exception as e:  # returned to the model so it can correct itself, as the reference does
+        return f"Error executing tool '{name}': {e}"
 
 
-__all__ = ["TOOL_SCHEMAS", "TOOL_NAMES", "TOOL_SCOPES", "REGISTRY", "WRITE_TOOLS", "ToolEntry", "tools_in_scope"]
+__all__ = ["TOOL_SCHEMAS", "TOOL_NAMES", "TOOLKIT_NAMES", "SHARED_TOOLKIT", "REGISTRY", "WRITE_TOOLS", "ToolEntry",
+           "call_tool"]

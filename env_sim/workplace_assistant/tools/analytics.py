@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from env_sim.tools.pandas_semantics import GE, LE, series_compare, series_eq
-from env_sim.tools.schema import function_schema
+from env_sim.workplace_assistant.tools.pandas_semantics import GE, LE, series_compare, series_eq
+from env_sim.workplace_assistant.tools.schema import function_schema
 
 PLOTTABLE_VALUES = ["total_visits", "session_duration_seconds", "user_engaged", "visits_direct",
                     "visits_referral", "visits_search_engine", "visits_social_media"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from env_sim.tools.pandas_semantics import (
+from env_sim.workplace_assistant.tools.pandas_semantics import (
     GE, LE, array_contains, compile_contains, paginate, series_eq, series_max, timestamps_compare, to_timestamp,
 )
-from env_sim.tools.schema import function_schema
+from env_sim.workplace_assistant.tools.schema import function_schema
 
 _INFO_FIELDS = ["event_id", "event_name", "participant_email", "event_start", "duration"]
 _UPDATE_FIELDS = ["event_name", "participant_email", "event_start", "duration"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from env_sim.tools.pandas_semantics import compile_contains
-from env_sim.tools.schema import function_schema
+from env_sim.workplace_assistant.tools.pandas_semantics import compile_contains
+from env_sim.workplace_assistant.tools.schema import function_schema
 
 
 class CompanyDirectoryTool:

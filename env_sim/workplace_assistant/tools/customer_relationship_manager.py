@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from env_sim.tools.pandas_semantics import GE, LE, array_contains, contains_mask, paginate, series_compare, series_eq, series_max
-from env_sim.tools.schema import function_schema
+from env_sim.workplace_assistant.tools.pandas_semantics import (GE, LE, array_contains, contains_mask, paginate,
+                                                               series_compare, series_eq, series_max)
+from env_sim.workplace_assistant.tools.schema import function_schema
 
 STATUSES = ["Qualified", "Won", "Lost", "Lead", "Proposal"]
 PRODUCTS = ["Software", "Hardware", "Services", "Consulting", "Training"]

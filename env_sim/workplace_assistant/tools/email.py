@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from env_sim.database import CURRENT_TIME
-from env_sim.tools.pandas_semantics import array_contains, fmt, paginate, series_eq, series_max, to_timestamp
-from env_sim.tools.schema import function_schema
+from env_sim.workplace_assistant.database import CURRENT_TIME
+from env_sim.workplace_assistant.tools.pandas_semantics import (array_contains, fmt, paginate, series_eq, series_max,
+                                                               to_timestamp)
+from env_sim.workplace_assistant.tools.schema import function_schema
 
 
 class EmailTool:

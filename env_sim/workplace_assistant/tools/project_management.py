@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-from env_sim.tools.pandas_semantics import array_contains, contains_mask, series_eq, series_max, str_lower
-from env_sim.tools.schema import function_schema
+from env_sim.workplace_assistant.tools.pandas_semantics import (array_contains, contains_mask, series_eq, series_max,
+                                                               str_lower)
+from env_sim.workplace_assistant.tools.schema import function_schema
 
 LISTS = ["Backlog", "In Progress", "In Review", "Completed"]
 BOARDS = ["Back end", "Front end", "Design"]

@@ -183,14 +183,15 @@ def grpo_inprocess(cfg, model_dir) -> None:
 
     root = run_root(cfg)
     train_rows = read_jsonl(root / "prepare" / "train_prepare.jsonl")
+    from trainer.interfaces import Components
     val_rows = read_jsonl(root / "prepare" / "validation_prepare.jsonl")
     policy = InProcessPolicy(cfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict,
                              total_training_steps(cfg, len(train_rows)))
     generation = TorchGeneration(str(model_dir), int(cfg.policy.generation.vllm_cfg.max_model_len), "float32",
                                  batch_size=128)
-    trainer = GRPOTrainer(cfg, train_rows, val_rows, policy=policy, generation=generation,
-                          rollout_fn=collect_rollouts, tokenizer=AutoTokenizer.from_pretrained(str(model_dir)),
-                          refit_dtype="float32")
+    components = Components(policy=policy, generation=generation, rollout_fn=collect_rollouts,
+                            tokenizer=AutoTokenizer.from_pretrained(str(model_dir)))
+    trainer = GRPOTrainer(cfg, train_rows, val_rows, components, refit_dtype="float32")
     trainer.fit()
 
 

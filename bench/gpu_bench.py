@@ -190,6 +190,7 @@ def rollout_batch(n: int, seq: int, vocab: int, prompt: int, seed: int = 0) -> d
 
 
 def sync() -> None:
+    from trainer.interfaces import SamplingParams
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
@@ -341,10 +342,10 @@ def generation_throughput(hf_dir: Path, prompts: int, prompt_len: int, new_token
                              batch_size=prompts)
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(1, vocab, (prompts, prompt_len), generator=g).tolist()
-    engine.generate(ids, {"max_tokens": 4, "temperature": 1.0, "seed": 0})
+    engine.generate(ids, SamplingParams(max_tokens=4, temperature=1.0, seed=0))
     sync()
     start = time.perf_counter()
-    results = engine.generate(ids, {"max_tokens": new_tokens, "temperature": 1.0, "seed": 1})
+    results = engine.generate(ids, SamplingParams(max_tokens=new_tokens, temperature=1.0, seed=1))
     sync()
     seconds = time.perf_counter() - start
     generated = sum(len(r["token_ids"]) for r in results)

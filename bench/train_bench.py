@@ -53,13 +53,12 @@ def run(config: str, steps: int, extra: list[str]) -> dict:
     started = time.perf_counter()
     components = build_components(cfg, initial_model_dir(cfg), total_training_steps(cfg, len(train_rows)))
     startup = time.perf_counter() - started
-    trainer = GRPOTrainer(cfg, train_rows, [], refit_dtype=refit_dtype(cfg), echo=True, **components)
+    trainer = GRPOTrainer(cfg, train_rows, [], components, refit_dtype=refit_dtype(cfg), echo=True)
     trainer.fit()
     rows = [r for r in trainer.metrics.read() if "performance:samples_per_sec" in r]
     measured = rows[1:] or rows
     median = lambda key: statistics.median(r[key] for r in measured)  # noqa: E731
-    components["generation"].shutdown()
-    components["policy"].shutdown()
+    components.shutdown()
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",

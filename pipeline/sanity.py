@@ -19,11 +19,14 @@ import shutil
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from infra.config import run_root
+
+if TYPE_CHECKING:
+    from trainer.interfaces import Components
 
 ALL_CHECKS = ("data", "environment", "tokenizer", "generation", "train_step", "checkpoint")
 ENV_REPLAY_ROWS = 50
@@ -42,7 +45,7 @@ class _Context:
         self.out_dir = self.root / "sanity"
         self.train_rows: list[dict] = []
         self.val_rows: list[dict] = []
-        self.components: dict[str, Any] | None = None
+        self.components: Components | None = None
         self.trainer = None
         self.rollouts: list = []
 
@@ -69,7 +72,7 @@ class _Context:
             "logger": {"log_dir": str(self.out_dir), "wandb_enabled": False},
         }))
 
-    def build(self):
+    def build(self) -> Components:
         if self.components is None:
             from trainer.components import build_components, initial_model_dir
             from trainer.distributed import init_ray, ray_address
@@ -81,8 +84,7 @@ class _Context:
 
     def shutdown(self) -> None:
         if self.components is not None:
-            self.components["generation"].shutdown()
-            self.components["policy"].shutdown()
+            self.components.shutdown()
 
 
 # ---- checks: each returns a details dict and raises (AssertionError or any error) when it fails -------------
@@ -147,7 +149,7 @@ def check_generation(ctx: _Context) -> dict:
 
     comp = ctx.build()
     rows = ctx.sample_rows(int(ctx.cfg.sanity.num_rollouts))
-    ctx.rollouts = collect_rollouts(rows, comp["generation"], comp["tokenizer"], ctx.cfg, seed=int(ctx.cfg.run.seed))
+    ctx.rollouts = collect_rollouts(rows, comp.generation, comp.tokenizer, ctx.cfg, seed=int(ctx.cfg.run.seed))
     assert len(ctx.rollouts) == len(rows), f"{len(ctx.rollouts)} rollouts for {len(rows)} rows"
     generated = sum(r.num_generated_tokens for r in ctx.rollouts)
     assert generated > 0, "the engine generated no tokens"
@@ -166,19 +168,20 @@ def check_train_step(ctx: _Context) -> dict:
         check_generation(ctx)
     comp = ctx.build()
     shutil.rmtree(ctx.out_dir / "checkpoints", ignore_errors=True)
-    ctx.trainer = GRPOTrainer(ctx.trainer_cfg(), ctx.rows(), [], log_dir=ctx.out_dir, echo=False, **comp)
+    ctx.trainer = GRPOTrainer(ctx.trainer_cfg(), ctx.rows(), [], comp, log_dir=ctx.out_dir, echo=False)
     metrics = ctx.trainer.train_step(1)
     for key in ("train:loss", "grad_norm"):
         assert math.isfinite(float(metrics[key])), f"{key} is not finite: {metrics[key]}"
     # rewards of an untrained model are often all equal (zero advantages, zero gradient): push a batch with
     # advantages +1/-1 through the same update to prove that gradients reach the weights
-    before = comp["policy"].param_checksums()
-    pushed = comp["policy"].train(_perturbation_batch(ctx))
+    before = comp.policy.param_checksums()
+    pushed = comp.policy.train(_perturbation_batch(ctx))
     assert math.isfinite(pushed["grad_norm"]) and pushed["grad_norm"] > 0, f"grad_norm {pushed['grad_norm']}"
-    assert comp["policy"].param_checksums() != before, "a training step with non-zero advantages left the weights unchanged"
+    assert comp.policy.param_checksums() != before, \
+        "a training step with non-zero advantages left the weights unchanged"
     # the engines must take the new weights and still generate
-    refit = comp["generation"].update_weights(comp["policy"].export_weights_blob(ctx.trainer.refit_dtype))
-    rollout = collect_rollouts(ctx.sample_rows(1), comp["generation"], comp["tokenizer"], ctx.cfg, seed=1)[0]
+    refit = comp.generation.update_weights(comp.policy.export_weights_blob(ctx.trainer.refit_dtype))
+    rollout = collect_rollouts(ctx.sample_rows(1), comp.generation, comp.tokenizer, ctx.cfg, seed=1)[0]
     assert rollout.num_generated_tokens > 0, "no tokens generated after the refit"
     out = {key: metrics[key] for key in ("train:loss", "grad_norm", "train:reward_mean", "refit:seconds",
                                          "timing/train/total_step_time")}
@@ -190,7 +193,7 @@ def check_train_step(ctx: _Context) -> dict:
 def check_checkpoint(ctx: _Context) -> dict:
     if ctx.trainer is None:
         check_train_step(ctx)
-    policy = ctx.components["policy"]
+    policy = ctx.build().policy
     ctx.trainer.step = 1
     path = ctx.trainer.save_checkpoint({})
     saved = policy.param_checksums()
@@ -210,7 +213,7 @@ def _perturbation_batch(ctx: _Context):
     rollouts = ctx.rollouts[:2] or ctx.rollouts
     adv = torch.tensor([1.0, -1.0][: len(rollouts)])
     batch = rollouts_to_batch(rollouts, adv)
-    batch["prev_logprobs"] = ctx.components["policy"].get_logprobs(batch)
+    batch["prev_logprobs"] = ctx.build().policy.get_logprobs(batch)
     return batch
 
 

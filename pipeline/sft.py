@@ -24,11 +24,14 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from infra.config import run_root
+
+if TYPE_CHECKING:
+    from trainer.interfaces import Policy
 
 
 def sft_config(cfg: DictConfig) -> DictConfig:
@@ -100,7 +103,7 @@ class CopyCheck:
         chosen = [short_rollouts[i] for i in picked]
         self.batch = rollouts_to_batch(chosen, torch.ones(len(chosen)))
 
-    def exact_prob(self, policy) -> float:
+    def exact_prob(self, policy: Policy) -> float:
         from trainer.grpo.selection import sequence_probabilities
 
         return float(sequence_probabilities(policy.get_logprobs(self.batch), self.batch["loss_mask"]).mean())

@@ -38,16 +38,15 @@ def run(cfg: DictConfig) -> Path:
     model_dir = initial_model_dir(cfg)
     components = build_components(cfg, model_dir, total_training_steps(cfg, len(train_rows)))
     timer.phase("start_workers")
-    trainer = GRPOTrainer(cfg, train_rows, val_rows, refit_dtype=refit_dtype(cfg), **components)
+    trainer = GRPOTrainer(cfg, train_rows, val_rows, components, refit_dtype=refit_dtype(cfg))
     result = trainer.fit()
     timer.phase("train")
     if result.status != "completed":
         print(f"[train] stopped at step {result.step} ({result.status}); resubmit to resume", flush=True)
         return out_dir
-    hf_dir = components["policy"].save_hf_model(model_dir, out_dir / "hf_model", export_dtype(cfg))
+    hf_dir = components.policy.save_hf_model(model_dir, out_dir / "hf_model", export_dtype(cfg))
     timer.phase("export_hf_model")
-    components["generation"].shutdown()
-    components["policy"].shutdown()
+    components.shutdown()
     outputs = [p for p in (out_dir / "metrics.jsonl", out_dir / "reward_accuracy.png", hf_dir) if p.exists()]
     manifest.write_manifest(cfg, "train", inputs=[train_path, val_path], outputs=outputs, timer=timer, extra={
         "steps": result.step,

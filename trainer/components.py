@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from infra.config import run_root
+from trainer.interfaces import Components
 
 
 def initial_model_dir(cfg: DictConfig) -> Path:
@@ -40,8 +41,9 @@ def export_dtype(cfg: DictConfig) -> str:
     return _torch_dtype_name(cfg.policy.precision)
 
 
-def build_components(cfg: DictConfig, model_dir: Path, total_steps: int) -> dict:
-    """Policy actors (Megatron-core), generation engines (vLLM or torch), tokenizer and the rollout function."""
+def build_components(cfg: DictConfig, model_dir: Path, total_steps: int) -> Components:
+    """Policy actors (Megatron-core), generation engines (vLLM or torch), tokenizer, the rollout function and the
+    expert trajectories (for prompt selection). `Components.shutdown()` stops the workers."""
     from transformers import AutoTokenizer
 
     from trainer.generation import make_generation
@@ -54,5 +56,5 @@ def build_components(cfg: DictConfig, model_dir: Path, total_steps: int) -> dict
     policy = PolicyGroup(cfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict,
                          total_steps)
     generation = make_generation(cfg, str(model_dir))
-    return {"policy": policy, "generation": generation, "rollout_fn": collect_rollouts, "tokenizer": tokenizer,
-            "expert_fn": functools.partial(expert_rollouts, tokenizer=tokenizer, cfg=cfg)}
+    return Components(policy=policy, generation=generation, rollout_fn=collect_rollouts, tokenizer=tokenizer,
+                      expert_fn=functools.partial(expert_rollouts, tokenizer=tokenizer, cfg=cfg))

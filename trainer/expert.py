@@ -7,27 +7,42 @@ them; GRPO's prompt selection scores them under the current policy.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.interfaces import GenerationOutput, SamplingParams
+
 
 class ExpertGeneration:
-    """A generation backend that 'samples' given assistant texts, one per call (one episode at a time)."""
+    """A generation backend (`trainer.interfaces.Generation`) that 'samples' given assistant texts, one per call
+    (one episode at a time)."""
 
     def __init__(self, tokenizer, turns: Sequence[str], end_of_turn_id: int):
         self.tokenizer, self.turns, self.end_of_turn_id = tokenizer, list(turns), end_of_turn_id
 
-    def generate(self, prompt_token_ids, sampling: Mapping[str, Any]) -> list[dict]:
+    def generate(self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingParams) -> list[GenerationOutput]:
         if len(prompt_token_ids) != 1:
             raise ValueError("ExpertGeneration plays one episode at a time")
         text = self.turns.pop(0) if self.turns else "Done."
         ids = self.tokenizer.encode(text, add_special_tokens=False) + [self.end_of_turn_id]
-        limit = sampling["max_tokens"][0] if isinstance(sampling.get("max_tokens"), list) else None
+        limit = sampling.max_tokens_for(1)[0]
         finish = "stop"
-        if limit is not None and len(ids) > limit:
+        if len(ids) > limit:
             ids, finish = ids[:limit], "length"
         return [{"token_ids": ids, "logprobs": [0.0] * len(ids), "finish_reason": finish}]
+
+    def update_weights(self, blob: bytes) -> dict[str, float]:
+        raise NotImplementedError("expert trajectories are given texts; there are no weights to refit")
+
+    def sleep(self) -> list[bool]:
+        return [False]
+
+    def wake_up(self) -> list[bool]:
+        return [False]
+
+    def shutdown(self) -> None:
+        pass
 
 
 def without_system_prompt(row: dict) -> dict:

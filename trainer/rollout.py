@@ -24,6 +24,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from trainer.interfaces import Generation, GenerationOutput, SamplingParams
+
 log = logging.getLogger(__name__)
 
 _STUB_MESSAGES = [{"role": "user", "content": "."}, {"role": "assistant", "content": "."}]
@@ -118,25 +120,23 @@ def request_seed(seed: int, index: int, turn: int) -> int:
     return (int(seed) * 1_000_003 + index * 7_919 + turn) % (2**31 - 1)
 
 
-def collect_rollouts(rows: Sequence[Mapping[str, Any]], generation, tokenizer, cfg, seed: int) -> list[Rollout]:
-    """Play one episode per row to the end and return the rollouts in row order.
+def collect_rollouts(rows: Sequence[Mapping[str, Any]], generation: Generation, tokenizer, cfg,
+                     seed: int) -> list[Rollout]:
+    """Play one episode per row to the end and return the rollouts in row order (a `trainer.interfaces.RolloutFn`).
 
-    generation: anything with `generate(prompt_token_ids, sampling) -> [{token_ids, logprobs, finish_reason}]`
-    (`trainer.generation.make_generation`). cfg keys: env.{tool_format, max_steps, compact_tools, tool_scope},
-    policy.{max_total_sequence_length, generation.*}.
+    generation: a `trainer.interfaces.Generation` (`trainer.generation.make_generation`). cfg keys:
+    env.{tool_format, max_steps, compact_tools, tool_scope}, policy.{max_total_sequence_length, generation.*}.
     """
     from env_sim.agent import Episode
     from trainer.generation import stop_token_ids
 
-    gen_cfg = cfg.policy.generation
     max_total = int(cfg.policy.max_total_sequence_length)
-    max_new = int(gen_cfg.max_new_tokens)
     stop_ids = stop_token_ids(tokenizer, getattr(tokenizer, "name_or_path", None))
     if not stop_ids:
         raise ValueError("no end-of-turn token: neither generation_config.json eos_token_id nor tokenizer.eos_token")
     renderer = _ChatRenderer(tokenizer, stop_ids)
-    sampling = {"temperature": float(gen_cfg.temperature), "top_p": float(gen_cfg.top_p),
-                "top_k": None if gen_cfg.top_k is None else int(gen_cfg.top_k), "stop_token_ids": stop_ids}
+    sampling = SamplingParams.from_config(cfg, stop_token_ids=stop_ids)
+    max_new = sampling.max_tokens_for(1)[0]          # policy.generation.max_new_tokens, capped per turn below
 
     live: list[_Live] = []
     for index, row in enumerate(rows):
@@ -157,8 +157,8 @@ def collect_rollouts(rows: Sequence[Mapping[str, Any]], generation, tokenizer, c
             break
         outputs = generation.generate(
             [s.token_ids for s in active],
-            {**sampling, "max_tokens": [min(max_new, max_total - len(s.token_ids)) for s in active],
-             "seeds": [request_seed(seed, s.index, turn) for s in active]},
+            sampling.replace(max_tokens=[min(max_new, max_total - len(s.token_ids)) for s in active],
+                             seeds=[request_seed(seed, s.index, turn) for s in active]),
         )
         for state, out in zip(active, outputs):
             _apply_generation(state, out, renderer, stop_ids, max_total)
@@ -180,7 +180,7 @@ def collect_rollouts(rows: Sequence[Mapping[str, Any]], generation, tokenizer, c
     return rollouts
 
 
-def _apply_generation(state: _Live, out: Mapping[str, Any], renderer: _ChatRenderer, stop_ids: Sequence[int],
+def _apply_generation(state: _Live, out: GenerationOutput, renderer: _ChatRenderer, stop_ids: Sequence[int],
                       max_total: int) -> None:
     """Append one generation to the rollout, step the episode, then append the tool outputs' tokens."""
     episode = state.episode

@@ -6,6 +6,7 @@ import torch
 
 from env_sim.agent import expert_turns
 from env_sim.workplace_assistant.tasks.generator import generate_rows
+from trainer.interfaces import SamplingParams
 from trainer.rollout import collect_rollouts, episode_options
 
 from tiny_fixtures import tiny_cfg
@@ -23,12 +24,14 @@ class ScriptedGeneration:
         self.tokenizer, self.rows, self.turns = tokenizer, rows, {r["id"]: list(turns_by_row[r["id"]]) for r in rows}
         self.finish_with_stop = finish_with_stop
         self.calls = []
+        self.samplings: list[SamplingParams] = []
 
-    def generate(self, prompt_token_ids, sampling):
+    def generate(self, prompt_token_ids, sampling: SamplingParams):
         self.calls.append(len(prompt_token_ids))
+        self.samplings.append(sampling)
         end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         outputs = []
-        for ids, limit in zip(prompt_token_ids, sampling["max_tokens"]):
+        for ids, limit in zip(prompt_token_ids, sampling.max_tokens_for(len(prompt_token_ids))):
             text = self.tokenizer.decode(ids)
             row = next(r for r in self.rows if r["responses_create_params"]["input"][-1]["content"] in text)
             reply = self.turns[row["id"]].pop(0) if self.turns[row["id"]] else "Done."
@@ -40,6 +43,18 @@ class ScriptedGeneration:
             outputs.append({"token_ids": tokens, "logprobs": [SCRIPTED_LOGPROB] * len(tokens),
                             "finish_reason": reason})
         return outputs
+
+    def update_weights(self, blob):
+        raise NotImplementedError("scripted texts have no weights")
+
+    def sleep(self):
+        return [False]
+
+    def wake_up(self):
+        return [False]
+
+    def shutdown(self):
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +96,28 @@ def test_expert_rollouts_match_the_template_and_score_one(tiny_tokenizer, rows):
         assert generated == expected
         assert all(lp == (SCRIPTED_LOGPROB if m else 0.0) for lp, m in zip(ro.generation_logprobs, ro.loss_mask))
         assert ro.prompt_length == ro.loss_mask.index(1)
+
+
+def test_each_turn_samples_with_the_configs_params_and_per_episode_seeds_and_limits(tiny_tokenizer, rows):
+    from tests.protocol_check import protocol_problems
+    from trainer.generation import stop_token_ids
+    from trainer.interfaces import Generation
+    from trainer.rollout import request_seed
+
+    assert protocol_problems(ScriptedGeneration, Generation) == []
+    cfg = tiny_cfg(**{"policy.generation.temperature": 0.7, "policy.generation.top_p": 0.9,
+                      "policy.generation.top_k": 20, "policy.generation.max_new_tokens": 64})
+    gen = ScriptedGeneration(tiny_tokenizer, rows[:3], _expert_script(rows[:3]))
+    rollouts = collect_rollouts(rows[:3], gen, tiny_tokenizer, cfg, seed=4)
+    first = gen.samplings[0]
+    assert (first.temperature, first.top_p, first.top_k) == (0.7, 0.9, 20)
+    assert first.stop_token_ids == tuple(stop_token_ids(tiny_tokenizer, tiny_tokenizer.name_or_path))
+    assert first.seeds == tuple(request_seed(4, i, 0) for i in range(3))
+    limit = int(cfg.policy.max_total_sequence_length)
+    assert first.max_tokens == tuple(min(64, limit - r.prompt_length) for r in rollouts)
+    # the next turn: the live episodes' own seeds for turn 1, whichever episodes are still running
+    assert set(gen.samplings[1].seeds) <= {request_seed(4, i, 1) for i in range(3)}
+    assert len(gen.samplings[1].seeds) == len(gen.samplings[1].max_tokens) == gen.calls[1]
 
 
 def test_wrong_calls_score_zero(tiny_tokenizer, rows):

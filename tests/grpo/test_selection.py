@@ -9,6 +9,7 @@ from trainer.grpo.selection import (ExpertScorer, mixed_group_probability, pick_
                                      sequence_probabilities)
 from tests.grpo.toy import ToyRollout, ToySampler, build_toy_gpt, export_toy_state_dict, make_toy_rollout_fn, toy_rows
 from trainer.grpo.loop import GRPOTrainer, PromptLoader, total_training_steps
+from trainer.interfaces import Components
 
 from grpo_testlib import toy_cfg
 
@@ -66,8 +67,8 @@ def test_trainer_generates_only_for_the_selected_candidates(tmp_path):
         seen.append([r["id"] for r in rows])
         return toy_rollouts(rows, generation, tokenizer, cfg_, seed)
 
-    trainer = GRPOTrainer(cfg, train_rows, toy_rows(4, seed=1), policy=policy, generation=ToySampler(),
-                          rollout_fn=rollout_fn, expert_fn=toy_expert_fn, refit_dtype="float32", echo=False)
+    components = Components(policy=policy, generation=ToySampler(), rollout_fn=rollout_fn, expert_fn=toy_expert_fn)
+    trainer = GRPOTrainer(cfg, train_rows, toy_rows(4, seed=1), components, refit_dtype="float32", echo=False)
     # what the selection must keep at step 1: score the first 8 candidates with the untrained policy
     first_pool = [row["id"] for row in PromptLoader(train_rows, 8, int(cfg.grpo.seed)).next_batch()]
     experts = toy_expert_fn([train_rows[i] for i in first_pool])
@@ -91,7 +92,7 @@ def test_selection_without_expert_trajectories_is_a_config_error(tmp_path):
     cfg = toy_cfg(tmp_path, "grpo.prompt_selection.pool_factor=2")
     policy = InProcessPolicy(cfg, build_toy_gpt, export_toy_state_dict, 10)
     with pytest.raises(ValueError, match="expert_fn"):
-        GRPOTrainer(cfg, toy_rows(8), toy_rows(2), policy=policy, generation=ToySampler(),
-                    rollout_fn=make_toy_rollout_fn(), echo=False)
+        GRPOTrainer(cfg, toy_rows(8), toy_rows(2),
+                    Components(policy=policy, generation=ToySampler(), rollout_fn=make_toy_rollout_fn()), echo=False)
     with pytest.raises(ValueError, match="pool_factor must be >= 1"):
         total_training_steps(toy_cfg(tmp_path, "grpo.prompt_selection.pool_factor=0.5"), 8)

@@ -5,6 +5,7 @@ import pytest
 from trainer.policy.worker import InProcessPolicy
 from tests.grpo.toy import ToySampler, build_toy_gpt, export_toy_state_dict, make_toy_rollout_fn, toy_rows
 from trainer.grpo.loop import GRPOTrainer, total_training_steps
+from trainer.interfaces import Components
 
 from grpo_testlib import toy_cfg
 
@@ -18,9 +19,9 @@ def test_mean_reward_rises(tmp_path):
                   "policy.megatron_cfg.optimizer.lr=0.003")
     train_rows, val_rows = toy_rows(64, seed=0), toy_rows(16, seed=1)
     policy = InProcessPolicy(cfg, build_toy_gpt, export_toy_state_dict, total_training_steps(cfg, len(train_rows)))
-    trainer = GRPOTrainer(cfg, train_rows, val_rows, policy=policy, generation=ToySampler(),
-                          rollout_fn=make_toy_rollout_fn(target_token=7, max_new_tokens=6), refit_dtype="float32",
-                          echo=False)
+    components = Components(policy=policy, generation=ToySampler(),
+                            rollout_fn=make_toy_rollout_fn(target_token=7, max_new_tokens=6))
+    trainer = GRPOTrainer(cfg, train_rows, val_rows, components, refit_dtype="float32", echo=False)
     trainer.fit()
     rewards = [r["train:reward_mean"] for r in trainer.metrics.read() if "train:reward_mean" in r]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5

@@ -12,6 +12,7 @@ from trainer.checkpoint import CheckpointManager
 from trainer.policy.worker import InProcessPolicy
 from tests.grpo.toy import ToySampler, build_toy_gpt, export_toy_state_dict, make_toy_rollout_fn, toy_rows
 from trainer.grpo.loop import GRPOTrainer, PromptLoader, step_seed, total_training_steps
+from trainer.interfaces import Components
 
 from grpo_testlib import toy_cfg
 
@@ -23,8 +24,8 @@ def make_trainer(cfg, train_rows=None, val_rows=None):
     val_rows = val_rows or toy_rows(6, seed=1)
     policy = InProcessPolicy(cfg, build_toy_gpt, export_toy_state_dict, total_training_steps(cfg, len(train_rows)))
     sampler = ToySampler()
-    trainer = GRPOTrainer(cfg, train_rows, val_rows, policy=policy, generation=sampler,
-                          rollout_fn=make_toy_rollout_fn(max_new_tokens=4), refit_dtype="float32", echo=False)
+    components = Components(policy=policy, generation=sampler, rollout_fn=make_toy_rollout_fn(max_new_tokens=4))
+    trainer = GRPOTrainer(cfg, train_rows, val_rows, components, refit_dtype="float32", echo=False)
     return trainer, sampler
 
 

@@ -6,7 +6,11 @@ its own state dict, so weight refits into the toy sampler (tests/grpo) round-tri
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
+
+from trainer.interfaces import Generation, GenerationOutput, SamplingParams
 
 TOY_DEFAULTS = dict(vocab_size=32, hidden_size=32, num_layers=2, num_attention_heads=4, max_sequence_length=64)
 
@@ -39,7 +43,8 @@ def export_toy_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 class ToySampler:
-    """An in-process 'generation engine' for the toy GPT: refit from a safetensors blob, sample with seeds.
+    """An in-process generation backend (`trainer.interfaces.Generation`) for the toy GPT: refit from a
+    safetensors blob, sample with seeds.
 
     Plays the role of the vLLM engines in fast tests: the trainer refits it after every update exactly as it
     refits vLLM, so a test sees the new weights reach generation."""
@@ -49,16 +54,39 @@ class ToySampler:
         self.model.eval()
         self.refits = 0
 
-    def update_weights(self, blob: bytes) -> None:
+    def generate(self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingParams) -> list[GenerationOutput]:
+        """`sample` per prompt, with its seed and token limit (no stop tokens: every answer runs to the limit)."""
+        n = len(prompt_token_ids)
+        out: list[GenerationOutput] = []
+        for prompt, seed, limit in zip(prompt_token_ids, sampling.seeds_for(n), sampling.max_tokens_for(n)):
+            tokens, logprobs = self.sample(list(prompt), limit, seed, sampling.temperature)
+            out.append({"token_ids": tokens, "logprobs": logprobs, "finish_reason": "length"})
+        return out
+
+    def update_weights(self, blob: bytes) -> dict[str, float]:
         from safetensors.torch import load
 
         self.model.load_state_dict(load(blob), strict=False)
         self.refits += 1
+        return {"refit_bytes": float(len(blob))}
+
+    def sleep(self) -> list[bool]:
+        return [False]
+
+    def wake_up(self) -> list[bool]:
+        return [False]
+
+    def shutdown(self) -> None:
+        pass
 
     @torch.no_grad()
-    def sample(self, prompt: list[int], max_new_tokens: int, seed: int, temperature: float = 1.0):
+    def sample(self, prompt: list[int], max_new_tokens: int, seed: int | None, temperature: float = 1.0):
         """Tokens and their log-probs (of the temperature-scaled distribution), sampled one at a time."""
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator()
+        if seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(seed)
         tokens, logprobs = list(prompt), []
         for _ in range(max_new_tokens):
             seq = len(tokens)
@@ -97,12 +125,11 @@ def make_toy_rollout_fn(target_token: int = 7, max_new_tokens: int = 6):
     """`collect_rollouts`-compatible function for the toy task: reward 1 iff the response contains the target
     token (a skill the toy model can learn in a few dozen steps)."""
 
-    def rollout_fn(rows, generation: ToySampler, tokenizer, cfg, seed: int):
-        temperature = float(cfg.policy.generation.temperature)
-        out = []
-        for i, row in enumerate(rows):
-            response, lps = generation.sample(row["prompt_tokens"], max_new_tokens, seed * 1000 + i, temperature)
-            out.append(ToyRollout(row, row["prompt_tokens"], response, lps, target_token in response))
-        return out
+    def rollout_fn(rows, generation: Generation, tokenizer, cfg, seed: int) -> list[ToyRollout]:
+        sampling = SamplingParams.from_config(cfg).replace(max_tokens=max_new_tokens,
+                                                           seeds=[seed * 1000 + i for i in range(len(rows))])
+        outputs = generation.generate([row["prompt_tokens"] for row in rows], sampling)
+        return [ToyRollout(row, row["prompt_tokens"], out["token_ids"], out["logprobs"],
+                           target_token in out["token_ids"]) for row, out in zip(rows, outputs)]
 
     return rollout_fn

@@ -1,16 +1,21 @@
-"""Generation backends with one API: `generate(prompt_token_ids, sampling) -> [{token_ids, logprobs,
-finish_reason}]`, `update_weights(safetensors_blob) -> {refit_seconds, ...}`, `sleep()`, `wake_up()`,
-`shutdown()`.
+"""Generation backends with one API (`trainer.interfaces.Generation`): `generate(prompt_token_ids, SamplingParams)
+-> [{token_ids, logprobs, finish_reason}]`, `update_weights(safetensors_blob) -> {refit_seconds, ...}`, `sleep()`,
+`wake_up()`, `shutdown()`.
 
 `policy.generation.backend`: `vllm` (vLLM engines as Ray actors: `vllm_worker.GenerationGroup`) or `torch`
 (a plain transformers model in this process: `torch_backend.TorchGeneration`). Nothing heavy is imported here.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trainer.interfaces import Generation
+
 BACKENDS = ("vllm", "torch")
 
 
-def make_generation(cfg, model_dir: str, num_engines: int | None = None):
+def make_generation(cfg, model_dir: str, num_engines: int | None = None) -> Generation:
     """The backend named by `policy.generation.backend`, loaded with the weights in `model_dir`.
 
     The vLLM backend needs Ray (`trainer.distributed.init_ray()`) first.

@@ -8,9 +8,11 @@ vLLM engines started with `logprobs_mode="processed_logprobs"`.
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import torch
+
+from trainer.interfaces import GenerationOutput, SamplingParams
 
 
 class TorchGeneration:
@@ -35,16 +37,11 @@ class TorchGeneration:
         dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(precision, precision)
         return cls(model_dir, int(cfg.policy.generation.vllm_cfg.max_model_len), dtype)
 
-    def generate(self, prompt_token_ids: Sequence[Sequence[int]], sampling: Mapping[str, Any]) -> list[dict]:
+    def generate(self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingParams) -> list[GenerationOutput]:
         """Same contract as `VllmEngine.generate`."""
         prompts = [list(map(int, p)) for p in prompt_token_ids]
-        seeds = sampling.get("seeds")
-        if seeds is None:
-            base = sampling.get("seed")
-            seeds = [None if base is None else int(base) + i for i in range(len(prompts))]
-        max_tokens = sampling.get("max_tokens", 128)
-        max_tokens = list(max_tokens) if isinstance(max_tokens, (list, tuple)) else [max_tokens] * len(prompts)
-        results: list[dict] = []
+        seeds, max_tokens = sampling.seeds_for(len(prompts)), sampling.max_tokens_for(len(prompts))
+        results: list[GenerationOutput] = []
         for start in range(0, len(prompts), self.batch_size):
             stop = start + self.batch_size
             results.extend(self._generate_batch(prompts[start:stop], sampling, seeds[start:stop],
@@ -52,16 +49,14 @@ class TorchGeneration:
         return results
 
     @torch.no_grad()
-    def _generate_batch(self, prompts, sampling, seeds, max_tokens) -> list[dict]:
+    def _generate_batch(self, prompts, sampling: SamplingParams, seeds, max_tokens) -> list[GenerationOutput]:
         n = len(prompts)
         for p in prompts:
             if len(p) >= self.max_model_len:
                 raise ValueError(f"prompt of {len(p)} tokens leaves no room under max_model_len={self.max_model_len}")
-        limits = [min(int(m), self.max_model_len - len(p)) for p, m in zip(prompts, max_tokens)]
-        stop_ids = self.eos_ids | set(int(t) for t in sampling.get("stop_token_ids") or [])
-        temperature = float(sampling.get("temperature", 1.0))
-        top_p = float(sampling.get("top_p", 1.0))
-        top_k = int(sampling.get("top_k") or 0)
+        limits = [min(m, self.max_model_len - len(p)) for p, m in zip(prompts, max_tokens)]
+        stop_ids = self.eos_ids | set(sampling.stop_token_ids)
+        temperature, top_p, top_k = sampling.temperature, sampling.top_p, sampling.top_k_or_zero
         gens = []
         for seed in seeds:
             g = torch.Generator(device=self.device)
@@ -76,7 +71,7 @@ class TorchGeneration:
         ids, mask = ids.to(self.device), mask.to(self.device)
         out_tokens: list[list[int]] = [[] for _ in range(n)]
         out_logprobs: list[list[float]] = [[] for _ in range(n)]
-        finish = [None] * n
+        finish: list[str | None] = [None] * n
         past = None
         step_ids = ids
         for _ in range(max(limits)):

@@ -15,6 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import ray
 
+from trainer.interfaces import GenerationOutput, SamplingParams
+
 REFIT_EXTENSION = "trainer.generation.weight_refit.WeightRefitExtension"
 # On GPUs an engine shares its GPU with a policy rank (colocated), as the policy worker does.
 COLOCATED_GPU_SHARE = 0.5
@@ -80,13 +82,6 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def sampling_defaults(cfg) -> dict[str, Any]:
-    """The sampling dict for `generate` from `policy.generation` (seed and stop ids are added by the caller)."""
-    gen = cfg.policy.generation
-    return {"max_tokens": int(gen.max_new_tokens), "temperature": float(gen.temperature),
-            "top_p": float(gen.top_p), "top_k": None if gen.top_k is None else int(gen.top_k)}
-
-
 class VllmEngine:
     """One vLLM engine in this process. Use through `VllmGenerationWorker` (a Ray actor) or directly in tests."""
 
@@ -136,15 +131,13 @@ class VllmEngine:
         return {"start_seconds": self.start_seconds, "settings": asdict(self.settings), "on_gpu": self.on_gpu,
                 "pid": os.getpid(), "block_size": self.llm.llm_engine.vllm_config.cache_config.block_size}
 
-    def generate(self, prompt_token_ids: Sequence[Sequence[int]], sampling: Mapping[str, Any]) -> list[dict]:
-        """Sample one continuation per prompt.
+    def generate(self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingParams) -> list[GenerationOutput]:
+        """Sample one continuation per prompt (per-request seeds: see `SamplingParams`).
 
-        sampling: max_tokens (int or one per prompt), temperature, top_p, top_k, stop_token_ids, and either
-        `seed` (request i gets seed + i) or `seeds` (one per prompt) - per-request seeds make a run reproducible
-        whatever the batch composition. Returns [{token_ids, logprobs, finish_reason}] in prompt order, where
-        logprobs[j] is the log-prob of token_ids[j] under the sampling distribution.
+        Returns [{token_ids, logprobs, finish_reason}] in prompt order, where logprobs[j] is the log-prob of
+        token_ids[j] under the sampling distribution.
         """
-        from vllm import SamplingParams
+        import vllm
         from vllm.inputs import TokensPrompt
 
         if self.asleep:
@@ -152,34 +145,27 @@ class VllmEngine:
         prompts = [list(map(int, ids)) for ids in prompt_token_ids]
         if not prompts:
             return []
-        seeds = sampling.get("seeds")
-        if seeds is None:
-            base = sampling.get("seed")
-            seeds = [None if base is None else int(base) + i for i in range(len(prompts))]
-        if len(seeds) != len(prompts):
-            raise ValueError(f"sampling['seeds'] has {len(seeds)} entries for {len(prompts)} prompts")
-        max_tokens = sampling.get("max_tokens", 128)
-        max_tokens = list(max_tokens) if isinstance(max_tokens, (list, tuple)) else [max_tokens] * len(prompts)
+        seeds, max_tokens = sampling.seeds_for(len(prompts)), sampling.max_tokens_for(len(prompts))
         params = []
         for prompt, seed, limit in zip(prompts, seeds, max_tokens):
             room = self.settings.max_model_len - len(prompt)
             if room < 1:
                 raise ValueError(f"prompt of {len(prompt)} tokens leaves no room under "
                                  f"max_model_len={self.settings.max_model_len}")
-            params.append(SamplingParams(
+            params.append(vllm.SamplingParams(
                 n=1,
-                max_tokens=min(int(limit), room),
-                temperature=float(sampling.get("temperature", 1.0)),
-                top_p=float(sampling.get("top_p", 1.0)),
-                top_k=int(sampling["top_k"]) if sampling.get("top_k") not in (None, -1, 0) else 0,
+                max_tokens=min(limit, room),
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k_or_zero,
                 seed=seed,
                 logprobs=0,                        # just the sampled token's log-prob
-                stop_token_ids=list(sampling.get("stop_token_ids") or []),
+                stop_token_ids=list(sampling.stop_token_ids),
                 detokenize=False,                  # the rollout decodes; ids are the source of truth
                 skip_special_tokens=False,
             ))
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        results = []
+        results: list[GenerationOutput] = []
         for out in outputs:
             completion = out.outputs[0]
             token_ids = list(completion.token_ids)
@@ -239,24 +225,18 @@ class GenerationGroup:
         self.engine_info = ray.get([w.info.remote() for w in self.workers])
         self.start_seconds = time.perf_counter() - started
 
-    def generate(self, prompt_token_ids: Sequence[Sequence[int]], sampling: Mapping[str, Any]) -> list[dict]:
+    def generate(self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingParams) -> list[GenerationOutput]:
         """Like `VllmEngine.generate`, over all engines: contiguous chunks, seeds fixed by global prompt index."""
         prompts = list(prompt_token_ids)
         if not prompts:
             return []
-        sampling = dict(sampling)
-        if sampling.get("seeds") is None:
-            base = sampling.pop("seed", None)
-            sampling["seeds"] = [None if base is None else int(base) + i for i in range(len(prompts))]
-        max_tokens = sampling.get("max_tokens", 128)
-        per_prompt_max = list(max_tokens) if isinstance(max_tokens, (list, tuple)) else [max_tokens] * len(prompts)
+        sampling = sampling.per_prompt(len(prompts))
         chunks = _split(len(prompts), self.num_engines)
         futures = []
         for worker, (start, stop) in zip(self.workers, chunks):
             if start == stop:
                 continue
-            part = {**sampling, "seeds": sampling["seeds"][start:stop], "max_tokens": per_prompt_max[start:stop]}
-            futures.append(worker.generate.remote(prompts[start:stop], part))
+            futures.append(worker.generate.remote(prompts[start:stop], sampling.prompts(start, stop)))
         return [item for chunk in ray.get(futures) for item in chunk]
 
     def update_weights(self, blob: bytes) -> dict[str, float]:

@@ -24,7 +24,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from trainer.batch import informative_rows, rollouts_to_batch
 from trainer.checkpoint import CheckpointManager
 from trainer.metrics import MetricsLogger
 from trainer.grpo.selection import ExpertScorer, select_prompts
+from trainer.interfaces import Components, Generation, Policy, RolloutFn
 
 
 # ---- data order ---------------------------------------------------------------------------------------------
@@ -121,23 +122,25 @@ class TrainResult:
 class GRPOTrainer:
     """GRPO over `train_rows`, validating on `val_rows`.
 
-    `policy` (PolicyGroup-like), `generation` (has `update_weights(blob)`), `rollout_fn(rows, generation,
-    tokenizer, cfg, seed) -> rollouts` (one per row, in order) and `tokenizer` are built from `cfg` by
-    `pipeline.train.build_components` in a real run; tests pass their own. `expert_fn(rows) -> rollouts` (the
-    rows' expert trajectories) is needed only by `grpo.prompt_selection`.
+    `components` (`trainer.interfaces.Components`: the policy, the generation backend, the rollout function, the
+    tokenizer and, for `grpo.prompt_selection` only, the expert trajectories) are built from `cfg` by
+    `trainer.components.build_components` in a real run; tests pass their own.
     """
 
-    def __init__(self, cfg: DictConfig, train_rows: Sequence[dict], val_rows: Sequence[dict], *, policy, generation,
-                 rollout_fn: Callable, tokenizer=None, expert_fn: Callable | None = None,
-                 log_dir: str | Path | None = None, refit_dtype: str = "bfloat16", echo: bool = True):
-        self.cfg, self.policy, self.generation = cfg, policy, generation
-        self.rollout_fn, self.tokenizer, self.refit_dtype = rollout_fn, tokenizer, refit_dtype
+    def __init__(self, cfg: DictConfig, train_rows: Sequence[dict], val_rows: Sequence[dict], components: Components,
+                 *, log_dir: str | Path | None = None, refit_dtype: str = "bfloat16", echo: bool = True):
+        self.cfg, self.components, self.refit_dtype = cfg, components, refit_dtype
+        self.policy: Policy = components.policy
+        self.generation: Generation = components.generation
+        self.rollout_fn: RolloutFn = components.rollout_fn
+        self.tokenizer = components.tokenizer
+        expert_fn = components.expert_fn
         g = cfg.grpo
         self.seed = int(g.seed)
         self.num_generations = int(g.num_generations_per_prompt)
         self.num_prompts = int(g.num_prompts_per_step)
         drawn = prompts_drawn_per_step(cfg)
-        self.scorer = None
+        self.scorer: ExpertScorer | None = None
         if drawn > self.num_prompts:
             if expert_fn is None:
                 raise ValueError("grpo.prompt_selection.pool_factor > 1 scores expert trajectories, but the trainer "

@@ -14,11 +14,12 @@ are consumed like the selected ones, so an epoch takes `pool_factor` times fewer
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from trainer.batch import rollouts_to_batch
+from trainer.interfaces import ExpertFn, Policy
 
 
 def mixed_group_probability(success_prob: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -47,7 +48,7 @@ class ExpertScorer:
     are cached by row id, since a row's expert trajectory never changes and rows recur across epochs.
     """
 
-    def __init__(self, expert_fn: Callable[[Sequence[dict]], Sequence[Any]]):
+    def __init__(self, expert_fn: ExpertFn):
         self.expert_fn = expert_fn
         self._cache: dict[Any, Any] = {}
 
@@ -62,7 +63,7 @@ class ExpertScorer:
     def _key(row: dict) -> Any:
         return row.get("id") if row.get("id") is not None else repr(row.get("responses_create_params"))
 
-    def success_probabilities(self, rows: Sequence[dict], policy) -> torch.Tensor:
+    def success_probabilities(self, rows: Sequence[dict], policy: Policy) -> torch.Tensor:
         experts = self.trajectories(rows)
         batch = rollouts_to_batch(experts, torch.zeros(len(experts)))
         logprobs = policy.get_logprobs(batch)
@@ -70,7 +71,7 @@ class ExpertScorer:
 
 
 def select_prompts(candidates: Sequence[dict], k: int, group_size: int, scorer: ExpertScorer,
-                   policy) -> tuple[list[dict], torch.Tensor]:
+                   policy: Policy) -> tuple[list[dict], torch.Tensor]:
     """The k candidates most likely to give a mixed group, and the success probabilities of those kept."""
     q = scorer.success_probabilities(candidates, policy)
     keep = pick_most_informative(mixed_group_probability(q, group_size), k)

@@ -28,6 +28,7 @@ import torch
 
 from trainer.grpo.loss import LossConfig, clipped_pg_loss, reduce_loss_stats
 
+from trainer.interfaces import SamplingParams
 ModelFactory = Callable[..., torch.nn.Module]          # factory(tp=, pp=, dtype=) -> GPTModel
 WeightsExporter = Callable[[torch.nn.Module], dict]    # model -> full HF state dict (gathered over TP)
 
@@ -477,7 +478,8 @@ def combine_train_results(per_rank: list[list[dict] | None]) -> dict[str, float]
 
 
 class PolicyGroup:
-    """Driver-side handle: one Ray actor per rank, each call broadcast to all and the results combined."""
+    """Driver-side handle: one Ray actor per rank, each call broadcast to all and the results combined (a
+    `trainer.interfaces.Policy`)."""
 
     def __init__(self, cfg, model_factory: ModelFactory, weights_exporter: WeightsExporter, total_steps: int,
                  world_size: int | None = None):
@@ -494,7 +496,8 @@ class PolicyGroup:
         if gpus > 0:
             options["num_gpus"] = COLOCATED_GPU_SHARE
         actor_cls = ray.remote(PolicyWorker)
-        temperature = float(policy_cfg.get("generation", {}).get("temperature", 1.0))
+        # log-probs of the distribution the engines sample from: the same temperature
+        temperature = SamplingParams.from_config(cfg).temperature
         self.workers = [
             actor_cls.options(**options).remote(policy_cfg, loss_cfg, model_factory, weights_exporter, total_steps,
                                                 rank, world, int(cfg.grpo.seed), temperature)
@@ -532,7 +535,7 @@ class PolicyGroup:
     def extend_lr_decay(self, extra_steps: int) -> None:
         self._all("extend_lr_decay", extra_steps)
 
-    def save_hf_model(self, template_hf_dir, out_dir, dtype: str = "bfloat16") -> Path:
+    def save_hf_model(self, template_hf_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> Path:
         return Path(self._all("save_hf_model", str(template_hf_dir), str(out_dir), dtype)[0])
 
     def shutdown(self) -> None:
@@ -542,7 +545,8 @@ class PolicyGroup:
 
 
 class InProcessPolicy:
-    """A single-rank policy in the calling process, same interface as `PolicyGroup` (no Ray).
+    """A single-rank policy in the calling process, same interface (`trainer.interfaces.Policy`) as `PolicyGroup`
+    (no Ray).
 
     For unit tests and quick single-process checks (sanity stage); training jobs use `PolicyGroup`."""
 
@@ -552,24 +556,24 @@ class InProcessPolicy:
         from trainer.distributed import free_port
 
         policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
-        temperature = float(policy_cfg.get("generation", {}).get("temperature", 1.0))
         self.worker = PolicyWorker(policy_cfg, OmegaConf.to_container(cfg.loss_fn, resolve=True), model_factory,
-                                   weights_exporter, total_steps, 0, 1, int(cfg.grpo.seed), temperature)
+                                   weights_exporter, total_steps, 0, 1, int(cfg.grpo.seed),
+                                   SamplingParams.from_config(cfg).temperature)
         self.setup_info = [self.worker.setup("127.0.0.1", master_port or free_port())]
 
-    def get_logprobs(self, batch, use_reference: bool = False) -> torch.Tensor:
+    def get_logprobs(self, batch: Mapping[str, torch.Tensor], use_reference: bool = False) -> torch.Tensor:
         return self.worker.get_logprobs(batch, use_reference)
 
-    def train(self, batch) -> dict[str, float]:
+    def train(self, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
         return combine_train_results([self.worker.train(batch)])
 
     def export_weights_blob(self, dtype: str = "bfloat16") -> bytes:
         return self.worker.export_weights_blob(dtype)
 
-    def save(self, directory) -> None:
+    def save(self, directory: str | Path) -> None:
         self.worker.save(str(directory))
 
-    def load(self, directory) -> None:
+    def load(self, directory: str | Path) -> None:
         self.worker.load(str(directory))
 
     def param_checksums(self) -> list[float]:
@@ -578,7 +582,7 @@ class InProcessPolicy:
     def extend_lr_decay(self, extra_steps: int) -> None:
         self.worker.extend_lr_decay(extra_steps)
 
-    def save_hf_model(self, template_hf_dir, out_dir, dtype: str = "bfloat16") -> Path:
+    def save_hf_model(self, template_hf_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat16") -> Path:
         return Path(self.worker.save_hf_model(str(template_hf_dir), str(out_dir), dtype))
 
     def shutdown(self) -> None:

@@ -179,11 +179,11 @@ def grpo_inprocess(cfg, model_dir) -> None:
     from trainer.rollout import collect_rollouts
     from trainer.grpo.loop import GRPOTrainer, total_training_steps
     from infra.io import read_jsonl
+    from trainer.interfaces import Components
     from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
 
     root = run_root(cfg)
     train_rows = read_jsonl(root / "prepare" / "train_prepare.jsonl")
-    from trainer.interfaces import Components
     val_rows = read_jsonl(root / "prepare" / "validation_prepare.jsonl")
     policy = InProcessPolicy(cfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict,
                              total_training_steps(cfg, len(train_rows)))

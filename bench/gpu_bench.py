@@ -190,7 +190,6 @@ def rollout_batch(n: int, seq: int, vocab: int, prompt: int, seed: int = 0) -> d
 
 
 def sync() -> None:
-    from trainer.interfaces import SamplingParams
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
@@ -336,6 +335,7 @@ def logprob_throughput(worker, shape: dict, seq: int, n: int, mbs: int, repeats:
 
 def generation_throughput(hf_dir: Path, prompts: int, prompt_len: int, new_tokens: int, vocab: int) -> dict:
     from trainer.generation.torch_backend import TorchGeneration
+    from trainer.interfaces import SamplingParams
 
     dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     engine = TorchGeneration(str(hf_dir), max_model_len=prompt_len + new_tokens + 8, dtype=dtype,

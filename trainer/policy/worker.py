@@ -27,8 +27,8 @@ from typing import Callable, Mapping
 import torch
 
 from trainer.grpo.loss import LossConfig, clipped_pg_loss, reduce_loss_stats
-
 from trainer.interfaces import SamplingParams
+
 ModelFactory = Callable[..., torch.nn.Module]          # factory(tp=, pp=, dtype=) -> GPTModel
 WeightsExporter = Callable[[torch.nn.Module], dict]    # model -> full HF state dict (gathered over TP)
 

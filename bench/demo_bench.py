@@ -27,7 +27,9 @@ def load_average() -> float:
 
 def summarise(train_dir: Path) -> dict:
     """Warm-start, best and final val:accuracy and per-phase train timings from `train/metrics.jsonl`."""
-    rows = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from infra.io import read_jsonl
+
+    rows = read_jsonl(train_dir / "metrics.jsonl")
     val = [(r["step"], r["val:accuracy"]) for r in rows if "val:accuracy" in r]
     if not val:
         raise ValueError(f"{train_dir}/metrics.jsonl has no val:accuracy rows")
@@ -54,7 +56,9 @@ def sft_summary(sft_dir: Path) -> dict:
     path = sft_dir / "metrics.jsonl"
     if not path.exists():
         return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from infra.io import read_jsonl
+
+    rows = read_jsonl(path)
     nll = [r["sft:nll"] for r in rows if "sft:nll" in r]
     times = [r["timing/sft/step"] for r in rows if "timing/sft/step" in r]
     return {"sft_steps": len(rows), "sft_first_nll": nll[0] if nll else None, "sft_last_nll": nll[-1] if nll else None,

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from infra.io import atomic_write_json
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Qwen3-1.7B's shape (hidden 2048, 16 heads / 8 KV heads of 128, FFN 6144, vocab 151,936, tied embeddings)
@@ -393,9 +395,7 @@ def parse_args(argv=None):
 
 
 def write_json(report: dict, target: Path) -> None:
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, target)
+    atomic_write_json(target, report)
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from infra.io import atomic_write_json
+from infra.io import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "train.json"
@@ -92,9 +92,7 @@ def append_doc_rows(result: dict, path: Path = BENCH_DOC) -> None:
     day = result["date"][:10]
     text = text.rstrip("\n") + "\n" + "".join(
         f"| {day} | {result['machine']} | {config} | {m} | {f} |\n" for m, f in rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def main(argv: list[str] | None = None) -> int:

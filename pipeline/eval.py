@@ -17,9 +17,7 @@ import argparse
 import functools
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig
 
@@ -28,7 +26,7 @@ from infra.config import load_config, run_root
 
 def resolve_eval_model(cfg: DictConfig) -> tuple[Path, str]:
     """(HF model dir or checkpoint dir, kind) where kind is 'hf' or 'checkpoint'."""
-    from trainer.checkpoint import INFO_FILE, CheckpointManager
+    from trainer.checkpoint import INFO_FILE, best_checkpoint
 
     given = cfg.eval.get("model")
     if given:
@@ -42,8 +40,8 @@ def resolve_eval_model(cfg: DictConfig) -> tuple[Path, str]:
     trained = run_root(cfg) / "train" / "hf_model"
     if (trained / "config.json").exists():
         return trained, "hf"
-    best = CheckpointManager(cfg.checkpointing.checkpoint_dir, cfg.checkpointing.metric_name,
-                             bool(cfg.checkpointing.higher_is_better), None).best()
+    best = best_checkpoint(cfg.checkpointing.checkpoint_dir, cfg.checkpointing.metric_name,
+                           bool(cfg.checkpointing.higher_is_better))
     if best is not None:
         return best, "checkpoint"
     raise FileNotFoundError(f"eval.model is not set and this run has no trained model ({trained}) nor checkpoints "
@@ -66,25 +64,13 @@ def checkpoint_to_hf(cfg: DictConfig, checkpoint: Path, out_dir: Path) -> Path:
         policy.shutdown()
 
 
-def score(rollouts: list) -> dict[str, Any]:
-    """Accuracy (reward 1.0) overall and per category."""
-    by_cat: dict[str, list[float]] = defaultdict(list)
-    for r in rollouts:
-        by_cat[str(r.category)].append(1.0 if r.reward >= 1.0 else 0.0)
-    total = [v for values in by_cat.values() for v in values]
-    return {
-        "accuracy": sum(total) / len(total) if total else 0.0,
-        "num_episodes": len(total),
-        "per_category": {cat: {"accuracy": sum(v) / len(v), "episodes": len(v)} for cat, v in sorted(by_cat.items())},
-    }
-
-
 def run(cfg: DictConfig) -> Path:
     from transformers import AutoTokenizer
 
     from infra import manifest
     from trainer.distributed import init_ray, ray_address
     from trainer.generation import make_generation
+    from trainer.metrics import accuracy_summary
     from trainer.rollout import collect_rollouts
     from infra.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 
@@ -118,7 +104,7 @@ def run(cfg: DictConfig) -> Path:
         "id": r.row_id, "category": r.category, "reward": r.reward, "turns": r.num_turns,
         "truncated": r.truncated, "stop_reason": r.stop_reason, "function_calls": r.function_calls,
         "diagnostics": r.verdict} for r in rollouts])
-    summary = score(rollouts)
+    summary = accuracy_summary(rollouts)  # the same accuracy as val:accuracy during training
     summary.update({"model": str(model), "model_kind": kind, "tasks": str(tasks), "seconds": round(seconds, 2),
                     "episodes_per_sec": round(len(rollouts) / max(seconds, 1e-9), 3),
                     "generated_tokens": sum(r.num_generated_tokens for r in rollouts)})

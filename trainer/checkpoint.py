@@ -2,7 +2,10 @@
 
 A checkpoint is first written to `tmp_step_N/` and renamed to `step_N/` only when complete, so a job killed
 mid-write leaves a `tmp_` directory that is never loaded (and is removed by the next save). Only directories
-named `step_<int>` that hold `training_info.json` count as checkpoints. Layout of one checkpoint:
+named `step_<int>` that hold `training_info.json` count as checkpoints. Finding them (`list_checkpoints`,
+`latest_checkpoint`, `best_checkpoint`, `read_training_info`) is done here only, for the trainer, the eval stage
+and the login-node commands (`resume`, the demo summary): this module imports only the standard library and
+infra.io, never torch or Ray. Layout of one checkpoint:
 
     step_N/training_info.json     current_step, consumed_samples, epoch, ... and metric values ("val:accuracy")
     step_N/config.yaml            the resolved run config
@@ -13,15 +16,68 @@ named `step_<int>` that hold `training_info.json` count as checkpoints. Layout o
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from infra.io import atomic_write_json, replace_directory
+
 STEP_DIR = re.compile(r"^step_(\d+)$")
 INFO_FILE = "training_info.json"
+
+
+# ---- finding checkpoints (read only: no directory is created or changed) -----------------------------------
+def read_training_info(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / INFO_FILE).read_text())
+
+
+def list_checkpoints(checkpoint_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of the complete checkpoints, oldest first. `tmp_step_N` (a write in progress or killed) and
+    `old_step_N` (a swap in progress) never count; a `step_N` without its info file is warned about and skipped."""
+    directory = Path(checkpoint_dir)
+    found = []
+    for path in directory.iterdir() if directory.is_dir() else []:
+        m = STEP_DIR.match(path.name)
+        if m and path.is_dir():
+            if (path / INFO_FILE).exists():
+                found.append((int(m.group(1)), path))
+            else:
+                warnings.warn(f"ignoring incomplete checkpoint {path} (no {INFO_FILE})", stacklevel=2)
+    return sorted(found)
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    ckpts = list_checkpoints(checkpoint_dir)
+    return ckpts[-1][1] if ckpts else None
+
+
+def rank_checkpoints(ckpts: list[tuple[int, Path]], metric_name: str | None,
+                     higher_is_better: bool = True) -> list[tuple[int, Path]]:
+    """Best first: checkpoints with the metric by (metric, step), ties to the newer; those without it after,
+    newest first."""
+    with_metric, without = [], []
+    for step, path in ckpts:
+        value = read_training_info(path).get(metric_name) if metric_name else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            sign = 1 if higher_is_better else -1
+            with_metric.append(((sign * float(value), step), step, path))
+        else:
+            without.append((step, path))
+    with_metric.sort(reverse=True)
+    return [(s, p) for _, s, p in with_metric] + sorted(without, reverse=True)
+
+
+def best_checkpoint(checkpoint_dir: str | Path, metric_name: str | None = "val:accuracy",
+                    higher_is_better: bool = True) -> Path | None:
+    """The complete checkpoint with the best `metric_name`; None when none has it."""
+    ranked = rank_checkpoints(list_checkpoints(checkpoint_dir), metric_name, higher_is_better)
+    if not ranked or not metric_name:
+        return None
+    step, path = ranked[0]
+    value = read_training_info(path).get(metric_name)
+    return path if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 class CheckpointManager:
@@ -48,17 +104,9 @@ class CheckpointManager:
         write_contents(tmp)
         info = {"current_step": step, **dict(training_info)}
         (tmp / "config.yaml").write_text(config_yaml)
-        _write_json(tmp / INFO_FILE, info)  # last: its presence marks a complete directory
-        final = self.dir / f"step_{step}"
-        if final.exists():  # re-saving a step: swap, never leave a moment without a complete step_N
-            old = self.dir / f"old_step_{step}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-        _fsync_dir(self.dir)
+        atomic_write_json(tmp / INFO_FILE, info, sort_keys=True)  # last: its presence marks a complete directory
+        # re-saving a step swaps through old_step_N: never a moment without a complete step_N (see __init__)
+        final = replace_directory(tmp, self.dir / f"step_{step}", old=self.dir / f"old_step_{step}")
         self.enforce_retention()
         return final
 
@@ -68,7 +116,7 @@ class CheckpointManager:
             if final.exists():
                 shutil.rmtree(old, ignore_errors=True)
             else:
-                os.rename(old, final)
+                old.rename(final)
 
     def enforce_retention(self) -> list[Path]:
         """Delete checkpoints outside the top-k by metric; the latest is always kept. Returns the deleted."""
@@ -88,40 +136,17 @@ class CheckpointManager:
     # ---- reading -------------------------------------------------------------------------------------------
     def checkpoints(self) -> list[tuple[int, Path]]:
         """Complete checkpoints, oldest first."""
-        found = []
-        for path in self.dir.iterdir() if self.dir.exists() else []:
-            m = STEP_DIR.match(path.name)
-            if m and path.is_dir():
-                if (path / INFO_FILE).exists():
-                    found.append((int(m.group(1)), path))
-                else:
-                    warnings.warn(f"ignoring incomplete checkpoint {path} (no {INFO_FILE})")
-        return sorted(found)
+        return list_checkpoints(self.dir)
 
     def _ranked(self, ckpts: list[tuple[int, Path]]) -> list[tuple[int, Path]]:
-        """Best first: checkpoints with the metric by (metric, step); those without it after, newest first."""
-        with_metric, without = [], []
-        for step, path in ckpts:
-            value = self.training_info(path).get(self.metric_name) if self.metric_name else None
-            if value is None:
-                without.append((step, path))
-            else:
-                sign = 1 if self.higher_is_better else -1
-                with_metric.append(((sign * float(value), step), step, path))
-        with_metric.sort(reverse=True)
-        return [(s, p) for _, s, p in with_metric] + sorted(without, reverse=True)
+        return rank_checkpoints(ckpts, self.metric_name, self.higher_is_better)
 
     def latest(self) -> Path | None:
-        ckpts = self.checkpoints()
-        return ckpts[-1][1] if ckpts else None
+        return latest_checkpoint(self.dir)
 
     def best(self) -> Path | None:
         """The best checkpoint by the metric; None when no checkpoint has it."""
-        ckpts = [(s, p) for s, p in self.checkpoints()
-                 if self.metric_name and self.training_info(p).get(self.metric_name) is not None]
-        if not ckpts:
-            return None
-        return self._ranked(ckpts)[0][1]
+        return best_checkpoint(self.dir, self.metric_name, self.higher_is_better)
 
     def get(self, step: int) -> Path:
         path = self.dir / f"step_{int(step)}"
@@ -147,24 +172,4 @@ class CheckpointManager:
 
     @staticmethod
     def training_info(path: str | Path) -> dict[str, Any]:
-        return json.loads((Path(path) / INFO_FILE).read_text())
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return read_training_info(path)

@@ -4,7 +4,8 @@ Metric names follow the seeds' runs: `train:reward_mean`, `train:accuracy`, `tra
 `train:loss`, `grad_norm`, `val:accuracy`, `performance:samples_per_sec` (the seeds' "E2E (Samples/sec)"),
 `performance:generation_tokens_per_sec`, `refit:seconds`, `timing/train/<phase>`.
 On resume, lines of steps after the checkpoint (written by the interrupted run) are dropped, so the file reads
-as one uninterrupted run.
+as one uninterrupted run. Accuracy (`train:accuracy`, `val:accuracy`, the eval stage's summary) is computed here
+only: `is_success` / `accuracy_summary`. Only the standard library and infra.io are imported at module level.
 """
 from __future__ import annotations
 
@@ -12,10 +13,16 @@ import json
 import math
 import os
 import uuid
+from collections import defaultdict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
-from infra.io import atomic_write_text
+from infra.io import atomic_path, atomic_write_text, read_live_jsonl
+
+# A reward counts as success when it is full marks, 1.0, up to float rounding. env_sim's reward is 0.0 or 1.0,
+# so the tolerance changes nothing there; it keeps a full reward that went through float arithmetic (a mean of
+# parts, a float32 tensor and back) a success, and is far too small to count any partial reward.
+SUCCESS_TOLERANCE = 1e-9
 
 CONSOLE_KEYS = [("train:reward_mean", "reward"), ("train:accuracy", "acc"), ("train:loss", "loss"),
                 ("grad_norm", "gnorm"), ("val:accuracy", "val_acc"), ("performance:samples_per_sec", "samples/s"),
@@ -36,9 +43,8 @@ class MetricsLogger:
     def _truncate_after(self, step: int) -> None:
         if not self.jsonl.exists():
             return
-        kept = [line for line in self.jsonl.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        atomic_write_text(self.jsonl, "".join(line + "\n" for line in kept))
+        kept = [row for row in read_live_jsonl(self.jsonl) if row.get("step", 0) <= step]  # a torn line goes too
+        atomic_write_text(self.jsonl, "".join(json.dumps(row, sort_keys=True) + "\n" for row in kept))
 
     def _start_wandb(self, wandb_cfg: Mapping[str, Any], run_config):
         import wandb
@@ -62,15 +68,7 @@ class MetricsLogger:
             print(format_console_line(step, clean), flush=True)
 
     def read(self) -> list[dict]:
-        if not self.jsonl.exists():
-            return []
-        rows = []
-        for line in self.jsonl.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return rows
+        return read_live_jsonl(self.jsonl)
 
     def plot(self) -> Path:
         """Rewrite `reward_accuracy.png`: train:reward_mean and val:accuracy against step."""
@@ -91,16 +89,36 @@ class MetricsLogger:
         ax.legend(loc="best")
         ax.set_title("GRPO: train reward and validation accuracy")
         fig.tight_layout()
-        tmp = self.plot_path.with_name(".reward_accuracy.tmp.png")
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, self.plot_path)
+        try:
+            with atomic_path(self.plot_path) as tmp:
+                fig.savefig(tmp, dpi=100, format="png")
+        finally:
+            plt.close(fig)
         return self.plot_path
 
     def finish(self) -> None:
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
+
+
+def is_success(reward: float) -> bool:
+    """Whether an episode's reward counts as a solved task (see SUCCESS_TOLERANCE)."""
+    return float(reward) >= 1.0 - SUCCESS_TOLERANCE
+
+
+def accuracy_summary(rollouts: Iterable[Any]) -> dict[str, Any]:
+    """Accuracy overall and per category of episodes with `.reward` (and `.category`, else "all"):
+    {"accuracy", "num_episodes", "per_category": {category: {"accuracy", "episodes"}}}; no episodes: 0.0."""
+    by_cat: dict[str, list[bool]] = defaultdict(list)
+    for r in rollouts:
+        by_cat[str(getattr(r, "category", "all"))].append(is_success(r.reward))
+    total = [ok for values in by_cat.values() for ok in values]
+    return {
+        "accuracy": sum(total) / len(total) if total else 0.0,
+        "num_episodes": len(total),
+        "per_category": {cat: {"accuracy": sum(v) / len(v), "episodes": len(v)} for cat, v in sorted(by_cat.items())},
+    }
 
 
 def format_console_line(step: int, metrics: Mapping[str, Any]) -> str:

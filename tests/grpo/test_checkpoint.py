@@ -77,3 +77,47 @@ def test_resolve(tmp_path):
         mgr.resolve("yesterday")
     with pytest.raises(ValueError, match="metric_name"):
         CheckpointManager(tmp_path, metric_name="accuracy")
+
+
+def test_discovery_reads_without_changing_anything_and_skips_tmp_old_and_incomplete(tmp_path):
+    """The functions the eval stage and the login-node commands (resume, demo summary) use."""
+    import json
+
+    from trainer.checkpoint import best_checkpoint, latest_checkpoint, list_checkpoints, read_training_info
+
+    missing = tmp_path / "none"
+    assert list_checkpoints(missing) == [] and latest_checkpoint(missing) is None
+    assert best_checkpoint(missing) is None and not missing.exists()  # nothing created
+    for step, acc in ((2, 0.5), (10, 0.5), (3, 0.25)):
+        (tmp_path / f"step_{step}").mkdir()
+        (tmp_path / f"step_{step}" / "training_info.json").write_text(json.dumps({"val:accuracy": acc}))
+    (tmp_path / "step_11").mkdir()                                     # no training_info.json: incomplete
+    for name in ("tmp_step_12", "old_step_13"):                         # a write / a swap in progress
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "training_info.json").write_text(json.dumps({"val:accuracy": 0.9}))
+    (tmp_path / "step_x").mkdir()
+    with pytest.warns(UserWarning, match="incomplete checkpoint .*step_11"):
+        assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3, 10]  # numeric order, not step_10 < step_2
+    with pytest.warns(UserWarning):
+        assert latest_checkpoint(tmp_path).name == "step_10"
+    with pytest.warns(UserWarning):
+        assert best_checkpoint(tmp_path).name == "step_10"              # tie at 0.5: the newer
+    with pytest.warns(UserWarning):
+        assert best_checkpoint(tmp_path, "val:accuracy", higher_is_better=False).name == "step_3"
+    with pytest.warns(UserWarning):
+        assert best_checkpoint(tmp_path, "val:loss") is None            # no checkpoint has it
+    assert read_training_info(tmp_path / "step_3") == {"val:accuracy": 0.25}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old_step_13", "step_10", "step_11", "step_2", "step_3",
+                                                          "step_x", "tmp_step_12"]
+
+
+def test_login_commands_import_checkpoint_without_heavy_packages():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, trainer.checkpoint; "
+            "print(','.join(m for m in ('torch', 'ray', 'vllm', 'numpy', 'megatron') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == ""

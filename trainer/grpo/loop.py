@@ -34,7 +34,7 @@ from infra import signals
 from trainer.grpo.advantage import compute_advantages, sequence_level_weights
 from trainer.batch import informative_rows, rollouts_to_batch
 from trainer.checkpoint import CheckpointManager
-from trainer.metrics import MetricsLogger
+from trainer.metrics import MetricsLogger, accuracy_summary
 from trainer.grpo.selection import ExpertScorer, select_prompts
 from trainer.interfaces import Components, Generation, Policy, RolloutFn
 
@@ -87,11 +87,6 @@ class PromptLoader:
 def step_seed(seed: int, step: int, purpose: str = "train") -> int:
     """A generation seed per (run seed, step, purpose): the same after a resume, different every step."""
     return random.Random(f"{seed}:{purpose}:{step}").randrange(2**31 - 1)
-
-
-# ---- rewards ------------------------------------------------------------------------------------------------
-def is_success(rollout: Any) -> bool:
-    return float(rollout.reward) >= 1.0 - 1e-9
 
 
 # ---- timing -------------------------------------------------------------------------------------------------
@@ -286,7 +281,7 @@ class GRPOTrainer:
         gen_tokens = float(batch["loss_mask"].sum())
         metrics: dict[str, Any] = {
             "train:reward_mean": float(rewards.mean()),
-            "train:accuracy": sum(is_success(r) for r in rollouts) / len(rollouts),
+            "train:accuracy": accuracy_summary(rollouts)["accuracy"],
             "train:advantage_mean": float(advantages.mean()),
             "train:advantage_min": float(advantages.min()),
             "train:advantage_max": float(advantages.max()),
@@ -317,16 +312,14 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         rollouts = self.rollout_fn(self.val_rows, self.generation, self.tokenizer, self.cfg,
                                    step_seed(self.seed, step, "validation"))
-        per_category: dict[str, list[bool]] = {}
-        for r in rollouts:
-            per_category.setdefault(str(getattr(r, "category", "all")), []).append(is_success(r))
+        scores = accuracy_summary(rollouts)
         out = {
-            "val:accuracy": sum(is_success(r) for r in rollouts) / max(len(rollouts), 1),
+            "val:accuracy": scores["accuracy"],
             "val:reward_mean": sum(float(r.reward) for r in rollouts) / max(len(rollouts), 1),
             "val:num_samples": len(rollouts),
             "timing/validation/total": time.perf_counter() - t0,
         }
-        out.update({f"val:accuracy/{cat}": sum(v) / len(v) for cat, v in sorted(per_category.items())})
+        out.update({f"val:accuracy/{cat}": entry["accuracy"] for cat, entry in scores["per_category"].items()})
         return out
 
     # ---- checkpoints --------------------------------------------------------------------------------------

@@ -17,14 +17,14 @@ attention is `torch.nn.functional.scaled_dot_product_attention` (flash/cuDNN ker
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from infra.io import atomic_directory
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
 
@@ -441,29 +441,18 @@ def save_hf_model(model, template_hf_dir: str | Path, out_dir: str | Path, dtype
     if dist.is_initialized() and dist.get_rank() != 0:
         dist.barrier()
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        for item in Path(template_hf_dir).iterdir():
-            if item.is_file() and not item.name.endswith((".safetensors", ".safetensors.index.json", ".bin",
-                                                          "BUILD_COMPLETE")):
-                shutil.copy2(item, tmp / item.name)
-        config = json.loads((tmp / "config.json").read_text())
-        weight_dtype = str(next(iter(state.values())).dtype).replace("torch.", "")
-        config["dtype"] = weight_dtype
-        config.pop("torch_dtype", None)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_torch_state_dict(state, tmp, max_shard_size=max_shard_size)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_directory(out_dir) as tmp:  # an existing export is swapped out only once this one is complete
+            for item in Path(template_hf_dir).iterdir():
+                if item.is_file() and not item.name.endswith((".safetensors", ".safetensors.index.json", ".bin",
+                                                              "BUILD_COMPLETE")):
+                    shutil.copy2(item, tmp / item.name)
+            config = json.loads((tmp / "config.json").read_text())
+            weight_dtype = str(next(iter(state.values())).dtype).replace("torch.", "")
+            config["dtype"] = weight_dtype
+            config.pop("torch_dtype", None)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            save_torch_state_dict(state, tmp, max_shard_size=max_shard_size)
     finally:
         if dist.is_initialized():
             dist.barrier()

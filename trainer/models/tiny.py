@@ -12,11 +12,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from infra.io import atomic_directory
 
 # Qwen3's special tokens. The first three are "special" (dropped by skip_special_tokens); the tool/think
 # markers are ordinary added tokens, so decoded model text keeps them and the tool-call parser can see them.
@@ -131,15 +130,8 @@ def build_tiny_model(out_dir: str | Path, cfg_tiny: Mapping[str, Any] | None, co
         try:
             if _is_complete(target):        # another process built it while we waited
                 return target
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=out_dir))
-            try:
+            with atomic_directory(target) as tmp:  # replaces a half-written leftover without the marker
                 _write_model_dir(tmp, settings, texts, seed)
-                if target.exists():          # a half-written leftover without the marker
-                    shutil.rmtree(target)
-                os.rename(tmp, target)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return target

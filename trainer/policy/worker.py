@@ -26,6 +26,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from infra.io import atomic_path
 from trainer.grpo.loss import LossConfig, clipped_pg_loss, reduce_loss_stats
 from trainer.interfaces import SamplingParams
 
@@ -427,10 +428,8 @@ class PolicyWorker:
             "torch_rng": torch.get_rng_state(),
             "tp": self.tp, "pp": self.pp,
         }
-        target = path / f"model_tp{self.tp_rank:02d}_pp00.pt"
-        tmp = target.with_suffix(".pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, target)
+        with atomic_path(path / f"model_tp{self.tp_rank:02d}_pp00.pt") as tmp:
+            torch.save(state, tmp)
 
     def load(self, directory: str) -> None:
         target = Path(directory) / f"model_tp{self.tp_rank:02d}_pp00.pt"

@@ -3,12 +3,12 @@
 On the device machine (one H100/H200) it:
   1. builds a ~1B-parameter Qwen3-architecture model with random weights in `transformers` (the Qwen3-1.7B
      shape with 16 layers: 1.1 B parameters) and saves it as an HF directory;
-  2. parity: token log-probs of random sequences from transformers fp32 (the reference, TF32 off), transformers
-     bf16, and our Megatron-core model (bridge-converted) in fp32 and in the policy's bf16 mode (fp32 master
-     weights, bf16 autocast). Megatron bf16 passes when its error against the fp32 reference is no larger than
-     the error of transformers run with the same recipe (fp32 weights, bf16 autocast) on the same weights and
-     tokens (x1.5 on the mean, x2 on the max): both round the same matmul inputs to bf16, so only the order of
-     operations differs; Megatron fp32 must match transformers fp32 to 2e-3 (summation order only);
+  2. parity (`trainer.parity.logprob_parity`, where the comparison and its tolerances are defined): token
+     log-probs of random sequences from transformers fp32 (the reference, TF32 off), transformers bf16, and our
+     Megatron-core model (bridge-converted) in fp32 and in the policy's bf16 mode (fp32 master weights, bf16
+     autocast). Megatron bf16 passes when its error against the fp32 reference is no larger than the error of
+     transformers run with the same recipe (fp32 weights, bf16 autocast) on the same weights and tokens (x1.5 on
+     the mean, x2 on the max); Megatron fp32 must match transformers fp32 to 2e-3 (summation order only);
   3. training: `PolicyWorker.train` (GRPO clipped loss, fwd + bwd + fused AdamW + grad clipping, as the trainer
      runs it) on `--gbs` sequences of `--seq` tokens per optimizer step; tokens/s, MFU, peak memory, for each
      attention backend / SDPA kernel / micro-batch size asked for;
@@ -20,13 +20,13 @@ Model FLOPs per token: 2 x (matmul parameters incl. the LM head) + causal attent
 (half of the S x S score matrix) per layer, times 3 for training (forward + backward). The non-causal
 convention (the full S x S, as in the PaLM paper) is reported beside it.
 
+The model, worker and batch builders are trainer/parity/builders.py's: what is timed is what was checked.
 `--tiny` runs the same steps with a tiny model on CPU (a few seconds; no MFU). Results: JSON in --out
 ($OUT on the device machine, else bench/results/), a short table on stdout.
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -39,15 +39,10 @@ from pathlib import Path
 import torch
 
 from infra.io import atomic_write_json
+from trainer.parity import GPU_SHAPE, TINY_SHAPE, free, logprob_parity, make_hf_model, make_worker, rollout_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Qwen3-1.7B's shape (hidden 2048, 16 heads / 8 KV heads of 128, FFN 6144, vocab 151,936, tied embeddings)
-# with 16 of its 28 layers: 1.12 B parameters.
-GPU_SHAPE = dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=16, num_attention_heads=16,
-                 num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960)
-TINY_SHAPE = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=16, vocab_size=512, max_position_embeddings=256)
 # Dense bf16 tensor-core peak by device name (vendor datasheets, without sparsity).
 PEAK_BF16 = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("H20", 148e12),
              ("A100", 312e12))
@@ -87,108 +82,12 @@ def count_parameters(shape: dict) -> int:
     return matmul_params(shape) + norms     # tied: the LM head counted in matmul_params is the embedding
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Model
-
-
-def make_hf_model(out_dir: Path, shape: dict, device: torch.device, seed: int = 0) -> Path:
-    """A random Qwen3 model saved as an HF directory (bf16 on GPU, fp32 on CPU).
-
-    Norm weights are drawn around 1 (and the final norm scaled up) so that the logits are peaked (std ~3) like a
-    trained model's, not near-uniform as at initialisation, where any log-prob comparison would pass trivially."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    config = Qwen3Config(**shape, tie_word_embeddings=True, rope_theta=1e6, rms_norm_eps=1e-6,
-                         initializer_range=0.02, bos_token_id=None, eos_token_id=None, pad_token_id=0)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = Qwen3ForCausalLM(config).to(dtype)
-    gen = torch.Generator(device=device).manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.copy_(1 + 0.3 * torch.randn(param.shape, generator=gen, device=device))
-        model.model.norm.weight.mul_(3.0)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    del model
-    return out_dir
-
-
-def hf_token_logprobs(model, ids: torch.Tensor) -> torch.Tensor:
-    """log p(ids[:, t] | ids[:, :t]) for t >= 1 from a transformers model, fp32, [B, S-1]."""
-    logits = model(ids).logits
-    return torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-
-
-def free() -> None:
-    """Return cached GPU memory once the caller has dropped its references."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Policy worker (the code path the trainer runs)
-
-
-def base_loss_cfg() -> dict:
-    import yaml
-
-    return yaml.safe_load((ROOT / "configs" / "base.yaml").read_text())["loss_fn"]
-
-
-def backend_options(backend: str) -> dict:
-    """Bench variant name -> megatron_cfg keys: sdpa (fused ops on CUDA), sdpa-unfused, local."""
-    if backend == "sdpa-unfused":
-        return {"attention_backend": "sdpa", "fused_ops": False}
-    return {"attention_backend": backend, "fused_ops": None}
-
-
-def policy_config(backend: str, gbs: int, mbs: int, precision: str = "bfloat16", tp: int = 1) -> dict:
-    """`policy` config of the benchmarks: AdamW at a small constant lr, grad clipping at 1.0, TP `tp`."""
-    return {
-        "train_global_batch_size": gbs, "train_micro_batch_size": mbs, "logprob_batch_size": mbs,
-        "precision": precision, "max_grad_norm": 1.0,
-        "megatron_cfg": {"tensor_model_parallel_size": tp, "pipeline_model_parallel_size": 1,
-                         **backend_options(backend),
-                         "optimizer": {"optimizer": "adam", "lr": 1e-6, "min_lr": 1e-7, "weight_decay": 0.01,
-                                       "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_eps": 1e-8},
-                         "scheduler": {"lr_decay_style": "constant", "lr_warmup_iters": 0}},
-    }
-
-
-def make_worker(hf_dir: Path, backend: str, gbs: int, mbs: int, precision: str = "bfloat16", tp: int = 1,
-                rank: int = 0, world_size: int = 1, master: tuple[str, int] | None = None):
-    """A set-up `PolicyWorker` (collective when world_size > 1: every rank calls it with the same `master`)."""
-    import functools
-
-    from trainer.distributed import free_port
-    from trainer.policy.worker import PolicyWorker
-    from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
-
-    worker = PolicyWorker(policy_config(backend, gbs, mbs, precision, tp), base_loss_cfg(),
-                          functools.partial(build_megatron_model, str(hf_dir)), export_hf_state_dict,
-                          total_steps=1000, rank=rank, world_size=world_size)
-    worker.setup(*(master or ("127.0.0.1", free_port())))
-    return worker
-
-
 def set_sdpa_kernel(worker, kernel: str) -> None:
     from trainer.models.attention import SDPACoreAttention
 
     for module in worker.model.modules():
         if isinstance(module, SDPACoreAttention):
             module.kernel = kernel
-
-
-def rollout_batch(n: int, seq: int, vocab: int, prompt: int, seed: int = 0) -> dict:
-    """Full-length rollouts: `prompt` prompt tokens (not trained), the rest response tokens."""
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(n, seq)
-    mask[:, :prompt] = 0
-    return {"input_ids": torch.randint(1, vocab, (n, seq), generator=g), "input_lengths": torch.full((n,), seq),
-            "loss_mask": mask, "advantages": torch.randn(n, generator=g)}
 
 
 def sync() -> None:
@@ -209,52 +108,6 @@ def timed(fn, repeats: int) -> list[float]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Sections
-
-
-def parity(hf_dir: Path, backends: list[str], batch: int, seq: int, device: torch.device) -> dict:
-    """Token log-probs of Megatron (fp32 and bf16-autocast) vs transformers (fp32 reference and bf16)."""
-    from transformers import AutoModelForCausalLM
-
-    cfg = json.loads((hf_dir / "config.json").read_text())
-    ids = torch.randint(0, cfg["vocab_size"], (batch, seq), generator=torch.Generator().manual_seed(7)).to(device)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    out: dict = {"batch": batch, "seq": seq}
-    with torch.no_grad():
-        hf = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).to(device).eval()
-        ref = hf_token_logprobs(hf, ids)
-        out["ref_logprob_mean"] = float(ref.mean())
-        out["ref_logit_std"] = float(hf(ids[:, :256]).logits.float().std())
-        # the yardstick: transformers with the policy's recipe (fp32 weights, bf16 autocast)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            candidates = {"transformers_autocast_bf16": hf_token_logprobs(hf, ids)}
-        hf = hf.to(torch.bfloat16)      # for information: all-bf16 weights and activations
-        candidates["transformers_pure_bf16"] = hf_token_logprobs(hf, ids)
-        del hf
-        free()
-    for backend in backends:
-        worker = make_worker(hf_dir, backend, gbs=batch, mbs=batch)
-        worker.model.eval()
-        with torch.no_grad():
-            candidates[f"megatron_{backend}_bf16"] = worker._token_logprobs(ids)[:, 1:]
-            worker.autocast_dtype = None
-            candidates[f"megatron_{backend}_fp32"] = worker._token_logprobs(ids)[:, 1:]
-        del worker
-        free()
-    for name, lp in candidates.items():
-        diff = (lp.float() - ref).abs()
-        out[name] = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())}
-    hf_bf16 = out["transformers_autocast_bf16"]
-    checks = {}
-    for backend in backends:
-        m32, m16 = out[f"megatron_{backend}_fp32"], out[f"megatron_{backend}_bf16"]
-        checks[f"{backend}_fp32_max_abs<=2e-3"] = m32["max_abs"] <= 2e-3
-        checks[f"{backend}_bf16_mean<=1.5x_transformers_autocast"] = m16["mean_abs"] <= 1.5 * hf_bf16["mean_abs"] + 1e-4
-        checks[f"{backend}_bf16_max<=2x_transformers_autocast"] = m16["max_abs"] <= 2 * hf_bf16["max_abs"] + 1e-3
-    out["checks"] = checks
-    out["passed"] = all(checks.values())
-    torch.backends.cuda.matmul.allow_tf32 = True
-    return out
 
 
 def train_throughput(worker, shape: dict, seq: int, gbs: int, variants: list[tuple[str, int]], steps: int,
@@ -429,8 +282,9 @@ def main(argv=None) -> int:
     report["model"]["build_seconds"] = time.perf_counter() - started
 
     if "parity" not in skip:
-        report["parity"] = parity(hf_dir, args.parity_backends.split(","), batch=1 if not tiny else 2, seq=seq,
-                                  device=device)
+        report["parity"] = logprob_parity(hf_dir, args.parity_backends.split(","), batch=1 if not tiny else 2,
+                                          seq=seq, device=device)
+        torch.backends.cuda.matmul.allow_tf32 = True     # the sections below time the policy's recipe with TF32
         print(f"parity: {json.dumps(report['parity'])}", flush=True)
         write_json(report, target)
     train_backends = []

@@ -3,8 +3,9 @@ parity with one GPU, and data-parallel scaling.
 
 One process per GPU (torch.multiprocessing, NCCL; gloo on CPU), each a `PolicyWorker` set up through
 `trainer.distributed.init_distributed` and trained by `PolicyWorker.train`, the code path of the trainer's Ray
-actors. The model, batch builder, policy config and FLOP/MFU helpers are bench/gpu_bench.py's (the ~1.1 B
-Qwen3-shaped model, random weights). Launches, one after the other, each a fresh set of processes (RUNS, --runs):
+actors. The model, batch builder and policy config are trainer/parity/builders.py's (the ~1.1 B Qwen3-shaped
+model, random weights), the FLOP/MFU helpers bench/gpu_bench.py's. Launches, one after the other, each a fresh set
+of processes (RUNS, --runs):
 
   tp1    1 process:   TP=1 DP=1 — the reference (fp32 with TF32 off, and bf16 autocast twice from the same
                       weights); then throughput on one GPU (GPU 0);
@@ -16,19 +17,12 @@ Qwen3-shaped model, random weights). Launches, one after the other, each a fresh
                       two GPUs at best: DP=2 / pair is the cost of data parallelism itself);
   solo1  1 process:   1-GPU throughput on GPU 1 alone.
 
-Parity: one optimizer step (GRPO clipped loss, prev_logprobs from `get_logprobs` as the trainer does, AdamW, grad
-clipping at 1.0) of `--parity-gbs` rows of `--parity-seq` tokens at micro-batch 1. Compared with the TP=1 run of the
-same precision and with the fp32 reference: token log-probs (the forward), the mean NLL of the trained tokens, the
-trainer's loss and grad norm, the full gradient and the parameter update (both gathered to HF layout, every tensor).
-fp32 (TF32 off) must agree to 1e-3 relative (only summation order and the TP split differ). bf16 must be no further
-from the fp32 reference than the TP=1 bf16 run is (x1.5; x2 on max abs log-prob diffs, as gpu_bench's parity): both
-round the same matmul inputs to bf16, so an excess would be a bug of ours, not rounding. DP=2 runs the very same
-micro-batches as DP=1, only the gradient sum is ordered differently, so in bf16 it must also agree with DP=1 to
-within x2 the distance between two processes running the same TP=1 bf16 step (tp1b; within one process the step
-repeats bit for bit, but torch.compile picks its kernels by timing them in each fresh process, and one changed
-rounding in bf16 spreads through the 16 layers), or fp32's tolerance.
-The loss is the GRPO loss on-policy (ratio ~1), nearly model-independent by construction; the NLL of the trained
-tokens is the model-dependent scalar.
+Parity: `trainer.parity.tp_dp.run_parity` in each run's processes (one GRPO optimizer step of `--parity-gbs` rows
+of `--parity-seq` tokens at micro-batch 1; log-probs, loss, grad norm, NLL, the full gradient and the update against
+TP=1 and the fp32 reference) and `trainer.parity.tp_dp.checks` for pass/fail: that module's docstring says what is
+compared, at what tolerance and why. fp32 (TF32 off) must agree to 1e-3 relative; bf16 must be no further from the
+fp32 reference than the TP=1 bf16 run is; DP=2 bf16 must agree with DP=1 to within x2 the distance between two
+processes running the same TP=1 bf16 step (tp1b), or fp32's tolerance.
 
 Throughput: `--mbs` x `--micro` micro-batches per GPU per optimizer step (gbs = mbs x micro x DP), sequence
 `--seq`, median of `--steps` steps after `--warmup`; tokens/s = gbs x seq / step time (the slowest rank's).
@@ -49,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -59,12 +52,13 @@ from pathlib import Path
 
 import torch
 
-from bench.gpu_bench import (GPU_SHAPE, ROOT, TINY_SHAPE, count_parameters, environment, forward_flops_per_token,
-                             free, make_hf_model, make_worker, peak_bf16_flops, rollout_batch, sync, write_json)
+from bench.gpu_bench import (ROOT, count_parameters, environment, forward_flops_per_token, peak_bf16_flops, sync,
+                             write_json)
+from trainer.parity import GPU_SHAPE, TINY_SHAPE, free, make_hf_model, make_worker, rollout_batch
+from trainer.parity.tp_dp import (NO_MULTICAST_ENV, full_logprobs, gather, log, mode_name, overlap_modes, run_parity,
+                                  set_overlap, set_precision)
+from trainer.parity.tp_dp import checks as parity_checks
 
-NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-BF16_ULP = 2.0 ** -8        # one bf16 rounding step, relative (8 significant bits)
-FP32_RTOL = 1e-3
 # Runs: processes, TP size, and what differs from the defaults. Runs joined by "+" share one launch (one pair of
 # processes); each launch is a fresh set of processes.
 RUNS = {
@@ -81,204 +75,6 @@ RUNS = {
 DEFAULT_RUNS = "tp1,dp2+tp2,tp1b,pair,solo1"
 TINY_RUNS = "tp1,dp2+tp2,tp1b,pair"         # CPU: no second GPU to time alone
 
-# ---------------------------------------------------------------------------------------------------------------
-# Helpers that run inside a rank
-
-
-def log(message: str) -> None:
-    """Print once (global rank 0)."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
-
-
-def _gather(obj) -> list:
-    import torch.distributed as dist
-
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def full_logprobs(worker, batch: dict) -> torch.Tensor:
-    """The whole batch's log-probs on every rank, as `PolicyGroup.get_logprobs` assembles them from the shards."""
-    return torch.cat([s for s in _gather(worker.get_logprobs(batch)) if s is not None], dim=0)
-
-
-def train_step(worker, batch: dict) -> dict:
-    """`PolicyWorker.train` on every rank; the trainer's merged metrics (`combine_train_results`)."""
-    from trainer.policy.worker import combine_train_results
-
-    return combine_train_results(_gather(worker.train(batch)))
-
-
-@torch.no_grad()
-def export_grads(worker) -> dict[str, torch.Tensor]:
-    """The gradients in HF layout (TP shards gathered), through the weight exporter: each parameter's storage is
-    swapped with its gradient for the export."""
-    from trainer.models.megatron_bridge import export_hf_state_dict
-
-    params = list(worker.model.parameters())
-    saved = [p.data for p in params]
-    for p in params:
-        p.data = p.grad if p.grad is not None else torch.zeros_like(p)
-    try:
-        return export_hf_state_dict(worker.model)
-    finally:
-        for p, data in zip(params, saved):
-            p.data = data
-
-
-def reset_optimizer(worker, state: dict) -> None:
-    """Back to the given weights with a fresh optimizer and scheduler (the first step again)."""
-    from trainer.policy.optim import build_optimizer, build_scheduler
-
-    worker.model.load_state_dict(state, strict=False)
-    mcfg = worker.policy_cfg["megatron_cfg"]
-    worker.optimizer = build_optimizer(worker.model, mcfg["optimizer"])
-    worker.scheduler = build_scheduler(worker.optimizer, mcfg["optimizer"], mcfg.get("scheduler", {}),
-                                       worker.total_steps)
-
-
-def set_overlap(worker, on: bool | None) -> None:
-    """The data-parallel gradient all-reduce overlapped with the last backward (True) or after it (False)."""
-    if on is not None:
-        worker.policy_cfg["megatron_cfg"]["overlap_grad_reduce"] = bool(on)
-
-
-def overlap_modes(worker, spec: dict) -> list:
-    """The overlap modes a run trains in: spec["overlap"] with data parallelism, else one (None: not applicable)."""
-    return list(spec["overlap"]) if worker.dp > 1 else [None]
-
-
-def mode_name(on: bool | None) -> str:
-    return {True: "on", False: "off", None: "-"}[on]
-
-
-def set_precision(worker, precision: str) -> None:
-    """fp32: no autocast and no TF32 (the reference); bf16: the policy's autocast recipe."""
-    worker.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
-    torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
-    torch.backends.cudnn.allow_tf32 = precision != "fp32"
-
-
-@torch.no_grad()
-def compare_tensors(a: dict, b: dict, device: torch.device, unit: float | None = None) -> dict:
-    """a vs b (b the reference) over every tensor: relative L2 of the difference, max abs diff (also in `unit`s,
-    and the share of elements off by more than 0.1 unit), and the tensor with the largest relative L2."""
-    diff_sq = ref_sq = 0.0
-    max_abs = ref_max = 0.0
-    over = count = 0
-    worst = ("", 0.0)
-    for name, ref in b.items():
-        x, y = a[name].to(device, torch.float32), ref.to(device, torch.float32)
-        d = (x - y)
-        dsq, rsq = float(d.double().square().sum()), float(y.double().square().sum())
-        diff_sq, ref_sq = diff_sq + dsq, ref_sq + rsq
-        max_abs, ref_max = max(max_abs, float(d.abs().max())), max(ref_max, float(y.abs().max()))
-        if unit:
-            over += int((d.abs() > 0.1 * unit).sum())
-        count += d.numel()
-        rel = math.sqrt(dsq / rsq) if rsq > 0 else (math.inf if dsq > 0 else 0.0)
-        if rel > worst[1]:
-            worst = (name, rel)
-    out = {"rel_l2": math.sqrt(diff_sq / ref_sq) if ref_sq else 0.0, "max_abs": max_abs, "ref_max_abs": ref_max,
-           "worst_tensor": worst[0], "worst_tensor_rel_l2": worst[1], "elements": count}
-    if unit:
-        out.update(max_abs_units=max_abs / unit, share_over_0_1_unit=over / count)
-    return out
-
-
-def compare_step(a: dict, b: dict, device: torch.device, lr: float) -> dict:
-    """Two parity records: scalars (relative diffs), token log-probs (abs, on trained tokens), grads, update."""
-    mask = b["loss_mask"].bool()
-    lp = (a["logprobs"] - b["logprobs"]).abs()[mask]
-    rel = lambda key: abs(a[key] - b[key]) / max(abs(b[key]), 1e-12)  # noqa: E731
-    return {"loss_rel": rel("loss"), "grad_norm_rel": rel("grad_norm"), "nll_rel": rel("nll"),
-            "logprob_max_abs": float(lp.max()), "logprob_mean_abs": float(lp.mean()),
-            "grad": compare_tensors(a["grads"], b["grads"], device),
-            "update": compare_tensors(a["update"], b["update"], device, unit=lr)}
-
-
-def parity_record(worker, batch: dict, theta0: dict) -> dict:
-    """One optimizer step from the current weights: log-probs, the trainer's metrics, gradient and update."""
-    from trainer.models.megatron_bridge import export_hf_state_dict
-
-    lp = full_logprobs(worker, batch)
-    metrics = train_step(worker, dict(batch, prev_logprobs=lp))
-    grads = export_grads(worker)
-    theta1 = export_hf_state_dict(worker.model)
-    mask = batch["loss_mask"]
-    return {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
-            "nll": float(-(lp * mask).sum() / mask.sum()), "logprobs": lp, "loss_mask": mask,
-            "grads": grads, "update": {k: theta1[k] - theta0[k] for k in theta0}}
-
-
-def run_parity(worker, spec: dict, run: str, rank: int, ref_dir: Path) -> dict:
-    """Parity steps of this run; the tp1 run stores its records as the references of the later runs."""
-    from trainer.models.megatron_bridge import export_hf_state_dict
-
-    lr = float(worker.policy_cfg["megatron_cfg"]["optimizer"]["lr"])
-    batch = rollout_batch(spec["parity_gbs"], spec["parity_seq"], spec["shape"]["vocab_size"],
-                          prompt=spec["parity_seq"] // 4, seed=5)
-    worker.policy_cfg.update(train_global_batch_size=spec["parity_gbs"], train_micro_batch_size=1,
-                             logprob_batch_size=1)
-    initial = {k: v.detach().to("cpu", copy=True) for k, v in worker.model.state_dict().items()
-               if isinstance(v, torch.Tensor)}
-    theta0 = export_hf_state_dict(worker.model)
-    device = worker.device
-    records, out = {}, {}
-    modes = overlap_modes(worker, spec)
-    if modes[0] is not None:
-        out["overlap_grad_reduce"] = modes[0]   # the mode of the records compared with TP=1
-    for precision in spec["precisions"]:
-        set_precision(worker, precision)
-        for j, mode in enumerate(modes):
-            set_overlap(worker, mode)
-            reset_optimizer(worker, initial)
-            started = time.perf_counter()
-            record = parity_record(worker, batch, theta0)
-            if j == 0:
-                records[precision] = record
-                out[precision] = {k: record[k] for k in ("loss", "grad_norm", "nll")}
-                out[precision]["seconds"] = time.perf_counter() - started
-            else:   # the same step with the other all-reduce: against the first mode's, in this process
-                if rank == 0:
-                    out[f"{precision}_overlap_{mode_name(mode)}_vs_{mode_name(modes[0])}"] = compare_step(
-                        record, records[precision], device, lr)
-                log(f"[{run}] parity {precision} overlap {mode_name(mode)}: loss {record['loss']:.6f} grad_norm "
-                    f"{record['grad_norm']:.6f}")
-                del record
-        set_overlap(worker, modes[0])
-        if run == "tp1" and precision == "bf16":   # run-to-run noise of the same step (non-deterministic kernels)
-            reset_optimizer(worker, initial)
-            again = parity_record(worker, batch, theta0)
-            if rank == 0:
-                out["bf16_repeat_vs_bf16"] = compare_step(again, records["bf16"], device, lr)
-            del again
-        log(f"[{run}] parity {precision}: loss {out[precision]['loss']:.6f} grad_norm "
-              f"{out[precision]['grad_norm']:.6f} nll {out[precision]['nll']:.6f}")
-    set_precision(worker, "bf16")
-    if rank == 0:
-        if run == "tp1":
-            if "bf16" in records and "fp32" in records:
-                out["bf16_vs_fp32"] = compare_step(records["bf16"], records["fp32"], device, lr)
-            for precision, record in records.items():
-                torch.save(record, ref_dir / f"ref_{precision}.pt")
-        else:
-            refs = {p: torch.load(ref_dir / f"ref_{p}.pt", weights_only=False, mmap=True) for p in records}
-            for precision, record in records.items():
-                out[f"{precision}_vs_tp1_{precision}"] = compare_step(record, refs[precision], device, lr)
-            if "bf16" in records and "fp32" in records:
-                out["bf16_vs_tp1_fp32"] = compare_step(records["bf16"], refs["fp32"], device, lr)
-            del refs
-    worker.model.load_state_dict(initial, strict=False)
-    del records, initial, theta0
-    free()
-    return out
-
-
 def timed_steps(fn, steps: int, host_barrier=None) -> list[float]:
     """Wall time of each call, ranks started together (barrier) and the slowest rank's time taken. `host_barrier`:
     a multiprocessing barrier that also lines up independent processes (the `pair` run)."""
@@ -294,13 +90,13 @@ def timed_steps(fn, steps: int, host_barrier=None) -> list[float]:
         fn()
         sync()
         times.append(time.perf_counter() - start)
-    return [max(per_rank) for per_rank in zip(*_gather(times))]
+    return [max(per_rank) for per_rank in zip(*gather(times))]
 
 
 def run_throughput(worker, spec: dict, run: str, world: int, host_barrier=None) -> list[dict]:
     shape, seq, mbs = spec["shape"], spec["seq"], spec["mbs"]
     peak = spec.get("peak")
-    modes = overlap_modes(worker, spec)
+    modes = overlap_modes(worker, spec["overlap"])
     rows = []
     for i, micro in enumerate(spec["micro"]):
         gbs = mbs * micro * worker.dp
@@ -448,7 +244,9 @@ def _rank_main(rank: int, world: int, ports: list[int], spec: dict, host_barrier
                       params_per_rank=sum(p.numel() for p in worker.model.parameters()))
         name = f"{run}.rank{rank}" if independent else run
         if "parity" not in run_spec["skip"]:
-            result["parity"] = run_parity(worker, run_spec, run, me, work)
+            result["parity"] = run_parity(worker, run, me, work, gbs=spec["parity_gbs"], seq=spec["parity_seq"],
+                                          vocab_size=spec["shape"]["vocab_size"], precisions=run_spec["precisions"],
+                                          overlap=spec["overlap"])
             if me == 0:
                 write_json(result, work / f"{name}.json")
         if "train" not in run_spec["skip"]:
@@ -478,46 +276,10 @@ def launch(world: int, spec: dict) -> None:
 
 
 def checks(report: dict) -> dict:
-    """Pass/fail of the parity comparisons (see the module docstring for the tolerances)."""
-    out = {}
-    tp1 = report["runs"].get("tp1", {}).get("parity", {})
-    base = tp1.get("bf16_vs_fp32")          # TP=1 bf16 vs fp32: the size of bf16 rounding here
-    # TP=1 bf16 vs itself: in a fresh process (tp1b; what DP=2's second process is) or, without it, in-process
-    noise = report["runs"].get("tp1b", {}).get("parity", {}).get("bf16_vs_tp1_bf16") or tp1.get("bf16_repeat_vs_bf16")
-    for run in ("tp2", "dp2"):
-        parity = report["runs"].get(run, {}).get("parity")
-        if not parity:
-            continue
-        if "fp32_vs_tp1_fp32" in parity:
-            c = parity["fp32_vs_tp1_fp32"]
-            out[f"{run}_fp32_loss_gradnorm_nll_rel<=1e-3"] = max(c["loss_rel"], c["grad_norm_rel"],
-                                                                 c["nll_rel"]) <= FP32_RTOL
-            out[f"{run}_fp32_logprob_max_abs<=2e-3"] = c["logprob_max_abs"] <= 2e-3
-            out[f"{run}_fp32_grad_rel_l2<=1e-3"] = c["grad"]["rel_l2"] <= FP32_RTOL
-            # Adam's first step is ~lr * sign(g): an element whose gradient is within rounding of 0 may flip (2 lr);
-            # rel_l2 <= 1e-2 allows at most 0.0025% of the elements to flip.
-            out[f"{run}_fp32_update_rel_l2<=1e-2"] = c["update"]["rel_l2"] <= 1e-2
-        if "bf16_vs_tp1_fp32" in parity and base:
-            c = parity["bf16_vs_tp1_fp32"]
-            for key in ("loss_rel", "grad_norm_rel", "nll_rel"):
-                out[f"{run}_bf16_{key}_vs_fp32<=1.5x_tp1_bf16"] = c[key] <= 1.5 * base[key] + BF16_ULP
-            out[f"{run}_bf16_logprob_mean<=1.5x_tp1_bf16"] = (c["logprob_mean_abs"]
-                                                             <= 1.5 * base["logprob_mean_abs"] + 1e-4)
-            out[f"{run}_bf16_logprob_max<=2x_tp1_bf16"] = c["logprob_max_abs"] <= 2 * base["logprob_max_abs"] + 1e-3
-            for key in ("grad", "update"):
-                out[f"{run}_bf16_{key}_rel_l2_vs_fp32<=1.5x_tp1_bf16"] = (c[key]["rel_l2"]
-                                                                         <= 1.5 * base[key]["rel_l2"] + 1e-3)
-        for precision in ("fp32", "bf16"):     # overlapped vs after-the-backward all-reduce, same process
-            for name, c in parity.items():
-                if name.startswith(f"{precision}_overlap_") and isinstance(c, dict) and "grad" in c:
-                    out[f"{run}_{name}_grad_update_loss_rel<=1e-6"] = max(
-                        c["grad"]["rel_l2"], c["update"]["rel_l2"], c["loss_rel"], c["grad_norm_rel"]) <= 1e-6
-        if run == "dp2" and "bf16_vs_tp1_bf16" in parity and noise:
-            c = parity["bf16_vs_tp1_bf16"]
-            for key in ("grad", "update"):
-                tol = max(2 * noise[key]["rel_l2"], FP32_RTOL if key == "grad" else 1e-2)
-                out[f"dp2_bf16_{key}_rel_l2_vs_dp1_bf16<=max(2x_noise,fp32_tol)"] = c[key]["rel_l2"] <= tol
-    return out
+    """Pass/fail of the parity runs (`trainer.parity.tp_dp.checks`), the bf16 noise taken from tp1b where it ran."""
+    runs = report["runs"]
+    noise = runs.get("tp1b", {}).get("parity", {}).get("bf16_vs_tp1_bf16")
+    return parity_checks({run: res["parity"] for run, res in runs.items() if "parity" in res}, noise)
 
 
 def parse_args(argv=None):

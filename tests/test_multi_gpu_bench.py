@@ -1,6 +1,7 @@
 """bench/multi_gpu_bench.py in its CPU mode (`--tiny`: gloo, 2 processes): TP=2 and DP=2 give TP=1's loss, grad
 norm, gradient and parameter update in fp32, and the throughput/scaling rows come out. The same code path runs on
-two GPUs with NCCL (`make bench-multi-gpu`); this keeps its parity logic exercised where CI runs."""
+two GPUs with NCCL (`make bench-multi-gpu`); this keeps the bench's wiring of the parity steps (trainer/parity/tp_dp.py,
+tested alone in tests/test_parity.py) beside its throughput steps exercised where CI runs."""
 import json
 
 from bench import multi_gpu_bench

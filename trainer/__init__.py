@@ -12,7 +12,8 @@
     grpo/           advantages, the loss, prompt selection and the loop itself (loop.py)
     checkpoint.py   step_N checkpoints with top-k retention, and finding them
     metrics.py      metrics.jsonl, wandb, the console line and the plot
-    parity.py       numerical parity checks (TP/DP against one rank, Megatron against transformers)
+    parity/         numerical parity checks (TP/DP against one rank, Megatron against transformers) and the
+                    model/worker builders they run on; tests and the GPU benches call them
 
 Nothing heavy is imported at package import: torch, vLLM, Ray and Megatron-core load inside the modules that
 need them, which only jobs import.

@@ -1,8 +1,8 @@
 """On a CUDA device: bf16 Megatron-core (SDPA + fused ops) vs transformers parity, and one GRPO training step.
 
 Runs only where CUDA is (the device machine: `python3 -m pytest tests/gpu -m gpu`); `make bench-gpu` is the full
-measurement. Full-width Qwen3-1.7B-shaped layers (hidden 2048, GQA 16/8, vocab 151,936), 2 of them, 2 x 1024
-tokens: the same kernels and dtypes as the benchmark in a few seconds.
+measurement. The checks and builders are trainer/parity's. Full-width Qwen3-1.7B-shaped layers (hidden 2048,
+GQA 16/8, vocab 151,936), 2 of them, 2 x 1024 tokens: the same kernels and dtypes as the benchmark in a few seconds.
 """
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ pytestmark = [pytest.mark.gpu,
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    from bench.gpu_bench import GPU_SHAPE, make_hf_model
+    from trainer.parity import GPU_SHAPE, make_hf_model
 
     return make_hf_model(tmp_path_factory.mktemp("hf"), dict(GPU_SHAPE, num_hidden_layers=2), torch.device("cuda"))
 
 
 def test_bf16_logprob_parity_with_transformers(hf_dir):
-    from bench.gpu_bench import parity
+    from trainer.parity import logprob_parity
 
-    result = parity(hf_dir, ["sdpa", "sdpa-unfused", "local"], batch=2, seq=1024, device=torch.device("cuda"))
+    result = logprob_parity(hf_dir, ["sdpa", "sdpa-unfused", "local"], batch=2, seq=1024, device=torch.device("cuda"))
     assert result["passed"], result
     assert result["ref_logit_std"] > 1.0, "near-uniform logits would make the comparison meaningless"
     # the fused path is not worse than the unfused one on the same weights
@@ -31,7 +31,7 @@ def test_bf16_logprob_parity_with_transformers(hf_dir):
 
 
 def test_grpo_training_step_changes_weights_and_keeps_logprobs_consistent(hf_dir):
-    from bench.gpu_bench import make_worker, rollout_batch
+    from trainer.parity import make_worker, rollout_batch
 
     worker = make_worker(hf_dir, "sdpa", gbs=4, mbs=2)
     batch = rollout_batch(4, 1024, 151936, prompt=128)

@@ -25,8 +25,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
+
+from jobs import slurm_state
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROBE = "probe.json"
@@ -80,12 +83,13 @@ def submit(root: Path, nodes: int, force_train: bool, rows: int) -> tuple[float,
     return started, time.time() - started
 
 
-def sacct_times(job_id: str) -> dict[str, float]:
-    out = subprocess.run(["sacct", "-X", "-P", "-n", "-j", job_id, "-o", "Submit,Start,End,State"],
-                         capture_output=True, text=True, check=True).stdout.strip().splitlines()
-    submit_t, start_t, end_t, state = out[0].split("|")
+def sacct_times(job_id: str) -> dict[str, Any]:
+    """Submit/start/end as epoch seconds (nan when not yet) and the job's state."""
+    rec = slurm_state.sacct_records([job_id]).get(job_id)
+    if rec is None:
+        raise RuntimeError(f"job {job_id} is not in Slurm's accounting (yet)")
     parse = lambda text: _dt.datetime.fromisoformat(text).timestamp() if text[:1].isdigit() else float("nan")  # noqa
-    return {"submit": parse(submit_t), "start": parse(start_t), "end": parse(end_t), "state": state}
+    return {"submit": parse(rec.submit), "start": parse(rec.start), "end": parse(rec.end), "state": rec.state}
 
 
 def wait_probe(root: Path, after: float, timeout: float = 600) -> dict:
@@ -103,7 +107,7 @@ def wait_probe(root: Path, after: float, timeout: float = 600) -> dict:
 def wait_job_end(job_id: str, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if sacct_times(job_id)["state"] not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED"):
+        if slurm_state.is_final(sacct_times(job_id)["state"]):
             return
         time.sleep(0.5)
 

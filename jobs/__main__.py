@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from jobs import chain, status, sweep
+from jobs import chain, slurm_state, status, sweep
 from jobs.stages import STAGE_ORDER, slurm_available
 from infra.config import load_config
-
-FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                "DEADLINE", "PREEMPTED")
+from trainer.checkpoint import list_checkpoints
 
 
 def _config(args: argparse.Namespace, extra: list[str] = (), nodes: int | None = None):
@@ -49,13 +46,13 @@ def follow(cfg, job_ids: list[str], poll_s: float = 5.0, quiet: bool = False) ->
     """Poll sacct until every job has ended; print state changes. Returns job id -> final state."""
     last: dict[str, str] = {}
     while True:
-        records = status.sacct_records(job_ids)
-        states = {j: records.get(j, {}).get("State", "PENDING") for j in job_ids}
+        records = slurm_state.sacct_records(job_ids)
+        states = {j: records[j].state if j in records else slurm_state.PENDING for j in job_ids}
         for job_id, state in states.items():
             if state != last.get(job_id) and not quiet:
                 print(f"  [{time.strftime('%H:%M:%S')}] job {job_id}: {state}", flush=True)
         last = states
-        if all(s.startswith(FINAL_STATES) for s in states.values()):
+        if all(slurm_state.is_final(s) for s in states.values()):
             return states
         time.sleep(poll_s)
 
@@ -69,7 +66,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.wait and ids and bool(cfg.slurm.use_cluster):
         states = follow(cfg, ids)
         print(status.format_status(status.collect_status(cfg)))
-        return 0 if all(s.startswith("COMPLETED") for s in states.values()) else 1
+        return 0 if all(s == "COMPLETED" for s in states.values()) else 1
     if ids and bool(cfg.slurm.use_cluster):
         print("follow with: make status   (or: python -m jobs status)")
     return 0
@@ -80,8 +77,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if args.from_ not in (None, "latest", "best") and not args.from_.startswith("step_"):
         raise SystemExit(f"--from must be latest, best or step_N, got {args.from_!r}")
     cfg = _config(args, extra, nodes=args.nodes)
-    steps = sorted(int(p.name[5:]) for p in Path(str(cfg.checkpointing.checkpoint_dir)).glob("step_*")
-                   if p.name[5:].isdigit() and (p / "training_info.json").exists())
+    steps = [step for step, _ in list_checkpoints(str(cfg.checkpointing.checkpoint_dir))]
     if not steps:
         print(f"run {cfg.run.name}: no checkpoint in {cfg.checkpointing.checkpoint_dir}; training starts at step 0",
               flush=True)

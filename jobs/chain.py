@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
+from jobs import slurm_state
 from jobs.stages import STAGE_ORDER, STAGES, log_folder, make_executor, make_job
 from infra import manifest
 from infra.io import atomic_write_json
 
 RECORD_NAME = "jobs.json"
-ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-                 "RESIZING", "SUSPENDED", "STAGE_OUT"}
 
 
 @dataclass
@@ -88,17 +86,11 @@ def save_record(cfg: DictConfig, record: dict[str, Any]) -> Path:
 
 # --- planning -------------------------------------------------------------------------------------------------
 
-def squeue_states(job_ids: Iterable[str]) -> dict[str, str]:
-    """Current state of jobs slurmctld still knows about (empty for finished/purged ones)."""
-    ids = [str(j) for j in job_ids if j]
-    if not ids:
-        return {}
-    out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T"], capture_output=True, text=True)
-    states = {}
-    for line in out.stdout.splitlines():
-        job_id, _, state = line.partition("|")
-        states[job_id.strip()] = state.strip()
-    return states
+def active_jobs(job_ids: Iterable[str]) -> dict[str, str]:
+    """Job id -> state of the jobs still queued or running (squeue also lists jobs that ended minutes ago:
+    a FAILED one must not be reused)."""
+    return {job_id: state for job_id, state in slurm_state.squeue_states(job_ids).items()
+            if slurm_state.is_active(state)}
 
 
 def plan_chain(cfg: DictConfig, until: str, nodes: int = 1, always: Iterable[str] = (),
@@ -111,7 +103,7 @@ def plan_chain(cfg: DictConfig, until: str, nodes: int = 1, always: Iterable[str
     always = set(always)
     record = load_record(cfg)
     previous = record.get("stages", {})
-    active = squeue_states(p.get("job_id") for p in previous.values()) if use_cluster else {}
+    active = active_jobs(p.get("job_id") for p in previous.values()) if use_cluster else {}
     plans: list[StagePlan] = []
     submitted_upstream = False  # a fresh job earlier in the chain: everything after must run again
     running_upstream = False    # an earlier stage's job is still queued/running: its outputs will change

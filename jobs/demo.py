@@ -17,10 +17,10 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig
 
-from jobs import chain, status
+from infra.io import read_live_jsonl
+from jobs import chain, slurm_state, status
+from trainer.checkpoint import INFO_FILE, best_checkpoint as best_on_disk, read_training_info
 
-FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                "DEADLINE", "PREEMPTED")
 HEARTBEAT_S = 60.0
 # What the demo leaves after the train loop's deadline: the eval job (~1-1.3 min on 2 cores) and the summary.
 EVAL_RESERVE_S = 108.0
@@ -60,15 +60,7 @@ def demo_overrides(overrides: Iterable[str]) -> list[str]:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Rows of a metrics.jsonl; a torn last line (the job is writing) is skipped."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return read_live_jsonl(path)
 
 
 def metrics_line(stage: str, row: dict[str, Any]) -> str:
@@ -113,27 +105,27 @@ class Progress:
 
     def poll_jobs(self) -> dict[str, str]:
         """stage -> state from sacct; prints changes (and a heartbeat for a long running stage)."""
-        ids = [j for j in self.stage_jobs.values() if j]
-        records = status.sacct_records(ids) if ids else {}
+        records = slurm_state.sacct_records(self.stage_jobs.values())
         for stage, job_id in self.stage_jobs.items():
-            rec = records.get(job_id, {})
-            state = rec.get("State", "PENDING")
+            rec = records.get(job_id)
+            state = rec.state if rec else slurm_state.PENDING  # not in accounting yet
             if state != self.states.get(stage):
-                self._say(f"{stage:<8} job {job_id:<6} {state:<10} elapsed {rec.get('Elapsed', '-')}"
-                          + (f" on {rec['NodeList']}" if rec.get("NodeList", "None assigned") != "None assigned"
-                             and state.startswith("RUNNING") else ""))
+                elapsed = (rec.elapsed if rec else "") or "-"
+                where = f" on {rec.node_list}" if rec and rec.node_list and state == "RUNNING" else ""
+                self._say(f"{stage:<8} job {job_id:<6} {state:<10} elapsed {elapsed}{where}")
                 self.states[stage] = state
-        running = [s for s, st in self.states.items() if st.startswith("RUNNING")]
+        running = [s for s, st in self.states.items() if st == "RUNNING"]
         if running and time.time() - self.last_print >= self.heartbeat_s:
-            rec = records.get(self.stage_jobs[running[0]], {})
-            self._say(f"{running[0]:<8} job {self.stage_jobs[running[0]]:<6} RUNNING    elapsed {rec.get('Elapsed', '-')}")
+            rec = records.get(self.stage_jobs[running[0]])
+            elapsed = (rec.elapsed if rec else "") or "-"
+            self._say(f"{running[0]:<8} job {self.stage_jobs[running[0]]:<6} RUNNING    elapsed {elapsed}")
         return dict(self.states)
 
     def follow_slurm(self, poll_s: float = 5.0) -> dict[str, str]:
         while True:
             states = self.poll_jobs()
             self.poll_metrics()
-            if states and all(s.startswith(FINAL_STATES) for s in states.values()) and \
+            if states and all(slurm_state.is_final(s) for s in states.values()) and \
                     len(states) == len(self.stage_jobs):
                 return states
             time.sleep(poll_s)
@@ -158,18 +150,15 @@ def _manifest_seconds(root: Path, stage: str) -> float | None:
 
 
 def best_checkpoint(root: Path, metric: str = "val:accuracy") -> tuple[Path | None, float | None]:
-    """The train manifest's best checkpoint, else the step_N with the highest metric on disk."""
+    """(path, metric value): the train manifest's best checkpoint when it is still complete on disk, else the
+    complete step_N with the highest metric (trainer.checkpoint finds them)."""
     recorded = _manifest_extra(root, "train").get("best_checkpoint")
-    candidates = [Path(recorded)] if recorded else sorted((root / "train" / "checkpoints").glob("step_*"))
-    best: tuple[Path | None, float | None] = (None, None)
-    for path in candidates:
-        info_file = path / "training_info.json"
-        if not info_file.exists():
-            continue
-        value = json.loads(info_file.read_text()).get(metric)
-        if recorded or (isinstance(value, (int, float)) and (best[1] is None or value > best[1])):
-            best = (path, value if isinstance(value, (int, float)) else None)
-    return best
+    path = Path(recorded) if recorded and (Path(recorded) / INFO_FILE).exists() else None
+    path = path or best_on_disk(root / "train" / "checkpoints", metric)
+    if path is None:
+        return None, None
+    value = read_training_info(path).get(metric)
+    return path, value if isinstance(value, (int, float)) else None
 
 
 def summary_lines(root: Path, stages: Iterable[str], job_rows: list[status.StageStatus] | None = None) -> list[str]:
@@ -259,7 +248,7 @@ def run_demo(cfg: DictConfig, nodes: int = 1, out: Callable[[str], None] = print
         stage_jobs = {p.stage: p.job_id for p in plans if p.job_id}
         if stage_jobs:
             states = Progress(root, stage_jobs, out).follow_slurm(poll_s)
-            ok = all(s.startswith("COMPLETED") for s in states.values())
+            ok = all(s == "COMPLETED" for s in states.values())
         job_rows = status.collect_status(cfg)
     else:
         progress = Progress(root, {}, out)

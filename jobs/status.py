@@ -1,25 +1,23 @@
 """`status` and `logs`: what each stage's job is doing, why it waits or was cancelled, what it left on disk.
 
-States come from Slurm's accounting (`sacct`); reasons from `squeue`/`scontrol` while slurmctld still knows the
-job, otherwise they are derived from the dependency recorded at submission (a job cancelled because its afterok
-parent failed is reported as DependencyNeverSatisfied, naming the parent and its state).
+States come from Slurm's accounting (`sacct`); reasons from `scontrol` while slurmctld still knows the job,
+otherwise they are derived from the dependency recorded at submission (a job cancelled because its afterok
+parent failed is reported as DependencyNeverSatisfied, naming the parent and its state). Reading Slurm is
+jobs.slurm_state's.
 """
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from jobs import slurm_state
 from jobs.chain import load_record
+from jobs.slurm_state import FAILED_STATES, SacctRecord
 from jobs.stages import STAGE_ORDER, slurm_available
 from infra import manifest
-
-SACCT_FIELDS = ("JobIDRaw", "State", "ExitCode", "Reason", "Elapsed", "Start", "End", "NodeList")
-BAD_END_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
-                  "PREEMPTED")
 
 
 @dataclass
@@ -33,46 +31,20 @@ class StageStatus:
     artifacts: str = ""
 
 
-def sacct_records(job_ids: list[str]) -> dict[str, dict[str, str]]:
-    """One record per job (allocation line only), keyed by job id."""
-    ids = [j for j in job_ids if j]
-    if not ids:
-        return {}
-    out = subprocess.run(["sacct", "-X", "-P", "-n", "-j", ",".join(ids), "-o", ",".join(SACCT_FIELDS)],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"sacct failed ({out.stderr.strip()}); is accounting (slurmdbd) running?")
-    records = {}
-    for line in out.stdout.splitlines():
-        values = dict(zip(SACCT_FIELDS, line.split("|")))
-        records[values["JobIDRaw"]] = values
-    return records
-
-
-def live_reason(job_id: str) -> tuple[str, str]:
-    """(Reason, Dependency) from slurmctld while it still holds the job (MinJobAge after it ends)."""
-    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
-    if out.returncode != 0:
-        return "", ""
-    fields = dict(item.split("=", 1) for item in out.stdout.split() if "=" in item)
-    return fields.get("Reason", ""), fields.get("Dependency", "")
-
-
-def _reason(job_id: str, acct: dict[str, str], entry: dict[str, Any], states: dict[str, str]) -> str:
-    state = acct.get("State", "")
-    if state.startswith("COMPLETED") or state.startswith("RUNNING"):
+def _reason(job_id: str, acct: SacctRecord | None, entry: dict[str, Any], states: dict[str, str]) -> str:
+    state = acct.state if acct else ""
+    if state in ("COMPLETED", "RUNNING"):
         return ""
-    reason, dependency = live_reason(job_id)
+    live = slurm_state.live_job(job_id)
+    reason, dependency = live.get("Reason", ""), live.get("Dependency", "")
+    reason = "" if reason == "None" else reason
     parent = (entry.get("dependency") or "").partition(":")[2]
     parent_state = states.get(parent, "")
-    if reason in ("", "None") and state.startswith("CANCELLED") and acct.get("Start") in ("None", "Unknown", ""):
-        if parent_state.startswith(BAD_END_STATES):
-            reason = "DependencyNeverSatisfied"
+    if not reason and state == "CANCELLED" and acct is not None and not acct.started and parent_state in FAILED_STATES:
+        reason = "DependencyNeverSatisfied"
     if reason == "DependencyNeverSatisfied" and parent:
         return f"DependencyNeverSatisfied: afterok parent {parent} {parent_state or dependency or 'failed'}"
-    if reason in ("", "None"):
-        return acct.get("Reason", "") if acct.get("Reason") not in ("None", None) else ""
-    return reason
+    return reason or (acct.reason if acct else "")
 
 
 def collect_status(cfg: DictConfig) -> list[StageStatus]:
@@ -80,8 +52,8 @@ def collect_status(cfg: DictConfig) -> list[StageStatus]:
     entries = record.get("stages", {})
     use_slurm = record.get("executor", "slurm") == "slurm" and slurm_available()
     ids = [str(e["job_id"]) for e in entries.values() if e.get("job_id")]
-    acct = sacct_records(ids) if use_slurm else {}
-    states = {job_id: rec["State"] for job_id, rec in acct.items()}
+    acct = slurm_state.sacct_records(ids) if use_slurm else {}
+    states = {job_id: rec.state for job_id, rec in acct.items()}
     rows = []
     for stage in STAGE_ORDER:
         entry = entries.get(stage)
@@ -91,9 +63,9 @@ def collect_status(cfg: DictConfig) -> list[StageStatus]:
         job_id = str(entry.get("job_id") or "")
         row = StageStatus(stage, job_id=job_id)
         if job_id and use_slurm:
-            rec = acct.get(job_id, {})
-            row.state = rec.get("State", "UNKNOWN (not in sacct yet)")
-            row.elapsed, row.nodes = rec.get("Elapsed", ""), rec.get("NodeList", "")
+            rec = acct.get(job_id)
+            row.state = rec.state if rec else "UNKNOWN (not in sacct yet)"
+            row.elapsed, row.nodes = (rec.elapsed, rec.node_list) if rec else ("", "")
             row.reason = _reason(job_id, rec, entry, states)
         elif entry.get("action") == "skip":
             row.state = "SKIPPED"

@@ -19,6 +19,7 @@ from typing import Any
 import submitit
 from omegaconf import OmegaConf
 
+from jobs import slurm_state
 from jobs.chain import now_iso, resolve_config, submit_chain
 from jobs.stages import make_job, slurm_parameters
 from infra.config import load_config
@@ -132,8 +133,7 @@ def remove(config_name: str, overrides: list[str], quiet: bool = False) -> list[
     """Cancel the pending/running tick jobs of this sweep; returns their ids."""
     root = sweep_root(config_name, overrides)
     name = tick_job_name(config_name, overrides)
-    out = subprocess.run(["squeue", "-h", "--name", name, "-o", "%i"], capture_output=True, text=True)
-    ids = out.stdout.split()
+    ids = [job_id for job_id, state in slurm_state.squeue_states(name=name).items() if slurm_state.is_active(state)]
     if ids:
         subprocess.run(["scancel", *ids], check=True)
     if root.exists() or not quiet:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from jobs import chain, demo
 from infra.config import load_config
 
@@ -103,3 +105,15 @@ def test_demo_turns_the_warm_start_on_unless_told_otherwise():
     assert demo.demo_overrides(["sft.enabled=false"]) == ["sft.enabled=false"]
     cfg = load_config("tiny_cpu", demo.demo_overrides([]))
     assert chain.chain_stages(cfg, "eval") == ["data", "prepare", "sanity", "sft", "train", "eval"]
+
+
+def test_best_checkpoint_prefers_the_recorded_one_while_it_is_complete(tmp_path):
+    fake_run(tmp_path)
+    recorded = tmp_path / "train" / "checkpoints" / "step_2"
+    (tmp_path / "train" / "manifest.json").write_text(json.dumps({"extra": {"best_checkpoint": str(recorded)}}))
+    assert demo.best_checkpoint(tmp_path) == (recorded, 0.25)
+    (recorded / "training_info.json").unlink()  # retention or a crash took it: fall back to what is on disk
+    (tmp_path / "train" / "checkpoints" / "tmp_step_3").mkdir()
+    with pytest.warns(UserWarning, match="incomplete checkpoint"):
+        assert demo.best_checkpoint(tmp_path) == (tmp_path / "train" / "checkpoints" / "step_1", 0.375)
+    assert demo.best_checkpoint(tmp_path / "nothing") == (None, None)

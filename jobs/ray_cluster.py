@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from infra.io import atomic_write_json
+from infra.ray_start import RayStartError, start_with_retries
 from infra.signals import ignore_preemption_signal
 
 T = TypeVar("T")
@@ -33,7 +35,6 @@ T = TypeVar("T")
 HEAD_FILE = "head.json"
 ENDED_FILE = "ENDED"
 JOIN_TIMEOUT_S = float(os.environ.get("SLURM_GRPO_RAY_JOIN_TIMEOUT_S", "300"))
-START_ATTEMPTS = int(os.environ.get("SLURM_GRPO_RAY_START_ATTEMPTS", "3"))
 START_TIMEOUT_S = 240.0
 STARTED_MARK = "Ray runtime started"   # what `ray start` prints once its node is registered
 
@@ -180,10 +181,11 @@ def _start_node(cmd: list[str], log: Path, env: dict[str, str], what: str,
     """Run `ray start ... --block` and return once it says its node is up. Ray's processes ignore SIGUSR2: Slurm
     sends the time-limit warning to every process of the job, and only the driver should act on it.
 
-    Ray waits a fixed 30 s for a new raylet to register with the GCS; on an overloaded host (the local cluster
-    shares its cores with everything else) that can time out and `ray start` exits. Such an attempt's processes
-    are killed and it starts again, up to START_ATTEMPTS times."""
-    for attempt in range(1, START_ATTEMPTS + 1):
+    A `ray start` that exits (Ray's startup timeout on an overloaded host, see infra.ray_start) or does not report
+    its node within START_TIMEOUT_S is killed with what it had started, and started again (infra.ray_start's
+    attempts). When `give_up()` turns true (the head ended) the dead process is returned, no error."""
+
+    def attempt() -> subprocess.Popen:
         offset = log.stat().st_size if log.exists() else 0
         with log.open("ab") as out:
             process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
@@ -200,11 +202,13 @@ def _start_node(cmd: list[str], log: Path, env: dict[str, str], what: str,
         _kill_group(process)
         if give_up():
             return process
-        if attempt == START_ATTEMPTS:
-            raise RuntimeError(f"{what} did not start in {START_ATTEMPTS} attempts; {log}:\n{_tail(log)}")
-        _log(f"{what} failed to start (attempt {attempt}/{START_ATTEMPTS}, exit {process.returncode}); retrying")
-        time.sleep(2)
-    raise AssertionError("unreachable")
+        raise RayStartError(f"exit {process.returncode}")
+
+    try:
+        return start_with_retries(attempt, what, retryable=lambda err: isinstance(err, RayStartError), pause_s=2.0,
+                                  log=_log)
+    except RayStartError as err:
+        raise RayStartError(f"{err}; {log}:\n{_tail(log)}") from err.__cause__
 
 
 def _wait_for_port(host: str, port: int, process: subprocess.Popen, log: Path, timeout: float) -> None:
@@ -258,9 +262,7 @@ def run_head(task: TaskInfo, driver: Callable[[], T], num_cpus: int | None, num_
         process = _start_node(cmd, log, _ray_env(auth), "ray head")
         _wait_for_port(ip, ports.gcs, process, log, timeout=120)
         head_info = {"address": address, "job_id": task.job_id, "restart": task.restart, "nodes": task.num_nodes}
-        tmp = task.rendezvous / f".{HEAD_FILE}.tmp"
-        tmp.write_text(json.dumps(head_info))
-        os.replace(tmp, task.rendezvous / HEAD_FILE)
+        atomic_write_json(task.rendezvous / HEAD_FILE, head_info)  # workers poll for it: never a partial file
         if task.num_nodes > 1:  # one node: the driver's own ray.init waits for the head's raylet
             _log(f"head up at {address} on {task.node_name}; waiting for {task.num_nodes} nodes")
             _wait_for_nodes(address, task.num_nodes, JOIN_TIMEOUT_S, task.rendezvous)

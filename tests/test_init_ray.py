@@ -87,7 +87,7 @@ exec sleep 60
 def test_ray_node_start_gives_up_after_the_last_attempt(tmp_path, monkeypatch):
     from jobs import ray_cluster
 
-    monkeypatch.setattr(ray_cluster, "START_ATTEMPTS", 2)
+    monkeypatch.setenv("SLURM_GRPO_RAY_START_ATTEMPTS", "2")  # infra.ray_start's attempts, shared with init_ray
     fake = tmp_path / "always_fails.sh"
     fake.write_text("#!/bin/bash\necho 'raylet failed'\nexit 1\n")
     fake.chmod(0o755)
@@ -118,6 +118,31 @@ def test_local_ray_start_is_retried_after_the_startup_timeout():
     with pytest.raises(ValueError, match="bad runtime_env"):
         _start_local_ray(other, "local", {})
     assert other.calls == 1
+    timeout = Exception("The current node timed out during startup.")
+    stuck = FlakyRay([timeout] * 3)
+    with pytest.raises(RuntimeError, match="local Ray did not start in 3 attempts") as raised:
+        _start_local_ray(stuck, "local", {})
+    assert (stuck.calls, stuck.shutdowns) == (3, 3) and raised.value.__cause__ is timeout
+
+
+def test_start_with_retries_retries_only_what_the_caller_says():
+    from infra.ray_start import RayStartError, start_with_retries
+
+    calls, cleaned, said = [], [], []
+
+    def attempt():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RayStartError(f"exit {len(calls)}")
+        return "up"
+
+    ok = start_with_retries(attempt, "node", retryable=lambda e: isinstance(e, RayStartError),
+                            clean_up=lambda: cleaned.append(1), log=said.append, attempts=3)
+    assert ok == "up" and len(calls) == 3 and len(cleaned) == 2
+    assert said == ["node did not come up (attempt 1/3: exit 1); retrying",
+                    "node did not come up (attempt 2/3: exit 2); retrying"]
+    with pytest.raises(KeyError):
+        start_with_retries(lambda: {}["x"], "node", retryable=lambda e: isinstance(e, RayStartError), log=said.append)
 
 
 USR2_CHILD = """

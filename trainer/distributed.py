@@ -175,38 +175,34 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     ray.init(address=address, **kwargs)
 
 
-LOCAL_RAY_START_ATTEMPTS = 3
-
-
 def _start_local_ray(ray, address: str, kwargs: dict) -> None:
-    """ray.init of a new local instance, again when it fails to come up.
-
-    Ray waits a fixed 30 s for its new raylet to register; on an overloaded host (a local Slurm cluster sharing
-    its cores) that times out with "The current node timed out during startup". The attempt's leftover daemons
-    (children of this process) are killed before the next one."""
+    """ray.init of a new local instance, again when Ray's startup timeout hits (infra.ray_start says why); any
+    other error is raised at once. A failed attempt's daemons (children of this process) are killed first."""
     import psutil
 
+    from infra.ray_start import is_startup_timeout, start_with_retries
     from infra.signals import preemption_signal_ignored
 
     me = psutil.Process()
-    for attempt in range(1, LOCAL_RAY_START_ATTEMPTS + 1):
-        before = {child.pid for child in me.children(recursive=True)}
-        try:
-            with preemption_signal_ignored():  # Ray's daemons and actors inherit it (see infra.signals)
-                ray.init(address=address, **kwargs)
-            return
-        except Exception as err:  # Ray raises a bare Exception for the startup timeout
-            if "timed out during startup" not in str(err) or attempt == LOCAL_RAY_START_ATTEMPTS:
-                raise
-            print(f"[init_ray] local Ray did not come up (attempt {attempt}/{LOCAL_RAY_START_ATTEMPTS}: {err}); "
-                  "retrying", flush=True)
-            ray.shutdown()
-            for child in me.children(recursive=True):
-                if child.pid not in before:
-                    try:
-                        child.kill()
-                    except psutil.NoSuchProcess:
-                        pass
+    before: set[int] = set()
+
+    def attempt() -> None:
+        before.clear()
+        before.update(child.pid for child in me.children(recursive=True))
+        with preemption_signal_ignored():  # Ray's daemons and actors inherit it (see infra.signals)
+            ray.init(address=address, **kwargs)
+
+    def clean_up() -> None:
+        ray.shutdown()
+        for child in me.children(recursive=True):
+            if child.pid not in before:
+                try:
+                    child.kill()
+                except psutil.NoSuchProcess:
+                    pass
+
+    start_with_retries(attempt, "local Ray", retryable=is_startup_timeout, clean_up=clean_up,
+                       log=lambda text: print(f"[init_ray] {text}", flush=True))
 
 
 def ray_address(cfg: DictConfig) -> str | None:

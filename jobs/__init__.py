@@ -1,5 +1,5 @@
 """Submitit job definitions and the stage chain (data -> prepare -> sanity -> [sft] -> train -> eval).
 
 Imports only submitit and omegaconf at module level (login nodes); each job imports `pipeline.<stage>` inside.
-Entry point: `python -m jobs --help`.
+Slurm job state is read in jobs/slurm_state.py only. Entry point: `python -m jobs --help`.
 """

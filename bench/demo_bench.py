@@ -94,7 +94,7 @@ def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
     root = run_root(cfg)
     rows = read_jsonl(root / "prepare" / "train_prepare.jsonl")
     val_rows = read_jsonl(root / "prepare" / "validation_prepare.jsonl")
-    model_dir = resolve_model(cfg.policy.model_name, root / "models", tiny_cfg=cfg.policy.get("tiny"),
+    model_dir = resolve_model(cfg.policy.model_name, root / "models", tiny_cfg=cfg.policy.tiny,
                               seed=int(cfg.run.seed))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     train, val = expert_rollouts(rows, tokenizer, cfg), expert_rollouts(val_rows, tokenizer, cfg)

@@ -59,7 +59,7 @@ def run(config: str, groups: int, per_group: int, repeats: int, overrides: list[
 
     cfg = load_config(config, [f"policy.train_global_batch_size={groups * per_group}", *overrides])
     model_dir = resolve_model(cfg.policy.model_name, Path(tempfile.mkdtemp(prefix="policy_bench_")),
-                              tiny_cfg=cfg.policy.get("tiny"), seed=0)
+                              tiny_cfg=cfg.policy.tiny, seed=0)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     batch = grpo_batch(cfg, tokenizer, groups, per_group, seed=7)
     policy = InProcessPolicy(cfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict,

@@ -46,7 +46,7 @@ def run(config: str, model: Path | None, prompts: int, per_prompt: int, repeats:
     random_init = model is None
     if random_init:
         model = resolve_model(cfg.policy.model_name, Path(tempfile.mkdtemp(prefix="rollout_bench_")),
-                              tiny_cfg=cfg.policy.get("tiny"), seed=0)
+                              tiny_cfg=cfg.policy.tiny, seed=0)
     tokenizer = AutoTokenizer.from_pretrained(str(model))
     settings = EngineSettings.from_cfg(cfg)
     own_ray = not ray.is_initialized()

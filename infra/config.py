@@ -1,4 +1,4 @@
-"""Load OmegaConf recipes from `configs/` and apply dotlist overrides.
+"""Load OmegaConf recipes from `configs/`, apply dotlist overrides, check both against the schema.
 
 Only omegaconf is imported: this runs on login nodes at submit time.
 """
@@ -10,8 +10,15 @@ from pathlib import Path
 from typing import Iterable
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from infra.schema import Config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the schema (infra/schema.py): names the key and where it came from."""
 
 
 def _resolve_path(name_or_path: str | Path) -> Path:
@@ -25,42 +32,76 @@ def _resolve_path(name_or_path: str | Path) -> Path:
     raise FileNotFoundError(f"config '{name_or_path}' not found (neither a YAML file nor one of {known})")
 
 
-def _load_with_defaults(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
-    """Load a YAML file; `defaults: [base, ...]` are merged first, this file on top."""
+def _recipe_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, DictConfig]]:
+    """(file, contents) in merge order: `defaults: [base, ...]` first (recursively), this file last."""
     if path in seen:
         raise ValueError(f"config defaults cycle: {' -> '.join(str(p) for p in seen + (path,))}")
     cfg = OmegaConf.load(path)
     defaults = cfg.pop("defaults", []) or []
     if isinstance(defaults, str):
         defaults = [defaults]
-    merged = OmegaConf.create()
+    layers: list[tuple[str, DictConfig]] = []
     for parent in defaults:
         parent_path = (path.parent / parent) if str(parent).endswith(".yaml") else _resolve_path(parent)
-        merged = OmegaConf.merge(merged, _load_with_defaults(parent_path, seen + (path,)))
-    return OmegaConf.merge(merged, cfg)
+        layers += _recipe_layers(parent_path, seen + (path,))
+    return layers + [(str(path), cfg)]
+
+
+def _merge(cfg: DictConfig, layers: list[tuple[str, DictConfig]]) -> DictConfig:
+    """`layers` (source, contents) merged onto the typed `cfg` in order; an unknown key or a wrong type is a
+    ConfigError naming the key and its source. One merge for all (merges copy the tree), one per layer on error."""
+    try:
+        return OmegaConf.merge(cfg, *(layer for _, layer in layers))
+    except OmegaConfBaseException:
+        pass
+    for source, layer in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except ConfigKeyError as err:
+            raise ConfigError(f"{source}: {err.full_key} is not in the config schema (infra/schema.py; base.yaml "
+                              f"lists every key)") from None
+        except OmegaConfBaseException as err:  # ValidationError (a wrong type) and the like
+            reason = str(getattr(err, "msg", None) or err).splitlines()[0]
+            raise ConfigError(f"{source}: {getattr(err, 'full_key', '')}: {reason}") from None
+    return cfg
+
+
+def _node(cfg: DictConfig, dotted: str):
+    """The node at `dotted` in `cfg`, or None where there is none (no interpolation is resolved)."""
+    node = cfg
+    for part in dotted.split(".") if dotted else ():
+        if not isinstance(node, DictConfig) or part not in node.keys():
+            return None
+        node = node._get_node(part)
+    return node
 
 
 def load_config(name_or_path: str | Path = "tiny_cpu", overrides: Iterable[str] = ()) -> DictConfig:
-    """Return the recipe with `overrides` (e.g. ``grpo.num_prompts_per_step=32``) applied.
+    """Return the recipe with `overrides` (e.g. ``grpo.num_prompts_per_step=32``) applied, typed by the schema.
 
-    An override of a key the recipe does not have is an error (a typo would otherwise be silently ignored);
-    prefix it with ``+`` to add a new key on purpose.
+    Every layer (base.yaml, the recipes, each override) is merged onto `OmegaConf.structured(Config)`: a key not
+    in the schema or a value of the wrong type raises ConfigError (a ValueError) naming the key and the file or
+    override. An override of a key the config does not have is an error; prefix it with ``+`` to add a key under
+    a free-form map (``+policy.tiny.num_layers=2``), which is the only place new keys may go.
     """
-    cfg = _load_with_defaults(_resolve_path(name_or_path))
-    OmegaConf.set_struct(cfg, True)
-    strict, additions = [], []
+    cfg = _merge(OmegaConf.structured(Config), _recipe_layers(_resolve_path(name_or_path)))
+    layers = []
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override '{item}' is not of the form key=value")
-        (additions if item.startswith("+") else strict).append(item.lstrip("+"))
-    try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(strict))
-    except Exception as err:  # omegaconf raises ConfigKeyError etc.; name the override
-        raise ValueError(f"bad override in {strict}: {err}") from err
-    if additions:
-        OmegaConf.set_struct(cfg, False)
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(additions))
-        OmegaConf.set_struct(cfg, True)
+        key = item.split("=", 1)[0].lstrip("+")
+        if not item.startswith("+") and _node(cfg, key) is None:
+            # a schema key set for the first time (under a null section) is fine; a new one in a free-form map
+            # may be a typo: it needs the +
+            trial = _merge(cfg, [(f"override '{item}'", OmegaConf.from_dotlist([item]))])
+            if OmegaConf.get_type(_node(trial, key.rpartition(".")[0])) is dict:
+                raise ConfigError(f"override '{item}': {key} is a new key (a typo?); prefix it with + to add it")
+        layers.append((f"override '{item}'", OmegaConf.from_dotlist([item.lstrip("+")])))
+    cfg = _merge(cfg, layers)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{name_or_path}: no value for {', '.join(missing)} (set it; base.yaml gives every key "
+                          f"its default)")
     return cfg
 
 

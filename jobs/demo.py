@@ -237,8 +237,8 @@ def run_demo(cfg: DictConfig, nodes: int = 1, out: Callable[[str], None] = print
     out(f"demo: run {cfg.run.name} on {'the Slurm cluster' if use_cluster else 'this machine (LocalExecutor)'}: "
         f"{' -> '.join(stages)}; artifacts in {root}")
     started = time.time()
-    budget_minutes = cfg.run.get("demo_budget_minutes")
-    if budget_minutes and cfg.grpo.get("deadline") is None and "train" in stages:
+    budget_minutes = cfg.run.demo_budget_minutes
+    if budget_minutes and cfg.grpo.deadline is None and "train" in stages:
         cfg.grpo.deadline = started + float(budget_minutes) * 60 - EVAL_RESERVE_S
         out(f"demo: {budget_minutes:g}-minute budget: the train loop ends by "
             f"{time.strftime('%H:%M:%S', time.localtime(cfg.grpo.deadline))} at the latest (grpo.deadline)")

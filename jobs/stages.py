@@ -189,9 +189,9 @@ def slurm_parameters(cfg: DictConfig, stage: str, nodes: int = 1, dependency: st
     if s.gpus_per_node:
         params["gpus_per_node"] = int(s.gpus_per_node)
     for key in ("partition", "account", "qos"):
-        if s.get(key):
+        if s[key]:
             params[f"slurm_{key}"] = str(s[key])
-    setup = list(s.get("setup") or [])
+    setup = list(s.setup)
     if setup:
         params["slurm_setup"] = [str(line) for line in setup]
     additional = {"chdir": str(REPO_ROOT), "kill-on-invalid-dep": "yes"}
@@ -200,9 +200,9 @@ def slurm_parameters(cfg: DictConfig, stage: str, nodes: int = 1, dependency: st
         additional["dependency"] = dependency
     params["slurm_additional_parameters"] = additional
     srun_args = []
-    if s.get("container_image"):
+    if s.container_image:
         srun_args.append(f"--container-image={s.container_image}")
-    if s.get("container_mounts"):
+    if s.container_mounts:
         mounts = s.container_mounts
         mounts = ",".join(mounts) if not isinstance(mounts, str) else mounts
         srun_args.append(f"--container-mounts={mounts}")

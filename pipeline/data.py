@@ -145,9 +145,8 @@ def load_hub_rows(hf_name: str, split: str, offline: bool) -> list[dict]:
 
 def load_local_rows(cfg: DictConfig) -> tuple[list[dict], str, list[Path]]:
     local = cfg.data.local
-    jsonl = local.get("jsonl") if hasattr(local, "get") else None
-    if jsonl:
-        path = Path(jsonl).resolve()
+    if local.jsonl:
+        path = Path(local.jsonl).resolve()
         return read_jsonl(path), f"local file {path}", [path]
     rows: list[dict] = []
     parts = []
@@ -156,9 +155,8 @@ def load_local_rows(cfg: DictConfig) -> tuple[list[dict], str, list[Path]]:
             from env_sim.workplace_assistant.tasks.generator import generate_rows
         except ImportError as err:
             raise RuntimeError(f"data.source=local needs env_sim.workplace_assistant.tasks.generator ({err}); "
-                               "or set +data.local.jsonl=<rows.jsonl>") from err
-        difficulties = local.get("difficulties")
-        difficulties = list(difficulties) if difficulties else None
+                               "or set data.local.jsonl=<rows.jsonl>") from err
+        difficulties = list(local.difficulties) if local.difficulties else None
         rows.extend(generate_rows(int(local.generator_rows), int(local.seed), difficulties=difficulties))
         parts.append(f"env_sim generator ({local.generator_rows} rows, seed {local.seed}"
                      + (f", difficulties {difficulties})" if difficulties else ")"))
@@ -169,7 +167,7 @@ def load_local_rows(cfg: DictConfig) -> tuple[list[dict], str, list[Path]]:
         parts.append(f"WorkBench ({len(converted)} rows)")
     if not rows:
         raise ValueError("data.local produced no rows: set data.local.generator_rows > 0, "
-                         "data.local.workbench=true or +data.local.jsonl=<file>")
+                         "data.local.workbench=true or data.local.jsonl=<file>")
     return rows, " + ".join(parts), []
 
 

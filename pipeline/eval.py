@@ -3,7 +3,7 @@
 The model is `eval.model`: a Hugging Face model directory, or a training checkpoint `step_N/` (converted to HF
 through a policy worker first), or null for this run's trained model (`train/hf_model`, else the best
 checkpoint). Tasks are `eval.tasks` (a JSONL of dataset rows) or this run's prepared validation file. Each task
-is played once (`eval.num_generations_per_prompt` times if set) at `policy.generation.temperature`, the setting
+is played `eval.num_generations_per_prompt` times (once by default) at `policy.generation.temperature`, the setting
 `val:accuracy` uses during training.
 
 Outputs in `<run.root>/eval/`: results.jsonl (one line per episode: id, category, reward, turns, calls),
@@ -28,7 +28,7 @@ def resolve_eval_model(cfg: DictConfig) -> tuple[Path, str]:
     """(HF model dir or checkpoint dir, kind) where kind is 'hf' or 'checkpoint'."""
     from trainer.checkpoint import INFO_FILE, best_checkpoint
 
-    given = cfg.eval.get("model")
+    given = cfg.eval.model
     if given:
         path = Path(given).resolve()
         if (path / "config.json").exists():
@@ -77,11 +77,11 @@ def run(cfg: DictConfig) -> Path:
     timer = manifest.StageTimer()
     out_dir = run_root(cfg) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = Path(cfg.eval.tasks) if cfg.eval.get("tasks") else run_root(cfg) / "prepare" / "validation_prepare.jsonl"
+    tasks = Path(cfg.eval.tasks) if cfg.eval.tasks else run_root(cfg) / "prepare" / "validation_prepare.jsonl"
     if not tasks.exists():
         raise FileNotFoundError(f"eval tasks {tasks} do not exist (set eval.tasks or run the prepare stage)")
     rows = read_jsonl(tasks)
-    repeats = int(cfg.eval.get("num_generations_per_prompt") or 1)
+    repeats = int(cfg.eval.num_generations_per_prompt)
     rows = [row for row in rows for _ in range(repeats)]
 
     init_ray(address=ray_address(cfg))

@@ -41,7 +41,7 @@ def sft_config(cfg: DictConfig) -> DictConfig:
         "train_global_batch_size": int(s.train_global_batch_size),
         "train_micro_batch_size": int(s.train_micro_batch_size),
         "megatron_cfg": {"optimizer": {"lr": float(s.lr), "min_lr": float(s.min_lr)},
-                         "scheduler": {"lr_warmup_iters": int(s.get("lr_warmup_iters", 0) or 0)}},
+                         "scheduler": {"lr_warmup_iters": int(s.lr_warmup_iters)}},
     }}))
 
 
@@ -61,8 +61,8 @@ class SftPlan:
     @classmethod
     def from_config(cls, cfg: DictConfig, num_rows: int) -> "SftPlan":
         return cls(math.ceil(num_rows / int(cfg.sft.train_global_batch_size)),
-                   int(cfg.sft.get("short_context_epochs", 0) or 0), int(cfg.sft.num_epochs),
-                   int(cfg.sft.max_num_steps) if cfg.sft.get("max_num_steps") else None)
+                   int(cfg.sft.short_context_epochs), int(cfg.sft.num_epochs),
+                   int(cfg.sft.max_num_steps) if cfg.sft.max_num_steps else None)
 
     @property
     def short_steps(self) -> int:
@@ -93,12 +93,9 @@ class CopyCheck:
 
         from trainer.batch import rollouts_to_batch
 
-        if check_cfg.get("min_exact_prob") is None:
-            raise ValueError("sft.copy_check needs min_exact_prob (and may set rows, max_extra_epochs); "
-                             f"got {dict(check_cfg)}")
         self.min_exact_prob = float(check_cfg["min_exact_prob"])
-        self.max_extra_epochs = int(check_cfg.get("max_extra_epochs", 0) or 0)
-        count = min(int(check_cfg.get("rows", 128)), len(short_rollouts))
+        self.max_extra_epochs = int(check_cfg["max_extra_epochs"])
+        count = min(int(check_cfg["rows"]), len(short_rollouts))
         picked = sorted(random.Random(f"{seed}:sft:copy_check").sample(range(len(short_rollouts)), count))
         chosen = [short_rollouts[i] for i in picked]
         self.batch = rollouts_to_batch(chosen, torch.ones(len(chosen)))
@@ -140,7 +137,7 @@ def run(cfg: DictConfig) -> Path:
     if not train_path.exists():
         raise FileNotFoundError(f"{train_path} is missing: run the prepare stage first (make submit-prepare)")
     rows = read_jsonl(train_path)
-    model_dir = resolve_model(cfg.policy.model_name, root / "models", tiny_cfg=cfg.policy.get("tiny"),
+    model_dir = resolve_model(cfg.policy.model_name, root / "models", tiny_cfg=cfg.policy.tiny,
                               seed=int(cfg.run.seed))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     trajectories = expert_rollouts(rows, tokenizer, cfg)
@@ -148,7 +145,7 @@ def run(cfg: DictConfig) -> Path:
     planned_short_epochs = plan.short_epochs       # the copy check's extra epochs count from here
     short = expert_rollouts(rows, tokenizer, cfg, short_context=True) if plan.short_epochs else None
     gbs, seed = int(cfg.sft.train_global_batch_size), int(cfg.run.seed)
-    copy_check = (CopyCheck(cfg.sft.copy_check, short, seed) if short and cfg.sft.get("copy_check") else None)
+    copy_check = CopyCheck(cfg.sft.copy_check, short, seed) if short and cfg.sft.copy_check else None
     timer.phase("expert_trajectories")
     print(f"[sft] {len(trajectories)} expert trajectories, "
           f"{sum(r.num_generated_tokens for r in trajectories)} assistant tokens"
@@ -175,7 +172,7 @@ def run(cfg: DictConfig) -> Path:
         checkpoints.save(at, {"stage": "sft", "short_context_epochs": plan.short_epochs}, OmegaConf.to_yaml(scfg),
                          lambda d: policy.save(d / "policy"))
 
-    save_period = max(1, int(cfg.sft.get("save_period", 0) or plan.total_steps))
+    save_period = max(1, int(cfg.sft.save_period or plan.total_steps))
     while step < plan.total_steps:
         if signals.preemption_requested():
             save(step)

@@ -113,8 +113,8 @@ def test_failed_stage_cancels_its_dependants_and_status_says_why(local_cluster, 
 
 
 def counter_job(root: Path, count: int, step_s: float) -> tuple[object, CheckpointableStageJob]:
-    cfg = chain.resolve_config(load_config("tiny_cpu", run_overrides(
-        root, f"+testing.count={count}", f"+testing.step_s={step_s}")))
+    cfg = chain.resolve_config(load_config("tiny_cpu", run_overrides(root)))
+    cfg.testing = {"count": count, "step_s": step_s}   # for the test stage only: not a schema key, so added here
     job_def = CheckpointableStageJob("train", OmegaConf.to_yaml(cfg), target="tests.chain_stages:counting_train",
                                      grace_s=20)
     return make_executor(cfg, "train"), job_def

@@ -24,9 +24,11 @@ def test_unknown_key_is_an_error_that_names_it():
         load_config("tiny_cpu", ["grpo.num_promts_per_step=32"])
 
 
-def test_plus_prefix_adds_a_new_key():
-    cfg = load_config("tiny_cpu", ["+grpo.extra_flag=true"])
-    assert cfg.grpo.extra_flag is True
+def test_plus_prefix_adds_a_new_key_to_a_free_form_map_only():
+    cfg = load_config("tiny_cpu", ["+slurm.additional_parameters.exclusive=true"])
+    assert cfg.slurm.additional_parameters.exclusive is True
+    with pytest.raises(ValueError, match="grpo.extra_flag is not in the config schema"):
+        load_config("tiny_cpu", ["+grpo.extra_flag=true"])
 
 
 def test_unknown_recipe_lists_known_ones():

@@ -70,7 +70,8 @@ def test_short_context_epochs_come_first_and_add_to_the_step_count():
 
     from pipeline.sft import SftPlan
 
-    cfg = OmegaConf.create({"sft": {"train_global_batch_size": 10, "num_epochs": 1, "short_context_epochs": 2}})
+    cfg = OmegaConf.create({"sft": {"train_global_batch_size": 10, "num_epochs": 1, "short_context_epochs": 2,
+                                    "max_num_steps": None}})
     plan = SftPlan.from_config(cfg, 95)
     assert (plan.steps_per_epoch, plan.short_steps, plan.total_steps) == (10, 20, 30)
     assert [plan.is_short(step) for step in (1, 20, 21, 30)] == [True, True, False, False]
@@ -81,10 +82,10 @@ def test_short_context_epochs_come_first_and_add_to_the_step_count():
 
 
 def test_copy_check_without_a_threshold_says_which_key_is_missing():
-    from pipeline.sft import CopyCheck
+    from infra.config import load_config
 
-    with pytest.raises(ValueError, match="sft.copy_check needs min_exact_prob"):
-        CopyCheck({"rows": 8, "max_extra_epochs": 2}, [], seed=0)
+    with pytest.raises(ValueError, match=r"no value for sft\.copy_check\.min_exact_prob"):   # at load, by the schema
+        load_config("base", ["sft.copy_check.rows=8", "sft.copy_check.max_extra_epochs=2"])
 
 
 @pytest.mark.slow

@@ -19,10 +19,10 @@ def initial_model_dir(cfg: DictConfig) -> Path:
     from trainer.models.hub import resolve_model
 
     sft_model = run_root(cfg) / "sft" / "hf_model"
-    if cfg.get("sft") and cfg.sft.get("enabled") and (sft_model / "config.json").exists():
+    if cfg.sft.enabled and (sft_model / "config.json").exists():
         return sft_model
     return resolve_model(cfg.policy.model_name, run_root(cfg) / "models",
-                         tiny_cfg=cfg.policy.get("tiny"), seed=int(cfg.run.seed))
+                         tiny_cfg=cfg.policy.tiny, seed=int(cfg.run.seed))
 
 
 def _torch_dtype_name(precision: str) -> str:

@@ -55,7 +55,7 @@ def episode_options(env_cfg) -> dict[str, Any]:
     from env_sim.formats.compact import compact_level
 
     return {"max_steps": int(env_cfg.max_steps), "compact_tools": compact_level(env_cfg.compact_tools),
-            "tool_scope": str(env_cfg.get("tool_scope", "all"))}
+            "tool_scope": str(env_cfg.tool_scope)}
 
 
 class _ChatRenderer:

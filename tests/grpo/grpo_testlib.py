@@ -15,12 +15,17 @@ POLICY_CFG = {
     "logprob_batch_size": 4,
     "precision": "float32",
     "max_grad_norm": 1.0,
+    "logits_only_where_loss": True,       # these four as in configs/base.yaml
+    "pack_shared_prefixes": True,
+    "pack_min_shared_tokens": 32,
     "megatron_cfg": {
         "tensor_model_parallel_size": 1,
         "pipeline_model_parallel_size": 1,
+        "overlap_grad_reduce": None,
+        "grad_reduce_bucket_mb": 40,
         "optimizer": {"optimizer": "adam", "lr": 1e-2, "min_lr": 1e-3, "weight_decay": 0.01,
                       "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_eps": 1e-8},
-        "scheduler": {"lr_decay_style": "cosine", "lr_warmup_iters": 0},
+        "scheduler": {"lr_decay_style": "cosine", "lr_warmup_iters": 0, "lr_decay_iters": None},
     },
 }
 LOSS_CFG = {"ratio_clip_min": 0.2, "ratio_clip_max": 0.2, "ratio_clip_c": None,

@@ -119,7 +119,8 @@ def test_two_optimizer_steps_when_batch_exceeds_global_batch():
 
 def test_scheduler_warmup_then_cosine_to_min_lr():
     w = make_worker({"megatron_cfg": {**POLICY_CFG["megatron_cfg"],
-                                      "scheduler": {"lr_decay_style": "cosine", "lr_warmup_iters": 2}}},
+                                      "scheduler": {"lr_decay_style": "cosine", "lr_warmup_iters": 2,
+                                                    "lr_decay_iters": None}}},
                     total_steps=6)
     lrs = []
     for _ in range(8):
@@ -134,7 +135,8 @@ def test_scheduler_warmup_then_cosine_to_min_lr():
 
 def test_constant_schedule():
     cfg = POLICY_CFG["megatron_cfg"]
-    w = make_worker({"megatron_cfg": {**cfg, "scheduler": {"lr_decay_style": "constant", "lr_warmup_iters": 0}}})
+    w = make_worker({"megatron_cfg": {**cfg, "scheduler": {"lr_decay_style": "constant", "lr_warmup_iters": 0,
+                                                           "lr_decay_iters": None}}})
     for _ in range(5):
         w.scheduler.step(1)
     assert w.current_lr() == pytest.approx(1e-2)

@@ -41,23 +41,22 @@ class EngineSettings:
     @classmethod
     def from_cfg(cls, cfg) -> "EngineSettings":
         vllm_cfg = cfg.policy.generation.vllm_cfg
-        precision = str(vllm_cfg.get("precision") or cfg.policy.precision)
+        precision = str(vllm_cfg.precision or cfg.policy.precision)
         if precision == "auto":
-            precision = (str(cfg.policy.precision) if int(cfg.cluster.get("gpus_per_node", 0) or 0) > 0
+            precision = (str(cfg.policy.precision) if int(cfg.cluster.gpus_per_node) > 0
                          else "bfloat16" if cpu_has_native_bf16() else "float32")
         return cls(
             tensor_parallel_size=int(vllm_cfg.tensor_parallel_size),
             max_model_len=int(vllm_cfg.max_model_len),
             enforce_eager=bool(vllm_cfg.enforce_eager),
             gpu_memory_utilization=float(vllm_cfg.gpu_memory_utilization),
-            kv_cache_space_gb=float(vllm_cfg.get("kv_cache_space_gb", 1)),
+            kv_cache_space_gb=float(vllm_cfg.kv_cache_space_gb),
             dtype={"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}.get(precision, precision),
             seed=int(cfg.grpo.seed),
-            enable_sleep_mode=bool(vllm_cfg.get("enable_sleep_mode", False)),
-            max_num_seqs=int(vllm_cfg.get("max_num_seqs", 256)),
-            cpu_reserved_cores=(None if vllm_cfg.get("cpu_reserved_cores") is None
-                                else int(vllm_cfg.cpu_reserved_cores)),
-            block_size=None if vllm_cfg.get("block_size") is None else int(vllm_cfg.block_size),
+            enable_sleep_mode=bool(vllm_cfg.enable_sleep_mode),
+            max_num_seqs=int(vllm_cfg.max_num_seqs),
+            cpu_reserved_cores=(None if vllm_cfg.cpu_reserved_cores is None else int(vllm_cfg.cpu_reserved_cores)),
+            block_size=None if vllm_cfg.block_size is None else int(vllm_cfg.block_size),
         )
 
 
@@ -211,7 +210,7 @@ class GenerationGroup:
     def __init__(self, cfg, model_dir: str, num_engines: int | None = None,
                  settings: EngineSettings | None = None):
         self.settings = settings or EngineSettings.from_cfg(cfg)
-        self.num_engines = int(num_engines or cfg.policy.generation.vllm_cfg.get("num_engines", 1))
+        self.num_engines = int(num_engines or cfg.policy.generation.vllm_cfg.num_engines)
         if self.num_engines < 1:
             raise ValueError(f"num_engines must be at least 1, got {self.num_engines}")
         gpus = int(cfg.cluster.gpus_per_node) * int(cfg.cluster.num_nodes)

@@ -151,8 +151,8 @@ class GRPOTrainer:
         self.step = 0
         self.consumed_samples = 0
         resume_from = self._resume()
-        self.metrics = MetricsLogger(log_dir or cfg.logger.log_dir, cfg.logger.get("wandb"),
-                                     bool(cfg.logger.get("wandb_enabled", False)), resume_step=self.step,
+        self.metrics = MetricsLogger(log_dir or cfg.logger.log_dir, cfg.logger.wandb,
+                                     bool(cfg.logger.wandb_enabled), resume_step=self.step,
                                      run_config=OmegaConf.to_container(cfg, resolve=True), echo=echo)
         self.resumed_from = resume_from
         self.clock = time.monotonic       # for grpo.max_train_minutes (tests substitute their own)
@@ -161,7 +161,7 @@ class GRPOTrainer:
     def _resume(self) -> Path | None:
         if self.checkpoints is None:
             return None
-        path = self.checkpoints.resolve(self.cfg.checkpointing.get("resume_from"))
+        path = self.checkpoints.resolve(self.cfg.checkpointing.resume_from)
         if path is None:
             return None
         info = CheckpointManager.training_info(path)
@@ -183,9 +183,9 @@ class GRPOTrainer:
         per job) or `grpo.deadline` (unix time the loop must end by: a reservation's end, `make demo`'s budget)."""
         g = self.cfg.grpo
         budget, bound_by = None, ""
-        if g.get("max_train_minutes"):
+        if g.max_train_minutes:
             budget, bound_by = float(g.max_train_minutes) * 60, f"grpo.max_train_minutes={g.max_train_minutes}"
-        if g.get("deadline"):
+        if g.deadline:
             left = float(g.deadline) - time.time()
             if budget is None or left < budget:
                 budget, bound_by = left, f"grpo.deadline ({time.strftime('%H:%M:%S', time.localtime(g.deadline))})"
@@ -256,11 +256,11 @@ class GRPOTrainer:
             advantages = compute_advantages(rewards, group_ids, bool(self.cfg.grpo.use_leave_one_out_baseline),
                                             bool(self.cfg.grpo.normalize_rewards))
             batch = rollouts_to_batch(rollouts, advantages)
-            if not self.cfg.loss_fn.get("token_level_loss", True):
+            if not self.cfg.loss_fn.token_level_loss:
                 batch["advantages"] = batch["advantages"] * sequence_level_weights(
                     batch["loss_mask"], int(self.cfg.policy.train_global_batch_size))
             train_batch = batch
-            if (self.cfg.grpo.get("skip_zero_advantage_rollouts", True) and not self.kl_on
+            if (self.cfg.grpo.skip_zero_advantage_rollouts and not self.kl_on
                     and len(rollouts) <= int(self.cfg.policy.train_global_batch_size)):
                 train_batch = informative_rows(batch)
         with timer("policy_and_reference_logprobs"):
@@ -332,7 +332,7 @@ class GRPOTrainer:
     def _maybe_save(self, metrics: dict, force: bool = False) -> Path | None:
         if self.checkpoints is None:
             return None
-        period = self.cfg.checkpointing.get("save_period")
+        period = self.cfg.checkpointing.save_period
         if not force and not (period and self.step % int(period) == 0):
             return None
         return self.save_checkpoint(metrics)
@@ -370,7 +370,7 @@ class GRPOTrainer:
 def prompts_drawn_per_step(cfg: DictConfig) -> int:
     """Rows a step takes from the data: num_prompts_per_step, times grpo.prompt_selection.pool_factor."""
     g = cfg.grpo
-    factor = float((g.get("prompt_selection") or {}).get("pool_factor") or 1)
+    factor = float(g.prompt_selection.pool_factor)
     if factor < 1:
         raise ValueError(f"grpo.prompt_selection.pool_factor must be >= 1 (1 = off), got {factor}")
     return max(int(g.num_prompts_per_step), round(int(g.num_prompts_per_step) * factor))
@@ -380,8 +380,8 @@ def total_training_steps(cfg: DictConfig, num_train_rows: int) -> int:
     """min(grpo.max_num_steps, grpo.max_num_epochs x steps per epoch); either may be null (not both)."""
     g = cfg.grpo
     per_epoch = math.ceil(num_train_rows / prompts_drawn_per_step(cfg))
-    limits = [int(g.max_num_steps)] if g.get("max_num_steps") else []
-    if g.get("max_num_epochs"):
+    limits = [int(g.max_num_steps)] if g.max_num_steps else []
+    if g.max_num_epochs:
         limits.append(int(g.max_num_epochs) * per_epoch)
     if not limits:
         raise ValueError("set grpo.max_num_steps or grpo.max_num_epochs (both are null)")

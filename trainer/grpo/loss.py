@@ -34,7 +34,7 @@ class LossConfig:
             raise ValueError(f"loss_fn.ratio_clip_c must be > 1 (or null), got {cfg.ratio_clip_c}")
         if cfg.reference_policy_kl_type not in ("k1", "k2", "k3"):
             raise ValueError(f"loss_fn.reference_policy_kl_type must be k1|k2|k3, got {cfg.reference_policy_kl_type!r}")
-        if not loss_cfg.get("token_level_loss", True) and cfg.uses_reference:
+        if not loss_cfg["token_level_loss"] and cfg.uses_reference:
             raise ValueError("loss_fn.token_level_loss=false with reference_policy_kl_penalty != 0 is not "
                              "implemented (sequence-level weights apply to the policy-gradient term only)")
         return cfg

@@ -16,7 +16,7 @@ import torch
 
 def build_optimizer(model: torch.nn.Module, opt_cfg: Mapping) -> torch.optim.Optimizer:
     """AdamW from `policy.megatron_cfg.optimizer` (lr, weight_decay, adam_beta1/2, adam_eps)."""
-    name = str(opt_cfg.get("optimizer", "adam")).lower()
+    name = str(opt_cfg["optimizer"]).lower()
     if name != "adam":
         raise ValueError(f"policy.megatron_cfg.optimizer.optimizer={name!r}: only 'adam' is supported")
     decay, no_decay = [], []
@@ -29,9 +29,9 @@ def build_optimizer(model: torch.nn.Module, opt_cfg: Mapping) -> torch.optim.Opt
     return torch.optim.AdamW(
         [g for g in groups if g["params"]],
         lr=float(opt_cfg["lr"]),
-        betas=(float(opt_cfg.get("adam_beta1", 0.9)), float(opt_cfg.get("adam_beta2", 0.999))),
-        eps=float(opt_cfg.get("adam_eps", 1e-8)),
-        weight_decay=float(opt_cfg.get("weight_decay", 0.0)),
+        betas=(float(opt_cfg["adam_beta1"]), float(opt_cfg["adam_beta2"])),
+        eps=float(opt_cfg["adam_eps"]),
+        weight_decay=float(opt_cfg["weight_decay"]),
         fused=fused or None,
     )
 
@@ -42,14 +42,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, opt_cfg: Mapping, sched_cf
     run's total optimizer steps)."""
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    style = str(sched_cfg.get("lr_decay_style", "cosine"))
+    style = str(sched_cfg["lr_decay_style"])
     if style not in ("cosine", "linear", "constant"):
         raise ValueError(f"policy.megatron_cfg.scheduler.lr_decay_style={style!r}: use cosine | linear | constant")
-    warmup = int(sched_cfg.get("lr_warmup_iters", 0) or 0)
-    decay_steps = int(sched_cfg.get("lr_decay_iters") or 0) or max(int(total_steps), warmup + 1)
+    warmup = int(sched_cfg["lr_warmup_iters"])
+    decay_steps = int(sched_cfg["lr_decay_iters"] or 0) or max(int(total_steps), warmup + 1)
     if decay_steps <= warmup:
         raise ValueError(f"scheduler: lr_decay_iters ({decay_steps}) must exceed lr_warmup_iters ({warmup})")
-    lr, min_lr, wd = float(opt_cfg["lr"]), float(opt_cfg.get("min_lr", 0.0)), float(opt_cfg.get("weight_decay", 0.0))
+    lr, min_lr, wd = float(opt_cfg["lr"]), float(opt_cfg["min_lr"]), float(opt_cfg["weight_decay"])
     return OptimizerParamScheduler(
         optimizer, init_lr=0.0 if warmup > 0 else lr, max_lr=lr, min_lr=min(min_lr, lr),
         lr_warmup_steps=warmup, lr_decay_steps=decay_steps, lr_decay_style=style,

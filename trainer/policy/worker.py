@@ -74,13 +74,13 @@ class PolicyWorker:
         if self.pp != 1:
             raise NotImplementedError("pipeline_model_parallel_size > 1 is not supported yet (use TP and DP)")
         self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-        self.autocast_dtype = torch.bfloat16 if str(self.policy_cfg.get("precision")) in ("bfloat16", "bf16") else None
+        self.autocast_dtype = torch.bfloat16 if str(self.policy_cfg["precision"]) in ("bfloat16", "bf16") else None
         self.reference_state: dict | None = None
         # output layer + softmax only at loss-mask positions (trainer.models.megatron_bridge.selected_token_logprobs)
-        self.select_logits = bool(self.policy_cfg.get("logits_only_where_loss", True))
+        self.select_logits = bool(self.policy_cfg["logits_only_where_loss"])
         # a prefix shared by several rows is computed once per micro-batch (trainer.models.packing)
-        self.pack_prefixes = bool(self.policy_cfg.get("pack_shared_prefixes", True))
-        self.pack_min_prefix = int(self.policy_cfg.get("pack_min_shared_tokens", 32))
+        self.pack_prefixes = bool(self.policy_cfg["pack_shared_prefixes"])
+        self.pack_min_prefix = int(self.policy_cfg["pack_min_shared_tokens"])
         self._reducer = None    # OverlappedGradReducer, built on the first training step that uses it
 
     # ---- setup -------------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ class PolicyWorker:
         # the factory sees megatron_cfg (attention_backend, activation_checkpointing, sequence_parallel)
         self.model = self.model_factory(tp=self.tp, pp=self.pp, dtype=torch.float32, parallel=mcfg).to(self.device)
         self.optimizer = build_optimizer(self.model, mcfg["optimizer"])
-        self.scheduler = build_scheduler(self.optimizer, mcfg["optimizer"], mcfg.get("scheduler", {}), self.total_steps)
+        self.scheduler = build_scheduler(self.optimizer, mcfg["optimizer"], mcfg["scheduler"], self.total_steps)
         if self.loss_cfg.uses_reference:  # the initial weights are the reference policy (kept on CPU)
             self.reference_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
                                     if isinstance(v, torch.Tensor)}
@@ -223,7 +223,7 @@ class PolicyWorker:
         self.model.eval()
         out = torch.zeros(rows.stop - rows.start, ids.shape[1])
         try:
-            mbs = int(self.policy_cfg.get("logprob_batch_size") or self.policy_cfg["train_micro_batch_size"])
+            mbs = int(self.policy_cfg["logprob_batch_size"] or self.policy_cfg["train_micro_batch_size"])
             # with a loss mask, rows sharing a prefix are packed as in training (same values, prefix once)
             micro = (self._train_microbatches(rows, mbs, batch) if "loss_mask" in batch else
                      ((index, seq, None) for index, seq in self._microbatches(rows, mbs, lengths)))
@@ -271,7 +271,7 @@ class PolicyWorker:
         if on_policy and n > gbs:
             raise ValueError(f"a batch of {n} rollouts spans several optimizer steps (train_global_batch_size="
                              f"{gbs}): pass prev_logprobs")
-        max_grad_norm = self.policy_cfg.get("max_grad_norm")
+        max_grad_norm = self.policy_cfg["max_grad_norm"]
         self.model.train()
         results = []
         for step_start in range(0, n, gbs):
@@ -332,7 +332,7 @@ class PolicyWorker:
     def overlap_grad_reduce(self) -> bool:
         """`policy.megatron_cfg.overlap_grad_reduce`: true | false | null/auto (= on with CUDA). Read at each
         step. Only matters with data parallelism (DP > 1)."""
-        flag = self.policy_cfg["megatron_cfg"].get("overlap_grad_reduce")
+        flag = self.policy_cfg["megatron_cfg"]["overlap_grad_reduce"]
         if flag is None or str(flag).lower() == "auto":
             return self.device.type == "cuda"
         return str(flag).lower() not in ("false", "0", "off", "no")
@@ -345,7 +345,7 @@ class PolicyWorker:
 
         if self.dp == 1 or not self.overlap_grad_reduce():
             return None
-        bucket_mb = float(self.policy_cfg["megatron_cfg"].get("grad_reduce_bucket_mb") or 40)
+        bucket_mb = float(self.policy_cfg["megatron_cfg"]["grad_reduce_bucket_mb"])
         if self._reducer is None or self._reducer.bucket_bytes != int(bucket_mb * 2**20):
             if self._reducer is not None:
                 self._reducer.remove()

@@ -10,7 +10,8 @@
 - `OmegaConf.select(cfg, "a.b")`, `OmegaConf.to_container(chain)`, `dict(chain)` and `chain or {}`.
 Its limits: it is flow-insensitive per function (a name is a config if every assignment to it in the function is
 one), it does not follow a config through a function's return value, a container, or a parameter of another name,
-and a key chosen at run time (`s.get(key)`) is not checked. A chain that reaches a typed leaf may go on only with
+and a key chosen at run time (`s[key]`, `LossConfig.from_cfg`'s loop over its fields) is not checked; nor is
+`trainer.models.megatron_bridge`'s `parallel` mapping (callers without a config pass their own). A chain that reaches a typed leaf may go on only with
 an attribute of that type (`cfg.run.root.endswith`); anything goes below a free-form map (`Dict[str, Any]`).
 """
 from __future__ import annotations
@@ -289,6 +290,31 @@ def test_every_key_the_code_reads_is_in_the_schema():
     problems = sorted({f"{file}:{line}: {problem}" for file, line, path in reads
                        if (problem := schema_problem(path)) is not None})
     assert not problems, "config keys read in code but not in infra/schema.py (and base.yaml):\n" + "\n".join(problems)
+
+
+def test_the_checker_follows_aliases_and_skips_what_is_not_a_config():
+    source = (
+        "def f(cfg, ctx):\n"
+        "    g = cfg.grpo\n"
+        "    return (g.num_prompts_per_stepp, cfg.policy.generation.vllm_cfg.get('max_num_seqz', 3),\n"
+        "            OmegaConf.select(cfg, 'run.roott'), ctx.cfg.env.tool_scope, cfg.run.root.endswith('/'))\n"
+        "class T:\n"
+        "    def __init__(self, cfg, policy_cfg):\n"
+        "        self.cfg, self.p = cfg, dict(policy_cfg)\n"
+        "    def m(self):\n"
+        "        return self.cfg.sft.copy_check.rowz, self.p['megatron_cfg']['optimizer']['lr'], self.p['tiny']['x']\n"
+        "def loss(cfg: LossConfig):\n"
+        "    return cfg.uses_reference\n"
+        "def rebound():\n"
+        "    cfg = load_config('tiny_cpu')\n"
+        "    cfg = json.loads('{}')\n"
+        "    return cfg.anything\n")
+    visitor = ConfigReads()
+    visitor.module(ast.parse(source))
+    problems = sorted({problem for _, path in visitor.reads if (problem := schema_problem(path))})
+    assert problems == ["grpo.num_prompts_per_stepp is not in the schema", "policy.generation.vllm_cfg.max_num_seqz "
+                        "is not in the schema", "run.roott is not in the schema",
+                        "sft.copy_check.rowz is not in the schema"]
 
 
 def test_stage_hash_sections_are_in_the_schema():

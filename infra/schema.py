@@ -186,6 +186,18 @@ class VllmConfig:
 
 
 @dataclass
+class ColocatedResourcesConfig:
+    gpus_per_node: Optional[int] = MISSING
+    num_nodes: Optional[int] = MISSING
+
+
+@dataclass
+class ColocatedConfig:
+    enabled: bool = MISSING
+    resources: ColocatedResourcesConfig = _section(ColocatedResourcesConfig)
+
+
+@dataclass
 class GenerationConfig:
     backend: str = MISSING
     max_new_tokens: int = MISSING
@@ -193,6 +205,7 @@ class GenerationConfig:
     top_p: float = MISSING
     top_k: Optional[int] = MISSING
     vllm_cfg: VllmConfig = _section(VllmConfig)
+    colocated: ColocatedConfig = _section(ColocatedConfig)
 
 
 @dataclass
@@ -209,6 +222,7 @@ class PolicyConfig:
     max_total_sequence_length: int = MISSING
     precision: str = MISSING
     max_grad_norm: Optional[float] = MISSING
+    offload_optimizer_for_generation: bool = MISSING
     megatron_cfg: MegatronConfig = _section(MegatronConfig)
     generation: GenerationConfig = _section(GenerationConfig)
 
@@ -241,6 +255,7 @@ class LoggerConfig:
 class ClusterConfig:
     gpus_per_node: int = MISSING
     num_nodes: int = MISSING
+    gpu_memory_gib: float = MISSING
 
 
 @dataclass

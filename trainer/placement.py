@@ -107,7 +107,7 @@ class PlacementRequest:
         mcfg, vcfg, colo = policy.megatron_cfg, gen.vllm_cfg, gen.colocated
         return cls(
             num_nodes=int(cfg.cluster.num_nodes), gpus_per_node=int(cfg.cluster.gpus_per_node),
-            gpu_memory_gib=float(cfg.cluster.gpu_memory_gb), colocated=bool(colo.enabled),
+            gpu_memory_gib=float(cfg.cluster.gpu_memory_gib), colocated=bool(colo.enabled),
             generation_gpus_per_node=colo.resources.gpus_per_node, generation_num_nodes=colo.resources.num_nodes,
             policy_tp=int(mcfg.tensor_model_parallel_size), policy_pp=int(mcfg.pipeline_model_parallel_size),
             engine_tp=int(vcfg.tensor_parallel_size), num_engines=vcfg.num_engines,
@@ -243,7 +243,7 @@ def plan_placement(request: PlacementRequest, shape: ModelShape | None = None) -
     if engines < 1 or engines > fit:
         raise PlacementError(
             f"{engines} engine(s) of TP {r.engine_tp} need {engines * r.engine_tp} GPU(s); generation has "
-            f"{len(gen_gpus)}: set policy.generation.vllm_cfg.num_engines to at most {fit} (or null for {fit}), "
+            f"{len(gen_gpus)}: set policy.generation.vllm_cfg.num_engines to at most {fit}, "
             f"or give the job more GPUs")
     engine_gpus = [gen_gpus[e * r.engine_tp:(e + 1) * r.engine_tp] for e in range(engines)]
     plan = PlacementPlan(r, shape, policy_gpus, engine_gpus, {})

@@ -12,6 +12,7 @@ it is entered with Ray ready -- the point where the real trainer starts loading 
 
 Writes bench/results/chain_bench.json and appends a row to docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ PROBE = "probe.json"
 
 # --- stage targets run inside the jobs ----------------------------------------------------------------------------
 
+
 def noop_sanity(cfg: DictConfig) -> Path:
     from infra import manifest
 
@@ -61,21 +63,49 @@ def first_step_probe(cfg: DictConfig) -> Path:
     from infra.io import atomic_write_json
 
     out = manifest.stage_dir(cfg, "train")
-    atomic_write_json(out / PROBE, {"entered": entered, "stage_started": float(os.environ["SLURM_GRPO_STAGE_START"]),
-                                    "job_id": os.environ.get("SLURM_JOB_ID"), "ray_nodes": nodes})
+    atomic_write_json(
+        out / PROBE,
+        {
+            "entered": entered,
+            "stage_started": float(os.environ["SLURM_GRPO_STAGE_START"]),
+            "job_id": os.environ.get("SLURM_JOB_ID"),
+            "ray_nodes": nodes,
+        },
+    )
     return out
 
 
 # --- driver ---------------------------------------------------------------------------------------------------------
 
+
 def submit(root: Path, nodes: int, force_train: bool, rows: int) -> tuple[float, float]:
     """Run the submit command; returns (wall time when it was started, seconds it took)."""
-    args = [sys.executable, "-m", "jobs", "--config", "tiny_cpu", "submit", "--until", "train", "--nodes", str(nodes),
-            "--target", "sanity=bench.chain_bench:noop_sanity", "--target", "train=bench.chain_bench:first_step_probe"]
+    args = [
+        sys.executable,
+        "-m",
+        "jobs",
+        "--config",
+        "tiny_cpu",
+        "submit",
+        "--until",
+        "train",
+        "--nodes",
+        str(nodes),
+        "--target",
+        "sanity=bench.chain_bench:noop_sanity",
+        "--target",
+        "train=bench.chain_bench:first_step_probe",
+    ]
     if force_train:
         args += ["--force", "train"]
-    args += [f"run.root={root}", "data.source=local", f"data.local.generator_rows={rows}", "slurm.cpus_per_task=1",
-             "slurm.mem_gb=2", "slurm.time_min=20"]
+    args += [
+        f"run.root={root}",
+        "data.source=local",
+        f"data.local.generator_rows={rows}",
+        "slurm.cpus_per_task=1",
+        "slurm.mem_gb=2",
+        "slurm.time_min=20",
+    ]
     started = time.time()
     result = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True)
     if result.returncode != 0:
@@ -140,12 +170,17 @@ def append_benchmarks_row(result: dict) -> Path:
             f"\n\n{header}\n\nSubmit -> first training step, beyond model loading (the train stage is a probe "
             "entered with Ray ready; see bench/chain_bench.py). Target <= 15 s.\n\n"
             "| date | machine | nodes | warm: submit train only (median) | breakdown (CLI / queue / job start / Ray) "
-            "| cold: data+prepare+sanity+train |\n|---|---|---|---|---|---|\n")
+            "| cold: data+prepare+sanity+train |\n|---|---|---|---|---|---|\n"
+        )
     for run in result["runs"]:
         warm = run["warm_median"]
-        text += (f"| {result['date']} | {result['machine']}, load {result['load_average_at_start'][0]:.1f} | {run['nodes']} | {warm['overhead_s']:.1f} s "
-                 f"| {warm['submit_cli_s']:.1f} / {warm['queue_and_upstream_s']:.1f} / "
-                 f"{warm['job_start_to_stage_s']:.1f} / {warm['ray_bringup_s']:.1f} s | {run['cold']['overhead_s']:.1f} s |\n")
+        text += (
+            f"| {result['date']} | {result['machine']}, load {result['load_average_at_start'][0]:.1f} "
+            f"| {run['nodes']} | {warm['overhead_s']:.1f} s "
+            f"| {warm['submit_cli_s']:.1f} / {warm['queue_and_upstream_s']:.1f} / "
+            f"{warm['job_start_to_stage_s']:.1f} / {warm['ray_bringup_s']:.1f} s "
+            f"| {run['cold']['overhead_s']:.1f} s |\n"
+        )
     path.write_text(text)
     return path
 
@@ -172,11 +207,23 @@ def main(argv: list[str] | None = None) -> int:
             warm.append(measure(root, nodes, force_train=True, rows=args.rows))
             print(f"nodes={nodes} warm: {warm[-1]}", flush=True)
         median = sorted(warm, key=lambda m: m["overhead_s"])[len(warm) // 2]
-        runs.append({"nodes": nodes, "cold": cold, "warm": warm, "warm_median": median,
-                     "warm_overheads_s": [m["overhead_s"] for m in warm],
-                     "warm_mean_s": round(statistics.mean(m["overhead_s"] for m in warm), 2)})
-    result = {"date": _dt.date.today().isoformat(), "machine": f"{platform.node()} ({os.cpu_count()} cpu)",
-              "load_average_at_start": load_at_start, "load_average_at_end": list(os.getloadavg()), "runs": runs}
+        runs.append(
+            {
+                "nodes": nodes,
+                "cold": cold,
+                "warm": warm,
+                "warm_median": median,
+                "warm_overheads_s": [m["overhead_s"] for m in warm],
+                "warm_mean_s": round(statistics.mean(m["overhead_s"] for m in warm), 2),
+            }
+        )
+    result = {
+        "date": _dt.date.today().isoformat(),
+        "machine": f"{platform.node()} ({os.cpu_count()} cpu)",
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": list(os.getloadavg()),
+        "runs": runs,
+    }
     out = REPO_ROOT / "bench" / "results" / "chain_bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -184,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_doc:
         print(f"appended to {append_benchmarks_row(result)}")
     for run in runs:
-        print(f"nodes={run['nodes']}: warm overhead median {run['warm_median']['overhead_s']:.1f} s "
-              f"(runs {run['warm_overheads_s']}), cold chain {run['cold']['overhead_s']:.1f} s")
+        print(
+            f"nodes={run['nodes']}: warm overhead median {run['warm_median']['overhead_s']:.1f} s "
+            f"(runs {run['warm_overheads_s']}), cold chain {run['cold']['overhead_s']:.1f} s"
+        )
     return 0
 
 

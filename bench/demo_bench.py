@@ -9,6 +9,7 @@ the final val:accuracy, and wall minutes per stage, with the machine load at sta
 Results go under $SLURM_GRPO_RESULTS (default /tmp/demo_bench)/<name>/; one JSON line per run is appended to
 `<results>/demo_bench.jsonl`. `--summary-only` re-reads a finished run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,10 @@ def summarise(train_dir: Path) -> dict:
     steps = [r for r in rows if "timing/train/total_step_time" in r]
     mean = lambda key: (sum(r.get(key, 0.0) for r in steps) / len(steps)) if steps else None  # noqa: E731
     return {
-        "val_at_start": start, "best_val": best, "best_step": best_step, "final_val": val[-1][1],
+        "val_at_start": start,
+        "best_val": best,
+        "best_step": best_step,
+        "final_val": val[-1][1],
         "gain": None if start is None else best - start,
         "val_curve": val,
         "train_reward_curve": [round(r.get("train:reward_mean", 0.0), 3) for r in steps],
@@ -61,8 +65,12 @@ def sft_summary(sft_dir: Path) -> dict:
     rows = read_jsonl(path)
     nll = [r["sft:nll"] for r in rows if "sft:nll" in r]
     times = [r["timing/sft/step"] for r in rows if "timing/sft/step" in r]
-    return {"sft_steps": len(rows), "sft_first_nll": nll[0] if nll else None, "sft_last_nll": nll[-1] if nll else None,
-            "sft_step_seconds": sum(times) / len(times) if times else None}
+    return {
+        "sft_steps": len(rows),
+        "sft_first_nll": nll[0] if nll else None,
+        "sft_last_nll": nll[-1] if nll else None,
+        "sft_step_seconds": sum(times) / len(times) if times else None,
+    }
 
 
 def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
@@ -76,16 +84,16 @@ def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
     import torch
     from transformers import AutoTokenizer
 
-    from pipeline import data, prepare
     from infra.config import run_root
-    from trainer.batch import rollouts_to_batch
-    from trainer.policy.worker import InProcessPolicy
-    from trainer.grpo.selection import sequence_probabilities
     from infra.io import read_jsonl
+    from pipeline import data, prepare
+    from pipeline.sft import SftPlan, batch_order, sft_config
+    from trainer.batch import rollouts_to_batch
+    from trainer.expert import expert_rollouts
+    from trainer.grpo.selection import sequence_probabilities
     from trainer.models.hub import resolve_model
     from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
-    from pipeline.sft import SftPlan, batch_order, sft_config
-    from trainer.expert import expert_rollouts
+    from trainer.policy.worker import InProcessPolicy
 
     if threads:
         torch.set_num_threads(threads)
@@ -94,21 +102,24 @@ def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
     root = run_root(cfg)
     rows = read_jsonl(root / "prepare" / "train_prepare.jsonl")
     val_rows = read_jsonl(root / "prepare" / "validation_prepare.jsonl")
-    model_dir = resolve_model(cfg.policy.model_name, root / "models", tiny_cfg=cfg.policy.tiny,
-                              seed=int(cfg.run.seed))
+    model_dir = resolve_model(cfg.policy.model_name, root / "models", tiny_cfg=cfg.policy.tiny, seed=int(cfg.run.seed))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     train, val = expert_rollouts(rows, tokenizer, cfg), expert_rollouts(val_rows, tokenizer, cfg)
     plan = SftPlan.from_config(cfg, len(train))
     short = expert_rollouts(rows, tokenizer, cfg, short_context=True) if plan.short_epochs else None
     val_batch = rollouts_to_batch(val, torch.ones(len(val)))
     total = plan.total_steps
-    policy = InProcessPolicy(sft_config(cfg), functools.partial(build_megatron_model, str(model_dir)),
-                             export_hf_state_dict, total)
+    policy = InProcessPolicy(
+        sft_config(cfg), functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict, total
+    )
     gbs, seed = int(cfg.sft.train_global_batch_size), int(cfg.run.seed)
     curve, started, cpu0 = [], time.perf_counter(), time.process_time()
 
-    short_val_batch = (rollouts_to_batch(expert_rollouts(val_rows, tokenizer, cfg, short_context=True),
-                                         torch.ones(len(val_rows))) if short else None)
+    short_val_batch = (
+        rollouts_to_batch(expert_rollouts(val_rows, tokenizer, cfg, short_context=True), torch.ones(len(val_rows)))
+        if short
+        else None
+    )
 
     def exact_prob(vb) -> tuple[float, float]:
         lp = policy.get_logprobs(vb) * vb["loss_mask"]
@@ -116,9 +127,14 @@ def sft_curve(cfg, eval_every: int, threads: int | None) -> list[dict]:
 
     def check(step: int) -> None:
         nll, prob = exact_prob(val_batch)
-        point = {"step": step, "val_nll": nll, "val_exact_prob": prob,
-                 "minutes": round((time.perf_counter() - started) / 60, 2),
-                 "cpu_minutes": round((time.process_time() - cpu0) / 60, 2), "load": round(load_average(), 1)}
+        point = {
+            "step": step,
+            "val_nll": nll,
+            "val_exact_prob": prob,
+            "minutes": round((time.perf_counter() - started) / 60, 2),
+            "cpu_minutes": round((time.process_time() - cpu0) / 60, 2),
+            "load": round(load_average(), 1),
+        }
         if short_val_batch is not None and plan.is_short(step):
             point["short_val_nll"], point["short_val_exact_prob"] = exact_prob(short_val_batch)
         curve.append(point)
@@ -149,8 +165,8 @@ def token_report(policy, rollouts, batch, tokenizer) -> None:
     for i, rollout in enumerate(rollouts):
         ids = batch["input_ids"][i].tolist()
         mask = batch["loss_mask"][i].tolist()
-        prompt = tokenizer.decode(ids[:rollout.prompt_length])
-        query = prompt[prompt.rfind("<|im_start|>user"):]
+        prompt = tokenizer.decode(ids[: rollout.prompt_length])
+        query = prompt[prompt.rfind("<|im_start|>user") :]
         turn = 0
         for t in range(1, int(batch["input_lengths"][i])):
             if mask[t] and not mask[t - 1]:
@@ -163,10 +179,20 @@ def token_report(policy, rollouts, batch, tokenizer) -> None:
             classes[f"turn{turn}/{kind}"].append(nll)
             worst[piece] += nll
     for key, values in sorted(classes.items()):
-        print(json.dumps({"class": key, "tokens": len(values), "mean_nll": round(sum(values) / len(values), 3),
-                          "sum_nll_per_row": round(sum(values) / len(rollouts), 3)}), flush=True)
-    print(json.dumps({"worst_tokens": [(k, round(v / len(rollouts), 3)) for k, v in worst.most_common(25)]}),
-          flush=True)
+        print(
+            json.dumps(
+                {
+                    "class": key,
+                    "tokens": len(values),
+                    "mean_nll": round(sum(values) / len(values), 3),
+                    "sum_nll_per_row": round(sum(values) / len(rollouts), 3),
+                }
+            ),
+            flush=True,
+        )
+    print(
+        json.dumps({"worst_tokens": [(k, round(v / len(rollouts), 3)) for k, v in worst.most_common(25)]}), flush=True
+    )
 
 
 def grpo_inprocess(cfg, model_dir) -> None:
@@ -178,23 +204,32 @@ def grpo_inprocess(cfg, model_dir) -> None:
     from transformers import AutoTokenizer
 
     from infra.config import run_root
-    from trainer.generation.torch_backend import TorchGeneration
-    from trainer.policy.worker import InProcessPolicy
-    from trainer.rollout import collect_rollouts
-    from trainer.grpo.loop import GRPOTrainer, total_training_steps
     from infra.io import read_jsonl
+    from trainer.generation.torch_backend import TorchGeneration
+    from trainer.grpo.loop import GRPOTrainer, total_training_steps
     from trainer.interfaces import Components
     from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+    from trainer.policy.worker import InProcessPolicy
+    from trainer.rollout import collect_rollouts
 
     root = run_root(cfg)
     train_rows = read_jsonl(root / "prepare" / "train_prepare.jsonl")
     val_rows = read_jsonl(root / "prepare" / "validation_prepare.jsonl")
-    policy = InProcessPolicy(cfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict,
-                             total_training_steps(cfg, len(train_rows)))
-    generation = TorchGeneration(str(model_dir), int(cfg.policy.generation.vllm_cfg.max_model_len), "float32",
-                                 batch_size=128)
-    components = Components(policy=policy, generation=generation, rollout_fn=collect_rollouts,
-                            tokenizer=AutoTokenizer.from_pretrained(str(model_dir)))
+    policy = InProcessPolicy(
+        cfg,
+        functools.partial(build_megatron_model, str(model_dir)),
+        export_hf_state_dict,
+        total_training_steps(cfg, len(train_rows)),
+    )
+    generation = TorchGeneration(
+        str(model_dir), int(cfg.policy.generation.vllm_cfg.max_model_len), "float32", batch_size=128
+    )
+    components = Components(
+        policy=policy,
+        generation=generation,
+        rollout_fn=collect_rollouts,
+        tokenizer=AutoTokenizer.from_pretrained(str(model_dir)),
+    )
     trainer = GRPOTrainer(cfg, train_rows, val_rows, components, refit_dtype="float32")
     trainer.fit()
 
@@ -205,13 +240,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="tiny_cpu")
     parser.add_argument("--seed", type=int, default=None, help="sets run.seed, grpo.seed and data.local.seed")
     parser.add_argument("--summary-only", action="store_true")
-    parser.add_argument("--stages", default="data,prepare,sft,train",
-                        help="comma-separated subset to run, e.g. 'train' to retune GRPO on an existing warm start")
-    parser.add_argument("--sft-curve", type=int, default=0, metavar="K",
-                        help="only the sft loop in-process, with a held-out check every K steps")
+    parser.add_argument(
+        "--stages",
+        default="data,prepare,sft,train",
+        help="comma-separated subset to run, e.g. 'train' to retune GRPO on an existing warm start",
+    )
+    parser.add_argument(
+        "--sft-curve",
+        type=int,
+        default=0,
+        metavar="K",
+        help="only the sft loop in-process, with a held-out check every K steps",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads for --sft-curve")
-    parser.add_argument("--inprocess-grpo", action="store_true",
-                        help="after --sft-curve, GRPO in-process with the torch generation backend")
+    parser.add_argument(
+        "--inprocess-grpo",
+        action="store_true",
+        help="after --sft-curve, GRPO in-process with the torch generation backend",
+    )
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
 
@@ -220,8 +266,12 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = [f"run.name={args.name}"] + list(args.overrides)
     if args.seed is not None:
-        overrides += [f"run.seed={args.seed}", f"grpo.seed={args.seed}", f"data.local.seed={args.seed}",
-                      f"data.split_seed={args.seed}"]
+        overrides += [
+            f"run.seed={args.seed}",
+            f"grpo.seed={args.seed}",
+            f"data.local.seed={args.seed}",
+            f"data.split_seed={args.seed}",
+        ]
     cfg = load_config(args.config, overrides)
     root = run_root(cfg)
     record: dict = {"name": args.name, "overrides": overrides, "load_start": load_average()}
@@ -245,13 +295,16 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             stage.run(cfg)
             minutes[stage.__name__.split(".")[-1]] = round((time.perf_counter() - started) / 60, 2)
-            print(f"[demo_bench] {stage.__name__}: {minutes[stage.__name__.split('.')[-1]]} min, "
-                  f"load {load_average():.1f}", flush=True)
+            print(
+                f"[demo_bench] {stage.__name__}: {minutes[stage.__name__.split('.')[-1]]} min, "
+                f"load {load_average():.1f}",
+                flush=True,
+            )
         record["minutes"] = minutes
         record["sft_plus_train_minutes"] = round(minutes.get("sft", 0) + minutes.get("train", 0), 2)
     record["load_end"] = load_average()
     record.update(sft_summary(root / "sft"))
-    if (root / "train" / "metrics.jsonl").exists():      # not with --stages that leave train out
+    if (root / "train" / "metrics.jsonl").exists():  # not with --stages that leave train out
         record.update(summarise(root / "train"))
     print(json.dumps(record, indent=1), flush=True)
     if not args.summary_only:

@@ -52,22 +52,49 @@ def make_trajectories(n: int, seed: int = 0) -> list[tuple[list, list]]:
     tasks = [
         lambda: [_call("email_reply_email", email_id=rng.choice(email_ids), body="Thanks, will do.")],
         lambda: [_call("email_delete_email", email_id=rng.choice(email_ids))],
-        lambda: [_call("calendar_update_event", event_id=rng.choice(event_ids), field="event_name",
-                       new_value="Risk Management Forum")],
-        lambda: [_call("customer_relationship_manager_update_customer", customer_id=c, field="status", new_value="Lost")
-                 for c in rng.sample(customer_ids, rng.randint(1, 5))],
-        lambda: [_call("customer_relationship_manager_delete_customer", customer_id=c)
-                 for c in rng.sample(customer_ids, rng.randint(1, 4))],
-        lambda: [_call("customer_relationship_manager_add_customer", customer_name="Dakota Thomas",
-                       assigned_to_email=rng.choice(people), status="Lead")],
-        lambda: [_call("analytics_create_plot", time_min="2023-11-01", time_max="2023-11-29",
-                       value_to_plot="total_visits", plot_type=rng.choice(["bar", "line"]))],
+        lambda: [
+            _call(
+                "calendar_update_event",
+                event_id=rng.choice(event_ids),
+                field="event_name",
+                new_value="Risk Management Forum",
+            )
+        ],
+        lambda: [
+            _call("customer_relationship_manager_update_customer", customer_id=c, field="status", new_value="Lost")
+            for c in rng.sample(customer_ids, rng.randint(1, 5))
+        ],
+        lambda: [
+            _call("customer_relationship_manager_delete_customer", customer_id=c)
+            for c in rng.sample(customer_ids, rng.randint(1, 4))
+        ],
+        lambda: [
+            _call(
+                "customer_relationship_manager_add_customer",
+                customer_name="Dakota Thomas",
+                assigned_to_email=rng.choice(people),
+                status="Lead",
+            )
+        ],
+        lambda: [
+            _call(
+                "analytics_create_plot",
+                time_min="2023-11-01",
+                time_max="2023-11-29",
+                value_to_plot="total_visits",
+                plot_type=rng.choice(["bar", "line"]),
+            )
+        ],
         lambda: [],
     ]
     reads = [
         lambda: _call("email_search_emails", query=rng.choice(["kofi", "carlos update", "meeting"]), page_size=5),
-        lambda: _call("customer_relationship_manager_search_customers", status="Proposal", product_interest="Hardware",
-                      page_size=10),
+        lambda: _call(
+            "customer_relationship_manager_search_customers",
+            status="Proposal",
+            product_interest="Hardware",
+            page_size=10,
+        ),
         lambda: _call("company_directory_find_email_address", name=rng.choice(["nadia", "raj", "akira"])),
     ]
     out = []
@@ -107,8 +134,14 @@ class PandasReference:
     # -- the tools the benchmark trajectories use ---------------------------------------------------
     def _send(self, recipient, subject, body):
         new_id = str(int(self.emails["email_id"].max()) + 1)
-        row = {"email_id": new_id, "inbox/outbox": "outbox", "sender/recipient": recipient.lower(), "subject": subject,
-               "sent_datetime": "2023-11-30 23:59:00", "body": body}
+        row = {
+            "email_id": new_id,
+            "inbox/outbox": "outbox",
+            "sender/recipient": recipient.lower(),
+            "subject": subject,
+            "sent_datetime": "2023-11-30 23:59:00",
+            "body": body,
+        }
         self.emails = self.pd.concat([self.emails, self.pd.DataFrame([row])], ignore_index=True)
 
     def email_reply_email(self, email_id, body):
@@ -123,7 +156,8 @@ class PandasReference:
     def email_search_emails(self, query="", page=1, page_size=5):
         words = query.lower().split()
         hit = self.emails.apply(
-            lambda r: all(w in f"{r['subject']} {r['body']} {r['sender/recipient']}".lower() for w in words), axis=1)
+            lambda r: all(w in f"{r['subject']} {r['body']} {r['sender/recipient']}".lower() for w in words), axis=1
+        )
         found = self.emails[hit].copy()
         found["t"] = self.pd.to_datetime(found["sent_datetime"])
         return found.sort_values("t", ascending=False).drop(columns=["t"]).to_dict(orient="records")[:page_size]
@@ -150,9 +184,18 @@ class PandasReference:
 
     def customer_relationship_manager_add_customer(self, customer_name, assigned_to_email, status):
         new_id = str(int(self.crm["customer_id"].max()) + 1).zfill(8)
-        row = {"customer_id": new_id, "customer_name": customer_name, "customer_email": None, "customer_phone": None,
-               "last_contact_date": None, "product_interest": None, "status": status,
-               "assigned_to_email": assigned_to_email.lower(), "notes": "", "follow_up_by": None}
+        row = {
+            "customer_id": new_id,
+            "customer_name": customer_name,
+            "customer_email": None,
+            "customer_phone": None,
+            "last_contact_date": None,
+            "product_interest": None,
+            "status": status,
+            "assigned_to_email": assigned_to_email.lower(),
+            "notes": "",
+            "follow_up_by": None,
+        }
         self.crm = self.pd.concat([self.crm, self.pd.DataFrame([row])], ignore_index=True)
 
     def company_directory_find_email_address(self, name):
@@ -161,7 +204,7 @@ class PandasReference:
 
     # -- replay and compare ----------------------------------------------------------------------
     @classmethod
-    def replay(cls, calls) -> "PandasReference":
+    def replay(cls, calls) -> PandasReference:
         env = cls()
         for c in calls:
             try:
@@ -222,8 +265,14 @@ def machine_name() -> str:
                     break
     except OSError:
         pass
-    isa = next((name for flag, name in (("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"), ("avx2", "AVX2"))
-                if flag in flags), None)
+    isa = next(
+        (
+            name
+            for flag, name in (("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"), ("avx2", "AVX2"))
+            if flag in flags
+        ),
+        None,
+    )
     return f"{cpu}{f' ({isa})' if isa else ''}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
@@ -246,15 +295,19 @@ def run(n_trajectories: int, min_seconds: float) -> dict:
         "n_trajectories": n_trajectories,
         "mean_reward": sum(ours_rewards) / len(ours_rewards),
         "ours": {"verify_trajectories_per_s": 1.0 / ours_s, "reset_us": reset_ours * 1e6},
-        "reference_pandas": {"verify_trajectories_per_s": 1.0 / ref_s, "reset_us": reset_ref * 1e6,
-                             "n_trajectories_timed": len(ref_sample)},
+        "reference_pandas": {
+            "verify_trajectories_per_s": 1.0 / ref_s,
+            "reset_us": reset_ref * 1e6,
+            "n_trajectories_timed": len(ref_sample),
+        },
         "speedup_verify": ref_s / ours_s,
         "speedup_reset": reset_ref / reset_ours,
     }
 
 
-def publish(result: dict, output: Path, doc: tuple[str, list[tuple[str, str]]] | None,
-            hidden_keys: tuple[str, ...] = ()) -> None:
+def publish(
+    result: dict, output: Path, doc: tuple[str, list[tuple[str, str]]] | None, hidden_keys: tuple[str, ...] = ()
+) -> None:
     """A bench's ending: its result as JSON at `output`, printed (less the bulky `hidden_keys`), and `doc`'s
     (config, [(metric, figure)]) rows added to the table of docs/benchmarks.md (None: left out)."""
     atomic_write_json(output, result)
@@ -273,7 +326,7 @@ def append_table_rows(path: Path, date: str, machine: str, config: str, rows: li
     lines = "".join(f"| {date} | {machine} | {config} | {m} | {f} |\n" for m, f in rows)
     head, sep, tail = text.partition(DOC_HEADER)
     block_end = tail.find("\n\n")
-    table, rest = (tail, "") if block_end < 0 else (tail[: block_end + 1], tail[block_end + 1:])
+    table, rest = (tail, "") if block_end < 0 else (tail[: block_end + 1], tail[block_end + 1 :])
     atomic_write_text(path, head + sep + table + lines + rest)
 
 
@@ -283,8 +336,10 @@ def append_doc_rows(result: dict, path: Path = BENCH_DOC) -> None:
     o, r = result["ours"], result["reference_pandas"]
     rows = [
         ("env verify throughput (env_sim)", f"{o['verify_trajectories_per_s']:,.0f} trajectories/s"),
-        (f"env verify throughput (reference approach, pandas {result['pandas']})",
-         f"{r['verify_trajectories_per_s']:,.1f} trajectories/s"),
+        (
+            f"env verify throughput (reference approach, pandas {result['pandas']})",
+            f"{r['verify_trajectories_per_s']:,.1f} trajectories/s",
+        ),
         ("env verify speed-up vs reference approach", f"{result['speedup_verify']:,.0f}x"),
         ("env episode reset (env_sim Database.fresh)", f"{o['reset_us']:,.1f} µs"),
         ("env episode reset (reference approach: re-read CSVs)", f"{r['reset_us'] / 1000:,.1f} ms"),

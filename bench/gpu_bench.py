@@ -24,6 +24,7 @@ The model, worker and batch builders are trainer/parity/builders.py's: what is t
 `--tiny` runs the same steps with a tiny model on CPU (a few seconds; no MFU). Results: JSON in --out
 ($OUT on the device machine, else bench/results/), a short table on stdout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,14 @@ from trainer.parity import GPU_SHAPE, TINY_SHAPE, free, logprob_parity, make_hf_
 ROOT = Path(__file__).resolve().parent.parent
 
 # Dense bf16 tensor-core peak by device name (vendor datasheets, without sparsity).
-PEAK_BF16 = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("H20", 148e12),
-             ("A100", 312e12))
+PEAK_BF16 = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("H20", 148e12),
+    ("A100", 312e12),
+)
 
 
 def peak_bf16_flops(device_name: str) -> float | None:
@@ -71,15 +78,15 @@ def matmul_params(shape: dict) -> int:
 def forward_flops_per_token(shape: dict, seq: int, causal: bool = True) -> float:
     """Forward FLOPs per token of a sequence of `seq` tokens: matmuls + attention scores and values."""
     q = shape["num_attention_heads"] * shape["head_dim"]
-    context = seq / 2 if causal else seq          # average keys a query attends to (causal: half)
-    attention = shape["num_hidden_layers"] * 2 * 2 * q * context     # QK^T and PV, 2 FLOPs per MAC
+    context = seq / 2 if causal else seq  # average keys a query attends to (causal: half)
+    attention = shape["num_hidden_layers"] * 2 * 2 * q * context  # QK^T and PV, 2 FLOPs per MAC
     return 2 * matmul_params(shape) + attention
 
 
 def count_parameters(shape: dict) -> int:
     h, L = shape["hidden_size"], shape["num_hidden_layers"]
     norms = L * (2 * h + 2 * shape["head_dim"]) + h
-    return matmul_params(shape) + norms     # tied: the LM head counted in matmul_params is the embedding
+    return matmul_params(shape) + norms  # tied: the LM head counted in matmul_params is the embedding
 
 
 def set_sdpa_kernel(worker, kernel: str) -> None:
@@ -110,8 +117,16 @@ def timed(fn, repeats: int) -> list[float]:
 # Sections
 
 
-def train_throughput(worker, shape: dict, seq: int, gbs: int, variants: list[tuple[str, int]], steps: int,
-                     peak: float | None, profile_dir: Path | None = None) -> list[dict]:
+def train_throughput(
+    worker,
+    shape: dict,
+    seq: int,
+    gbs: int,
+    variants: list[tuple[str, int]],
+    steps: int,
+    peak: float | None,
+    profile_dir: Path | None = None,
+) -> list[dict]:
     """Optimizer steps of `gbs` x `seq` tokens through `PolicyWorker.train`, per (sdpa kernel, micro-batch)."""
     batch = rollout_batch(gbs, seq, shape["vocab_size"], prompt=min(512, seq // 4))
     batch["prev_logprobs"] = worker.get_logprobs(batch)
@@ -124,7 +139,7 @@ def train_throughput(worker, shape: dict, seq: int, gbs: int, variants: list[tup
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             warm = worker.train(batch)
-            times = timed(lambda: row.setdefault("results", []).append(worker.train(batch)), steps)
+            times = timed(lambda row=row: row.setdefault("results", []).append(worker.train(batch)), steps)
         except torch.OutOfMemoryError as exc:
             row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
             rows.append(row)
@@ -136,17 +151,27 @@ def train_throughput(worker, shape: dict, seq: int, gbs: int, variants: list[tup
             continue
         results = row.pop("results")
         losses = [r[0]["parts"][0]["loss"] for r in results] + [warm[0]["parts"][0]["loss"]]
-        row.update(step_seconds=statistics.median(times), step_seconds_all=times,
-                   loss_finite=all(map(lambda x: x == x and abs(x) < 1e30, losses)),
-                   grad_norm=results[-1][0]["grad_norm"])
-        add_rates(row, gbs * seq / row["step_seconds"], 3 * forward_flops_per_token(shape, seq), shape, seq,
-                  passes=3, peak=peak)
+        row.update(
+            step_seconds=statistics.median(times),
+            step_seconds_all=times,
+            loss_finite=all(map(lambda x: x == x and abs(x) < 1e30, losses)),
+            grad_norm=results[-1][0]["grad_norm"],
+        )
+        add_rates(
+            row,
+            gbs * seq / row["step_seconds"],
+            3 * forward_flops_per_token(shape, seq),
+            shape,
+            seq,
+            passes=3,
+            peak=peak,
+        )
         if torch.cuda.is_available():
             row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         rows.append(row)
         print(f"  train {kernel:9s} mbs={mbs}: {row['tokens_per_s']:,.0f} tokens/s, MFU {row.get('mfu')}", flush=True)
     done = [r for r in rows if "error" not in r]
-    if profile_dir is not None and done:   # profile the fastest variant
+    if profile_dir is not None and done:  # profile the fastest variant
         best = max(done, key=lambda r: r["tokens_per_s"])
         set_sdpa_kernel(worker, best["sdpa_kernel"])
         worker.policy_cfg["train_micro_batch_size"] = best["micro_batch"]
@@ -154,8 +179,15 @@ def train_throughput(worker, shape: dict, seq: int, gbs: int, variants: list[tup
     return rows
 
 
-def add_rates(row: dict, tokens_per_s: float, flops_per_token: float, shape: dict, seq: int, passes: int = 3,
-              peak: float | None = None) -> None:
+def add_rates(
+    row: dict,
+    tokens_per_s: float,
+    flops_per_token: float,
+    shape: dict,
+    seq: int,
+    passes: int = 3,
+    peak: float | None = None,
+) -> None:
     row["tokens_per_s"] = tokens_per_s
     row["model_tflops_per_s"] = tokens_per_s * flops_per_token / 1e12
     if peak:
@@ -165,7 +197,8 @@ def add_rates(row: dict, tokens_per_s: float, flops_per_token: float, shape: dic
 
 
 def profile(fn, path: Path) -> None:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with torch_profile(activities=activities) as prof:
@@ -177,8 +210,7 @@ def profile(fn, path: Path) -> None:
     print(table[:6000], flush=True)
 
 
-def logprob_throughput(worker, shape: dict, seq: int, n: int, mbs: int, repeats: int,
-                       peak: float | None) -> dict:
+def logprob_throughput(worker, shape: dict, seq: int, n: int, mbs: int, repeats: int, peak: float | None) -> dict:
     batch = rollout_batch(n, seq, shape["vocab_size"], prompt=min(512, seq // 4), seed=1)
     worker.policy_cfg["logprob_batch_size"] = mbs
     worker.get_logprobs(batch)
@@ -193,8 +225,7 @@ def generation_throughput(hf_dir: Path, prompts: int, prompt_len: int, new_token
     from trainer.interfaces import SamplingParams
 
     dtype = "bfloat16" if torch.cuda.is_available() else "float32"
-    engine = TorchGeneration(str(hf_dir), max_model_len=prompt_len + new_tokens + 8, dtype=dtype,
-                             batch_size=prompts)
+    engine = TorchGeneration(str(hf_dir), max_model_len=prompt_len + new_tokens + 8, dtype=dtype, batch_size=prompts)
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(1, vocab, (prompts, prompt_len), generator=g).tolist()
     engine.generate(ids, SamplingParams(max_tokens=4, temperature=1.0, seed=0))
@@ -206,9 +237,17 @@ def generation_throughput(hf_dir: Path, prompts: int, prompt_len: int, new_token
     generated = sum(len(r["token_ids"]) for r in results)
     del engine
     free()
-    return {"section": "generation", "backend": "torch (transformers, KV cache)", "dtype": dtype,
-            "prompts": prompts, "prompt_len": prompt_len, "new_tokens": new_tokens, "generated": generated,
-            "seconds": seconds, "tokens_per_s": generated / seconds}
+    return {
+        "section": "generation",
+        "backend": "torch (transformers, KV cache)",
+        "dtype": dtype,
+        "prompts": prompts,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "generated": generated,
+        "seconds": seconds,
+        "tokens_per_s": generated / seconds,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -218,12 +257,21 @@ def environment(device: torch.device) -> dict:
     import megatron.core
     import transformers
 
-    env = {"torch": torch.__version__, "megatron_core": megatron.core.__version__,
-           "transformers": transformers.__version__, "python": platform.python_version()}
+    env = {
+        "torch": torch.__version__,
+        "megatron_core": megatron.core.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update(device=props.name, sms=props.multi_processor_count, memory_gib=props.total_memory / 2**30,
-                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+        env.update(
+            device=props.name,
+            sms=props.multi_processor_count,
+            memory_gib=props.total_memory / 2**30,
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
     else:
         env.update(device=f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)")
     return env
@@ -239,8 +287,11 @@ def parse_args(argv=None):
     p.add_argument("--mbs", default=None, help="micro-batch sizes to time with the first train backend")
     p.add_argument("--kernels", default="auto", help="SDPA kernels to time: auto,flash,cudnn,efficient")
     p.add_argument("--parity-backends", default="sdpa,local", help="sdpa (fused ops on CUDA), sdpa-unfused, local")
-    p.add_argument("--train-backends", default="sdpa,sdpa-unfused:2",
-                   help="backend[:mbs] list; without :mbs the first backend takes --mbs, others the largest")
+    p.add_argument(
+        "--train-backends",
+        default="sdpa,sdpa-unfused:2",
+        help="backend[:mbs] list; without :mbs the first backend takes --mbs, others the largest",
+    )
     p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per variant (after one warm-up)")
     p.add_argument("--profile", action="store_true", help="write a kernel-time table of one training step")
     p.add_argument("--skip", default="", help="sections to skip: parity,train,logprobs,generation")
@@ -268,12 +319,20 @@ def main(argv=None) -> int:
     target = out_dir / ("gpu_bench_tiny.json" if tiny else "gpu.json")
     env = environment(device)
     peak = peak_bf16_flops(env["device"]) if device.type == "cuda" else None
-    report = {"date": time.strftime("%Y-%m-%d"), "environment": env, "peak_bf16_flops": peak,
-              "model": {"shape": shape, "parameters": count_parameters(shape),
-                        "train_flops_per_token": 3 * forward_flops_per_token(shape, seq), "seq": seq},
-              "precision": "fp32 master weights, bf16 autocast (PolicyWorker, policy.precision=bfloat16)"
-                           + (" [tiny CPU run: training in fp32]" if tiny else ""),
-              "rows": []}
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "environment": env,
+        "peak_bf16_flops": peak,
+        "model": {
+            "shape": shape,
+            "parameters": count_parameters(shape),
+            "train_flops_per_token": 3 * forward_flops_per_token(shape, seq),
+            "seq": seq,
+        },
+        "precision": "fp32 master weights, bf16 autocast (PolicyWorker, policy.precision=bfloat16)"
+        + (" [tiny CPU run: training in fp32]" if tiny else ""),
+        "rows": [],
+    }
     print(f"device: {env['device']}; model {count_parameters(shape) / 1e9:.2f} B parameters; seq {seq}", flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="gpu_bench_"))
@@ -282,9 +341,10 @@ def main(argv=None) -> int:
     report["model"]["build_seconds"] = time.perf_counter() - started
 
     if "parity" not in skip:
-        report["parity"] = logprob_parity(hf_dir, args.parity_backends.split(","), batch=1 if not tiny else 2,
-                                          seq=seq, device=device)
-        torch.backends.cuda.matmul.allow_tf32 = True     # the sections below time the policy's recipe with TF32
+        report["parity"] = logprob_parity(
+            hf_dir, args.parity_backends.split(","), batch=1 if not tiny else 2, seq=seq, device=device
+        )
+        torch.backends.cuda.matmul.allow_tf32 = True  # the sections below time the policy's recipe with TF32
         print(f"parity: {json.dumps(report['parity'])}", flush=True)
         write_json(report, target)
     train_backends = []
@@ -298,10 +358,12 @@ def main(argv=None) -> int:
         worker = make_worker(hf_dir, backend, gbs=gbs, mbs=backend_mbs[0], precision="float32" if tiny else "bfloat16")
         if "train" not in skip:
             backend_kernels = kernels if backend.startswith("sdpa") else ["-"]
-            variants = [(k, m) for k in backend_kernels for m in (backend_mbs if k == backend_kernels[0]
-                                                                    else backend_mbs[-1:])]
-            for row in train_throughput(worker, shape, seq, gbs, variants, args.steps, peak,
-                                        out_dir if args.profile and i == 0 else None):
+            variants = [
+                (k, m) for k in backend_kernels for m in (backend_mbs if k == backend_kernels[0] else backend_mbs[-1:])
+            ]
+            for row in train_throughput(
+                worker, shape, seq, gbs, variants, args.steps, peak, out_dir if args.profile and i == 0 else None
+            ):
                 report["rows"].append({"backend": backend, **row})
             write_json(report, target)
         if "logprobs" not in skip and i == 0:
@@ -313,8 +375,13 @@ def main(argv=None) -> int:
         del worker
         free()
     if "generation" not in skip:
-        row = generation_throughput(hf_dir, prompts=4 if tiny else 32, prompt_len=16 if tiny else 512,
-                                    new_tokens=8 if tiny else 256, vocab=shape["vocab_size"])
+        row = generation_throughput(
+            hf_dir,
+            prompts=4 if tiny else 32,
+            prompt_len=16 if tiny else 512,
+            new_tokens=8 if tiny else 256,
+            vocab=shape["vocab_size"],
+        )
         report["rows"].append(row)
         print(f"  generation: {row['tokens_per_s']:,.0f} tokens/s", flush=True)
 
@@ -331,8 +398,10 @@ def print_table(report: dict) -> None:
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
         mem = f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else "-"
         tps = f"{r['tokens_per_s']:,.0f}" if "tokens_per_s" in r else "-"
-        print(f"| {r['section']} | {r.get('backend', '-')} | {r.get('sdpa_kernel', '-')} | "
-              f"{r.get('micro_batch', '-')} | {tps} | {mfu} | {mem} | {r.get('error', '')} |")
+        print(
+            f"| {r['section']} | {r.get('backend', '-')} | {r.get('sdpa_kernel', '-')} | "
+            f"{r.get('micro_batch', '-')} | {tps} | {mfu} | {mem} | {r.get('error', '')} |"
+        )
     if "parity" in report:
         print(f"parity passed: {report['parity']['passed']}")
 

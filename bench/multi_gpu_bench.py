@@ -39,6 +39,7 @@ Multicast (NVLS) stays off in every process: NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_
 NVSHMEM_DISABLE_NVLS=1 are set here before any process starts (the device's rules). `--tiny`: a tiny model, fp32,
 gloo on CPU (a CI check of the same logic). Results: JSON in --out ($OUT on the device machine, else bench/results/).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,17 +53,33 @@ from pathlib import Path
 
 import torch
 
-from bench.gpu_bench import (ROOT, count_parameters, environment, forward_flops_per_token, peak_bf16_flops, sync,
-                             write_json)
+from bench.gpu_bench import (
+    ROOT,
+    count_parameters,
+    environment,
+    forward_flops_per_token,
+    peak_bf16_flops,
+    sync,
+    write_json,
+)
 from trainer.parity import GPU_SHAPE, TINY_SHAPE, free, make_hf_model, make_worker, rollout_batch
-from trainer.parity.tp_dp import (NO_MULTICAST_ENV, full_logprobs, gather, log, mode_name, overlap_modes, run_parity,
-                                  set_overlap, set_precision)
+from trainer.parity.tp_dp import (
+    NO_MULTICAST_ENV,
+    full_logprobs,
+    gather,
+    log,
+    mode_name,
+    overlap_modes,
+    run_parity,
+    set_overlap,
+    set_precision,
+)
 from trainer.parity.tp_dp import checks as parity_checks
 
 # Runs: processes, TP size, and what differs from the defaults. Runs joined by "+" share one launch (one pair of
 # processes); each launch is a fresh set of processes.
 RUNS = {
-    "tp1": {"world": 1, "tp": 1},                                   # the reference; 1-GPU throughput (GPU 0)
+    "tp1": {"world": 1, "tp": 1},  # the reference; 1-GPU throughput (GPU 0)
     "dp2": {"world": 2, "tp": 1},
     "tp2": {"world": 2, "tp": 2, "micro": "first", "profile": False},
     # the bf16 parity step (fp32 on CPU) again in a fresh process with an empty torch.compile cache: how far apart
@@ -73,7 +90,8 @@ RUNS = {
     "solo1": {"world": 1, "tp": 1, "gpus": [1], "skip": ["parity"], "micro": "first", "profile": False},
 }
 DEFAULT_RUNS = "tp1,dp2+tp2,tp1b,pair,solo1"
-TINY_RUNS = "tp1,dp2+tp2,tp1b,pair"         # CPU: no second GPU to time alone
+TINY_RUNS = "tp1,dp2+tp2,tp1b,pair"  # CPU: no second GPU to time alone
+
 
 def timed_steps(fn, steps: int, host_barrier=None) -> list[float]:
     """Wall time of each call, ranks started together (barrier) and the slowest rank's time taken. `host_barrier`:
@@ -101,8 +119,17 @@ def run_throughput(worker, spec: dict, run: str, world: int, host_barrier=None) 
     for i, micro in enumerate(spec["micro"]):
         gbs = mbs * micro * worker.dp
         worker.policy_cfg.update(train_global_batch_size=gbs, train_micro_batch_size=mbs, logprob_batch_size=mbs)
-        base = {"section": "train", "run": run, "gpus": world, "tp": worker.tp, "dp": worker.dp, "micro_batch": mbs,
-                "micro_batches_per_gpu_step": micro, "gbs": gbs, "seq": seq}
+        base = {
+            "section": "train",
+            "run": run,
+            "gpus": world,
+            "tp": worker.tp,
+            "dp": worker.dp,
+            "micro_batch": mbs,
+            "micro_batches_per_gpu_step": micro,
+            "gbs": gbs,
+            "seq": seq,
+        }
         fresh = [dict(base, **({} if m is None else {"overlap_grad_reduce": m})) for m in modes]
         times: dict = {m: [] for m in modes}
         profiles: dict = {}
@@ -119,15 +146,18 @@ def run_throughput(worker, spec: dict, run: str, world: int, host_barrier=None) 
                     worker.train(batch)
             # the modes' steps interleaved (on, off, off, on, ...): machine drift hits each mode alike
             for step in range(spec["steps"]):
-                for mode in (modes if step % 2 == 0 else modes[::-1]):
+                for mode in modes if step % 2 == 0 else modes[::-1]:
                     set_overlap(worker, mode)
-                    times[mode] += timed_steps(lambda: worker.train(batch), 1, host_barrier)
+                    times[mode] += timed_steps(lambda batch=batch: worker.train(batch), 1, host_barrier)
             if i == 0 and spec.get("profile_dir") and torch.cuda.is_available():
                 for mode in modes:
                     set_overlap(worker, mode)
                     suffix = "" if mode is None else f"_overlap_{mode_name(mode)}"
-                    profiles[mode] = profile_step(lambda: worker.train(batch), host_barrier,
-                                                  Path(spec["profile_dir"]) / f"profile_{run}{suffix}.txt")
+                    profiles[mode] = profile_step(
+                        lambda batch=batch: worker.train(batch),
+                        host_barrier,
+                        Path(spec["profile_dir"]) / f"profile_{run}{suffix}.txt",
+                    )
         except torch.OutOfMemoryError as exc:
             for row in fresh:
                 row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
@@ -139,8 +169,12 @@ def run_throughput(worker, spec: dict, run: str, world: int, host_barrier=None) 
         for mode, row in zip(modes, fresh):
             tokens_per_s = gbs * seq / statistics.median(times[mode])
             flops = 3 * forward_flops_per_token(shape, seq)
-            row.update(step_seconds=statistics.median(times[mode]), step_seconds_all=times[mode],
-                       tokens_per_s=tokens_per_s, tokens_per_s_per_gpu=tokens_per_s / world)
+            row.update(
+                step_seconds=statistics.median(times[mode]),
+                step_seconds_all=times[mode],
+                tokens_per_s=tokens_per_s,
+                tokens_per_s_per_gpu=tokens_per_s / world,
+            )
             if mode in profiles:
                 row["profile"] = profiles[mode]
             if peak:
@@ -148,9 +182,11 @@ def run_throughput(worker, spec: dict, run: str, world: int, host_barrier=None) 
             if torch.cuda.is_available():
                 row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             rows.append(row)
-            log(f"[{run}] train mbs={mbs} x {micro}/GPU gbs={gbs}"
+            log(
+                f"[{run}] train mbs={mbs} x {micro}/GPU gbs={gbs}"
                 f"{'' if mode is None else ' overlap ' + mode_name(mode)}: {tokens_per_s:,.0f} tokens/s "
-                f"({statistics.median(times[mode]):.3f} s/step), MFU {row.get('mfu')}")
+                f"({statistics.median(times[mode]):.3f} s/step), MFU {row.get('mfu')}"
+            )
     return rows
 
 
@@ -176,8 +212,11 @@ def profile_step(fn, host_barrier, path: Path) -> dict:
     nccl = sum(e.self_device_time_total for e in device if "nccl" in e.key.lower()) / 1e6
     out = {"wall_seconds": wall, "gpu_busy_seconds": busy, "nccl_seconds": nccl, "gpu_idle_seconds": wall - busy}
     if not dist.is_initialized() or dist.get_rank() == 0:
-        path.write_text(json.dumps(out) + "\n" + averages.table(sort_by="self_device_time_total", row_limit=25,
-                                                                max_name_column_width=80))
+        path.write_text(
+            json.dumps(out)
+            + "\n"
+            + averages.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=80)
+        )
     return out
 
 
@@ -197,11 +236,14 @@ def time_allreduce(worker, steps: int) -> dict:
     whole = statistics.median(timed_steps(lambda: worker._allreduce_grads(group), steps))
     n = dist.get_world_size(group)
     bytes_ = numel * 4
-    out = {"grad_bytes": bytes_, "allreduce_grads_seconds": whole, "bare_allreduce_seconds": bare,
-           "bus_bandwidth_gb_s": bytes_ * 2 * (n - 1) / n / bare / 1e9}
-    if worker._reducer is not None:     # the overlapped path's buckets
-        out.update(overlap_buckets=worker._reducer.num_buckets,
-                   overlap_bucket_mb=worker._reducer.bucket_bytes / 2**20)
+    out = {
+        "grad_bytes": bytes_,
+        "allreduce_grads_seconds": whole,
+        "bare_allreduce_seconds": bare,
+        "bus_bandwidth_gb_s": bytes_ * 2 * (n - 1) / n / bare / 1e9,
+    }
+    if worker._reducer is not None:  # the overlapped path's buckets
+        out.update(overlap_buckets=worker._reducer.num_buckets, overlap_bucket_mb=worker._reducer.bucket_bytes / 2**20)
     return out
 
 
@@ -211,7 +253,7 @@ def _rank_main(rank: int, world: int, ports: list[int], spec: dict, host_barrier
     os.environ.update(NO_MULTICAST_ENV)
     first = RUNS[spec["runs"][0]]
     independent = bool(first.get("independent"))
-    if spec["cuda"] and (first.get("gpus") or independent):   # before CUDA starts in this process
+    if spec["cuda"] and (first.get("gpus") or independent):  # before CUDA starts in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = str((first.get("gpus") or list(range(world)))[rank])
     if first.get("fresh_compile_cache"):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor_fresh_")
@@ -231,22 +273,46 @@ def _rank_main(rank: int, world: int, ports: list[int], spec: dict, host_barrier
     for run in spec["runs"]:
         cfg = RUNS[run]
         precisions = spec["precisions"][-1:] if cfg.get("precisions") == "last" else spec["precisions"]
-        run_spec = dict(spec, precisions=precisions, micro=spec["micro"][:1] if cfg.get("micro") else spec["micro"],
-                        profile_dir=spec.get("profile_dir") if cfg.get("profile", True) else None,
-                        skip=sorted(set(spec["skip"]) | set(cfg.get("skip", []))))
+        run_spec = dict(
+            spec,
+            precisions=precisions,
+            micro=spec["micro"][:1] if cfg.get("micro") else spec["micro"],
+            profile_dir=spec.get("profile_dir") if cfg.get("profile", True) else None,
+            skip=sorted(set(spec["skip"]) | set(cfg.get("skip", []))),
+        )
         result: dict = {"run": run, "world": world, "tp": cfg["tp"], "independent": independent}
         if cfg.get("gpus"):
             result["gpus_used"] = cfg["gpus"]
         started = time.perf_counter()
-        worker = make_worker(hf_dir, "sdpa", gbs=spec["parity_gbs"], mbs=1, precision=precision, tp=cfg["tp"],
-                             rank=me, world_size=size, master=("127.0.0.1", port))
-        result.update(dp=worker.dp, setup_seconds=time.perf_counter() - started,
-                      params_per_rank=sum(p.numel() for p in worker.model.parameters()))
+        worker = make_worker(
+            hf_dir,
+            "sdpa",
+            gbs=spec["parity_gbs"],
+            mbs=1,
+            precision=precision,
+            tp=cfg["tp"],
+            rank=me,
+            world_size=size,
+            master=("127.0.0.1", port),
+        )
+        result.update(
+            dp=worker.dp,
+            setup_seconds=time.perf_counter() - started,
+            params_per_rank=sum(p.numel() for p in worker.model.parameters()),
+        )
         name = f"{run}.rank{rank}" if independent else run
         if "parity" not in run_spec["skip"]:
-            result["parity"] = run_parity(worker, run, me, work, gbs=spec["parity_gbs"], seq=spec["parity_seq"],
-                                          vocab_size=spec["shape"]["vocab_size"], precisions=run_spec["precisions"],
-                                          overlap=spec["overlap"])
+            result["parity"] = run_parity(
+                worker,
+                run,
+                me,
+                work,
+                gbs=spec["parity_gbs"],
+                seq=spec["parity_seq"],
+                vocab_size=spec["shape"]["vocab_size"],
+                precisions=run_spec["precisions"],
+                overlap=spec["overlap"],
+            )
             if me == 0:
                 write_json(result, work / f"{name}.json")
         if "train" not in run_spec["skip"]:
@@ -295,12 +361,18 @@ def parse_args(argv=None):
     p.add_argument("--parity-gbs", type=int, default=4, help="rows of the parity step (micro-batch 1)")
     p.add_argument("--layers", type=int, default=None, help="override the number of layers")
     p.add_argument("--precisions", default=None, help="parity precisions (default fp32,bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--runs", default=None, help=f"launches in order, runs of one launch joined by + "
-                                                   f"(default {DEFAULT_RUNS}; tiny: without solo1)")
+    p.add_argument(
+        "--runs",
+        default=None,
+        help=f"launches in order, runs of one launch joined by + (default {DEFAULT_RUNS}; tiny: without solo1)",
+    )
     p.add_argument("--no-profile", action="store_true", help="no torch-profiler step (GPU)")
     p.add_argument("--skip", default="", help="parity,train")
-    p.add_argument("--overlap", default="on,off", help="overlap_grad_reduce modes of the DP > 1 runs, the first the "
-                                                      "parity reference (on,off | on | off)")
+    p.add_argument(
+        "--overlap",
+        default="on,off",
+        help="overlap_grad_reduce modes of the DP > 1 runs, the first the parity reference (on,off | on | off)",
+    )
     return p.parse_args(argv)
 
 
@@ -317,18 +389,29 @@ def main(argv=None) -> int:
     launches = [group.split("+") for group in (args.runs or (DEFAULT_RUNS if cuda else TINY_RUNS)).split(",") if group]
     for group in launches:
         unknown = [r for r in group if r not in RUNS]
-        if unknown or len({RUNS[r]["world"] for r in group}) > 1 or (len(group) > 1 and any(
-                set(RUNS[r]) - {"world", "tp", "micro", "profile"} for r in group)):
+        if (
+            unknown
+            or len({RUNS[r]["world"] for r in group}) > 1
+            or (len(group) > 1 and any(set(RUNS[r]) - {"world", "tp", "micro", "profile"} for r in group))
+        ):
             raise SystemExit(f"--runs: {group} (runs: {', '.join(RUNS)}; only plain runs of one size join with +)")
     skip = set(filter(None, args.skip.split(",")))
     work = Path(tempfile.mkdtemp(prefix="multi_gpu_bench_"))
-    spec = {"work": str(work), "cuda": cuda, "shape": shape, "skip": sorted(skip),
-            "seq": args.seq or (4096 if cuda else 64), "mbs": args.mbs or (4 if cuda else 2),
-            "micro": [int(x) for x in (args.micro or ("2,4" if cuda else "2")).split(",")],
-            "steps": args.steps or (5 if cuda else 2), "warmup": args.warmup or (2 if cuda else 1),
-            "parity_seq": args.parity_seq or (1024 if cuda else 32), "parity_gbs": args.parity_gbs,
-            "precisions": (args.precisions or ("fp32,bf16" if cuda else "fp32")).split(","),
-            "overlap": [{"on": True, "off": False}[x] for x in args.overlap.split(",")]}
+    spec = {
+        "work": str(work),
+        "cuda": cuda,
+        "shape": shape,
+        "skip": sorted(skip),
+        "seq": args.seq or (4096 if cuda else 64),
+        "mbs": args.mbs or (4 if cuda else 2),
+        "micro": [int(x) for x in (args.micro or ("2,4" if cuda else "2")).split(",")],
+        "steps": args.steps or (5 if cuda else 2),
+        "warmup": args.warmup or (2 if cuda else 1),
+        "parity_seq": args.parity_seq or (1024 if cuda else 32),
+        "parity_gbs": args.parity_gbs,
+        "precisions": (args.precisions or ("fp32,bf16" if cuda else "fp32")).split(","),
+        "overlap": [{"on": True, "off": False}[x] for x in args.overlap.split(",")],
+    }
     env = environment(torch.device("cuda" if cuda else "cpu"))
     spec["peak"] = peak_bf16_flops(env["device"]) if cuda else None
     out_dir = Path(args.out)
@@ -336,13 +419,24 @@ def main(argv=None) -> int:
     target = out_dir / ("multi_gpu.json" if cuda else "multi_gpu_tiny.json")
     if cuda and not args.no_profile:
         spec["profile_dir"] = str(out_dir)
-    report = {"date": time.strftime("%Y-%m-%d"), "environment": env, "peak_bf16_flops": spec["peak"],
-              "gpus": torch.cuda.device_count() if cuda else 0, "backend": "nccl" if cuda else "gloo",
-              "no_multicast_env": NO_MULTICAST_ENV,
-              "model": {"shape": shape, "parameters": count_parameters(shape),
-                        "train_flops_per_token": 3 * forward_flops_per_token(shape, spec["seq"])},
-              "spec": {k: v for k, v in spec.items() if k != "work"}, "launches": launches, "runs": {},
-              "launch_seconds": {}, "errors": {}}
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "environment": env,
+        "peak_bf16_flops": spec["peak"],
+        "gpus": torch.cuda.device_count() if cuda else 0,
+        "backend": "nccl" if cuda else "gloo",
+        "no_multicast_env": NO_MULTICAST_ENV,
+        "model": {
+            "shape": shape,
+            "parameters": count_parameters(shape),
+            "train_flops_per_token": 3 * forward_flops_per_token(shape, spec["seq"]),
+        },
+        "spec": {k: v for k, v in spec.items() if k != "work"},
+        "launches": launches,
+        "runs": {},
+        "launch_seconds": {},
+        "errors": {},
+    }
     print(f"{report['gpus']} x {env['device']}; model {count_parameters(shape) / 1e9:.2f} B parameters", flush=True)
     first = True
     for group in launches:
@@ -361,8 +455,11 @@ def main(argv=None) -> int:
                 report["runs"][run] = json.loads((work / f"{run}.json").read_text())
             ranks = sorted(work.glob(f"{run}.rank*.json"))
             if ranks:
-                report["runs"][run] = {"run": run, "independent": True,
-                                       "processes": [json.loads(f.read_text()) for f in ranks]}
+                report["runs"][run] = {
+                    "run": run,
+                    "independent": True,
+                    "processes": [json.loads(f.read_text()) for f in ranks],
+                }
         if (work / "build.json").exists():
             report["model"].update(json.loads((work / "build.json").read_text()))
         report["checks"] = checks(report)
@@ -381,13 +478,23 @@ def _rows(report: dict, run: str, overlap: bool | None = None) -> dict:
     processes summed (they ran at once)."""
     res = report["runs"].get(run, {})
     if res.get("independent"):
-        per = [{r["micro_batches_per_gpu_step"]: r for r in p.get("rows", []) if "tokens_per_s" in r}
-               for p in res["processes"]]
+        per = [
+            {r["micro_batches_per_gpu_step"]: r for r in p.get("rows", []) if "tokens_per_s" in r}
+            for p in res["processes"]
+        ]
         common = set.intersection(*(set(x) for x in per)) if per else set()
-        return {m: {"tokens_per_s": sum(x[m]["tokens_per_s"] for x in per),
-                    "per_process_tokens_per_s": [x[m]["tokens_per_s"] for x in per]} for m in common}
-    return {r["micro_batches_per_gpu_step"]: r for r in res.get("rows", [])
-            if "tokens_per_s" in r and r.get("overlap_grad_reduce") == overlap}
+        return {
+            m: {
+                "tokens_per_s": sum(x[m]["tokens_per_s"] for x in per),
+                "per_process_tokens_per_s": [x[m]["tokens_per_s"] for x in per],
+            }
+            for m in common
+        }
+    return {
+        r["micro_batches_per_gpu_step"]: r
+        for r in res.get("rows", [])
+        if "tokens_per_s" in r and r.get("overlap_grad_reduce") == overlap
+    }
 
 
 def _modes(report: dict, run: str) -> list:
@@ -403,16 +510,20 @@ def scaling(report: dict) -> list[dict]:
     one = _rows(report, "tp1")
     pair = _rows(report, "pair")
     out = []
-    for run, mode in [(run, mode) for run in ("dp2", "tp2", "pair", "solo1") for mode in _modes(report, run)]:
+    for run, mode in [(name, mode) for name in ("dp2", "tp2", "pair", "solo1") for mode in _modes(report, name)]:
         for micro, r in sorted(_rows(report, run, mode).items()):
             ref = one.get(micro)
             if not ref:
                 continue
-            row = {"run": run, "micro_batches_per_gpu_step": micro, "one_gpu_tokens_per_s": ref["tokens_per_s"],
-                   "tokens_per_s": r["tokens_per_s"]}
+            row = {
+                "run": run,
+                "micro_batches_per_gpu_step": micro,
+                "one_gpu_tokens_per_s": ref["tokens_per_s"],
+                "tokens_per_s": r["tokens_per_s"],
+            }
             if mode is not None:
                 row["overlap_grad_reduce"] = mode
-            if run == "solo1":      # GPU 1 alone vs GPU 0 alone
+            if run == "solo1":  # GPU 1 alone vs GPU 0 alone
                 row["ratio_to_gpu0"] = r["tokens_per_s"] / ref["tokens_per_s"]
             else:
                 row["scaling_efficiency"] = r["tokens_per_s"] / (2 * ref["tokens_per_s"])
@@ -435,23 +546,32 @@ def print_summary(report: dict) -> None:
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
             mem = f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else "-"
             label = run if "overlap_grad_reduce" not in r else f"{run} overlap {mode_name(r['overlap_grad_reduce'])}"
-            print(f"| {label} | {r['gpus']} | {r['tp']} | {r['dp']} | {r['micro_batch']} x "
-                  f"{r['micro_batches_per_gpu_step']} | {r['gbs']} | {r['tokens_per_s']:,.0f} | "
-                  f"{r['tokens_per_s_per_gpu']:,.0f} | {mfu} | {r['step_seconds']:.3f} | {mem} |")
+            print(
+                f"| {label} | {r['gpus']} | {r['tp']} | {r['dp']} | {r['micro_batch']} x "
+                f"{r['micro_batches_per_gpu_step']} | {r['gbs']} | {r['tokens_per_s']:,.0f} | "
+                f"{r['tokens_per_s_per_gpu']:,.0f} | {mfu} | {r['step_seconds']:.3f} | {mem} |"
+            )
     for s in report.get("scaling", []):
-        figures = {k: f"{100 * v:.1f}%" for k, v in s.items() if k in ("scaling_efficiency", "efficiency_vs_pair",
-                                                                         "ratio_to_gpu0")}
+        figures = {
+            k: f"{100 * v:.1f}%"
+            for k, v in s.items()
+            if k in ("scaling_efficiency", "efficiency_vs_pair", "ratio_to_gpu0")
+        }
         mode = f" overlap {mode_name(s['overlap_grad_reduce'])}" if "overlap_grad_reduce" in s else ""
-        print(f"scaling {s['run']}{mode} ({s['micro_batches_per_gpu_step']} micro-batches/GPU): {s['tokens_per_s']:,.0f} "
-              f"tokens/s vs 1 GPU {s['one_gpu_tokens_per_s']:,.0f}: {figures}")
+        print(
+            f"scaling {s['run']}{mode} ({s['micro_batches_per_gpu_step']} micro-batches/GPU): {s['tokens_per_s']:,.0f} "
+            f"tokens/s vs 1 GPU {s['one_gpu_tokens_per_s']:,.0f}: {figures}"
+        )
     for run, res in report["runs"].items():
         for name, c in res.get("parity", {}).items():
             if isinstance(c, dict) and "grad" in c:
-                print(f"parity {run} {name}: loss {c['loss_rel']:.2e} grad_norm {c['grad_norm_rel']:.2e} "
-                      f"nll {c['nll_rel']:.2e} logprob max/mean {c['logprob_max_abs']:.2e}/"
-                      f"{c['logprob_mean_abs']:.2e} grad rel_l2 {c['grad']['rel_l2']:.2e} "
-                      f"({c['grad']['worst_tensor']} {c['grad']['worst_tensor_rel_l2']:.2e}) update rel_l2 "
-                      f"{c['update']['rel_l2']:.2e} max {c['update'].get('max_abs_units', 0):.2f} lr")
+                print(
+                    f"parity {run} {name}: loss {c['loss_rel']:.2e} grad_norm {c['grad_norm_rel']:.2e} "
+                    f"nll {c['nll_rel']:.2e} logprob max/mean {c['logprob_max_abs']:.2e}/"
+                    f"{c['logprob_mean_abs']:.2e} grad rel_l2 {c['grad']['rel_l2']:.2e} "
+                    f"({c['grad']['worst_tensor']} {c['grad']['worst_tensor_rel_l2']:.2e}) update rel_l2 "
+                    f"{c['update']['rel_l2']:.2e} max {c['update'].get('max_abs_units', 0):.2f} lr"
+                )
     for name, ok in report.get("checks", {}).items():
         print(f"check {name}: {'ok' if ok else 'FAILED'}")
     for name, err in report.get("errors", {}).items():

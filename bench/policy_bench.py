@@ -8,6 +8,7 @@ off, alternately (`--repeats` each, after one warm-up of each), in one process; 
 
 Writes bench/results/policy.json and adds rows to the table of docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,11 +39,12 @@ def grpo_batch(cfg, tokenizer, groups: int, per_group: int, seed: int):
     rows = generate_rows(groups, seed, difficulties=list(cfg.data.local.difficulties or []) or None)
     experts = expert_rollouts(rows, tokenizer, cfg)
     g = torch.Generator().manual_seed(seed)
-    batch = rollouts_to_batch([r for r in experts for _ in range(per_group)],
-                              torch.randn(groups * per_group, generator=g))
+    batch = rollouts_to_batch(
+        [r for r in experts for _ in range(per_group)], torch.randn(groups * per_group, generator=g)
+    )
     trained = batch["loss_mask"] != 0
     noise = torch.randint(1, len(tokenizer), batch["input_ids"].shape, generator=g)
-    keep = torch.arange(len(batch["input_ids"])) % per_group == 0            # one rollout a group stays the expert's
+    keep = torch.arange(len(batch["input_ids"])) % per_group == 0  # one rollout a group stays the expert's
     batch["input_ids"] = torch.where(trained & ~keep[:, None], noise, batch["input_ids"])
     batch.pop("generation_logprobs", None)
     return batch
@@ -50,20 +52,25 @@ def grpo_batch(cfg, tokenizer, groups: int, per_group: int, seed: int):
 
 def run(config: str, groups: int, per_group: int, repeats: int, overrides: list[str]) -> dict:
     import torch
-
-    from infra.config import load_config
-    from trainer.policy.worker import InProcessPolicy
-    from trainer.models.hub import resolve_model
-    from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
     from transformers import AutoTokenizer
 
+    from infra.config import load_config
+    from trainer.models.hub import resolve_model
+    from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+    from trainer.policy.worker import InProcessPolicy
+
     cfg = load_config(config, [f"policy.train_global_batch_size={groups * per_group}", *overrides])
-    model_dir = resolve_model(cfg.policy.model_name, Path(tempfile.mkdtemp(prefix="policy_bench_")),
-                              tiny_cfg=cfg.policy.tiny, seed=0)
+    model_dir = resolve_model(
+        cfg.policy.model_name, Path(tempfile.mkdtemp(prefix="policy_bench_")), tiny_cfg=cfg.policy.tiny, seed=0
+    )
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     batch = grpo_batch(cfg, tokenizer, groups, per_group, seed=7)
-    policy = InProcessPolicy(cfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict,
-                             total_steps=10 * repeats + 10)
+    policy = InProcessPolicy(
+        cfg,
+        functools.partial(build_megatron_model, str(model_dir)),
+        export_hf_state_dict,
+        total_steps=10 * repeats + 10,
+    )
     worker = policy.worker
     seconds: dict[bool, list[float]] = {True: [], False: []}
     for attempt in range(repeats + 1):
@@ -71,16 +78,22 @@ def run(config: str, groups: int, per_group: int, repeats: int, overrides: list[
             worker.pack_prefixes = packed
             started = time.perf_counter()
             worker.train(dict(batch))
-            if attempt:                                   # the first of each is the warm-up
+            if attempt:  # the first of each is the warm-up
                 seconds[packed].append(time.perf_counter() - started)
     rows = slice(0, len(batch["input_ids"]))
     micro = list(worker._train_microbatches(rows, int(cfg.policy.train_micro_batch_size), batch))
     lengths = batch["input_lengths"]
     return {
-        "date": dt.date.today().isoformat(), "machine": machine_name(), "config": config,
-        "overrides": overrides, "groups": groups, "per_group": per_group, "repeats": repeats,
+        "date": dt.date.today().isoformat(),
+        "machine": machine_name(),
+        "config": config,
+        "overrides": overrides,
+        "groups": groups,
+        "per_group": per_group,
+        "repeats": repeats,
         "torch_threads": torch.get_num_threads(),
-        "tokens_unpacked": int(lengths.sum()), "tokens_packed": sum(p.packed_tokens for _, _, p in micro),
+        "tokens_unpacked": int(lengths.sum()),
+        "tokens_packed": sum(p.packed_tokens for _, _, p in micro),
         "mean_prompt_tokens": float((batch["loss_mask"] != 0).float().argmax(1).float().mean()),
         "mean_row_tokens": float(lengths.float().mean()),
         "step_seconds_unpacked": statistics.median(seconds[False]),
@@ -91,14 +104,20 @@ def run(config: str, groups: int, per_group: int, repeats: int, overrides: list[
 
 
 def doc_rows(result: dict) -> tuple[str, list[tuple[str, str]]]:
-    config = (f"bench.policy_bench, {result['config']} policy (fp32, {result['torch_threads']} threads), "
-              f"{result['groups']} prompts x {result['per_group']} rollouts, ~{result['mean_row_tokens']:.0f} tokens "
-              f"a rollout of which ~{result['mean_prompt_tokens']:.0f} prompt, median of {result['repeats']}")
+    config = (
+        f"bench.policy_bench, {result['config']} policy (fp32, {result['torch_threads']} threads), "
+        f"{result['groups']} prompts x {result['per_group']} rollouts, ~{result['mean_row_tokens']:.0f} tokens "
+        f"a rollout of which ~{result['mean_prompt_tokens']:.0f} prompt, median of {result['repeats']}"
+    )
     return config, [
-        ("policy train step, unpacked rows", f"{result['step_seconds_unpacked']:.2f} s "
-                                             f"({result['tokens_unpacked']:,} tokens)"),
-        ("policy train step, shared prompts packed", f"{result['step_seconds_packed']:.2f} s "
-                                                     f"({result['tokens_packed']:,} tokens)"),
+        (
+            "policy train step, unpacked rows",
+            f"{result['step_seconds_unpacked']:.2f} s ({result['tokens_unpacked']:,} tokens)",
+        ),
+        (
+            "policy train step, shared prompts packed",
+            f"{result['step_seconds_packed']:.2f} s ({result['tokens_packed']:,} tokens)",
+        ),
         ("packing speed-up (same gradients)", f"{result['speedup']:.2f}x"),
     ]
 

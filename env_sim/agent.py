@@ -19,17 +19,25 @@ its mistakes. `parse_error_feedback=False` restores the reference's behaviour, w
 Each episode owns a fresh state of its environment (`env_sim.environment.Environment`, picked by the row's
 `environment_name`): episodes never share state.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from env_sim.environment import Environment, get_environment
 from env_sim.execute import execute_call
 from env_sim.formats import ToolCallFormat, get_format
 from env_sim.formats._common import ParsedTurn, split_reasoning
-from env_sim.formats.responses import (ItemIds, function_call_item, function_call_output_item, items_to_messages,
-                                       message_item, reasoning_item)
+from env_sim.formats.responses import (
+    ItemIds,
+    function_call_item,
+    function_call_output_item,
+    items_to_messages,
+    message_item,
+    reasoning_item,
+)
 
 DEFAULT_MAX_STEPS = 6
 
@@ -75,9 +83,16 @@ class Episode:
     env: the environment (object or name); default: the one the row's `environment_name` names.
     """
 
-    def __init__(self, row: dict[str, Any], fmt: str | ToolCallFormat = "hermes", max_steps: int = DEFAULT_MAX_STEPS,
-                 compact_tools: bool | str = False, parse_error_feedback: bool = True,
-                 tool_scope: str = "all", env: str | Environment | None = None) -> None:
+    def __init__(
+        self,
+        row: dict[str, Any],
+        fmt: str | ToolCallFormat = "hermes",
+        max_steps: int = DEFAULT_MAX_STEPS,
+        compact_tools: bool | str = False,
+        parse_error_feedback: bool = True,
+        tool_scope: str = "all",
+        env: str | Environment | None = None,
+    ) -> None:
         if max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {max_steps}")
         self.row = row
@@ -86,8 +101,9 @@ class Episode:
         self.max_steps = max_steps
         self.parse_error_feedback = parse_error_feedback
         params = row["responses_create_params"]
-        tools = tools_in_scope(self.env, params.get("tools") or self.env.tool_schemas, str(row.get("category", "")),
-                               tool_scope)
+        tools = tools_in_scope(
+            self.env, params.get("tools") or self.env.tool_schemas, str(row.get("category", "")), tool_scope
+        )
         self.tools = tools
         raw_input = params["input"]
         if isinstance(raw_input, str):
@@ -106,8 +122,9 @@ class Episode:
         self._ids = ItemIds()
         self._pending_call_ids: list[str] = []
 
-    def _with_tools(self, messages: list[dict[str, Any]], tools: Sequence[dict[str, Any]],
-                    compact: bool | str) -> list[dict[str, Any]]:
+    def _with_tools(
+        self, messages: list[dict[str, Any]], tools: Sequence[dict[str, Any]], compact: bool | str
+    ) -> list[dict[str, Any]]:
         """Put the rendered tool section into the system message (creating one when the row has none)."""
         messages = [dict(message) for message in messages]
         if messages and messages[0]["role"] == "system":
@@ -128,8 +145,7 @@ class Episode:
         and the parsed calls are recorded without being executed.
         """
         if self.done:
-            raise RuntimeError(f"episode of row {self.row.get('id')} is finished ({self.stop_reason}); "
-                               "no more steps")
+            raise RuntimeError(f"episode of row {self.row.get('id')} is finished ({self.stop_reason}); no more steps")
         if not isinstance(model_text, str):
             model_text = "" if model_text is None else str(model_text)
         self.steps += 1
@@ -189,9 +205,14 @@ class Episode:
 
     def response(self) -> dict[str, Any]:
         """A minimal Responses-API response object carrying the output items (what /verify receives)."""
-        return {"id": f"resp_episode_{self.row.get('id')}", "object": "response", "output": self.response_items(),
-                "incomplete_details": {"reason": "max_output_tokens"} if self.stop_reason == "truncated" else None,
-                "parallel_tool_calls": False, "status": "completed"}
+        return {
+            "id": f"resp_episode_{self.row.get('id')}",
+            "object": "response",
+            "output": self.response_items(),
+            "incomplete_details": {"reason": "max_output_tokens"} if self.stop_reason == "truncated" else None,
+            "parallel_tool_calls": False,
+            "status": "completed",
+        }
 
     def finish(self):
         """Score the episode: every function call against the row's ground truth. Ends the episode."""
@@ -210,13 +231,24 @@ class Episode:
 
     def summary(self) -> dict[str, Any]:
         """What a trainer logs per episode."""
-        return {"id": self.row.get("id"), "category": self.row.get("category"), "steps": self.steps,
-                "stop_reason": self.stop_reason, "num_function_calls": len(self.function_calls),
-                "num_parse_errors": self.num_parse_errors, "reward": self.reward}
+        return {
+            "id": self.row.get("id"),
+            "category": self.row.get("category"),
+            "steps": self.steps,
+            "stop_reason": self.stop_reason,
+            "num_function_calls": len(self.function_calls),
+            "num_parse_errors": self.num_parse_errors,
+            "reward": self.reward,
+        }
 
 
-def run_episode(model: Model, row: dict[str, Any], fmt: str | ToolCallFormat = "hermes",
-                max_steps: int = DEFAULT_MAX_STEPS, **episode_options: Any) -> Episode:
+def run_episode(
+    model: Model,
+    row: dict[str, Any],
+    fmt: str | ToolCallFormat = "hermes",
+    max_steps: int = DEFAULT_MAX_STEPS,
+    **episode_options: Any,
+) -> Episode:
     """Play one row to the end with `model(messages) -> text` and score it; returns the finished Episode
     (`ep.verdict`, `ep.reward`, `ep.response_items()`)."""
     episode = Episode(row, fmt, max_steps=max_steps, **episode_options)
@@ -236,12 +268,13 @@ def scripted_model(turns: Sequence[str]) -> Model:
     return model
 
 
-def expert_turns(row: dict[str, Any], fmt: str | ToolCallFormat = "hermes", calls_per_turn: int = 0,
-                 final_answer: str = "Done.") -> list[str]:
+def expert_turns(
+    row: dict[str, Any], fmt: str | ToolCallFormat = "hermes", calls_per_turn: int = 0, final_answer: str = "Done."
+) -> list[str]:
     """Assistant texts that perform the row's ground truth: the calls (all in one turn when calls_per_turn is 0,
     else that many per turn) followed by a final answer. For warm-start trajectories and tests."""
     fmt = get_format(fmt)
     calls = list(row.get("ground_truth") or [])
     size = calls_per_turn or max(len(calls), 1)
-    turns = [fmt.format_assistant("", calls[start:start + size]) for start in range(0, len(calls), size)]
+    turns = [fmt.format_assistant("", calls[start : start + size]) for start in range(0, len(calls), size)]
     return turns + [final_answer]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from env_sim.environment import DEFAULT_ENVIRONMENT, ENVIRONMENTS, get_environment
 from env_sim.files import atomic_write_lines
@@ -20,8 +20,9 @@ from env_sim.files import atomic_write_lines
 _COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
 
 
-def register_command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None],
-                     run: Callable[[argparse.Namespace], int]) -> None:
+def register_command(
+    name: str, help: str, configure: Callable[[argparse.ArgumentParser], None], run: Callable[[argparse.Namespace], int]
+) -> None:
     _COMMANDS[name] = (help, configure, run)
 
 
@@ -30,6 +31,7 @@ class InputError(ValueError):
 
 
 # --- verify -----------------------------------------------------------------------------------------
+
 
 def read_verify_input(path: Path) -> list[dict]:
     """Lines ``{"id", "predicted": [...], "ground_truth": [...]}``; blank lines are skipped."""
@@ -52,14 +54,18 @@ def read_verify_input(path: Path) -> list[dict]:
                 if isinstance(calls, str) and key == "ground_truth":
                     continue  # the reference accepts a JSON-encoded ground truth too
                 if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
-                    raise InputError(f"{path}:{lineno}: '{key}' must be a list of {{\"name\", \"arguments\"}} objects")
+                    raise InputError(f'{path}:{lineno}: \'{key}\' must be a list of {{"name", "arguments"}} objects')
             rows.append(row)
     return rows
 
 
 def _add_environment_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--environment", default=DEFAULT_ENVIRONMENT, choices=sorted(ENVIRONMENTS),
-                   help=f"which environment (default: {DEFAULT_ENVIRONMENT})")
+    p.add_argument(
+        "--environment",
+        default=DEFAULT_ENVIRONMENT,
+        choices=sorted(ENVIRONMENTS),
+        help=f"which environment (default: {DEFAULT_ENVIRONMENT})",
+    )
 
 
 def _configure_verify(p: argparse.ArgumentParser) -> None:
@@ -87,6 +93,7 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 
 # --- serve ------------------------------------------------------------------------------------------
+
 
 def _configure_serve(p: argparse.ArgumentParser) -> None:
     _add_environment_option(p)

@@ -5,11 +5,13 @@ the handful of things the generic code needs: the tool schemas, a fresh episode 
 state, and the reward. Everything else (databases, tools, data, task rows) stays inside the environment's folder.
 The generic code finds an environment by the name a dataset row carries in ``environment_name``.
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 # environment name -> module that defines ENVIRONMENT (imported on first use)
 ENVIRONMENTS = {"workplace_assistant": "env_sim.workplace_assistant"}

@@ -47,8 +47,12 @@ def unprocessable_body(body) -> str:
     if body is None:  # the agent posts no body at all
         detail = {"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}
     else:
-        detail = {"type": "model_attributes_type", "loc": ["body"],
-                  "msg": "Input should be a valid dictionary or object to extract fields from", "input": body}
+        detail = {
+            "type": "model_attributes_type",
+            "loc": ["body"],
+            "msg": "Input should be a valid dictionary or object to extract fields from",
+            "input": body,
+        }
     return json.dumps({"detail": [detail]}, ensure_ascii=False, separators=(",", ":"))
 
 

@@ -81,7 +81,7 @@ def aggregate(verify_responses: list) -> dict:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "EnvServer"
+    server: EnvServer
     protocol_version = "HTTP/1.1"
 
     def log_message(self, fmt, *args):  # quiet by default; --verbose turns logging on
@@ -118,8 +118,13 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             return json.loads(raw), None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            detail = {"type": "json_invalid", "loc": ["body", getattr(e, "pos", 0)], "msg": "JSON decode error",
-                      "input": {}, "ctx": {"error": getattr(e, "msg", str(e))}}
+            detail = {
+                "type": "json_invalid",
+                "loc": ["body", getattr(e, "pos", 0)],
+                "msg": "JSON decode error",
+                "input": {},
+                "ctx": {"error": getattr(e, "msg", str(e))},
+            }
             return None, json.dumps({"detail": [detail]}, separators=(",", ":"))
 
     # --- routes -----------------------------------------------------------------------------------
@@ -163,9 +168,16 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(422, unprocessable_body(body), new_cookie)
         missing = [k for k in ("response", "ground_truth") if k not in body]
         if missing or not isinstance(body["response"], dict):
-            detail = [{"type": "missing", "loc": ["body", k], "msg": "Field required", "input": body}
-                      for k in missing] or [{"type": "model_type", "loc": ["body", "response"],
-                                             "msg": "Input should be an object", "input": body["response"]}]
+            detail = [
+                {"type": "missing", "loc": ["body", k], "msg": "Field required", "input": body} for k in missing
+            ] or [
+                {
+                    "type": "model_type",
+                    "loc": ["body", "response"],
+                    "msg": "Input should be an object",
+                    "input": body["response"],
+                }
+            ]
             return self._json(422, {"detail": detail}, new_cookie)
         try:
             reply = verify_body(self.server.env, body)
@@ -184,15 +196,17 @@ class EnvServer(ThreadingHTTPServer):
         self.verbose = verbose
 
 
-def make_server(env: str | Environment | None = None, host: str = "127.0.0.1", port: int = 0,
-                verbose: bool = False) -> EnvServer:
+def make_server(
+    env: str | Environment | None = None, host: str = "127.0.0.1", port: int = 0, verbose: bool = False
+) -> EnvServer:
     """A ready server for ``env`` (an Environment or its name; None: the default environment); port 0 picks a
     free port (``server.server_address[1]``); call serve_forever()."""
     return EnvServer(get_environment(env), (host, port), verbose=verbose)
 
 
-def serve(env: str | Environment | None = None, host: str = "127.0.0.1", port: int = 8000,
-          verbose: bool = False) -> None:
+def serve(
+    env: str | Environment | None = None, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False
+) -> None:
     server = make_server(env, host, port, verbose)
     print(f"env_sim server ({server.env.name}) listening on http://{host}:{server.server_address[1]}", flush=True)
     try:

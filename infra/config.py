@@ -2,12 +2,13 @@
 
 Only omegaconf is imported: this runs on login nodes at submit time.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -58,8 +59,9 @@ def _merge(cfg: DictConfig, layers: list[tuple[str, DictConfig]]) -> DictConfig:
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except ConfigKeyError as err:
-            raise ConfigError(f"{source}: {err.full_key} is not in the config schema (infra/schema.py; base.yaml "
-                              f"lists every key)") from None
+            raise ConfigError(
+                f"{source}: {err.full_key} is not in the config schema (infra/schema.py; base.yaml lists every key)"
+            ) from None
         except OmegaConfBaseException as err:  # ValidationError (a wrong type) and the like
             reason = str(getattr(err, "msg", None) or err).splitlines()[0]
             raise ConfigError(f"{source}: {getattr(err, 'full_key', '')}: {reason}") from None
@@ -100,8 +102,9 @@ def load_config(name_or_path: str | Path = "tiny_cpu", overrides: Iterable[str] 
     cfg = _merge(cfg, layers)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        raise ConfigError(f"{name_or_path}: no value for {', '.join(missing)} (set it; base.yaml gives every key "
-                          f"its default)")
+        raise ConfigError(
+            f"{name_or_path}: no value for {', '.join(missing)} (set it; base.yaml gives every key its default)"
+        )
     return cfg
 
 

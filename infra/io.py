@@ -7,6 +7,7 @@ never see a half-written file: everything is written to a temporary name in the 
 less the umask), so that other users of a shared filesystem (a job's other nodes, a colleague reading the run)
 can read the result. Only the standard library is imported.
 """
+
 from __future__ import annotations
 
 import json

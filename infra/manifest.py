@@ -11,6 +11,7 @@ Typical use inside a stage::
     manifest.write_manifest(cfg, "prepare", inputs=[train_in, val_in], outputs=[out1, out2], timer=timer,
                             extra={"dropped_rows": 0})
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -19,8 +20,9 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -112,12 +114,22 @@ class StageTimer:
     def as_dict(self) -> dict[str, Any]:
         finished = time.time()
         iso = lambda t: _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="seconds")  # noqa: E731
-        return {"started": iso(self.started), "finished": iso(finished),
-                "seconds": round(finished - self.started, 3), "phases": dict(self.phases)}
+        return {
+            "started": iso(self.started),
+            "finished": iso(finished),
+            "seconds": round(finished - self.started, 3),
+            "phases": dict(self.phases),
+        }
 
 
-def write_manifest(cfg: DictConfig, stage: str, inputs: Iterable[str | Path] = (), outputs: Iterable[str | Path] = (),
-                   timer: StageTimer | None = None, extra: Mapping[str, Any] | None = None) -> Path:
+def write_manifest(
+    cfg: DictConfig,
+    stage: str,
+    inputs: Iterable[str | Path] = (),
+    outputs: Iterable[str | Path] = (),
+    timer: StageTimer | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
     """Record a finished stage. Call it last: its presence means the outputs are complete."""
     out_dir = stage_dir(cfg, stage)
     record = {

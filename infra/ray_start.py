@@ -8,6 +8,7 @@ the failed attempt had started (its daemons hold ports and CPU). What counts as 
 up and how long to pause differ, and the callers say so; the number of attempts and the loop are here.
 Only the standard library is imported (jobs.ray_cluster is imported on login nodes).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ T = TypeVar("T")
 
 # attempts in all, for both paths; SLURM_GRPO_RAY_START_ATTEMPTS overrides it (read at each start)
 DEFAULT_ATTEMPTS = 3
-STARTUP_TIMEOUT_TEXT = "timed out during startup"   # Ray's message when its raylet did not register in time
+STARTUP_TIMEOUT_TEXT = "timed out during startup"  # Ray's message when its raylet did not register in time
 
 
 class RayStartError(RuntimeError):
@@ -35,9 +36,16 @@ def is_startup_timeout(err: BaseException) -> bool:
     return STARTUP_TIMEOUT_TEXT in str(err)
 
 
-def start_with_retries(attempt: Callable[[], T], what: str, *, retryable: Callable[[Exception], bool],
-                       clean_up: Callable[[], None] = lambda: None, pause_s: float = 0.0,
-                       log: Callable[[str], None] = print, attempts: int | None = None) -> T:
+def start_with_retries(
+    attempt: Callable[[], T],
+    what: str,
+    *,
+    retryable: Callable[[Exception], bool],
+    clean_up: Callable[[], None] = lambda: None,
+    pause_s: float = 0.0,
+    log: Callable[[str], None] = print,
+    attempts: int | None = None,
+) -> T:
     """Return `attempt()`'s result; when it raises an error `retryable` accepts, `clean_up()` what it left and
     try again, up to `attempts` (default `start_attempts()`) in all. Other errors propagate at once; after the
     last attempt a RayStartError says how many were made, with the last error as its cause."""

@@ -8,13 +8,13 @@ here. `Dict[str, Any]` marks the free-form maps (anything may be added under the
 
 Only the standard library and omegaconf are imported: this runs on login nodes at submit time.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import Any
 
 from omegaconf import MISSING
-
 
 
 def _section(cls):
@@ -27,16 +27,16 @@ class RunConfig:
     name: str = MISSING
     root: str = MISSING
     seed: int = MISSING
-    demo_budget_minutes: Optional[float] = MISSING
+    demo_budget_minutes: float | None = MISSING
 
 
 @dataclass
 class LocalDataConfig:
     generator_rows: int = MISSING
     workbench: bool = MISSING
-    difficulties: Optional[List[str]] = MISSING
+    difficulties: list[str] | None = MISSING
     seed: int = MISSING
-    jsonl: Optional[str] = MISSING
+    jsonl: str | None = MISSING
 
 
 @dataclass
@@ -53,7 +53,7 @@ class DataConfig:
 @dataclass
 class PrepareConfig:
     drop_bad_rows: bool = MISSING
-    agent_ref: Dict[str, Any] = MISSING      # copied as is into every prepared row
+    agent_ref: dict[str, Any] = MISSING  # copied as is into every prepared row
 
 
 @dataclass
@@ -61,13 +61,13 @@ class EnvConfig:
     name: str = MISSING
     max_steps: int = MISSING
     tool_format: str = MISSING
-    compact_tools: Union[bool, str] = MISSING   # false | true | signatures
+    compact_tools: bool | str = MISSING  # false | true | signatures
     tool_scope: str = MISSING
 
 
 @dataclass
 class SanityConfig:
-    checks: List[str] = MISSING
+    checks: list[str] = MISSING
     num_rollouts: int = MISSING
 
 
@@ -83,14 +83,14 @@ class SftConfig:
     enabled: bool = MISSING
     num_epochs: int = MISSING
     short_context_epochs: int = MISSING
-    copy_check: Optional[CopyCheckConfig] = MISSING
+    copy_check: CopyCheckConfig | None = MISSING
     train_global_batch_size: int = MISSING
     train_micro_batch_size: int = MISSING
     lr: float = MISSING
     min_lr: float = MISSING
     lr_warmup_iters: int = MISSING
-    max_num_steps: Optional[int] = MISSING
-    save_period: Optional[int] = MISSING
+    max_num_steps: int | None = MISSING
+    save_period: int | None = MISSING
 
 
 @dataclass
@@ -103,19 +103,19 @@ class GrpoConfig:
     num_prompts_per_step: int = MISSING
     num_generations_per_prompt: int = MISSING
     max_rollout_turns: int = MISSING
-    max_num_epochs: Optional[int] = MISSING
-    max_num_steps: Optional[int] = MISSING
-    max_train_minutes: Optional[float] = MISSING
-    deadline: Optional[float] = MISSING
+    max_num_epochs: int | None = MISSING
+    max_num_steps: int | None = MISSING
+    max_train_minutes: float | None = MISSING
+    deadline: float | None = MISSING
     normalize_rewards: bool = MISSING
     use_leave_one_out_baseline: bool = MISSING
     skip_zero_advantage_rollouts: bool = MISSING
     prompt_selection: PromptSelectionConfig = _section(PromptSelectionConfig)
-    val_period: Optional[int] = MISSING
+    val_period: int | None = MISSING
     val_at_start: bool = MISSING
     val_at_end: bool = MISSING
-    max_val_samples: Optional[int] = MISSING
-    val_batch_size: Optional[int] = MISSING
+    max_val_samples: int | None = MISSING
+    val_batch_size: int | None = MISSING
     seed: int = MISSING
 
 
@@ -123,11 +123,11 @@ class GrpoConfig:
 class LossConfig:
     reference_policy_kl_penalty: float = MISSING
     reference_policy_kl_type: str = MISSING
-    kl_input_clamp_value: Optional[float] = MISSING
-    kl_output_clamp_value: Optional[float] = MISSING
+    kl_input_clamp_value: float | None = MISSING
+    kl_output_clamp_value: float | None = MISSING
     ratio_clip_min: float = MISSING
     ratio_clip_max: float = MISSING
-    ratio_clip_c: Optional[float] = MISSING
+    ratio_clip_c: float | None = MISSING
     token_level_loss: bool = MISSING
 
 
@@ -145,14 +145,14 @@ class OptimizerConfig:
     adam_beta1: float = MISSING
     adam_beta2: float = MISSING
     adam_eps: float = MISSING
-    clip_grad: Optional[float] = MISSING
+    clip_grad: float | None = MISSING
 
 
 @dataclass
 class SchedulerConfig:
     lr_decay_style: str = MISSING
     lr_warmup_iters: int = MISSING
-    lr_decay_iters: Optional[int] = MISSING
+    lr_decay_iters: int | None = MISSING
 
 
 @dataclass
@@ -163,8 +163,8 @@ class MegatronConfig:
     sequence_parallel: bool = MISSING
     activation_checkpointing: bool = MISSING
     attention_backend: str = MISSING
-    fused_ops: Optional[bool] = MISSING
-    overlap_grad_reduce: Optional[bool] = MISSING
+    fused_ops: bool | None = MISSING
+    overlap_grad_reduce: bool | None = MISSING
     grad_reduce_bucket_mb: float = MISSING
     optimizer: OptimizerConfig = _section(OptimizerConfig)
     scheduler: SchedulerConfig = _section(SchedulerConfig)
@@ -180,15 +180,15 @@ class VllmConfig:
     enable_sleep_mode: bool = MISSING
     max_num_seqs: int = MISSING
     kv_cache_space_gb: float = MISSING
-    cpu_reserved_cores: Optional[int] = MISSING
-    block_size: Optional[int] = MISSING
-    precision: Optional[str] = MISSING
+    cpu_reserved_cores: int | None = MISSING
+    block_size: int | None = MISSING
+    precision: str | None = MISSING
 
 
 @dataclass
 class ColocatedResourcesConfig:
-    gpus_per_node: Optional[int] = MISSING
-    num_nodes: Optional[int] = MISSING
+    gpus_per_node: int | None = MISSING
+    num_nodes: int | None = MISSING
 
 
 @dataclass
@@ -203,7 +203,7 @@ class GenerationConfig:
     max_new_tokens: int = MISSING
     temperature: float = MISSING
     top_p: float = MISSING
-    top_k: Optional[int] = MISSING
+    top_k: int | None = MISSING
     vllm_cfg: VllmConfig = _section(VllmConfig)
     colocated: ColocatedConfig = _section(ColocatedConfig)
 
@@ -212,16 +212,16 @@ class GenerationConfig:
 class PolicyConfig:
     model_name: str = MISSING
     tokenizer: TokenizerConfig = _section(TokenizerConfig)
-    tiny: Dict[str, Any] = MISSING          # tiny-qwen3 sizes, checked by trainer.models.tiny.tiny_settings
+    tiny: dict[str, Any] = MISSING  # tiny-qwen3 sizes, checked by trainer.models.tiny.tiny_settings
     train_global_batch_size: int = MISSING
     train_micro_batch_size: int = MISSING
-    logprob_batch_size: Optional[int] = MISSING
+    logprob_batch_size: int | None = MISSING
     logits_only_where_loss: bool = MISSING
     pack_shared_prefixes: bool = MISSING
     pack_min_shared_tokens: int = MISSING
     max_total_sequence_length: int = MISSING
     precision: str = MISSING
-    max_grad_norm: Optional[float] = MISSING
+    max_grad_norm: float | None = MISSING
     offload_optimizer_for_generation: bool = MISSING
     megatron_cfg: MegatronConfig = _section(MegatronConfig)
     generation: GenerationConfig = _section(GenerationConfig)
@@ -231,17 +231,17 @@ class PolicyConfig:
 class CheckpointingConfig:
     enabled: bool = MISSING
     checkpoint_dir: str = MISSING
-    metric_name: Optional[str] = MISSING
+    metric_name: str | None = MISSING
     higher_is_better: bool = MISSING
-    keep_top_k: Optional[int] = MISSING
-    save_period: Optional[int] = MISSING
-    resume_from: Optional[str] = MISSING
+    keep_top_k: int | None = MISSING
+    save_period: int | None = MISSING
+    resume_from: str | None = MISSING
 
 
 @dataclass
 class WandbConfig:
-    project: Optional[str] = MISSING
-    name: Optional[str] = MISSING
+    project: str | None = MISSING
+    name: str | None = MISSING
 
 
 @dataclass
@@ -260,32 +260,33 @@ class ClusterConfig:
 
 @dataclass
 class EvalConfig:
-    model: Optional[str] = MISSING
-    tasks: Optional[str] = MISSING
+    model: str | None = MISSING
+    tasks: str | None = MISSING
     num_generations_per_prompt: int = MISSING
 
 
 @dataclass
 class SlurmConfig:
     use_cluster: bool = MISSING
-    partition: Optional[str] = MISSING
-    account: Optional[str] = MISSING
-    qos: Optional[str] = MISSING
+    partition: str | None = MISSING
+    account: str | None = MISSING
+    qos: str | None = MISSING
     time_min: int = MISSING
     cpus_per_task: int = MISSING
     mem_gb: float = MISSING
     gpus_per_node: int = MISSING
     signal_delay_s: int = MISSING
     max_num_timeout: int = MISSING
-    container_image: Optional[str] = MISSING
-    container_mounts: Any = MISSING            # a string or a list of mounts
-    setup: List[str] = MISSING
-    additional_parameters: Dict[str, Any] = MISSING   # extra sbatch options (name -> value)
+    container_image: str | None = MISSING
+    container_mounts: Any = MISSING  # a string or a list of mounts
+    setup: list[str] = MISSING
+    additional_parameters: dict[str, Any] = MISSING  # extra sbatch options (name -> value)
 
 
 @dataclass
 class Config:
     """The whole config tree, in base.yaml's order."""
+
     run: RunConfig = _section(RunConfig)
     data: DataConfig = _section(DataConfig)
     prepare: PrepareConfig = _section(PrepareConfig)

@@ -13,6 +13,7 @@ flag instead of stopping Python mid-step; the trainer checks it at step boundari
 
 Only the standard library is imported: cheap to import from any stage.
 """
+
 from __future__ import annotations
 
 import signal
@@ -75,6 +76,7 @@ def restore_handlers(previous: dict[int, object]) -> None:
 # job's Python: Ray's daemons and actors (policy workers, vLLM engines) would die of SIGUSR2's default action
 # before the trainer could save. Processes started with SIGUSR2 ignored pass that on to their children (an
 # ignored disposition survives fork and exec), so Ray started this way lets only the driver hear the warning.
+
 
 def ignore_preemption_signal() -> None:
     """`preexec_fn` for helper processes (e.g. `ray start`): ignore SIGUSR2 in them and their children."""

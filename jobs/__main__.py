@@ -11,23 +11,27 @@
 Trailing `key=value` arguments are config overrides (`+key=value` adds a key). Only submitit and omegaconf are
 imported here: this runs on login nodes.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 import time
 
+from infra.config import load_config
 from jobs import chain, slurm_state, status, sweep
 from jobs.stages import STAGE_ORDER, slurm_available
-from infra.config import load_config
 from trainer.checkpoint import list_checkpoints
 
 
 def _config(args: argparse.Namespace, extra: list[str] = (), nodes: int | None = None):
     cfg = load_config(args.config, list(args.overrides) + list(extra))
     if bool(cfg.slurm.use_cluster) and not slurm_available():
-        print("Slurm is not available here (no sbatch/sacct on PATH): running the chain with submitit's "
-              "LocalExecutor instead (slurm.use_cluster=false).", flush=True)
+        print(
+            "Slurm is not available here (no sbatch/sacct on PATH): running the chain with submitit's "
+            "LocalExecutor instead (slurm.use_cluster=false).",
+            flush=True,
+        )
         cfg.slurm.use_cluster = False
     return chain.resolve_config(cfg, nodes)
 
@@ -60,8 +64,7 @@ def follow(cfg, job_ids: list[str], poll_s: float = 5.0, quiet: bool = False) ->
 def cmd_submit(args: argparse.Namespace) -> int:
     cfg = _config(args, nodes=args.nodes)
     print(f"run {cfg.run.name}: chain up to {args.until} -> {cfg.run.root}", flush=True)
-    plans = chain.submit_chain(cfg, args.until, nodes=args.nodes or 1, always=args.force,
-                               targets=_targets(args.target))
+    plans = chain.submit_chain(cfg, args.until, nodes=args.nodes or 1, always=args.force, targets=_targets(args.target))
     ids = [p.job_id for p in plans if p.job_id]
     if args.wait and ids and bool(cfg.slurm.use_cluster):
         states = follow(cfg, ids)
@@ -79,11 +82,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
     cfg = _config(args, extra, nodes=args.nodes)
     steps = [step for step, _ in list_checkpoints(str(cfg.checkpointing.checkpoint_dir))]
     if not steps:
-        print(f"run {cfg.run.name}: no checkpoint in {cfg.checkpointing.checkpoint_dir}; training starts at step 0",
-              flush=True)
+        print(
+            f"run {cfg.run.name}: no checkpoint in {cfg.checkpointing.checkpoint_dir}; training starts at step 0",
+            flush=True,
+        )
     else:
-        print(f"run {cfg.run.name}: resuming training from the {args.from_ or 'latest'} checkpoint "
-              f"(on disk: {', '.join(f'step_{n}' for n in steps)})", flush=True)
+        print(
+            f"run {cfg.run.name}: resuming training from the {args.from_ or 'latest'} checkpoint "
+            f"(on disk: {', '.join(f'step_{n}' for n in steps)})",
+            flush=True,
+        )
     chain.submit_chain(cfg, args.until, nodes=args.nodes or 1, always=["train"], keep_before="train")
     return 0
 
@@ -113,10 +121,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_sweep_install(args: argparse.Namespace) -> int:
     if not slurm_available():
         raise SystemExit("sweeps need Slurm (sbatch/squeue): bring up the cluster with `make cluster-up`")
-    job_id = sweep.install(args.config, list(args.overrides), args.every_min, args.matrix,
-                           _targets(args.target).get("sanity"))
-    print(f"sweep installed: first tick is job {job_id}; then every {args.every_min} min "
-          f"(state in {sweep.sweep_root(args.config, list(args.overrides))}/sweep.json)")
+    job_id = sweep.install(
+        args.config, list(args.overrides), args.every_min, args.matrix, _targets(args.target).get("sanity")
+    )
+    print(
+        f"sweep installed: first tick is job {job_id}; then every {args.every_min} min "
+        f"(state in {sweep.sweep_root(args.config, list(args.overrides))}/sweep.json)"
+    )
     return 0
 
 
@@ -133,9 +144,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if bool(cfg.slurm.use_cluster):
         ok, why = demo.slurm_responding()
         if not ok:
-            print(f"demo: no usable Slurm cluster here ({why}). Running the same chain with submitit's "
-                  "LocalExecutor instead: the stages run one after another on this machine, "
-                  "without a queue, dependencies or requeue.", flush=True)
+            print(
+                f"demo: no usable Slurm cluster here ({why}). Running the same chain with submitit's "
+                "LocalExecutor instead: the stages run one after another on this machine, "
+                "without a queue, dependencies or requeue.",
+                flush=True,
+            )
             cfg.slurm.use_cluster = False
     cfg = chain.resolve_config(cfg, args.nodes)
     return demo.run_demo(cfg, nodes=args.nodes or 1, poll_s=args.poll_s)
@@ -154,10 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("submit", cmd_submit, "submit the chain up to a stage (skips up-to-date stages)")
     p.add_argument("--until", required=True, choices=STAGE_ORDER)
     p.add_argument("--nodes", type=int, default=None, help="nodes for the train stage (one task per node)")
-    p.add_argument("--force", action="append", default=[], choices=STAGE_ORDER,
-                   help="submit this stage even if up to date (repeatable)")
-    p.add_argument("--target", action="append", default=[], metavar="STAGE=module:function",
-                   help="run another function for a stage (tests, benchmarks)")
+    p.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        choices=STAGE_ORDER,
+        help="submit this stage even if up to date (repeatable)",
+    )
+    p.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="STAGE=module:function",
+        help="run another function for a stage (tests, benchmarks)",
+    )
     p.add_argument("--wait", action="store_true", help="follow the jobs until they end; exit 1 if one failed")
     p = command("resume", cmd_resume, "resubmit training from a checkpoint")
     p.add_argument("--from", dest="from_", default=None, help="latest (default), best or step_N")
@@ -170,8 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("sweep-install", cmd_sweep_install, "schedule sanity sweeps (self-resubmitting job)")
     p.add_argument("--every-min", type=int, default=1440)
     p.add_argument("--matrix", default=None, help="YAML list of override lists; one sanity run per entry")
-    p.add_argument("--target", action="append", default=[], metavar="sanity=module:function",
-                   help="run another function as the sanity stage (tests)")
+    p.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="sanity=module:function",
+        help="run another function as the sanity stage (tests)",
+    )
     command("sweep-remove", cmd_sweep_remove, "cancel the scheduled sanity sweep")
     p = command("demo", cmd_demo, "run the whole chain, follow it, print a summary")
     p.add_argument("--nodes", type=int, default=None, help="nodes of the train job (default: 1)")

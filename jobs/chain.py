@@ -7,20 +7,22 @@ submission with the same config is reused instead of submitted twice. Job ids ar
 
 With `slurm.use_cluster=false` the same jobs run one after another through submitit's LocalExecutor.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from jobs import slurm_state
-from jobs.stages import STAGE_ORDER, STAGES, log_folder, make_executor, make_job
 from infra import manifest
 from infra.io import atomic_write_json
+from jobs import slurm_state
+from jobs.stages import STAGE_ORDER, STAGES, log_folder, make_executor, make_job
 
 RECORD_NAME = "jobs.json"
 
@@ -28,7 +30,7 @@ RECORD_NAME = "jobs.json"
 @dataclass
 class StagePlan:
     stage: str
-    action: str              # submit | skip | reuse
+    action: str  # submit | skip | reuse
     reason: str
     job_id: str | None = None
     nodes: int = 1
@@ -65,6 +67,7 @@ def resolve_config(cfg: DictConfig, nodes: int | None = None) -> DictConfig:
 
 # --- jobs.json ----------------------------------------------------------------------------------------------------
 
+
 def record_path(cfg: DictConfig) -> Path:
     return Path(cfg.run.root).resolve() / RECORD_NAME
 
@@ -86,16 +89,24 @@ def save_record(cfg: DictConfig, record: dict[str, Any]) -> Path:
 
 # --- planning -------------------------------------------------------------------------------------------------
 
+
 def active_jobs(job_ids: Iterable[str]) -> dict[str, str]:
     """Job id -> state of the jobs still queued or running (squeue also lists jobs that ended minutes ago:
     a FAILED one must not be reused)."""
-    return {job_id: state for job_id, state in slurm_state.squeue_states(job_ids).items()
-            if slurm_state.is_active(state)}
+    return {
+        job_id: state for job_id, state in slurm_state.squeue_states(job_ids).items() if slurm_state.is_active(state)
+    }
 
 
-def plan_chain(cfg: DictConfig, until: str, nodes: int = 1, always: Iterable[str] = (),
-               targets: dict[str, str] | None = None, use_cluster: bool = True,
-               keep_before: str | None = None) -> list[StagePlan]:
+def plan_chain(
+    cfg: DictConfig,
+    until: str,
+    nodes: int = 1,
+    always: Iterable[str] = (),
+    targets: dict[str, str] | None = None,
+    use_cluster: bool = True,
+    keep_before: str | None = None,
+) -> list[StagePlan]:
     """What to do with each stage. `always`: stages to submit even if up to date (e.g. train on `resume`).
     `keep_before`: stages before this one are kept as they are on disk when their outputs are complete, even if
     the config changed (`resume` with more GRPO steps must not redo sanity and the warm start)."""
@@ -106,7 +117,7 @@ def plan_chain(cfg: DictConfig, until: str, nodes: int = 1, always: Iterable[str
     active = active_jobs(p.get("job_id") for p in previous.values()) if use_cluster else {}
     plans: list[StagePlan] = []
     submitted_upstream = False  # a fresh job earlier in the chain: everything after must run again
-    running_upstream = False    # an earlier stage's job is still queued/running: its outputs will change
+    running_upstream = False  # an earlier stage's job is still queued/running: its outputs will change
     for stage in chain_stages(cfg, until):
         spec = STAGES[stage]
         stage_nodes = nodes if spec.multi_node else 1
@@ -116,17 +127,24 @@ def plan_chain(cfg: DictConfig, until: str, nodes: int = 1, always: Iterable[str
         old_id = str(old.get("job_id") or "")
         if stage in always:
             plan.reason = "requested"
-        elif (not submitted_upstream and old_id in active and old.get("config_hash") == config_hash
-              and old.get("target") == plan.target and old.get("nodes", 1) == stage_nodes):
+        elif (
+            not submitted_upstream
+            and old_id in active
+            and old.get("config_hash") == config_hash
+            and old.get("target") == plan.target
+            and old.get("nodes", 1) == stage_nodes
+        ):
             plan.action, plan.reason, plan.job_id = "reuse", f"job {old_id} still {active[old_id].lower()}", old_id
             running_upstream = True
         elif submitted_upstream or running_upstream:
             plan.reason = "an earlier stage runs again"
         else:
             up_to_date, why = manifest.check_up_to_date(cfg, stage)
-            kept, _ = _complete_on_disk(cfg, stage) if (
-                not up_to_date and keep_before and stage in STAGE_ORDER[:STAGE_ORDER.index(keep_before)]) else (
-                False, "")
+            kept, _ = (
+                _complete_on_disk(cfg, stage)
+                if (not up_to_date and keep_before and stage in STAGE_ORDER[: STAGE_ORDER.index(keep_before)])
+                else (False, "")
+            )
             if up_to_date:
                 plan.action, plan.reason = "skip", "manifest matches the config"
             elif kept:
@@ -151,9 +169,16 @@ def _complete_on_disk(cfg: DictConfig, stage: str) -> tuple[bool, str]:
 
 # --- submission -----------------------------------------------------------------------------------------------
 
-def submit_chain(cfg: DictConfig, until: str, nodes: int = 1, always: Iterable[str] = (),
-                 targets: dict[str, str] | None = None, log: Callable[[str], None] = print,
-                 keep_before: str | None = None) -> list[StagePlan]:
+
+def submit_chain(
+    cfg: DictConfig,
+    until: str,
+    nodes: int = 1,
+    always: Iterable[str] = (),
+    targets: dict[str, str] | None = None,
+    log: Callable[[str], None] = print,
+    keep_before: str | None = None,
+) -> list[StagePlan]:
     """Submit what is missing of the chain up to `until`. Returns the plan with job ids filled in.
 
     `cfg` should come from `resolve_config`. `targets` maps a stage to 'module:function' to run instead of
@@ -161,17 +186,25 @@ def submit_chain(cfg: DictConfig, until: str, nodes: int = 1, always: Iterable[s
     use_cluster = bool(cfg.slurm.use_cluster)
     plans = plan_chain(cfg, until, nodes, always, targets, use_cluster, keep_before)
     record = load_record(cfg)
-    record.update({"run_name": cfg.run.name, "run_root": str(Path(cfg.run.root).resolve()),
-                   "executor": "slurm" if use_cluster else "local"})
+    record.update(
+        {
+            "run_name": cfg.run.name,
+            "run_root": str(Path(cfg.run.root).resolve()),
+            "executor": "slurm" if use_cluster else "local",
+        }
+    )
     if not use_cluster:
-        log("slurm.use_cluster=false: running the stages one after another with submitit's LocalExecutor "
-            "(no Slurm: no queue, no dependencies, no requeue)")
+        log(
+            "slurm.use_cluster=false: running the stages one after another with submitit's LocalExecutor "
+            "(no Slurm: no queue, no dependencies, no requeue)"
+        )
     previous_id: str | None = None
     for plan in plans:
         if plan.action == "skip":
             log(f"  {plan.stage:<8} skipped ({plan.reason})")
-            record["stages"].setdefault(plan.stage, {}).update({"action": "skip", "reason": plan.reason,
-                                                                "config_hash": plan.config_hash})
+            record["stages"].setdefault(plan.stage, {}).update(
+                {"action": "skip", "reason": plan.reason, "config_hash": plan.config_hash}
+            )
             continue
         if plan.action == "reuse":
             log(f"  {plan.stage:<8} reusing job {plan.job_id} ({plan.reason})")
@@ -181,9 +214,17 @@ def submit_chain(cfg: DictConfig, until: str, nodes: int = 1, always: Iterable[s
         executor = make_executor(cfg, plan.stage, nodes=plan.nodes, dependency=dependency)
         job = executor.submit(make_job(plan.stage, cfg, plan.target))
         plan.job_id = str(job.job_id)
-        entry = {"job_id": plan.job_id, "action": "submit", "reason": plan.reason, "config_hash": plan.config_hash,
-                 "nodes": plan.nodes, "target": plan.target, "dependency": dependency,
-                 "log_folder": str(log_folder(cfg, plan.stage)), "submitted_at": now_iso()}
+        entry = {
+            "job_id": plan.job_id,
+            "action": "submit",
+            "reason": plan.reason,
+            "config_hash": plan.config_hash,
+            "nodes": plan.nodes,
+            "target": plan.target,
+            "dependency": dependency,
+            "log_folder": str(log_folder(cfg, plan.stage)),
+            "submitted_at": now_iso(),
+        }
         record["stages"][plan.stage] = entry
         record.setdefault("history", []).append({"stage": plan.stage, **entry})
         save_record(cfg, record)

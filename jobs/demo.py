@@ -5,6 +5,7 @@ metrics as the jobs write them. The summary reads only artifacts on disk (metric
 eval/summary.json), so it is the same whether the chain ran on Slurm or through submitit's LocalExecutor
 (used when no Slurm cluster answers here). Only the standard library, submitit and omegaconf are imported.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,14 +13,16 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from omegaconf import DictConfig
 
 from infra.io import read_live_jsonl
 from jobs import chain, slurm_state, status
-from trainer.checkpoint import INFO_FILE, best_checkpoint as best_on_disk, read_training_info
+from trainer.checkpoint import INFO_FILE, read_training_info
+from trainer.checkpoint import best_checkpoint as best_on_disk
 
 HEARTBEAT_S = 60.0
 # What the demo leaves after the train loop's deadline: the eval job (~1-1.3 min on 2 cores) and the summary.
@@ -58,6 +61,7 @@ def demo_overrides(overrides: Iterable[str]) -> list[str]:
 
 # --- metrics -------------------------------------------------------------------------------------------------
 
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Rows of a metrics.jsonl; a torn last line (the job is writing) is skipped."""
     return read_live_jsonl(path)
@@ -68,10 +72,11 @@ def metrics_line(stage: str, row: dict[str, Any]) -> str:
     from trainer.metrics import format_console_line  # light: stdlib + infra.io
 
     if stage == "sft":
-        parts = [f"step {row.get('step')}"] + [f"{short}={row[key]:.4g}" for key, short in
-                                              (("sft:nll", "nll"), ("grad_norm", "gnorm"),
-                                               ("sft:copy_exact_prob", "copy check"))
-                                              if isinstance(row.get(key), (int, float))]
+        parts = [f"step {row.get('step')}"] + [
+            f"{short}={row[key]:.4g}"
+            for key, short in (("sft:nll", "nll"), ("grad_norm", "gnorm"), ("sft:copy_exact_prob", "copy check"))
+            if isinstance(row.get(key), (int, float))
+        ]
         return " | ".join(parts)
     return format_console_line(row.get("step", 0), row)
 
@@ -79,8 +84,13 @@ def metrics_line(stage: str, row: dict[str, Any]) -> str:
 class Progress:
     """Prints state changes of the chain's jobs and the metrics lines the sft/train stages append."""
 
-    def __init__(self, root: Path, stage_jobs: dict[str, str], out: Callable[[str], None] = print,
-                 heartbeat_s: float = HEARTBEAT_S):
+    def __init__(
+        self,
+        root: Path,
+        stage_jobs: dict[str, str],
+        out: Callable[[str], None] = print,
+        heartbeat_s: float = HEARTBEAT_S,
+    ):
         self.root, self.stage_jobs, self.out, self.heartbeat_s = root, dict(stage_jobs), out, heartbeat_s
         self.states: dict[str, str] = {}
         self.seen_lines = {stage: len(read_metrics(self.metrics_path(stage))) for stage in ("sft", "train")}
@@ -99,7 +109,7 @@ class Progress:
             rows = read_metrics(self.metrics_path(stage))
             if len(rows) < self.seen_lines[stage]:  # a resumed run dropped lines after its checkpoint
                 self.seen_lines[stage] = len(rows)
-            for row in rows[self.seen_lines[stage]:]:
+            for row in rows[self.seen_lines[stage] :]:
                 self._say(f"{stage:<8} {metrics_line(stage, row)}")
             self.seen_lines[stage] = len(rows)
 
@@ -125,13 +135,13 @@ class Progress:
         while True:
             states = self.poll_jobs()
             self.poll_metrics()
-            if states and all(slurm_state.is_final(s) for s in states.values()) and \
-                    len(states) == len(self.stage_jobs):
+            if states and all(slurm_state.is_final(s) for s in states.values()) and len(states) == len(self.stage_jobs):
                 return states
             time.sleep(poll_s)
 
 
 # --- summary -------------------------------------------------------------------------------------------------
+
 
 def _manifest_extra(root: Path, stage: str) -> dict[str, Any]:
     path = root / stage / "manifest.json"
@@ -170,12 +180,15 @@ def summary_lines(root: Path, stages: Iterable[str], job_rows: list[status.Stage
         row = rows.get(stage)
         seconds = _manifest_seconds(root, stage)
         wall = row.elapsed if row and row.elapsed else (f"{seconds:.0f}s" if seconds is not None else "-")
-        state = (row.state if row and row.state else ("done" if seconds is not None else "-"))
+        state = row.state if row and row.state else ("done" if seconds is not None else "-")
         lines.append(f"{stage:<8} {(row.job_id if row else '') or '-':<6} {state:<11} {wall:>8}")
 
     metrics = read_metrics(root / "train" / "metrics.jsonl")
-    vals = [(r["step"], r["val:accuracy"], r.get("val:num_samples")) for r in metrics
-            if isinstance(r.get("val:accuracy"), (int, float))]
+    vals = [
+        (r["step"], r["val:accuracy"], r.get("val:num_samples"))
+        for r in metrics
+        if isinstance(r.get("val:accuracy"), (int, float))
+    ]
     lines.append("")
     if vals:
         warm = next((v for v in vals if v[0] == 0), None)
@@ -183,28 +196,39 @@ def summary_lines(root: Path, stages: Iterable[str], job_rows: list[status.Stage
         final = vals[-1]
         n = final[2] or "?"
         warm_text = f"{warm[1]:.3f} (step 0)" if warm else "- (no step 0 validation)"
-        lines.append(f"val:accuracy   warm start {warm_text}   best {best[1]:.3f} (step {best[0]})   "
-                     f"final {final[1]:.3f} (step {final[0]})   on {n} held-out tasks")
+        lines.append(
+            f"val:accuracy   warm start {warm_text}   best {best[1]:.3f} (step {best[0]})   "
+            f"final {final[1]:.3f} (step {final[0]})   on {n} held-out tasks"
+        )
         if warm:
             lines.append(f"               best - warm start = {best[1] - warm[1]:+.3f}")
     else:
         lines.append(f"val:accuracy   - (no validation rows in {root / 'train' / 'metrics.jsonl'})")
-    speeds = [r["performance:samples_per_sec"] for r in metrics
-              if isinstance(r.get("performance:samples_per_sec"), (int, float))]
+    speeds = [
+        r["performance:samples_per_sec"]
+        for r in metrics
+        if isinstance(r.get("performance:samples_per_sec"), (int, float))
+    ]
     if speeds:
         lines.append(f"samples/s      {sum(speeds) / len(speeds):.3f} mean over {len(speeds)} GRPO steps")
     sft = _manifest_extra(root, "sft")
     if sft.get("first_nll") is not None:
-        epochs = (f", the first {sft['short_context_epochs']} epochs with the short context"
-                  if sft.get("short_context_epochs") else "")
-        lines.append(f"sft nll        {sft['first_nll']:.3f} -> {sft['final_nll']:.3f} over {sft.get('steps')} steps"
-                     + epochs)
+        epochs = (
+            f", the first {sft['short_context_epochs']} epochs with the short context"
+            if sft.get("short_context_epochs")
+            else ""
+        )
+        lines.append(
+            f"sft nll        {sft['first_nll']:.3f} -> {sft['final_nll']:.3f} over {sft.get('steps')} steps" + epochs
+        )
 
     summary_path = root / "eval" / "summary.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        lines.append(f"eval accuracy  {summary['accuracy']:.3f} over {summary['num_episodes']} episodes "
-                     f"({summary.get('model_kind', '?')}: {summary.get('model', '?')})")
+        lines.append(
+            f"eval accuracy  {summary['accuracy']:.3f} over {summary['num_episodes']} episodes "
+            f"({summary.get('model_kind', '?')}: {summary.get('model', '?')})"
+        )
         for cat, entry in summary.get("per_category", {}).items():
             lines.append(f"  {cat:<50} {entry['accuracy']:.3f}  ({entry['episodes']})")
     else:
@@ -212,9 +236,13 @@ def summary_lines(root: Path, stages: Iterable[str], job_rows: list[status.Stage
 
     best_path, best_value = best_checkpoint(root)
     lines.append("")
-    where = [("plot", root / "train" / "reward_accuracy.png"), ("metrics", root / "train" / "metrics.jsonl"),
-             ("best checkpoint", best_path), ("HF model", root / "train" / "hf_model"),
-             ("eval summary", summary_path)]
+    where = [
+        ("plot", root / "train" / "reward_accuracy.png"),
+        ("metrics", root / "train" / "metrics.jsonl"),
+        ("best checkpoint", best_path),
+        ("HF model", root / "train" / "hf_model"),
+        ("eval summary", summary_path),
+    ]
     for name, path in where:
         text = str(path) if path is not None and path.exists() else f"(missing{': ' + str(path) if path else ''})"
         if name == "best checkpoint" and best_value is not None:
@@ -225,6 +253,7 @@ def summary_lines(root: Path, stages: Iterable[str], job_rows: list[status.Stage
 
 # --- the command ---------------------------------------------------------------------------------------------
 
+
 def run_demo(cfg: DictConfig, nodes: int = 1, out: Callable[[str], None] = print, poll_s: float = 5.0) -> int:
     """Submit the chain up to eval, follow it, print the summary. 0 when every stage completed.
 
@@ -234,14 +263,18 @@ def run_demo(cfg: DictConfig, nodes: int = 1, out: Callable[[str], None] = print
     root = Path(cfg.run.root)
     stages = chain.chain_stages(cfg, "eval")
     use_cluster = bool(cfg.slurm.use_cluster)
-    out(f"demo: run {cfg.run.name} on {'the Slurm cluster' if use_cluster else 'this machine (LocalExecutor)'}: "
-        f"{' -> '.join(stages)}; artifacts in {root}")
+    out(
+        f"demo: run {cfg.run.name} on {'the Slurm cluster' if use_cluster else 'this machine (LocalExecutor)'}: "
+        f"{' -> '.join(stages)}; artifacts in {root}"
+    )
     started = time.time()
     budget_minutes = cfg.run.demo_budget_minutes
     if budget_minutes and cfg.grpo.deadline is None and "train" in stages:
         cfg.grpo.deadline = started + float(budget_minutes) * 60 - EVAL_RESERVE_S
-        out(f"demo: {budget_minutes:g}-minute budget: the train loop ends by "
-            f"{time.strftime('%H:%M:%S', time.localtime(cfg.grpo.deadline))} at the latest (grpo.deadline)")
+        out(
+            f"demo: {budget_minutes:g}-minute budget: the train loop ends by "
+            f"{time.strftime('%H:%M:%S', time.localtime(cfg.grpo.deadline))} at the latest (grpo.deadline)"
+        )
     ok = True
     if use_cluster:
         plans = chain.submit_chain(cfg, "eval", nodes=nodes, log=out)
@@ -257,6 +290,7 @@ def run_demo(cfg: DictConfig, nodes: int = 1, out: Callable[[str], None] = print
         def echo_metrics() -> None:
             while not stop.wait(poll_s):
                 progress.poll_metrics()
+
         watcher = threading.Thread(target=echo_metrics, daemon=True)
         watcher.start()
         try:

@@ -11,6 +11,7 @@ Rendezvous and logs live in the job's submitit folder (shared filesystem):
 The same code runs on the local cluster (all "nodes" on one host, hence distinct ports per rank) and on a real
 cluster. Nothing heavy is imported at module level; `ray` is imported only on the head, inside the job.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from infra.io import atomic_write_json
 from infra.ray_start import RayStartError, start_with_retries
@@ -36,7 +38,7 @@ HEAD_FILE = "head.json"
 ENDED_FILE = "ENDED"
 JOIN_TIMEOUT_S = float(os.environ.get("SLURM_GRPO_RAY_JOIN_TIMEOUT_S", "300"))
 START_TIMEOUT_S = 240.0
-STARTED_MARK = "Ray runtime started"   # what `ray start` prints once its node is registered
+STARTED_MARK = "Ray runtime started"  # what `ray start` prints once its node is registered
 
 
 @dataclass(frozen=True)
@@ -55,18 +57,23 @@ class NodePorts:
     max_worker: int
 
     @classmethod
-    def for_rank(cls, job_id: str, rank: int) -> "NodePorts":
+    def for_rank(cls, job_id: str, rank: int) -> NodePorts:
         # one block of 1000 ports per job (40 blocks rotate by job id), 100 per rank
         digits = "".join(ch for ch in str(job_id) if ch.isdigit()) or "0"
         base = 20000 + (int(digits) % 40) * 1000 + (rank % 10) * 100
         return cls(base, base + 1, base + 2, base + 3, base + 4, base + 5, base + 6, base + 7, base + 20, base + 99)
 
     def args(self) -> list[str]:
-        return [f"--node-manager-port={self.node_manager}", f"--object-manager-port={self.object_manager}",
-                f"--dashboard-agent-listen-port={self.dashboard_agent_listen}",
-                f"--dashboard-agent-grpc-port={self.dashboard_agent_grpc}",
-                f"--metrics-export-port={self.metrics_export}", f"--runtime-env-agent-port={self.runtime_env_agent}",
-                f"--min-worker-port={self.min_worker}", f"--max-worker-port={self.max_worker}"]
+        return [
+            f"--node-manager-port={self.node_manager}",
+            f"--object-manager-port={self.object_manager}",
+            f"--dashboard-agent-listen-port={self.dashboard_agent_listen}",
+            f"--dashboard-agent-grpc-port={self.dashboard_agent_grpc}",
+            f"--metrics-export-port={self.metrics_export}",
+            f"--runtime-env-agent-port={self.runtime_env_agent}",
+            f"--min-worker-port={self.min_worker}",
+            f"--max-worker-port={self.max_worker}",
+        ]
 
 
 @dataclass(frozen=True)
@@ -82,15 +89,21 @@ class TaskInfo:
     folder: Path
 
     @classmethod
-    def from_environment(cls) -> "TaskInfo":
+    def from_environment(cls) -> TaskInfo:
         import submitit
 
         env = submitit.JobEnvironment()
         hostnames = list(env.hostnames) or [env.hostname]
         node_name = os.environ.get("SLURMD_NODENAME") or hostnames[min(env.node, len(hostnames) - 1)]
-        return cls(job_id=str(env.job_id), rank=env.global_rank, num_nodes=env.num_tasks,
-                   node_name=node_name, head_node_name=hostnames[0],
-                   restart=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0), folder=Path(env.paths.folder))
+        return cls(
+            job_id=str(env.job_id),
+            rank=env.global_rank,
+            num_nodes=env.num_tasks,
+            node_name=node_name,
+            head_node_name=hostnames[0],
+            restart=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+            folder=Path(env.paths.folder),
+        )
 
     @property
     def rendezvous(self) -> Path:
@@ -176,8 +189,9 @@ def _kill_group(process: subprocess.Popen) -> None:
     process.wait(10)
 
 
-def _start_node(cmd: list[str], log: Path, env: dict[str, str], what: str,
-                give_up: Callable[[], bool] = lambda: False) -> subprocess.Popen:
+def _start_node(
+    cmd: list[str], log: Path, env: dict[str, str], what: str, give_up: Callable[[], bool] = lambda: False
+) -> subprocess.Popen:
     """Run `ray start ... --block` and return once it says its node is up. Ray's processes ignore SIGUSR2: Slurm
     sends the time-limit warning to every process of the job, and only the driver should act on it.
 
@@ -188,8 +202,14 @@ def _start_node(cmd: list[str], log: Path, env: dict[str, str], what: str,
     def attempt() -> subprocess.Popen:
         offset = log.stat().st_size if log.exists() else 0
         with log.open("ab") as out:
-            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                       preexec_fn=ignore_preemption_signal)
+            process = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=ignore_preemption_signal,
+            )
         deadline = time.time() + START_TIMEOUT_S
         while True:
             with log.open("rb") as handle:
@@ -205,8 +225,9 @@ def _start_node(cmd: list[str], log: Path, env: dict[str, str], what: str,
         raise RayStartError(f"exit {process.returncode}")
 
     try:
-        return start_with_retries(attempt, what, retryable=lambda err: isinstance(err, RayStartError), pause_s=2.0,
-                                  log=_log)
+        return start_with_retries(
+            attempt, what, retryable=lambda err: isinstance(err, RayStartError), pause_s=2.0, log=_log
+        )
     except RayStartError as err:
         raise RayStartError(f"{err}; {log}:\n{_tail(log)}") from err.__cause__
 
@@ -236,8 +257,9 @@ def _wait_for_nodes(address: str, expected: int, timeout: float, rendezvous: Pat
             if alive >= expected:
                 return
             time.sleep(0.5)
-        raise TimeoutError(f"only {alive} of {expected} Ray nodes joined within {timeout:.0f}s; "
-                           f"see {rendezvous}/worker-*.log")
+        raise TimeoutError(
+            f"only {alive} of {expected} Ray nodes joined within {timeout:.0f}s; see {rendezvous}/worker-*.log"
+        )
     finally:
         ray.shutdown()
 
@@ -248,9 +270,20 @@ def run_head(task: TaskInfo, driver: Callable[[], T], num_cpus: int | None, num_
     ip = socket.gethostbyname(task.head_node_name)
     ports = NodePorts.for_rank(task.job_id, task.rank)
     log = task.rendezvous / "head.log"
-    cmd = [_ray_cli(), "start", "--head", "--block", f"--node-ip-address={ip}", f"--port={ports.gcs}",
-           f"--ray-client-server-port={ports.client_server}", "--include-dashboard=false",
-           "--disable-usage-stats", f"--temp-dir={task.temp_dir}", *ports.args(), *_resources(num_cpus, num_gpus)]
+    cmd = [
+        _ray_cli(),
+        "start",
+        "--head",
+        "--block",
+        f"--node-ip-address={ip}",
+        f"--port={ports.gcs}",
+        f"--ray-client-server-port={ports.client_server}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={task.temp_dir}",
+        *ports.args(),
+        *_resources(num_cpus, num_gpus),
+    ]
     address = f"{ip}:{ports.gcs}"
     started = time.time()
     auth = auth_settings(task, create=True)
@@ -277,6 +310,7 @@ def run_head(task: TaskInfo, driver: Callable[[], T], num_cpus: int | None, num_
                 os.environ[key] = value
         try:
             import ray  # the driver may have left a connection open
+
             if ray.is_initialized():
                 ray.shutdown()
         except ImportError:
@@ -301,18 +335,30 @@ def run_worker(task: TaskInfo, num_cpus: int | None, num_gpus: int | None) -> No
     ip = socket.gethostbyname(task.node_name)
     ports = NodePorts.for_rank(task.job_id, task.rank)
     log = task.rendezvous / f"worker-{task.rank}.log"
-    cmd = [_ray_cli(), "start", f"--address={address}", "--block", f"--node-ip-address={ip}",
-           "--disable-usage-stats", f"--temp-dir={task.temp_dir}", *ports.args(), *_resources(num_cpus, num_gpus)]
+    cmd = [
+        _ray_cli(),
+        "start",
+        f"--address={address}",
+        "--block",
+        f"--node-ip-address={ip}",
+        "--disable-usage-stats",
+        f"--temp-dir={task.temp_dir}",
+        *ports.args(),
+        *_resources(num_cpus, num_gpus),
+    ]
     _log(f"rank {task.rank} on {task.node_name} joining {address}")
-    process = _start_node(cmd, log, _ray_env(auth_settings(task, create=False)), f"ray worker on rank {task.rank}",
-                          give_up=ended.exists)
+    process = _start_node(
+        cmd, log, _ray_env(auth_settings(task, create=False)), f"ray worker on rank {task.rank}", give_up=ended.exists
+    )
     try:
         while not ended.exists():
             if process.poll() is not None:
                 if ended.exists():
                     break
-                raise RuntimeError(f"ray worker on rank {task.rank} exited with {process.returncode} while the "
-                                   f"head was still running; {log}:\n{_tail(log)}")
+                raise RuntimeError(
+                    f"ray worker on rank {task.rank} exited with {process.returncode} while the "
+                    f"head was still running; {log}:\n{_tail(log)}"
+                )
             time.sleep(0.5)
     finally:
         _stop(process)

@@ -10,6 +10,7 @@ every 10 minutes per job and knows only State and NodeList, while status needs r
 
 Only the standard library is imported (login nodes).
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -18,13 +19,40 @@ from dataclasses import dataclass
 
 PENDING = "PENDING"
 # A job in one of these will not change any more (a requeued job shows REQUEUED/PENDING, not these).
-FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                          "DEADLINE", "PREEMPTED", "REVOKED"})
+FINAL_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "PREEMPTED",
+        "REVOKED",
+    }
+)
 FAILED_STATES = FINAL_STATES - {"COMPLETED"}
 # Queued, starting, running, ending or held: slurmctld still acts on the job.
-ACTIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "SUSPENDED",
-                           "STOPPED", "RESIZING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
-                           "SPECIAL_EXIT"})
+ACTIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "CONFIGURING",
+        "RUNNING",
+        "COMPLETING",
+        "STAGE_OUT",
+        "SIGNALING",
+        "SUSPENDED",
+        "STOPPED",
+        "RESIZING",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESV_DEL_HOLD",
+        "SPECIAL_EXIT",
+    }
+)
 NO_VALUE = ("None", "Unknown", "None assigned", "(null)")
 SACCT_FIELDS = ("JobIDRaw", "State", "ExitCode", "Reason", "Elapsed", "Submit", "Start", "End", "NodeList")
 
@@ -78,9 +106,16 @@ def parse_sacct(text: str) -> dict[str, SacctRecord]:
         values = {field: _value(text) for field, text in zip(SACCT_FIELDS, line.split("|"))}
         job_id = values.get("JobIDRaw", "")
         records[job_id] = SacctRecord(
-            job_id, normalise_state(values.get("State")), exit_code=values.get("ExitCode", ""),
-            reason=values.get("Reason", ""), elapsed=values.get("Elapsed", ""), submit=values.get("Submit", ""),
-            start=values.get("Start", ""), end=values.get("End", ""), node_list=values.get("NodeList", ""))
+            job_id,
+            normalise_state(values.get("State")),
+            exit_code=values.get("ExitCode", ""),
+            reason=values.get("Reason", ""),
+            elapsed=values.get("Elapsed", ""),
+            submit=values.get("Submit", ""),
+            start=values.get("Start", ""),
+            end=values.get("End", ""),
+            node_list=values.get("NodeList", ""),
+        )
     return records
 
 
@@ -89,8 +124,9 @@ def sacct_records(job_ids: Iterable[str]) -> dict[str, SacctRecord]:
     ids = [str(j) for j in job_ids if j]
     if not ids:
         return {}
-    out = subprocess.run(["sacct", "-X", "-P", "-n", "-j", ",".join(ids), "-o", ",".join(SACCT_FIELDS)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["sacct", "-X", "-P", "-n", "-j", ",".join(ids), "-o", ",".join(SACCT_FIELDS)], capture_output=True, text=True
+    )
     if out.returncode != 0:
         raise RuntimeError(f"sacct failed ({out.stderr.strip()}); is accounting (slurmdbd) running?")
     return parse_sacct(out.stdout)

@@ -8,6 +8,7 @@ only submitit and omegaconf.
     CheckpointableStageJob("train", cfg_yaml, ...)  -> same, and on SIGUSR2 (time limit / preemption) the stage
                                                        is asked to save (infra.signals), then the job requeues
 """
+
 from __future__ import annotations
 
 import _thread
@@ -18,9 +19,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import submitit
 from omegaconf import DictConfig, OmegaConf
@@ -33,8 +35,8 @@ STAGE_ORDER = ("data", "prepare", "sanity", "sft", "train", "eval")
 class StageSpec:
     name: str
     checkpointable: bool = False  # long trainers: save on SIGUSR2 and requeue
-    uses_ray: bool = False        # a Ray cluster over the job's nodes is started for it
-    multi_node: bool = False      # `--nodes N` applies to it
+    uses_ray: bool = False  # a Ray cluster over the job's nodes is started for it
+    multi_node: bool = False  # `--nodes N` applies to it
 
 
 STAGES: dict[str, StageSpec] = {
@@ -76,9 +78,11 @@ class StageJob:
         os.environ["SLURM_GRPO_STAGE_START"] = repr(time.time())  # for bench/chain_bench.py's breakdown
         cfg = self.config()
         function = resolve_target(self.target)
-        print(f"[{self.stage}] start {self.target} on {os.environ.get('SLURMD_NODENAME', os.uname().nodename)} "
-              f"job {os.environ.get('SLURM_JOB_ID', '-')} restart {os.environ.get('SLURM_RESTART_COUNT', '0')}",
-              flush=True)
+        print(
+            f"[{self.stage}] start {self.target} on {os.environ.get('SLURMD_NODENAME', os.uname().nodename)} "
+            f"job {os.environ.get('SLURM_JOB_ID', '-')} restart {os.environ.get('SLURM_RESTART_COUNT', '0')}",
+            flush=True,
+        )
         if self.use_ray:
             from jobs.ray_cluster import run_with_ray
 
@@ -99,8 +103,9 @@ class CheckpointableStageJob(StageJob, submitit.helpers.Checkpointable):
     A stage that does not poll the flag is requeued anyway after `grace_s`. On SIGTERM (`scancel`,
     `scontrol requeue`: SIGKILL follows after KillWait) the flag is raised too, so a trainer can save quickly."""
 
-    def __init__(self, stage: str, cfg_yaml: str, target: str | None = None, use_ray: bool = False,
-                 grace_s: float = 60.0) -> None:
+    def __init__(
+        self, stage: str, cfg_yaml: str, target: str | None = None, use_ray: bool = False, grace_s: float = 60.0
+    ) -> None:
         super().__init__(stage, cfg_yaml, target, use_ray)
         self.grace_s = grace_s
 
@@ -149,8 +154,11 @@ class CheckpointableStageJob(StageJob, submitit.helpers.Checkpointable):
         if "SIGUSR2" in received:
             print(f"[{self.stage}] stopped after {', '.join(sorted(received))}; requeueing", flush=True)
             requeue_now()
-        print(f"[{self.stage}] stopped on {', '.join(sorted(received))} before finishing; Slurm ends or requeues "
-              "this job", flush=True)
+        print(
+            f"[{self.stage}] stopped on {', '.join(sorted(received))} before finishing; Slurm ends or requeues "
+            "this job",
+            flush=True,
+        )
         sys.exit(1)  # SystemExit: submitit writes no result pickle, so a requeued run's result is the real one
 
 
@@ -165,6 +173,7 @@ def make_job(stage: str, cfg: DictConfig, target: str | None = None) -> StageJob
 
 # --- executor ----------------------------------------------------------------------------------------------------
 
+
 def slurm_available() -> bool:
     return shutil.which("sbatch") is not None and shutil.which("sacct") is not None
 
@@ -173,8 +182,9 @@ def log_folder(cfg: DictConfig, stage: str) -> Path:
     return Path(cfg.run.root).resolve() / "logs" / stage
 
 
-def slurm_parameters(cfg: DictConfig, stage: str, nodes: int = 1, dependency: str | None = None,
-                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def slurm_parameters(
+    cfg: DictConfig, stage: str, nodes: int = 1, dependency: str | None = None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """submitit `update_parameters` keywords for one stage, all from `cfg.slurm` (never hard-coded)."""
     s = cfg.slurm
     params: dict[str, Any] = {
@@ -195,7 +205,9 @@ def slurm_parameters(cfg: DictConfig, stage: str, nodes: int = 1, dependency: st
     if setup:
         params["slurm_setup"] = [str(line) for line in setup]
     additional = {"chdir": str(REPO_ROOT), "kill-on-invalid-dep": "yes"}
-    additional.update({str(k): v for k, v in (OmegaConf.to_container(s.additional_parameters, resolve=True) or {}).items()})
+    additional.update(
+        {str(k): v for k, v in (OmegaConf.to_container(s.additional_parameters, resolve=True) or {}).items()}
+    )
     if dependency:
         additional["dependency"] = dependency
     params["slurm_additional_parameters"] = additional
@@ -213,8 +225,9 @@ def slurm_parameters(cfg: DictConfig, stage: str, nodes: int = 1, dependency: st
     return params
 
 
-def make_executor(cfg: DictConfig, stage: str, nodes: int = 1, dependency: str | None = None,
-                  extra: dict[str, Any] | None = None) -> submitit.Executor:
+def make_executor(
+    cfg: DictConfig, stage: str, nodes: int = 1, dependency: str | None = None, extra: dict[str, Any] | None = None
+) -> submitit.Executor:
     """A Slurm executor for `stage` (folder `<run.root>/logs/<stage>/%j`), or submitit's LocalExecutor when
     `slurm.use_cluster` is false."""
     folder = log_folder(cfg, stage)
@@ -223,9 +236,12 @@ def make_executor(cfg: DictConfig, stage: str, nodes: int = 1, dependency: str |
         executor.update_parameters(timeout_min=int(cfg.slurm.time_min), tasks_per_node=1, nodes=1)
         return executor
     if not slurm_available():
-        raise RuntimeError("sbatch/sacct not found: bring up the local cluster (`make cluster-up`) or set "
-                           "slurm.use_cluster=false to run the stages with submitit's LocalExecutor")
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
-                                     slurm_max_num_timeout=int(cfg.slurm.max_num_timeout))
+        raise RuntimeError(
+            "sbatch/sacct not found: bring up the local cluster (`make cluster-up`) or set "
+            "slurm.use_cluster=false to run the stages with submitit's LocalExecutor"
+        )
+    executor = submitit.AutoExecutor(
+        folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=int(cfg.slurm.max_num_timeout)
+    )
     executor.update_parameters(**slurm_parameters(cfg, stage, nodes, dependency, extra))
     return executor

@@ -5,6 +5,7 @@ otherwise they are derived from the dependency recorded at submission (a job can
 parent failed is reported as DependencyNeverSatisfied, naming the parent and its state). Reading Slurm is
 jobs.slurm_state's.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,11 +14,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from infra import manifest
 from jobs import slurm_state
 from jobs.chain import load_record
 from jobs.slurm_state import FAILED_STATES, SacctRecord
 from jobs.stages import STAGE_ORDER, slurm_available
-from infra import manifest
 
 
 @dataclass
@@ -80,11 +81,14 @@ def collect_status(cfg: DictConfig) -> list[StageStatus]:
 
 def format_status(rows: list[StageStatus]) -> str:
     header = ("STAGE", "JOB", "STATE", "ELAPSED", "NODES", "REASON", "ARTIFACTS")
-    table = [header] + [(r.stage, r.job_id or "-", r.state or "-", r.elapsed or "-", r.nodes or "-",
-                         r.reason or "-", r.artifacts) for r in rows]
+    table = [header] + [
+        (r.stage, r.job_id or "-", r.state or "-", r.elapsed or "-", r.nodes or "-", r.reason or "-", r.artifacts)
+        for r in rows
+    ]
     widths = [max(len(str(line[i])) for line in table) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(line[:-1], widths)) + "  " + str(line[-1])
-                     for line in table)
+    return "\n".join(
+        "  ".join(str(cell).ljust(w) for cell, w in zip(line[:-1], widths)) + "  " + str(line[-1]) for line in table
+    )
 
 
 def log_files(cfg: DictConfig, stage: str | None = None) -> dict[str, list[Path]]:

@@ -8,6 +8,7 @@ failing sweep never breaks the schedule), then submits, for every config variant
 State: `<results>/<run.name>-sweep/sweep.json`; logs under `<results>/<run.name>-sweep/logs/`.
 A matrix file is YAML: a list of override lists, e.g. ``[[grpo.seed=1], [grpo.seed=2, env.max_steps=4]]``.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,11 @@ from typing import Any
 import submitit
 from omegaconf import OmegaConf
 
+from infra.config import load_config
+from infra.io import atomic_write_json
 from jobs import slurm_state
 from jobs.chain import now_iso, resolve_config, submit_chain
 from jobs.stages import make_job, slurm_parameters
-from infra.config import load_config
-from infra.io import atomic_write_json
 
 
 def sweep_root(config_name: str, overrides: list[str]) -> Path:
@@ -40,7 +41,9 @@ def read_matrix(path: str | None) -> list[list[str]]:
         return [[]]
     data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if not isinstance(data, list) or not all(isinstance(v, list) for v in data):
-        raise ValueError(f"{path}: a sweep matrix is a YAML list of override lists, e.g. [[grpo.seed=1], [grpo.seed=2]]")
+        raise ValueError(
+            f"{path}: a sweep matrix is a YAML list of override lists, e.g. [[grpo.seed=1], [grpo.seed=2]]"
+        )
     return [[str(item) for item in variant] for variant in data] or [[]]
 
 
@@ -68,8 +71,14 @@ def _tick_executor(config_name: str, overrides: list[str], begin: str | None) ->
 class SweepTick:
     """One scheduled sweep run (a submitit job)."""
 
-    def __init__(self, config_name: str, overrides: list[str], every_min: int, matrix: list[list[str]],
-                 sanity_target: str | None = None) -> None:
+    def __init__(
+        self,
+        config_name: str,
+        overrides: list[str],
+        every_min: int,
+        matrix: list[list[str]],
+        sanity_target: str | None = None,
+    ) -> None:
         self.config_name, self.overrides, self.every_min, self.matrix = config_name, list(overrides), every_min, matrix
         self.sanity_target = sanity_target  # another 'module:function' for the sanity stage (tests)
 
@@ -99,22 +108,36 @@ class SweepTick:
                 names.append(" ".join(variant) or "(base)")
             base = resolve_config(load_config(self.config_name, self.overrides))
             executor = submitit.AutoExecutor(folder=root / "logs" / "sanity" / "%j", cluster="slurm")
-            params = slurm_parameters(base, "sanity", dependency=("afterok:" + ":".join(prep_ids)) if prep_ids else None)
+            params = slurm_parameters(
+                base, "sanity", dependency=("afterok:" + ":".join(prep_ids)) if prep_ids else None
+            )
             params["name"] = f"{base.run.name}-sweep-sanity"
             executor.update_parameters(**params)
             array = executor.submit_array(sanity_jobs)
         array_id = array[0].job_id.split("_")[0] if array else ""
         state = _state(root)
-        state.setdefault("ticks", []).append({"at": now_iso(), "tick_job": os.environ.get("SLURM_JOB_ID", ""), "next_tick": next_id,
-                                              "sanity_array": array_id, "variants": names})
+        state.setdefault("ticks", []).append(
+            {
+                "at": now_iso(),
+                "tick_job": os.environ.get("SLURM_JOB_ID", ""),
+                "next_tick": next_id,
+                "sanity_array": array_id,
+                "variants": names,
+            }
+        )
         state["next_tick"] = next_id
         _save_state(root, state)
         print(f"[sweep] {len(sanity_jobs)} sanity run(s) as job array {array_id}", flush=True)
         return {"next_tick": next_id, "sanity_array": array_id, "variants": names}
 
 
-def install(config_name: str, overrides: list[str], every_min: int = 1440, matrix_file: str | None = None,
-            sanity_target: str | None = None) -> str:
+def install(
+    config_name: str,
+    overrides: list[str],
+    every_min: int = 1440,
+    matrix_file: str | None = None,
+    sanity_target: str | None = None,
+) -> str:
     """Start the sweep now (first tick runs at once); returns the tick job id."""
     if every_min < 1:
         raise ValueError(f"--every-min must be at least 1, got {every_min}")

@@ -8,6 +8,7 @@ Sources (`data.source`):
 
 Outputs in `<run.root>/data/`: train.jsonl, validation.jsonl, manifest.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,9 @@ import random
 import socket
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 from omegaconf import DictConfig
@@ -30,6 +32,7 @@ HUB_PROBE_TIMEOUT_S = 3.0
 
 
 # --- split -----------------------------------------------------------------------------------------------------
+
 
 def _largest_remainder(counts: dict[str, int], total: int, rng: random.Random) -> dict[str, int]:
     """Share `total` among classes in proportion to `counts`: floors first, then one more to the classes with
@@ -50,8 +53,9 @@ def _largest_remainder(counts: dict[str, int], total: int, rng: random.Random) -
     return shares
 
 
-def stratified_split(rows: Sequence[dict], key: str = "category", test_fraction: float = 0.1,
-                     seed: int = 42) -> tuple[list[dict], list[dict]]:
+def stratified_split(
+    rows: Sequence[dict], key: str = "category", test_fraction: float = 0.1, seed: int = 42
+) -> tuple[list[dict], list[dict]]:
     """(train, test) with `ceil(test_fraction * n)` test rows and each class split in proportion.
 
     Sizes match sklearn's `train_test_split(test_size=test_fraction, stratify=...)`: 1255 rows -> 1129 / 126.
@@ -75,13 +79,14 @@ def stratified_split(rows: Sequence[dict], key: str = "category", test_fraction:
     for label in sorted(by_class):
         indices = list(by_class[label])
         rng.shuffle(indices)
-        test_index.update(indices[train_counts[label]:])
+        test_index.update(indices[train_counts[label] :])
     train = [row for index, row in enumerate(rows) if index not in test_index]
     test = [row for index, row in enumerate(rows) if index in test_index]
     return train, test
 
 
 # --- sources ---------------------------------------------------------------------------------------------------
+
 
 def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
     """A TCP connect to the hub endpoint within `timeout` (DNS included: a stuck resolver must not hang a job)."""
@@ -136,6 +141,7 @@ def load_hub_rows(hf_name: str, split: str, offline: bool) -> list[dict]:
         datasets.config.HF_HUB_OFFLINE = True
         try:
             import huggingface_hub.constants as hub_constants
+
             hub_constants.HF_HUB_OFFLINE = True
         except ImportError:
             pass
@@ -154,20 +160,27 @@ def load_local_rows(cfg: DictConfig) -> tuple[list[dict], str, list[Path]]:
         try:
             from env_sim.workplace_assistant.tasks.generator import generate_rows
         except ImportError as err:
-            raise RuntimeError(f"data.source=local needs env_sim.workplace_assistant.tasks.generator ({err}); "
-                               "or set data.local.jsonl=<rows.jsonl>") from err
+            raise RuntimeError(
+                f"data.source=local needs env_sim.workplace_assistant.tasks.generator ({err}); "
+                "or set data.local.jsonl=<rows.jsonl>"
+            ) from err
         difficulties = list(local.difficulties) if local.difficulties else None
         rows.extend(generate_rows(int(local.generator_rows), int(local.seed), difficulties=difficulties))
-        parts.append(f"env_sim generator ({local.generator_rows} rows, seed {local.seed}"
-                     + (f", difficulties {difficulties})" if difficulties else ")"))
+        parts.append(
+            f"env_sim generator ({local.generator_rows} rows, seed {local.seed}"
+            + (f", difficulties {difficulties})" if difficulties else ")")
+        )
     if bool(local.workbench):
         from env_sim.workplace_assistant.tasks.workbench import convert_workbench
+
         converted = convert_workbench(start_id=len(rows))
         rows.extend(converted)
         parts.append(f"WorkBench ({len(converted)} rows)")
     if not rows:
-        raise ValueError("data.local produced no rows: set data.local.generator_rows > 0, "
-                         "data.local.workbench=true or data.local.jsonl=<file>")
+        raise ValueError(
+            "data.local produced no rows: set data.local.generator_rows > 0, "
+            "data.local.workbench=true or data.local.jsonl=<file>"
+        )
     return rows, " + ".join(parts), []
 
 
@@ -185,12 +198,16 @@ def load_rows(cfg: DictConfig) -> tuple[list[dict], str, list[Path]]:
     except Exception as err:  # noqa: BLE001 -- any hub/cache failure means: use the local source
         if source == "hub":
             raise RuntimeError(f"data.source=hub: could not load {cfg.data.hf_name}: {err}") from err
-        print(f"[data] hub dataset {cfg.data.hf_name} not reachable or cached ({type(err).__name__}); "
-              "using the local source", flush=True)
+        print(
+            f"[data] hub dataset {cfg.data.hf_name} not reachable or cached ({type(err).__name__}); "
+            "using the local source",
+            flush=True,
+        )
         return load_local_rows(cfg)
 
 
 # --- stage -----------------------------------------------------------------------------------------------------
+
 
 def category_table(train: list[dict], validation: list[dict], key: str) -> str:
     tc, vc = Counter(str(r[key]) for r in train), Counter(str(r[key]) for r in validation)
@@ -208,16 +225,30 @@ def run(cfg: DictConfig) -> Path:
     rows, source, inputs = load_rows(cfg)
     timer.phase("load")
     key = str(cfg.data.stratify_by)
-    train, validation = stratified_split(rows, key=key, test_fraction=float(cfg.data.validation_fraction),
-                                         seed=int(cfg.data.split_seed))
+    train, validation = stratified_split(
+        rows, key=key, test_fraction=float(cfg.data.validation_fraction), seed=int(cfg.data.split_seed)
+    )
     train_path = atomic_write_jsonl(out_dir / "train.jsonl", train)
     validation_path = atomic_write_jsonl(out_dir / "validation.jsonl", validation)
     timer.phase("split_and_write")
     print(f"[data] {len(rows)} rows from {source} -> {len(train)} train / {len(validation)} validation", flush=True)
     print(category_table(train, validation, key), flush=True)
-    counts = {"train": dict(Counter(str(r[key]) for r in train)),
-              "validation": dict(Counter(str(r[key]) for r in validation))}
-    manifest.write_manifest(cfg, "data", inputs=inputs, outputs=[train_path, validation_path], timer=timer,
-                            extra={"source": source, "rows": len(rows), "train_rows": len(train),
-                                   "validation_rows": len(validation), "per_category": counts})
+    counts = {
+        "train": dict(Counter(str(r[key]) for r in train)),
+        "validation": dict(Counter(str(r[key]) for r in validation)),
+    }
+    manifest.write_manifest(
+        cfg,
+        "data",
+        inputs=inputs,
+        outputs=[train_path, validation_path],
+        timer=timer,
+        extra={
+            "source": source,
+            "rows": len(rows),
+            "train_rows": len(train),
+            "validation_rows": len(validation),
+            "per_category": counts,
+        },
+    )
     return out_dir

@@ -11,6 +11,7 @@ summary.json (accuracy, per-category accuracy, counts, timings), manifest.json.
 
 Also a command: `python -m pipeline.eval --model DIR --tasks FILE [--config tiny_cpu] [overrides...]`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,24 +36,29 @@ def resolve_eval_model(cfg: DictConfig) -> tuple[Path, str]:
             return path, "hf"
         if (path / INFO_FILE).exists():
             return path, "checkpoint"
-        raise FileNotFoundError(f"eval.model={given}: neither a Hugging Face model dir (config.json) "
-                                f"nor a training checkpoint (training_info.json)")
+        raise FileNotFoundError(
+            f"eval.model={given}: neither a Hugging Face model dir (config.json) "
+            f"nor a training checkpoint (training_info.json)"
+        )
     trained = run_root(cfg) / "train" / "hf_model"
     if (trained / "config.json").exists():
         return trained, "hf"
-    best = best_checkpoint(cfg.checkpointing.checkpoint_dir, cfg.checkpointing.metric_name,
-                           bool(cfg.checkpointing.higher_is_better))
+    best = best_checkpoint(
+        cfg.checkpointing.checkpoint_dir, cfg.checkpointing.metric_name, bool(cfg.checkpointing.higher_is_better)
+    )
     if best is not None:
         return best, "checkpoint"
-    raise FileNotFoundError(f"eval.model is not set and this run has no trained model ({trained}) nor checkpoints "
-                            f"in {cfg.checkpointing.checkpoint_dir}")
+    raise FileNotFoundError(
+        f"eval.model is not set and this run has no trained model ({trained}) nor checkpoints "
+        f"in {cfg.checkpointing.checkpoint_dir}"
+    )
 
 
 def checkpoint_to_hf(cfg: DictConfig, checkpoint: Path, out_dir: Path) -> Path:
     """Load a `step_N/` checkpoint into policy workers and export it as an HF directory."""
-    from trainer.policy.worker import PolicyGroup
-    from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
     from trainer.components import initial_model_dir
+    from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+    from trainer.policy.worker import PolicyGroup
 
     base = initial_model_dir(cfg)
     policy = PolicyGroup(cfg, functools.partial(build_megatron_model, str(base)), export_hf_state_dict, 1)
@@ -68,11 +74,11 @@ def run(cfg: DictConfig) -> Path:
     from transformers import AutoTokenizer
 
     from infra import manifest
+    from infra.io import atomic_write_json, atomic_write_jsonl, read_jsonl
     from trainer.distributed import init_ray, ray_address
     from trainer.generation import make_generation
     from trainer.metrics import accuracy_summary
     from trainer.rollout import collect_rollouts
-    from infra.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 
     timer = manifest.StageTimer()
     out_dir = run_root(cfg) / "eval"
@@ -100,20 +106,45 @@ def run(cfg: DictConfig) -> Path:
     timer.phase("rollouts")
 
     results_path, summary_path = out_dir / "results.jsonl", out_dir / "summary.json"
-    atomic_write_jsonl(results_path, [{
-        "id": r.row_id, "category": r.category, "reward": r.reward, "turns": r.num_turns,
-        "truncated": r.truncated, "stop_reason": r.stop_reason, "function_calls": r.function_calls,
-        "diagnostics": r.verdict} for r in rollouts])
+    atomic_write_jsonl(
+        results_path,
+        [
+            {
+                "id": r.row_id,
+                "category": r.category,
+                "reward": r.reward,
+                "turns": r.num_turns,
+                "truncated": r.truncated,
+                "stop_reason": r.stop_reason,
+                "function_calls": r.function_calls,
+                "diagnostics": r.verdict,
+            }
+            for r in rollouts
+        ],
+    )
     summary = accuracy_summary(rollouts)  # the same accuracy as val:accuracy during training
-    summary.update({"model": str(model), "model_kind": kind, "tasks": str(tasks), "seconds": round(seconds, 2),
-                    "episodes_per_sec": round(len(rollouts) / max(seconds, 1e-9), 3),
-                    "generated_tokens": sum(r.num_generated_tokens for r in rollouts)})
+    summary.update(
+        {
+            "model": str(model),
+            "model_kind": kind,
+            "tasks": str(tasks),
+            "seconds": round(seconds, 2),
+            "episodes_per_sec": round(len(rollouts) / max(seconds, 1e-9), 3),
+            "generated_tokens": sum(r.num_generated_tokens for r in rollouts),
+        }
+    )
     atomic_write_json(summary_path, summary)
     print(f"[eval] accuracy {summary['accuracy']:.3f} over {summary['num_episodes']} episodes ({model})", flush=True)
     for cat, entry in summary["per_category"].items():
         print(f"[eval]   {cat:<52} {entry['accuracy']:.3f}  ({entry['episodes']})", flush=True)
-    manifest.write_manifest(cfg, "eval", inputs=[tasks], outputs=[results_path, summary_path], timer=timer,
-                            extra={"accuracy": summary["accuracy"], "model": str(model)})
+    manifest.write_manifest(
+        cfg,
+        "eval",
+        inputs=[tasks],
+        outputs=[results_path, summary_path],
+        timer=timer,
+        extra={"accuracy": summary["accuracy"], "model": str(model)},
+    )
     return out_dir
 
 

@@ -7,11 +7,13 @@ with `file:line: problem`; with `prepare.drop_bad_rows=true` bad rows are droppe
 Outputs in `<run.root>/prepare/`: train_prepare.jsonl, validation_prepare.jsonl, train_metrics.json,
 validation_metrics.json, manifest.json.
 """
+
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -55,8 +57,9 @@ def split_metrics(split: str, rows: list[dict], dropped: list[dict[str, Any]]) -
     }
 
 
-def prepare_file(source: Path, agent_ref: dict[str, Any], drop_bad_rows: bool,
-                 validate: Callable[[dict], list[str]]) -> tuple[list[dict], list[dict[str, Any]]]:
+def prepare_file(
+    source: Path, agent_ref: dict[str, Any], drop_bad_rows: bool, validate: Callable[[dict], list[str]]
+) -> tuple[list[dict], list[dict[str, Any]]]:
     """(prepared rows, dropped-row reports) for one JSONL file."""
     kept: list[dict] = []
     dropped: list[dict[str, Any]] = []
@@ -65,8 +68,9 @@ def prepare_file(source: Path, agent_ref: dict[str, Any], drop_bad_rows: bool,
         if problems:
             if not drop_bad_rows:
                 more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-                raise BadRowError(f"{source}:{line}: {problems[0]}{more}; "
-                                  "set prepare.drop_bad_rows=true to drop bad rows instead")
+                raise BadRowError(
+                    f"{source}:{line}: {problems[0]}{more}; set prepare.drop_bad_rows=true to drop bad rows instead"
+                )
             dropped.append({"line": line, "id": row.get("id"), "problems": problems})
             continue
         kept.append({**row, "agent_ref": dict(agent_ref)})

@@ -11,6 +11,7 @@ Checks (run in order; `sanity.checks` picks which):
 Writes `<run.root>/sanity/report.json` (pass/fail, seconds and details per check) and raises when a check
 failed, so that the chain's later stages are cancelled with the reason in the job log.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,9 @@ import random
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -64,13 +66,27 @@ class _Context:
     def trainer_cfg(self) -> DictConfig:
         """The run's config, shrunk to one tiny step whose artifacts stay under sanity/."""
         n = max(1, int(self.cfg.sanity.num_rollouts))
-        return OmegaConf.merge(self.cfg, OmegaConf.create({
-            "grpo": {"num_prompts_per_step": n, "num_generations_per_prompt": 2, "max_num_steps": 1,
-                     "val_at_start": False, "val_at_end": False, "val_period": 0},
-            "checkpointing": {"checkpoint_dir": str(self.out_dir / "checkpoints"), "keep_top_k": 1,
-                              "resume_from": None},
-            "logger": {"log_dir": str(self.out_dir), "wandb_enabled": False},
-        }))
+        return OmegaConf.merge(
+            self.cfg,
+            OmegaConf.create(
+                {
+                    "grpo": {
+                        "num_prompts_per_step": n,
+                        "num_generations_per_prompt": 2,
+                        "max_num_steps": 1,
+                        "val_at_start": False,
+                        "val_at_end": False,
+                        "val_period": 0,
+                    },
+                    "checkpointing": {
+                        "checkpoint_dir": str(self.out_dir / "checkpoints"),
+                        "keep_top_k": 1,
+                        "resume_from": None,
+                    },
+                    "logger": {"log_dir": str(self.out_dir), "wandb_enabled": False},
+                }
+            ),
+        )
 
     def build(self) -> Components:
         if self.components is None:
@@ -95,8 +111,11 @@ def check_data(ctx: _Context) -> dict:
     for split, rows in (("train", train), ("validation", ctx.val_rows)):
         missing = [r.get("id") for r in rows if "agent_ref" not in r]
         assert not missing, f"{split}: rows without agent_ref (prepare did not run?): ids {missing[:5]}"
-    return {"train_rows": len(train), "validation_rows": len(ctx.val_rows),
-            "categories": sorted({r["category"] for r in train})}
+    return {
+        "train_rows": len(train),
+        "validation_rows": len(ctx.val_rows),
+        "categories": sorted({r["category"] for r in train}),
+    }
 
 
 def check_environment(ctx: _Context) -> dict:
@@ -118,8 +137,8 @@ def check_tokenizer(ctx: _Context) -> dict:
 
     from env_sim.agent import Episode
     from env_sim.formats import get_format
-    from trainer.rollout import episode_options
     from trainer.components import initial_model_dir
+    from trainer.rollout import episode_options
 
     model_dir = initial_model_dir(ctx.cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -135,13 +154,27 @@ def check_tokenizer(ctx: _Context) -> dict:
     parsed = fmt.parse(fmt.format_tool_calls(calls))
     assert not parsed.errors, f"tool-call round trip failed: {parsed.errors}"
     assert [c["name"] for c in parsed.tool_calls] == [c["name"] for c in calls], "tool-call round trip lost calls"
-    lengths = [len(tokenizer(tokenizer.apply_chat_template(
-        Episode(dict(r), fmt, **episode_options(env)).messages, tokenize=False,
-        add_generation_prompt=True), add_special_tokens=False)["input_ids"]) for r in ctx.sample_rows(20)]
+    lengths = [
+        len(
+            tokenizer(
+                tokenizer.apply_chat_template(
+                    Episode(dict(r), fmt, **episode_options(env)).messages, tokenize=False, add_generation_prompt=True
+                ),
+                add_special_tokens=False,
+            )["input_ids"]
+        )
+        for r in ctx.sample_rows(20)
+    ]
     limit = int(ctx.cfg.policy.max_total_sequence_length)
-    assert max(lengths) < limit, f"prompts up to {max(lengths)} tokens do not fit policy.max_total_sequence_length={limit}"
-    return {"model_dir": str(model_dir), "prompt_tokens_max": max(lengths),
-            "prompt_tokens_mean": round(sum(lengths) / len(lengths), 1), "max_total_sequence_length": limit}
+    assert max(lengths) < limit, (
+        f"prompts up to {max(lengths)} tokens do not fit policy.max_total_sequence_length={limit}"
+    )
+    return {
+        "model_dir": str(model_dir),
+        "prompt_tokens_max": max(lengths),
+        "prompt_tokens_mean": round(sum(lengths) / len(lengths), 1),
+        "max_total_sequence_length": limit,
+    }
 
 
 def check_generation(ctx: _Context) -> dict:
@@ -155,14 +188,18 @@ def check_generation(ctx: _Context) -> dict:
     assert generated > 0, "the engine generated no tokens"
     logprobs = [lp for r in ctx.rollouts for lp, m in zip(r.generation_logprobs, r.loss_mask) if m]
     assert all(math.isfinite(lp) and lp <= 1e-4 for lp in logprobs), "generation log-probs are not finite/<= 0"
-    return {"backend": str(ctx.cfg.policy.generation.backend), "rollouts": len(ctx.rollouts),
-            "generated_tokens": generated, "turns": [r.num_turns for r in ctx.rollouts],
-            "rewards": [r.reward for r in ctx.rollouts]}
+    return {
+        "backend": str(ctx.cfg.policy.generation.backend),
+        "rollouts": len(ctx.rollouts),
+        "generated_tokens": generated,
+        "turns": [r.num_turns for r in ctx.rollouts],
+        "rewards": [r.reward for r in ctx.rollouts],
+    }
 
 
 def check_train_step(ctx: _Context) -> dict:
-    from trainer.rollout import collect_rollouts
     from trainer.grpo.loop import GRPOTrainer
+    from trainer.rollout import collect_rollouts
 
     if not ctx.rollouts:
         check_generation(ctx)
@@ -177,14 +214,17 @@ def check_train_step(ctx: _Context) -> dict:
     before = comp.policy.param_checksums()
     pushed = comp.policy.train(_perturbation_batch(ctx))
     assert math.isfinite(pushed["grad_norm"]) and pushed["grad_norm"] > 0, f"grad_norm {pushed['grad_norm']}"
-    assert comp.policy.param_checksums() != before, \
+    assert comp.policy.param_checksums() != before, (
         "a training step with non-zero advantages left the weights unchanged"
+    )
     # the engines must take the new weights and still generate
     refit = comp.generation.update_weights(comp.policy.export_weights_blob(ctx.trainer.refit_dtype))
     rollout = collect_rollouts(ctx.sample_rows(1), comp.generation, comp.tokenizer, ctx.cfg, seed=1)[0]
     assert rollout.num_generated_tokens > 0, "no tokens generated after the refit"
-    out = {key: metrics[key] for key in ("train:loss", "grad_norm", "train:reward_mean", "refit:seconds",
-                                         "timing/train/total_step_time")}
+    out = {
+        key: metrics[key]
+        for key in ("train:loss", "grad_norm", "train:reward_mean", "refit:seconds", "timing/train/total_step_time")
+    }
     out["grad_norm_nonzero_advantages"] = pushed["grad_norm"]
     out["refit"] = refit
     return out
@@ -218,8 +258,12 @@ def _perturbation_batch(ctx: _Context):
 
 
 CHECKS: dict[str, Callable[[_Context], dict]] = {
-    "data": check_data, "environment": check_environment, "tokenizer": check_tokenizer,
-    "generation": check_generation, "train_step": check_train_step, "checkpoint": check_checkpoint,
+    "data": check_data,
+    "environment": check_environment,
+    "tokenizer": check_tokenizer,
+    "generation": check_generation,
+    "train_step": check_train_step,
+    "checkpoint": check_checkpoint,
 }
 
 
@@ -243,8 +287,11 @@ def run_checks(cfg: DictConfig, names: list[str] | None = None) -> dict:
                 entry["error"] = f"{type(err).__name__}: {err}"
                 entry["traceback"] = traceback.format_exc(limit=8)
             entry["seconds"] = round(time.perf_counter() - start, 3)
-            print(f"[sanity] {name:<12} {'PASS' if entry['passed'] else 'FAIL'} {entry['seconds']:8.2f}s "
-                  f"{entry.get('error', '')}", flush=True)
+            print(
+                f"[sanity] {name:<12} {'PASS' if entry['passed'] else 'FAIL'} {entry['seconds']:8.2f}s "
+                f"{entry.get('error', '')}",
+                flush=True,
+            )
             results.append(entry)
     finally:
         ctx.shutdown()
@@ -265,7 +312,11 @@ def run(cfg: DictConfig) -> Path:
         failed = [f"{r['name']}: {r['error']}" for r in report["checks"] if not r["passed"]]
         raise SanityFailed(f"sanity failed ({report_path}):\n  " + "\n  ".join(failed))
     prepare_dir = run_root(cfg) / "prepare"
-    manifest.write_manifest(cfg, "sanity", inputs=[prepare_dir / "train_prepare.jsonl",
-                                                   prepare_dir / "validation_prepare.jsonl"],
-                            outputs=[report_path], timer=timer)
+    manifest.write_manifest(
+        cfg,
+        "sanity",
+        inputs=[prepare_dir / "train_prepare.jsonl", prepare_dir / "validation_prepare.jsonl"],
+        outputs=[report_path],
+        timer=timer,
+    )
     return out_dir

@@ -15,6 +15,7 @@ loop exists. The reported `sft:nll` is the batch's NLL before its update (from t
 Artifacts in `<run.root>/sft/`: checkpoints/step_N (resumed from after a requeue), metrics.jsonl, hf_model/
 (what `train` starts from), manifest.json.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,9 +23,10 @@ import json
 import math
 import random
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,12 +39,21 @@ if TYPE_CHECKING:
 def sft_config(cfg: DictConfig) -> DictConfig:
     """The run config with the policy optimizer set from `sft.*` (lr, min_lr, batch sizes)."""
     s = cfg.sft
-    return OmegaConf.merge(cfg, OmegaConf.create({"policy": {
-        "train_global_batch_size": int(s.train_global_batch_size),
-        "train_micro_batch_size": int(s.train_micro_batch_size),
-        "megatron_cfg": {"optimizer": {"lr": float(s.lr), "min_lr": float(s.min_lr)},
-                         "scheduler": {"lr_warmup_iters": int(s.lr_warmup_iters)}},
-    }}))
+    return OmegaConf.merge(
+        cfg,
+        OmegaConf.create(
+            {
+                "policy": {
+                    "train_global_batch_size": int(s.train_global_batch_size),
+                    "train_micro_batch_size": int(s.train_micro_batch_size),
+                    "megatron_cfg": {
+                        "optimizer": {"lr": float(s.lr), "min_lr": float(s.min_lr)},
+                        "scheduler": {"lr_warmup_iters": int(s.lr_warmup_iters)},
+                    },
+                }
+            }
+        ),
+    )
 
 
 @dataclass
@@ -53,16 +64,20 @@ class SftPlan:
     Without the ~300-token system prompt a trajectory is ~4x shorter, so short-context epochs cost a fraction of
     full ones; what a model from scratch learns slowest, copying IDs, dates and names from the request into call
     arguments, does not need the tool list. The full epochs that follow teach the policy's real prompt."""
+
     steps_per_epoch: int
     short_epochs: int
     full_epochs: int
     max_steps: int | None = None
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, num_rows: int) -> "SftPlan":
-        return cls(math.ceil(num_rows / int(cfg.sft.train_global_batch_size)),
-                   int(cfg.sft.short_context_epochs), int(cfg.sft.num_epochs),
-                   int(cfg.sft.max_num_steps) if cfg.sft.max_num_steps else None)
+    def from_config(cls, cfg: DictConfig, num_rows: int) -> SftPlan:
+        return cls(
+            math.ceil(num_rows / int(cfg.sft.train_global_batch_size)),
+            int(cfg.sft.short_context_epochs),
+            int(cfg.sft.num_epochs),
+            int(cfg.sft.max_num_steps) if cfg.sft.max_num_steps else None,
+        )
 
     @property
     def short_steps(self) -> int:
@@ -112,7 +127,7 @@ def batch_order(num_rows: int, gbs: int, seed: int, step: int) -> list[int]:
     epoch, index = divmod(step - 1, per_epoch)
     order = list(range(num_rows))
     random.Random(f"{seed}:sft:{epoch}").shuffle(order)
-    return order[index * gbs:(index + 1) * gbs]
+    return order[index * gbs : (index + 1) * gbs]
 
 
 def run(cfg: DictConfig) -> Path:
@@ -120,15 +135,15 @@ def run(cfg: DictConfig) -> Path:
     from transformers import AutoTokenizer
 
     from infra import manifest, signals
-    from trainer.distributed import init_ray, ray_address
-    from trainer.expert import expert_rollouts
+    from infra.io import read_jsonl
     from trainer.batch import rollouts_to_batch
     from trainer.checkpoint import CheckpointManager
+    from trainer.distributed import init_ray, ray_address
+    from trainer.expert import expert_rollouts
     from trainer.metrics import MetricsLogger
-    from trainer.policy.worker import PolicyGroup
-    from infra.io import read_jsonl
     from trainer.models.hub import resolve_model
     from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+    from trainer.policy.worker import PolicyGroup
 
     timer = manifest.StageTimer()
     root = run_root(cfg)
@@ -137,31 +152,38 @@ def run(cfg: DictConfig) -> Path:
     if not train_path.exists():
         raise FileNotFoundError(f"{train_path} is missing: run the prepare stage first (make submit-prepare)")
     rows = read_jsonl(train_path)
-    model_dir = resolve_model(cfg.policy.model_name, root / "models", tiny_cfg=cfg.policy.tiny,
-                              seed=int(cfg.run.seed))
+    model_dir = resolve_model(cfg.policy.model_name, root / "models", tiny_cfg=cfg.policy.tiny, seed=int(cfg.run.seed))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     trajectories = expert_rollouts(rows, tokenizer, cfg)
     plan = SftPlan.from_config(cfg, len(trajectories))
-    planned_short_epochs = plan.short_epochs       # the copy check's extra epochs count from here
+    planned_short_epochs = plan.short_epochs  # the copy check's extra epochs count from here
     short = expert_rollouts(rows, tokenizer, cfg, short_context=True) if plan.short_epochs else None
     gbs, seed = int(cfg.sft.train_global_batch_size), int(cfg.run.seed)
     copy_check = CopyCheck(cfg.sft.copy_check, short, seed) if short and cfg.sft.copy_check else None
     timer.phase("expert_trajectories")
-    print(f"[sft] {len(trajectories)} expert trajectories, "
-          f"{sum(r.num_generated_tokens for r in trajectories)} assistant tokens"
-          + (f"; {plan.short_epochs} short-context epoch(s) first" if short else "")
-          + (f" (more while the copy check's exact-trajectory probability is under "
-             f"{copy_check.min_exact_prob}, at most {copy_check.max_extra_epochs})" if copy_check else ""), flush=True)
+    print(
+        f"[sft] {len(trajectories)} expert trajectories, "
+        f"{sum(r.num_generated_tokens for r in trajectories)} assistant tokens"
+        + (f"; {plan.short_epochs} short-context epoch(s) first" if short else "")
+        + (
+            f" (more while the copy check's exact-trajectory probability is under "
+            f"{copy_check.min_exact_prob}, at most {copy_check.max_extra_epochs})"
+            if copy_check
+            else ""
+        ),
+        flush=True,
+    )
 
     scfg = sft_config(cfg)
     init_ray(address=ray_address(cfg))
-    policy = PolicyGroup(scfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict,
-                         plan.total_steps)
+    policy = PolicyGroup(
+        scfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict, plan.total_steps
+    )
     checkpoints = CheckpointManager(out_dir / "checkpoints", metric_name=None, keep_top_k=1)
     step = 0
     latest = checkpoints.latest()
     if latest is not None:
-        policy.load(latest / "policy")       # the scheduler state carries any stretched LR decay
+        policy.load(latest / "policy")  # the scheduler state carries any stretched LR decay
         info = CheckpointManager.training_info(latest)
         step, plan.short_epochs = int(info["current_step"]), int(info.get("short_context_epochs", plan.short_epochs))
         print(f"[sft] resumed from {latest} at step {step}", flush=True)
@@ -169,8 +191,12 @@ def run(cfg: DictConfig) -> Path:
     timer.phase("start_workers")
 
     def save(at: int) -> None:
-        checkpoints.save(at, {"stage": "sft", "short_context_epochs": plan.short_epochs}, OmegaConf.to_yaml(scfg),
-                         lambda d: policy.save(d / "policy"))
+        checkpoints.save(
+            at,
+            {"stage": "sft", "short_context_epochs": plan.short_epochs},
+            OmegaConf.to_yaml(scfg),
+            lambda d: policy.save(d / "policy"),
+        )
 
     save_period = max(1, int(cfg.sft.save_period or plan.total_steps))
     while step < plan.total_steps:
@@ -184,36 +210,56 @@ def run(cfg: DictConfig) -> Path:
         chosen = [source[i] for i in batch_order(len(trajectories), gbs, seed, step)]
         batch = rollouts_to_batch(chosen, torch.ones(len(chosen)))
         batch.pop("generation_logprobs")
-        result = policy.train(batch)       # no prev_logprobs: on-policy, so the loss gradient is the NLL's
-        logged = {"sft:nll": -result["logprob_mean"], "grad_norm": result["grad_norm"], "sft:lr": result["lr"],
-                  "sft:tokens": float(batch["loss_mask"].sum()), "timing/sft/step": time.perf_counter() - t0}
+        result = policy.train(batch)  # no prev_logprobs: on-policy, so the loss gradient is the NLL's
+        logged = {
+            "sft:nll": -result["logprob_mean"],
+            "grad_norm": result["grad_norm"],
+            "sft:lr": result["lr"],
+            "sft:tokens": float(batch["loss_mask"].sum()),
+            "timing/sft/step": time.perf_counter() - t0,
+        }
         if copy_check is not None and step == plan.short_steps:
             logged["sft:copy_exact_prob"] = prob = copy_check.exact_prob(policy)
             extra = plan.short_epochs - planned_short_epochs
             if prob < copy_check.min_exact_prob and extra < copy_check.max_extra_epochs:
                 plan.short_epochs += 1
                 policy.extend_lr_decay(plan.steps_per_epoch)
-                print(f"[sft] copy check: exact-trajectory probability {prob:.3f} < {copy_check.min_exact_prob}: "
-                      f"short-context epoch {plan.short_epochs} follows", flush=True)
+                print(
+                    f"[sft] copy check: exact-trajectory probability {prob:.3f} < {copy_check.min_exact_prob}: "
+                    f"short-context epoch {plan.short_epochs} follows",
+                    flush=True,
+                )
             else:
-                print(f"[sft] copy check: exact-trajectory probability {prob:.3f} after {plan.short_epochs} "
-                      f"short-context epoch(s); the full-prompt epoch(s) follow", flush=True)
+                print(
+                    f"[sft] copy check: exact-trajectory probability {prob:.3f} after {plan.short_epochs} "
+                    f"short-context epoch(s); the full-prompt epoch(s) follow",
+                    flush=True,
+                )
         metrics.log(step, logged)
         if step % save_period == 0 and step < plan.total_steps:
             save(step)
     timer.phase("train")
-    hf_dir = policy.save_hf_model(model_dir, out_dir / "hf_model",
-                                  "bfloat16" if str(cfg.policy.precision) in ("bfloat16", "bf16") else "float32")
+    hf_dir = policy.save_hf_model(
+        model_dir, out_dir / "hf_model", "bfloat16" if str(cfg.policy.precision) in ("bfloat16", "bf16") else "float32"
+    )
     policy.shutdown()
     metrics.finish()
     timer.phase("export_hf_model")
     history = metrics.read()
-    manifest.write_manifest(cfg, "sft", inputs=[train_path], outputs=[hf_dir, out_dir / "metrics.jsonl"],
-                            timer=timer, extra={
-                                "steps": step, "initial_model": str(model_dir),
-                                "short_context_epochs": plan.short_epochs,
-                                "first_nll": history[0].get("sft:nll") if history else None,
-                                "final_nll": history[-1].get("sft:nll") if history else None})
+    manifest.write_manifest(
+        cfg,
+        "sft",
+        inputs=[train_path],
+        outputs=[hf_dir, out_dir / "metrics.jsonl"],
+        timer=timer,
+        extra={
+            "steps": step,
+            "initial_model": str(model_dir),
+            "short_context_epochs": plan.short_epochs,
+            "first_nll": history[0].get("sft:nll") if history else None,
+            "final_nll": history[-1].get("sft:nll") if history else None,
+        },
+    )
     return out_dir
 
 

@@ -7,6 +7,7 @@
 
 Ray: a local instance here, or the Ray-on-Slurm cluster the job started (`address=auto`) on several nodes.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,10 +19,10 @@ from infra.config import run_root
 
 def run(cfg: DictConfig) -> Path:
     from infra import manifest
+    from infra.io import read_jsonl
     from trainer.components import build_components, export_dtype, initial_model_dir, refit_dtype
     from trainer.distributed import init_ray, ray_address
     from trainer.grpo.loop import GRPOTrainer, total_training_steps
-    from infra.io import read_jsonl
 
     timer = manifest.StageTimer()
     root = run_root(cfg)
@@ -48,11 +49,18 @@ def run(cfg: DictConfig) -> Path:
     timer.phase("export_hf_model")
     components.shutdown()
     outputs = [p for p in (out_dir / "metrics.jsonl", out_dir / "reward_accuracy.png", hf_dir) if p.exists()]
-    manifest.write_manifest(cfg, "train", inputs=[train_path, val_path], outputs=outputs, timer=timer, extra={
-        "steps": result.step,
-        "initial_model": str(model_dir),
-        "latest_checkpoint": str(result.checkpoint) if result.checkpoint else None,
-        "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
-        "final_metrics": {k: v for k, v in result.final_metrics.items() if not k.startswith("timing/")},
-    })
+    manifest.write_manifest(
+        cfg,
+        "train",
+        inputs=[train_path, val_path],
+        outputs=outputs,
+        timer=timer,
+        extra={
+            "steps": result.step,
+            "initial_model": str(model_dir),
+            "latest_checkpoint": str(result.checkpoint) if result.checkpoint else None,
+            "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+            "final_metrics": {k: v for k, v in result.final_metrics.items() if not k.startswith("timing/")},
+        },
+    )
     return out_dir

@@ -2,6 +2,7 @@
 
 They are importable as `tests.chain_stages` because jobs run from the repo root (sbatch --chdir).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,13 @@ def counting_train(cfg: DictConfig) -> Path:
     out = manifest.stage_dir(cfg, "train")
     state_path = out / "counter_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"i": 0, "starts": [], "saves": []}
-    state["starts"].append({"restart": os.environ.get("SLURM_RESTART_COUNT", "0"), "from": state["i"],
-                            "job": os.environ.get("SLURM_JOB_ID")})
+    state["starts"].append(
+        {
+            "restart": os.environ.get("SLURM_RESTART_COUNT", "0"),
+            "from": state["i"],
+            "job": os.environ.get("SLURM_JOB_ID"),
+        }
+    )
     atomic_write_json(state_path, state)
     count, step_s = int(_testing(cfg, "count", 20)), float(_testing(cfg, "step_s", 0.5))
     while state["i"] < count:
@@ -57,10 +63,18 @@ def ray_nodes(cfg: DictConfig) -> Path:
 
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        seen = ray.get([where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                        .remote() for n in nodes])
-        info = {"address": os.environ["RAY_ADDRESS"], "alive_nodes": len(nodes),
-                "node_manager_ports": sorted(n["NodeManagerPort"] for n in nodes), "task_nodes": sorted(set(seen))}
+        seen = ray.get(
+            [
+                where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+                for n in nodes
+            ]
+        )
+        info = {
+            "address": os.environ["RAY_ADDRESS"],
+            "alive_nodes": len(nodes),
+            "node_manager_ports": sorted(n["NodeManagerPort"] for n in nodes),
+            "task_nodes": sorted(set(seen)),
+        }
     finally:
         ray.shutdown()
     out = manifest.stage_dir(cfg, "train")
@@ -76,7 +90,15 @@ def passing_sanity(cfg: DictConfig) -> Path:
     """Stands in for the sanity suite in sweep tests: records which variant ran, writes the sanity manifest."""
     out = manifest.stage_dir(cfg, "sanity")
     report = out / "report.json"
-    atomic_write_json(report, {"passed": True, "run": cfg.run.name, "seed": int(cfg.grpo.seed),
-                               "job": os.environ.get("SLURM_JOB_ID"), "task": os.environ.get("SLURM_ARRAY_TASK_ID")})
+    atomic_write_json(
+        report,
+        {
+            "passed": True,
+            "run": cfg.run.name,
+            "seed": int(cfg.grpo.seed),
+            "job": os.environ.get("SLURM_JOB_ID"),
+            "task": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        },
+    )
     manifest.write_manifest(cfg, "sanity", outputs=[report])
     return out

@@ -1,5 +1,6 @@
 """Shared fixtures. `local_cluster`: the real local Slurm cluster, brought up once per session with
 `slurm/local_cluster.sh start` (idempotent; needs root, as in CI). Tests that submit jobs use it."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,13 @@ def local_cluster() -> dict[str, str]:
     if os.geteuid() != 0:
         pytest.skip("the local Slurm cluster needs root (slurm/local_cluster.sh start)")
     env = dict(os.environ, NODES=os.environ.get("NODES", "2"))
-    result = subprocess.run(["bash", str(REPO_ROOT / "slurm" / "local_cluster.sh"), "start"], env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "slurm" / "local_cluster.sh"), "start"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if result.returncode != 0:
         pytest.fail(f"local cluster did not come up:\n{result.stdout}\n{result.stderr}")
     assert shutil.which("sbatch"), "sbatch missing after cluster start"

@@ -1,20 +1,20 @@
 """The submitit job chain on the real local Slurm cluster: order, skipping, failure propagation, requeue,
 preemption, and a 2-node job with a Ray cluster. No fake sbatch/sacct anywhere."""
+
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from infra.config import load_config
 from jobs import chain
 from jobs.stages import CheckpointableStageJob, make_executor, make_job
-from omegaconf import OmegaConf
-from infra.config import load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_ROWS = REPO_ROOT / "tests" / "data" / "example_rows.jsonl"
@@ -23,14 +23,19 @@ SMALL = ["slurm.cpus_per_task=1", "slurm.mem_gb=1", "slurm.time_min=10"]
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jobs", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "jobs", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
     fields = ["JobIDRaw", "State", "Start", "End", "NodeList"]
-    out = subprocess.run(["sacct", "-X", "-P", "-n", "-j", ",".join(job_ids), "-o", ",".join(fields)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["sacct", "-X", "-P", "-n", "-j", ",".join(job_ids), "-o", ",".join(fields)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return {line.split("|")[0]: dict(zip(fields, line.split("|"))) for line in out.splitlines() if line}
 
 
@@ -54,8 +59,12 @@ def record(root: Path) -> dict:
 
 def test_local_executor_runs_the_chain_without_slurm(tmp_path):
     root = tmp_path / "run"
-    result = cli("submit", "--until", "prepare", *run_overrides(root, "slurm.use_cluster=false",
-                                                                f"+data.local.jsonl={EXAMPLE_ROWS}"))
+    result = cli(
+        "submit",
+        "--until",
+        "prepare",
+        *run_overrides(root, "slurm.use_cluster=false", f"+data.local.jsonl={EXAMPLE_ROWS}"),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "LocalExecutor" in result.stdout
     assert (root / "prepare" / "train_prepare.jsonl").exists()
@@ -63,6 +72,7 @@ def test_local_executor_runs_the_chain_without_slurm(tmp_path):
 
 
 # --- real Slurm ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slurm
 def test_data_then_prepare_complete_in_order_and_are_skipped_next_time(local_cluster, tmp_path):
@@ -114,9 +124,10 @@ def test_failed_stage_cancels_its_dependants_and_status_says_why(local_cluster, 
 
 def counter_job(root: Path, count: int, step_s: float) -> tuple[object, CheckpointableStageJob]:
     cfg = chain.resolve_config(load_config("tiny_cpu", run_overrides(root)))
-    cfg.testing = {"count": count, "step_s": step_s}   # for the test stage only: not a schema key, so added here
-    job_def = CheckpointableStageJob("train", OmegaConf.to_yaml(cfg), target="tests.chain_stages:counting_train",
-                                     grace_s=20)
+    cfg.testing = {"count": count, "step_s": step_s}  # for the test stage only: not a schema key, so added here
+    job_def = CheckpointableStageJob(
+        "train", OmegaConf.to_yaml(cfg), target="tests.chain_stages:counting_train", grace_s=20
+    )
     return make_executor(cfg, "train"), job_def
 
 
@@ -127,6 +138,7 @@ def counter_state(root: Path) -> dict:
 
 def release_requeued(job_id: str) -> None:
     """A requeued job waits ~120 s (BeginTime); start it now, once the previous run is fully gone."""
+
     def pending() -> bool:
         out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
         return out.strip() == "PENDING"
@@ -134,6 +146,7 @@ def release_requeued(job_id: str) -> None:
     def old_run_gone() -> bool:
         found = subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job_id}\."], capture_output=True, text=True)
         return found.stdout.strip() == ""
+
     wait_until(pending, 60, f"job {job_id} to be requeued")
     wait_until(old_run_gone, 60, f"the first run of job {job_id} to be torn down")
     # slurmd revokes the old run's credential with 1 s resolution: a relaunch within the same second is refused
@@ -210,7 +223,11 @@ def test_plan_skips_up_to_date_stages_and_reruns_everything_after_a_change(tmp_p
     data.run(cfg), prepare.run(cfg), noop_sanity(cfg)
     actions = lambda plans: [(p.stage, p.action) for p in plans]  # noqa: E731
     assert actions(chain.plan_chain(cfg, "train", use_cluster=False)) == [
-        ("data", "skip"), ("prepare", "skip"), ("sanity", "skip"), ("train", "submit")]
+        ("data", "skip"),
+        ("prepare", "skip"),
+        ("sanity", "skip"),
+        ("train", "submit"),
+    ]
     assert actions(chain.plan_chain(cfg, "train", always=["train"], use_cluster=False))[-1] == ("train", "submit")
     changed = chain.resolve_config(load_config("tiny_cpu", overrides + ["prepare.drop_bad_rows=true"]))
     plans = chain.plan_chain(changed, "sanity", use_cluster=False)
@@ -227,17 +244,27 @@ def test_sweep_runs_the_matrix_as_a_job_array_and_reschedules_itself(local_clust
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text("- [grpo.seed=1]\n- [grpo.seed=2]\n")
     overrides = run_overrides(tmp_path / "run", f"+data.local.jsonl={EXAMPLE_ROWS}")
-    installed = cli("sweep-install", "--every-min", "60", "--matrix", str(matrix),
-                    "--target", "sanity=tests.chain_stages:passing_sanity", *overrides)
+    installed = cli(
+        "sweep-install",
+        "--every-min",
+        "60",
+        "--matrix",
+        str(matrix),
+        "--target",
+        "sanity=tests.chain_stages:passing_sanity",
+        *overrides,
+    )
     assert installed.returncode == 0, installed.stdout + installed.stderr
     root = tmp_path / "tiny_cpu-sweep"
 
     def first_tick():
         state = json.loads((root / "sweep.json").read_text())
         return state["ticks"][0] if state.get("ticks") else None
+
     tick = wait_until(first_tick, 120, "the first sweep tick")
-    pending = subprocess.run(["squeue", "-h", "-j", tick["next_tick"], "-o", "%T|%r"], capture_output=True,
-                             text=True).stdout.strip()
+    pending = subprocess.run(
+        ["squeue", "-h", "-j", tick["next_tick"], "-o", "%T|%r"], capture_output=True, text=True
+    ).stdout.strip()
     assert pending == "PENDING|BeginTime", pending  # the next tick waits for its --begin time
 
     reports = [root / f"variant_{i}" / "sanity" / "report.json" for i in range(2)]
@@ -248,5 +275,8 @@ def test_sweep_runs_the_matrix_as_a_job_array_and_reschedules_itself(local_clust
 
     removed = cli("sweep-remove", *overrides)
     assert tick["next_tick"] in removed.stdout, removed.stdout
-    wait_until(lambda: sacct([tick["next_tick"]])[tick["next_tick"]]["State"].startswith("CANCELLED"), 60,
-               "the next tick to be cancelled")
+    wait_until(
+        lambda: sacct([tick["next_tick"]])[tick["next_tick"]]["State"].startswith("CANCELLED"),
+        60,
+        "the next tick to be cancelled",
+    )

@@ -1,4 +1,5 @@
 """The config loader: recipes with defaults, dotlist overrides, typo protection, stable hashes."""
+
 import pytest
 
 from infra.config import config_hash, load_config
@@ -44,8 +45,8 @@ def test_config_hash_depends_only_on_selected_sections():
 
 
 def test_engine_precision_defaults_to_the_policy_and_can_differ():
-    from trainer.generation.vllm_worker import EngineSettings
     from trainer.components import export_dtype, refit_dtype
+    from trainer.generation.vllm_worker import EngineSettings
 
     base = load_config("tiny_cpu", ["policy.generation.vllm_cfg.precision=${policy.precision}"])
     assert EngineSettings.from_cfg(base).dtype == "float32" and refit_dtype(base) == "float32"
@@ -69,8 +70,10 @@ def test_auto_engine_precision_follows_the_cpu_and_the_policy_on_gpus(tmp_path, 
     for flags_file, dtype in ((avx2, "float32"), (sapphire, "bfloat16")):
         monkeypatch.setattr(vllm_worker, "cpu_has_native_bf16", lambda path=str(flags_file): cpu_has_native_bf16(path))
         assert EngineSettings.from_cfg(cpu).dtype == dtype
-    gpu = load_config("tiny_cpu", ["policy.generation.vllm_cfg.precision=auto", "cluster.gpus_per_node=8",
-                                   "policy.precision=bfloat16"])
+    gpu = load_config(
+        "tiny_cpu",
+        ["policy.generation.vllm_cfg.precision=auto", "cluster.gpus_per_node=8", "policy.precision=bfloat16"],
+    )
     assert EngineSettings.from_cfg(gpu).dtype == "bfloat16"
 
 
@@ -80,6 +83,10 @@ def test_cpu_engine_environment_sets_reserved_cores_only_when_configured():
     tiny = EngineSettings.from_cfg(load_config("tiny_cpu"))
     assert tiny.cpu_reserved_cores == 0
     assert cpu_engine_environment(tiny) == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-    default = EngineSettings.from_cfg(load_config("tiny_cpu", ["policy.generation.vllm_cfg.cpu_reserved_cores=null",
-                                                               "policy.generation.vllm_cfg.kv_cache_space_gb=3"]))
+    default = EngineSettings.from_cfg(
+        load_config(
+            "tiny_cpu",
+            ["policy.generation.vllm_cfg.cpu_reserved_cores=null", "policy.generation.vllm_cfg.kv_cache_space_gb=3"],
+        )
+    )
     assert cpu_engine_environment(default) == {"VLLM_CPU_KVCACHE_SPACE": "3"}

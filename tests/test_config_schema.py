@@ -11,14 +11,17 @@
 Its limits: it is flow-insensitive per function (a name is a config if every assignment to it in the function is
 one), it does not follow a config through a function's return value, a container, or a parameter of another name,
 and a key chosen at run time (`s[key]`, `LossConfig.from_cfg`'s loop over its fields) is not checked; nor is
-`trainer.models.megatron_bridge`'s `parallel` mapping (callers without a config pass their own). A chain that reaches a typed leaf may go on only with
-an attribute of that type (`cfg.run.root.endswith`); anything goes below a free-form map (`Dict[str, Any]`).
+`trainer.models.megatron_bridge`'s `parallel` mapping (callers without a config pass their own). A chain that
+reaches a typed leaf may go on only with an attribute of that type (`cfg.run.root.endswith`); anything goes below
+a free-form map (`Dict[str, Any]`).
 """
+
 from __future__ import annotations
 
 import ast
 import dataclasses
 import re
+import types
 import typing
 from pathlib import Path
 
@@ -56,16 +59,17 @@ Path_ = tuple[str, ...]
 
 # ---- recipes and overrides -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("recipe", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
 def test_every_recipe_loads_strictly_and_resolves(recipe):
     cfg = load_config(recipe)
     assert not OmegaConf.missing_keys(cfg)
-    OmegaConf.to_container(cfg, resolve=True)   # every interpolation resolves, to a value of its key's type
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves, to a value of its key's type
 
 
 def test_base_yaml_sets_every_schema_key_and_nothing_else():
     base = OmegaConf.load(CONFIG_DIR / "base.yaml")
-    merged = OmegaConf.merge(OmegaConf.structured(schema.Config), base)   # raises on a key outside the schema
+    merged = OmegaConf.merge(OmegaConf.structured(schema.Config), base)  # raises on a key outside the schema
     assert not OmegaConf.missing_keys(merged)
 
 
@@ -73,7 +77,7 @@ def test_a_typo_fails_naming_the_key():
     with pytest.raises(ConfigError, match=r"grpo\.num_prompts_per_stepp is not in the config schema"):
         load_config("tiny_cpu", ["grpo.num_prompts_per_stepp=3"])
     with pytest.raises(ConfigError, match=r"grpo\.num_prompts_per_stepp is not in the config schema"):
-        load_config("tiny_cpu", ["+grpo.num_prompts_per_stepp=3"])   # + does not add to a typed section
+        load_config("tiny_cpu", ["+grpo.num_prompts_per_stepp=3"])  # + does not add to a typed section
 
 
 def test_a_wrong_type_fails_naming_the_key():
@@ -104,7 +108,7 @@ def test_a_section_null_in_base_takes_its_schema_keys():
     cfg = load_config("base", ["sft.copy_check.min_exact_prob=0.5"])
     assert dict(cfg.sft.copy_check) == {"rows": 128, "min_exact_prob": 0.5, "max_extra_epochs": 0}
     with pytest.raises(ConfigError, match=r"sft\.copy_check\.min_exact_prob"):
-        load_config("base", ["sft.copy_check.rows=3"])               # min_exact_prob has no default
+        load_config("base", ["sft.copy_check.rows=3"])  # min_exact_prob has no default
 
 
 def test_code_merges_onto_the_typed_config():
@@ -117,12 +121,13 @@ def test_code_merges_onto_the_typed_config():
 
 # ---- the code's reads ------------------------------------------------------------------------------------------
 
+
 def schema_problem(path: Path_) -> str | None:
     """Why `path` is not a key of the schema, or None where it is."""
     hint: typing.Any = schema.Config
     for index, part in enumerate(path):
         origin = typing.get_origin(hint)
-        if origin is typing.Union:                       # Optional[X] / Union[...]: the non-None member types
+        if origin in (typing.Union, types.UnionType):  # Optional[X] or X | None: the non-None member types
             members = [a for a in typing.get_args(hint) if a is not type(None)]
             hint = members[0] if len(members) == 1 else typing.Any
             origin = typing.get_origin(hint)
@@ -131,7 +136,7 @@ def schema_problem(path: Path_) -> str | None:
         if dataclasses.is_dataclass(hint):
             hints = typing.get_type_hints(hint)
             if part not in hints:
-                return f"{'.'.join(path[:index + 1])} is not in the schema"
+                return f"{'.'.join(path[: index + 1])} is not in the schema"
             hint = hints[part]
             continue
         # a typed leaf: what follows is an attribute of the value (`cfg.run.root.endswith`)
@@ -173,8 +178,12 @@ class ConfigReads(ast.NodeVisitor):
         func = node.func
         name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
         first = node.args[0] if node.args else None
-        if name == "get" and isinstance(func, ast.Attribute) and isinstance(first, ast.Constant) \
-                and isinstance(first.value, str):
+        if (
+            name == "get"
+            and isinstance(func, ast.Attribute)
+            and isinstance(first, ast.Constant)
+            and isinstance(first.value, str)
+        ):
             base = self.chain(func.value, env)
             return None if base is None else base + (first.value,)
         if name == "select" and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
@@ -197,8 +206,8 @@ class ConfigReads(ast.NodeVisitor):
             if arg.arg in SUB_CONFIG_PARAMS and (not annotation or any(a in annotation for a in CONFIG_ANNOTATIONS)):
                 env[arg.arg] = SUB_CONFIG_PARAMS[arg.arg]
         others = set()
-        for name, value in self.assignments(body):      # flow-insensitive: a name is a config if every assignment
-            path = self.chain(value, env)               #   to it is one (of the same section)
+        for name, value in self.assignments(body):  # flow-insensitive: a name is a config if every assignment
+            path = self.chain(value, env)  #   to it is one (of the same section)
             if path is None or env.get(name, path) != path:
                 others.add(name)
             else:
@@ -211,8 +220,10 @@ class ConfigReads(ast.NodeVisitor):
     def assignments(self, body: list[ast.stmt]):
         for stmt in body:
             for node in ast.walk(stmt):
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)) \
-                        and node is not stmt:
+                if (
+                    isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))
+                    and node is not stmt
+                ):
                     continue
                 if isinstance(node, ast.Assign):
                     for target in node.targets:
@@ -247,7 +258,7 @@ class ConfigReads(ast.NodeVisitor):
     def klass(self, node: ast.ClassDef, env: dict[str, Path_]) -> None:
         saved, self.self_attrs = self.self_attrs, {}
         methods = [m for m in node.body if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))]
-        for method in methods:                          # self.<attr> = <config> anywhere in the class
+        for method in methods:  # self.<attr> = <config> anywhere in the class
             method_env = dict(env)
             args = method.args
             for arg in args.posonlyargs + args.args + args.kwonlyargs:
@@ -257,8 +268,11 @@ class ConfigReads(ast.NodeVisitor):
                 if isinstance(stmt, ast.Assign):
                     for target in stmt.targets:
                         targets = target.elts if isinstance(target, ast.Tuple) else [target]
-                        values = stmt.value.elts if isinstance(stmt.value, ast.Tuple) and isinstance(
-                            target, ast.Tuple) else [stmt.value] * len(targets)
+                        values = (
+                            stmt.value.elts
+                            if isinstance(stmt.value, ast.Tuple) and isinstance(target, ast.Tuple)
+                            else [stmt.value] * len(targets)
+                        )
                         for t, v in zip(targets, values):
                             if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":
                                 path = self.chain(v, method_env)
@@ -283,12 +297,19 @@ def test_every_key_the_code_reads_is_in_the_schema():
     reads = code_reads()
     seen = {path for _, _, path in reads}
     # the checker itself sees the sections it must (a guard against it silently finding nothing)
-    for expected in [("grpo", "skip_zero_advantage_rollouts"), ("policy", "generation", "vllm_cfg", "max_num_seqs"),
-                     ("policy", "megatron_cfg", "scheduler", "lr_decay_iters"), ("sft", "copy_check", "rows"),
-                     ("logger", "wandb_enabled"), ("slurm", "signal_delay_s"), ("run", "root")]:
+    for expected in [
+        ("grpo", "skip_zero_advantage_rollouts"),
+        ("policy", "generation", "vllm_cfg", "max_num_seqs"),
+        ("policy", "megatron_cfg", "scheduler", "lr_decay_iters"),
+        ("sft", "copy_check", "rows"),
+        ("logger", "wandb_enabled"),
+        ("slurm", "signal_delay_s"),
+        ("run", "root"),
+    ]:
         assert expected in seen, f"the checker no longer sees {'.'.join(expected)}"
-    problems = sorted({f"{file}:{line}: {problem}" for file, line, path in reads
-                       if (problem := schema_problem(path)) is not None})
+    problems = sorted(
+        {f"{file}:{line}: {problem}" for file, line, path in reads if (problem := schema_problem(path)) is not None}
+    )
     assert not problems, "config keys read in code but not in infra/schema.py (and base.yaml):\n" + "\n".join(problems)
 
 
@@ -308,13 +329,17 @@ def test_the_checker_follows_aliases_and_skips_what_is_not_a_config():
         "def rebound():\n"
         "    cfg = load_config('tiny_cpu')\n"
         "    cfg = json.loads('{}')\n"
-        "    return cfg.anything\n")
+        "    return cfg.anything\n"
+    )
     visitor = ConfigReads()
     visitor.module(ast.parse(source))
     problems = sorted({problem for _, path in visitor.reads if (problem := schema_problem(path))})
-    assert problems == ["grpo.num_prompts_per_stepp is not in the schema", "policy.generation.vllm_cfg.max_num_seqz "
-                        "is not in the schema", "run.roott is not in the schema",
-                        "sft.copy_check.rowz is not in the schema"]
+    assert problems == [
+        "grpo.num_prompts_per_stepp is not in the schema",
+        "policy.generation.vllm_cfg.max_num_seqz is not in the schema",
+        "run.roott is not in the schema",
+        "sft.copy_check.rowz is not in the schema",
+    ]
 
 
 def test_stage_hash_sections_are_in_the_schema():

@@ -1,4 +1,5 @@
 """Stages `data` and `prepare` as plain functions (no Slurm): split sizes, files, manifests, bad-row errors."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from infra import manifest
-from pipeline import data, prepare
 from infra.config import load_config
 from infra.io import JsonlError, atomic_write_jsonl, read_jsonl
+from pipeline import data, prepare
 
 EXAMPLE_ROWS = Path(__file__).resolve().parent / "data" / "example_rows.jsonl"
 
@@ -29,6 +30,7 @@ def synthetic_rows(counts: dict[str, int]) -> list[dict]:
 
 
 # --- split ---------------------------------------------------------------------------------------------------
+
 
 def test_split_sizes_match_sklearn_for_the_real_dataset_size():
     # 1255 rows over 5 categories -> 1129 / 126, as train_test_split(test_size=0.1, stratify=...) gives
@@ -62,6 +64,7 @@ def test_split_names_a_row_without_the_stratify_key():
 
 # --- io --------------------------------------------------------------------------------------------------------
 
+
 def test_read_jsonl_names_file_and_line(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"a": 1}\n\n{"a": 2\n')
@@ -76,6 +79,7 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
 
 
 # --- data stage ---------------------------------------------------------------------------------------------------
+
 
 def test_data_stage_from_a_local_file_writes_splits_and_manifest(tmp_path, capsys):
     cfg = config(tmp_path, f"+data.local.jsonl={EXAMPLE_ROWS}")
@@ -101,8 +105,9 @@ def test_hub_rows_survive_arrow_normalisation(tmp_path):
     """Rows loaded through `datasets` (Arrow; older versions pad every tool schema with the other tools'
     parameters as nulls) come back from `normalize_hub_row` exactly as in the JSONL file."""
     datasets = pytest.importorskip("datasets")
-    loaded = datasets.load_dataset("json", data_files=str(EXAMPLE_ROWS), split="train",
-                                   cache_dir=str(tmp_path / "cache"))
+    loaded = datasets.load_dataset(
+        "json", data_files=str(EXAMPLE_ROWS), split="train", cache_dir=str(tmp_path / "cache")
+    )
     original = read_jsonl(EXAMPLE_ROWS)
     assert [data.normalize_hub_row(dict(r)) for r in loaded] == original
 
@@ -110,14 +115,16 @@ def test_hub_rows_survive_arrow_normalisation(tmp_path):
 def test_auto_source_falls_back_to_local_when_the_hub_is_unreachable(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
-    cfg = load_config("tiny_cpu", [f"run.root={tmp_path / 'run'}", "data.source=auto",
-                                   f"+data.local.jsonl={EXAMPLE_ROWS}"])
+    cfg = load_config(
+        "tiny_cpu", [f"run.root={tmp_path / 'run'}", "data.source=auto", f"+data.local.jsonl={EXAMPLE_ROWS}"]
+    )
     rows, source, _ = data.load_rows(cfg)
     assert len(rows) == 5 and source.startswith("local file")
     assert "using the local source" in capsys.readouterr().out
 
 
 # --- manifest --------------------------------------------------------------------------------------------------
+
 
 def test_manifest_goes_stale_on_config_change_and_on_changed_outputs(tmp_path):
     cfg = config(tmp_path, f"+data.local.jsonl={EXAMPLE_ROWS}")
@@ -126,8 +133,7 @@ def test_manifest_goes_stale_on_config_change_and_on_changed_outputs(tmp_path):
     changed = config(tmp_path, f"+data.local.jsonl={EXAMPLE_ROWS}", "data.split_seed=7")
     assert manifest.check_up_to_date(changed, "data")[1].startswith("config changed")
     # config keys of other stages do not matter to `data`
-    assert manifest.is_up_to_date(config(tmp_path, f"+data.local.jsonl={EXAMPLE_ROWS}", "grpo.max_num_steps=3"),
-                                  "data")
+    assert manifest.is_up_to_date(config(tmp_path, f"+data.local.jsonl={EXAMPLE_ROWS}", "grpo.max_num_steps=3"), "data")
     (out / "validation.jsonl").write_text("")
     assert manifest.check_up_to_date(cfg, "data")[1].startswith("output changed")
 
@@ -137,10 +143,12 @@ def test_resume_choice_does_not_change_the_train_hash(tmp_path):
     resumed = config(tmp_path, "+checkpointing.resume_from=best")
     assert manifest.stage_config_hash(cfg, "train") == manifest.stage_config_hash(resumed, "train")
     assert manifest.stage_config_hash(cfg, "train") != manifest.stage_config_hash(
-        config(tmp_path, "grpo.max_num_steps=3"), "train")
+        config(tmp_path, "grpo.max_num_steps=3"), "train"
+    )
 
 
 # --- prepare stage -------------------------------------------------------------------------------------------------
+
 
 def _prepared(tmp_path: Path, rows: list[dict], *extra: str):
     source = tmp_path / "rows.jsonl"
@@ -156,8 +164,9 @@ def test_prepare_adds_agent_ref_and_writes_metrics(tmp_path):
     out = prepare.run(cfg)
     rows = read_jsonl(out / "train_prepare.jsonl") + read_jsonl(out / "validation_prepare.jsonl")
     assert len(rows) == 5
-    assert all(r["agent_ref"] == {"type": "responses_api_agents", "name": "workplace_assistant_simple_agent"}
-               for r in rows)
+    assert all(
+        r["agent_ref"] == {"type": "responses_api_agents", "name": "workplace_assistant_simple_agent"} for r in rows
+    )
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert metrics["rows"] == 4 and metrics["dropped_rows"] == 0
     assert metrics["tools_per_row"] == {"min": 27, "mean": 27.0, "max": 27}
@@ -171,10 +180,14 @@ def test_prepare_names_file_line_and_problem_of_a_bad_row(tmp_path):
     rows[3]["ground_truth"][0]["arguments"] = "{not json"
     cfg = _prepared(tmp_path, rows)
     train = read_jsonl(manifest.stage_dir(cfg, "data") / "train.jsonl")
-    split, line = ("train", 1 + [r["id"] for r in train].index(3)) if any(r["id"] == 3 for r in train) \
-        else ("validation", 1)
-    with pytest.raises(prepare.BadRowError, match=rf"{split}\.jsonl:{line}: row 3 ground_truth\[0\]: arguments "
-                                                  r"are not valid JSON"):
+    split, line = (
+        ("train", 1 + [r["id"] for r in train].index(3)) if any(r["id"] == 3 for r in train) else ("validation", 1)
+    )
+    with pytest.raises(
+        prepare.BadRowError,
+        match=rf"{split}\.jsonl:{line}: row 3 ground_truth\[0\]: arguments "
+        r"are not valid JSON",
+    ):
         prepare.run(cfg)
     assert not manifest.manifest_path(cfg, "prepare").exists()
 

@@ -1,6 +1,7 @@
 """`make demo`'s pieces that need no cluster: the summary table, the progress echo of metrics, the Slurm probe,
 and `resume` keeping the finished upstream stages. The demo itself runs on the real cluster in
 tests/test_full_chain_slurm.py."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs import chain, demo
 from infra.config import load_config
+from jobs import chain, demo
 
 EXAMPLE_ROWS = Path(__file__).resolve().parent / "data" / "example_rows.jsonl"
 
@@ -20,13 +21,26 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def fake_run(root: Path) -> None:
-    write_jsonl(root / "train" / "metrics.jsonl", [
-        {"step": 0, "val:accuracy": 0.125, "val:num_samples": 8},
-        {"step": 1, "train:reward_mean": 0.5, "performance:samples_per_sec": 2.0, "val:accuracy": 0.375,
-         "val:num_samples": 8},
-        {"step": 2, "train:reward_mean": 0.25, "performance:samples_per_sec": 4.0, "val:accuracy": 0.25,
-         "val:num_samples": 8},
-    ])
+    write_jsonl(
+        root / "train" / "metrics.jsonl",
+        [
+            {"step": 0, "val:accuracy": 0.125, "val:num_samples": 8},
+            {
+                "step": 1,
+                "train:reward_mean": 0.5,
+                "performance:samples_per_sec": 2.0,
+                "val:accuracy": 0.375,
+                "val:num_samples": 8,
+            },
+            {
+                "step": 2,
+                "train:reward_mean": 0.25,
+                "performance:samples_per_sec": 4.0,
+                "val:accuracy": 0.25,
+                "val:num_samples": 8,
+            },
+        ],
+    )
     for step, acc in ((1, 0.375), (2, 0.25)):
         ckpt = root / "train" / "checkpoints" / f"step_{step}"
         ckpt.mkdir(parents=True)
@@ -34,9 +48,20 @@ def fake_run(root: Path) -> None:
     (root / "train" / "hf_model").mkdir()
     (root / "train" / "reward_accuracy.png").write_bytes(b"png")
     (root / "eval").mkdir()
-    (root / "eval" / "summary.json").write_text(json.dumps({
-        "accuracy": 0.5, "num_episodes": 4, "model": "m", "model_kind": "hf",
-        "per_category": {"email": {"accuracy": 1.0, "episodes": 2}, "calendar": {"accuracy": 0.0, "episodes": 2}}}))
+    (root / "eval" / "summary.json").write_text(
+        json.dumps(
+            {
+                "accuracy": 0.5,
+                "num_episodes": 4,
+                "model": "m",
+                "model_kind": "hf",
+                "per_category": {
+                    "email": {"accuracy": 1.0, "episodes": 2},
+                    "calendar": {"accuracy": 0.0, "episodes": 2},
+                },
+            }
+        )
+    )
 
 
 def test_summary_reports_warm_start_best_final_speed_eval_and_paths(tmp_path):

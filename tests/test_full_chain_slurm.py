@@ -10,6 +10,7 @@ previous run left, never from step 0.
 Checks: sacct COMPLETED for every stage, each starting after its parent ended; every stage's artifacts; both
 resumes; the demo's progress lines and summary; `status` needing only the run's root. One run of the chain
 serves all checks, to keep CI's wall time low."""
+
 from __future__ import annotations
 
 import json
@@ -26,11 +27,18 @@ STAGES = ["data", "prepare", "sanity", "sft", "train", "eval"]
 # Small enough for CI's 2 cores; enough GRPO steps that the train job still runs after its restarts.
 SMALL_CHAIN = [
     "data.local.generator_rows=120",
-    "sft.enabled=true", "sft.max_num_steps=2", "sft.train_global_batch_size=4", "sft.train_micro_batch_size=4",
+    "sft.enabled=true",
+    "sft.max_num_steps=2",
+    "sft.train_global_batch_size=4",
+    "sft.train_micro_batch_size=4",
     "sanity.num_rollouts=1",
-    "grpo.max_num_steps=8", "grpo.num_prompts_per_step=2", "grpo.num_generations_per_prompt=2",
-    "grpo.max_val_samples=4", "grpo.val_period=0",          # validation at start (warm start) and at the end
-    "checkpointing.save_period=1", "logger.wandb_enabled=false",
+    "grpo.max_num_steps=8",
+    "grpo.num_prompts_per_step=2",
+    "grpo.num_generations_per_prompt=2",
+    "grpo.max_val_samples=4",
+    "grpo.val_period=0",  # validation at start (warm start) and at the end
+    "checkpointing.save_period=1",
+    "logger.wandb_enabled=false",
     "slurm.time_min=20",
 ]
 TRAINED_AFTER_FIRST_RESTART = re.compile(r"restart 1\n[\s\S]*\[grpo\] resumed from [\s\S]*\nstep \d+ \|")
@@ -47,13 +55,20 @@ def test_demo_runs_every_stage_on_slurm_and_a_requeued_train_job_resumes(local_c
     record_file = root / "jobs.json"
     started = time.time()
     with console.open("w") as out:
-        demo = subprocess.Popen([sys.executable, "-m", "jobs", "demo", "--nodes", "2", "--poll-s", "2", *overrides],
-                                cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "jobs", "demo", "--nodes", "2", "--poll-s", "2", *overrides],
+            cwd=REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
+
         def train_job_id():
             if not record_file.exists():
                 return None
             return json.loads(record_file.read_text())["stages"].get("train", {}).get("job_id")
+
         train_id = wait_until(train_job_id, 60, "the demo to submit the chain")
         train_log = root / "logs" / "train" / train_id / f"{train_id}_0_log.out"
         log_text = lambda: train_log.read_text() if train_log.exists() else ""  # noqa: E731
@@ -66,8 +81,12 @@ def test_demo_runs_every_stage_on_slurm_and_a_requeued_train_job_resumes(local_c
         subprocess.run(["scontrol", "requeue", train_id], check=True)
         release_requeued(train_id)
 
-        wait_until(lambda: TRAINED_AFTER_FIRST_RESTART.search(log_text()) or ended(), 900,
-                   "a training step after the first restart", poll=1.0)
+        wait_until(
+            lambda: TRAINED_AFTER_FIRST_RESTART.search(log_text()) or ended(),
+            900,
+            "a training step after the first restart",
+            poll=1.0,
+        )
         assert not ended(), console.read_text()[-4000:]
         subprocess.run(["scancel", "--signal=USR2", train_id], check=True)  # what --signal=USR2@N does
         wait_until(lambda: "requeueing" in log_text() or ended(), 300, "the USR2 requeue")
@@ -115,14 +134,19 @@ def test_demo_runs_every_stage_on_slurm_and_a_requeued_train_job_resumes(local_c
 
     # the demo's own output: progress lines and the summary table
     assert f"job {train_id}" in text and "REQUEUED" in text
-    assert "28-minute budget: the train loop ends by" in text      # tiny_cpu's run.demo_budget_minutes
+    assert "28-minute budget: the train loop ends by" in text  # tiny_cpu's run.demo_budget_minutes
     assert "train    step 1" in text, text[-6000:]
     assert "val:accuracy   warm start" in text and "eval accuracy" in text and "samples/s" in text
     assert f"HF model        {root / 'train' / 'hf_model'}" in text
 
     # status needs only the run's root: artifacts are checked against the submitted config
-    status = subprocess.run([sys.executable, "-m", "jobs", "status", f"run.root={root}"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, check=True).stdout
+    status = subprocess.run(
+        [sys.executable, "-m", "jobs", "status", f"run.root={root}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     lines = {line.split()[0]: line for line in status.splitlines() if line.split()}
     for stage in STAGES:
         assert "COMPLETED" in lines[stage] and lines[stage].rstrip().endswith("complete"), status

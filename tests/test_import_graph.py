@@ -10,6 +10,7 @@ its cost to the call). Ranks: a module may import its own package and packages o
     jobs    4   submitit definitions and the chain
     bench   5   benchmarks (may use anything above)
 """
+
 from __future__ import annotations
 
 import ast
@@ -53,8 +54,9 @@ def imported_names(path: Path, module: str) -> set[str]:
 def import_graph() -> dict[str, set[str]]:
     """module -> the project modules it imports (names that are attributes, not modules, drop out)."""
     modules = project_modules()
-    return {name: {n for n in imported_names(path, name) if n in modules and n != name}
-            for name, path in modules.items()}
+    return {
+        name: {n for n in imported_names(path, name) if n in modules and n != name} for name, path in modules.items()
+    }
 
 
 def test_the_graph_sees_the_known_edges():
@@ -65,15 +67,24 @@ def test_the_graph_sees_the_known_edges():
 
 
 def test_no_module_imports_a_package_of_higher_rank():
-    bad = [f"{src} imports {dst}" for src, dsts in import_graph().items() for dst in dsts
-           if RANKS[dst.split(".")[0]] > RANKS[src.split(".")[0]]]
+    bad = [
+        f"{src} imports {dst}"
+        for src, dsts in import_graph().items()
+        for dst in dsts
+        if RANKS[dst.split(".")[0]] > RANKS[src.split(".")[0]]
+    ]
     assert not bad, "imports against the data flow:\n" + "\n".join(sorted(bad))
 
 
 def test_no_stage_imports_another_stage():
     stage_modules = {f"pipeline.{s}" for s in STAGES}
-    bad = [f"{src} imports {dst}" for src, dsts in import_graph().items() if src in stage_modules
-           for dst in dsts if dst in stage_modules]
+    bad = [
+        f"{src} imports {dst}"
+        for src, dsts in import_graph().items()
+        if src in stage_modules
+        for dst in dsts
+        if dst in stage_modules
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -140,9 +151,11 @@ LOGIN_ALLOWED = {"submitit", "omegaconf", "yaml", "cython_runtime", "attr", "clo
 
 def test_submitting_imports_only_submitit_and_omegaconf():
     """What a login node loads to submit, check status, resume or sweep: no torch, ray, vllm, datasets, megatron."""
-    code = ("import sys, jobs, jobs.__main__, jobs.chain, jobs.stages, jobs.status, jobs.sweep, jobs.ray_cluster, "
-            "jobs.demo, infra.config, infra.manifest, infra.io, infra.signals; "
-            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    code = (
+        "import sys, jobs, jobs.__main__, jobs.chain, jobs.stages, jobs.status, jobs.sweep, jobs.ray_cluster, "
+        "jobs.demo, infra.config, infra.manifest, infra.io, infra.signals; "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     third_party = {m for m in out.stdout.split() if m not in sys.stdlib_module_names and not m.startswith("_")}
     assert third_party <= LOGIN_ALLOWED, f"a login node would import {sorted(third_party - LOGIN_ALLOWED)}"

@@ -3,6 +3,7 @@
 Ray's `ray.init(address=None)` connects to the address in `<tmp>/ray/ray_current_cluster` when that file exists
 (any `ray start` or test cluster on the host writes it). A Slurm job's sanity stage once joined another user's
 Ray that way and its actors were cancelled."""
+
 from __future__ import annotations
 
 import subprocess
@@ -33,8 +34,9 @@ def test_init_ray_without_address_ignores_an_announced_cluster():
         announced.parent.mkdir()
         announced.write_text("127.0.0.1:9")  # nothing listens there: joining it would fail
         env = {"PATH": "/usr/bin:/bin", "RAY_TMPDIR": tmp, "HOME": tmp, "RAY_USAGE_STATS_ENABLED": "0"}
-        out = subprocess.run([sys.executable, "-c", CHILD], cwd=REPO_ROOT, env=env, capture_output=True,
-                             text=True, timeout=180)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180
+        )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     gcs = next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("GCS"))
     assert gcs != "127.0.0.1:9"
@@ -136,11 +138,19 @@ def test_start_with_retries_retries_only_what_the_caller_says():
             raise RayStartError(f"exit {len(calls)}")
         return "up"
 
-    ok = start_with_retries(attempt, "node", retryable=lambda e: isinstance(e, RayStartError),
-                            clean_up=lambda: cleaned.append(1), log=said.append, attempts=3)
+    ok = start_with_retries(
+        attempt,
+        "node",
+        retryable=lambda e: isinstance(e, RayStartError),
+        clean_up=lambda: cleaned.append(1),
+        log=said.append,
+        attempts=3,
+    )
     assert ok == "up" and len(calls) == 3 and len(cleaned) == 2
-    assert said == ["node did not come up (attempt 1/3: exit 1); retrying",
-                    "node did not come up (attempt 2/3: exit 2); retrying"]
+    assert said == [
+        "node did not come up (attempt 1/3: exit 1); retrying",
+        "node did not come up (attempt 2/3: exit 2); retrying",
+    ]
     with pytest.raises(KeyError):
         start_with_retries(lambda: {}["x"], "node", retryable=lambda e: isinstance(e, RayStartError), log=said.append)
 
@@ -171,8 +181,9 @@ ray.shutdown()
 def test_local_ray_actors_survive_slurms_usr2_warning():
     with tempfile.TemporaryDirectory(prefix="rt", dir="/tmp") as tmp:
         env = {"PATH": "/usr/bin:/bin", "RAY_TMPDIR": tmp, "HOME": tmp, "RAY_USAGE_STATS_ENABLED": "0"}
-        out = subprocess.run([sys.executable, "-c", USR2_CHILD], cwd=REPO_ROOT, env=env, capture_output=True,
-                             text=True, timeout=240)
+        out = subprocess.run(
+            [sys.executable, "-c", USR2_CHILD], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240
+        )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     assert "ALIVE True" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
 

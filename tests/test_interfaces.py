@@ -1,5 +1,6 @@
 """trainer.interfaces: every implementation satisfies its Protocol, SamplingParams carries the config's values
 to the backends (and splits across engines without changing a request's seed), and the module stays light."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,12 +78,22 @@ def test_components_hold_the_collaborators_and_shut_them_down_in_order():
 
 
 def test_sampling_params_from_config_round_trips_the_config():
-    cfg = load_config("tiny_cpu", ["policy.generation.temperature=0.7", "policy.generation.top_p=0.9",
-                                   "policy.generation.top_k=20", "policy.generation.max_new_tokens=33"])
+    cfg = load_config(
+        "tiny_cpu",
+        [
+            "policy.generation.temperature=0.7",
+            "policy.generation.top_p=0.9",
+            "policy.generation.top_k=20",
+            "policy.generation.max_new_tokens=33",
+        ],
+    )
     sampling = SamplingParams.from_config(cfg, stop_token_ids=[5, 6], seed=3)
     gen = cfg.policy.generation
-    assert (sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.top_k) == (
-        gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k) == (33, 0.7, 0.9, 20)
+    assert (
+        (sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.top_k)
+        == (gen.max_new_tokens, gen.temperature, gen.top_p, gen.top_k)
+        == (33, 0.7, 0.9, 20)
+    )
     assert sampling.stop_token_ids == (5, 6) and sampling.seed == 3 and sampling.seeds is None
     assert sampling.top_k_or_zero == 20
     default = SamplingParams.from_config(load_config("tiny_cpu"))
@@ -98,7 +109,7 @@ def test_sampling_params_per_prompt_seeds_and_limits():
     assert base.seeds_for(3) == [10, 11, 12] and base.max_tokens_for(3) == [8, 8, 8]
     assert SamplingParams().seeds_for(2) == [None, None]
     listed = base.replace(max_tokens=[4, 5, 6], seeds=[7, 8, 9])
-    assert listed.max_tokens == (4, 5, 6) and listed.seeds_for(3) == [7, 8, 9]      # seeds win over seed
+    assert listed.max_tokens == (4, 5, 6) and listed.seeds_for(3) == [7, 8, 9]  # seeds win over seed
     with pytest.raises(ValueError, match="seeds"):
         listed.seeds_for(2)
     with pytest.raises(ValueError, match="max_tokens"):

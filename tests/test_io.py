@@ -1,4 +1,5 @@
 """infra.io: atomic file and directory writes with shared-filesystem modes, strict and live JSONL reading."""
+
 from __future__ import annotations
 
 import json
@@ -90,6 +91,10 @@ def test_read_jsonl_is_strict_and_names_file_and_line(tmp_path):
 def test_read_live_jsonl_skips_torn_lines_and_a_missing_file(tmp_path):
     path = tmp_path / "metrics.jsonl"
     assert io.read_live_jsonl(path) == []
-    path.write_bytes(json.dumps({"step": 1}).encode() + b'\n{"step": 2, "tr\n' + json.dumps({"step": 3}).encode()
-                     + b'\n{"step": 4, "x": "\xc3')  # a killed writer's line, then one cut inside a character
+    path.write_bytes(
+        json.dumps({"step": 1}).encode()
+        + b'\n{"step": 2, "tr\n'
+        + json.dumps({"step": 3}).encode()
+        + b'\n{"step": 4, "x": "\xc3'
+    )  # a killed writer's line, then one cut inside a character
     assert io.read_live_jsonl(path) == [{"step": 1}, {"step": 3}]

@@ -1,5 +1,6 @@
 """The local Slurm cluster (slurm/local_cluster.sh) is real and idempotent: daemons up, nodes idle,
 accounting answers, failed dependencies are cancelled, and `start` repairs what is missing."""
+
 from __future__ import annotations
 
 import subprocess
@@ -52,7 +53,9 @@ def test_config_has_accounting_and_kills_invalid_dependencies():
 def test_sacct_reports_completed_and_failed_dependency_is_cancelled(tmp_path):
     ok = sh("sbatch", "--parsable", "--wait", f"--chdir={tmp_path}", "--wrap", "true").stdout.strip()
     bad = sh("sbatch", "--parsable", f"--chdir={tmp_path}", "--wrap", "exit 3").stdout.strip()
-    child = sh("sbatch", "--parsable", f"--chdir={tmp_path}", f"--dependency=afterok:{bad}", "--wrap", "true").stdout.strip()
+    child = sh(
+        "sbatch", "--parsable", f"--chdir={tmp_path}", f"--dependency=afterok:{bad}", "--wrap", "true"
+    ).stdout.strip()
     deadline = time.time() + 90
     states = {}
     while time.time() < deadline:

@@ -2,6 +2,7 @@
 norm, gradient and parameter update in fp32, and the throughput/scaling rows come out. The same code path runs on
 two GPUs with NCCL (`make bench-multi-gpu`); this keeps the bench's wiring of the parity steps (trainer/parity/tp_dp.py,
 tested alone in tests/test_parity.py) beside its throughput steps exercised where CI runs."""
+
 import json
 
 from bench import multi_gpu_bench
@@ -28,14 +29,15 @@ def test_tiny_tp2_and_dp2_match_one_rank(tmp_path):
     # DP=2 trains with the gradient all-reduce overlapped with the last backward and after it (interleaved steps):
     # a row each; the same parity step in both modes gives the same gradient and update (a + b in any bucketing)
     rows = {run: res["rows"] for run, res in report["runs"].items() if run != "pair"}
-    assert all(len(r) == (2 if run == "dp2" else 1) and all(x["tokens_per_s"] > 0 for x in r)
-               for run, r in rows.items())
+    assert all(
+        len(r) == (2 if run == "dp2" else 1) and all(x["tokens_per_s"] > 0 for x in r) for run, r in rows.items()
+    )
     assert [r["overlap_grad_reduce"] for r in rows["dp2"]] == [True, False]
     assert report["runs"]["dp2"]["parity"]["overlap_grad_reduce"] is True
     c = report["runs"]["dp2"]["parity"]["fp32_overlap_off_vs_on"]
     assert c["grad"]["rel_l2"] == 0 and c["update"]["rel_l2"] == 0 and c["grad_norm_rel"] == 0, c
     assert rows["dp2"][0]["gbs"] == 2 * rows["tp1"][0]["gbs"]
-    pair = report["runs"]["pair"]["processes"]      # two world-1 processes, each with its own rows
+    pair = report["runs"]["pair"]["processes"]  # two world-1 processes, each with its own rows
     assert len(pair) == 2 and all(p["dp"] == 1 and p["rows"][0]["gbs"] == rows["tp1"][0]["gbs"] for p in pair)
     assert {s["run"] for s in report["scaling"]} == {"dp2", "tp2", "pair"}
     assert sorted(s.get("overlap_grad_reduce") for s in report["scaling"] if s["run"] == "dp2") == [False, True]

@@ -1,5 +1,6 @@
 """trainer/parity on CPU: TP=2 and DP=2 against one rank (gloo, fp32), Megatron against transformers, and the
 pass/fail rules on made-up comparisons. The same functions run on GPUs in tests/gpu and the benchmarks."""
+
 from __future__ import annotations
 
 import pytest
@@ -47,16 +48,22 @@ def _record(scale: float = 1.0, loss: float = -0.5) -> dict:
     g = torch.Generator().manual_seed(0)
     grads = {"w": torch.randn(64, 64, generator=g), "b": torch.randn(64, generator=g)}
     lp = -torch.rand(2, 16, generator=g)
-    return {"loss": loss, "grad_norm": 3.0 * scale, "nll": 2.0, "logprobs": lp, "loss_mask": torch.ones(2, 16),
-            "grads": {k: v * scale for k, v in grads.items()},
-            "update": {k: -1e-6 * v.sign() for k, v in grads.items()}}
+    return {
+        "loss": loss,
+        "grad_norm": 3.0 * scale,
+        "nll": 2.0,
+        "logprobs": lp,
+        "loss_mask": torch.ones(2, 16),
+        "grads": {k: v * scale for k, v in grads.items()},
+        "update": {k: -1e-6 * v.sign() for k, v in grads.items()},
+    }
 
 
 def test_checks_fail_a_wrong_gradient_and_pass_rounding():
     cpu = torch.device("cpu")
     ref = _record()
     summation_order = compare_step(_record(scale=1 + 1e-7), ref, cpu, lr=1e-6)
-    missing_reduction = compare_step(_record(scale=0.5), ref, cpu, lr=1e-6)   # one of two shards' gradient
+    missing_reduction = compare_step(_record(scale=0.5), ref, cpu, lr=1e-6)  # one of two shards' gradient
     ok = tp_dp_checks({"tp1": {}, "tp2": {"fp32_vs_tp1_fp32": summation_order}})
     bad = tp_dp_checks({"tp1": {}, "tp2": {"fp32_vs_tp1_fp32": missing_reduction}})
     assert ok and all(ok.values()), ok
@@ -66,7 +73,7 @@ def test_checks_fail_a_wrong_gradient_and_pass_rounding():
 def test_bf16_is_judged_against_the_one_rank_bf16_error():
     cpu = torch.device("cpu")
     fp32 = _record()
-    tp1_bf16 = compare_step(_record(scale=1 + 1e-2), fp32, cpu, lr=1e-6)          # rounding of one rank
+    tp1_bf16 = compare_step(_record(scale=1 + 1e-2), fp32, cpu, lr=1e-6)  # rounding of one rank
     as_far = compare_step(_record(scale=1 + 1.2e-2), fp32, cpu, lr=1e-6)
     much_further = compare_step(_record(scale=1 + 5e-2), fp32, cpu, lr=1e-6)
     key = "tp2_bf16_grad_rel_l2_vs_fp32<=1.5x_tp1_bf16"

@@ -1,5 +1,6 @@
 """A plan reserved in a real Ray instance with logical GPUs: actors land where the plan says, never two policy
 ranks on one GPU, engines see their whole TP group, and a plan Ray cannot hold fails fast naming the shortage."""
+
 from __future__ import annotations
 
 import pytest
@@ -34,7 +35,7 @@ def test_colocated_actors_land_on_the_planned_gpus(logical_gpus):
         rank_where = ray.get([a.where.remote() for a in ranks])
         engine_where = ray.get([a.where.remote() for a in engines])
         rank_gpus = [ids[0] for _, ids in rank_where]
-        assert len(set(rank_gpus)) == 8                              # every rank its own GPU
+        assert len(set(rank_gpus)) == 8  # every rank its own GPU
         for e, (_, ids) in enumerate(engine_where):
             group = reservation.engine_visible_devices(e).split(",")
             assert len(group) == 2 and ids[0] == group[0]

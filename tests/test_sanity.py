@@ -1,16 +1,18 @@
 """The sanity stage: a report per check, and a failure that stops the chain with the reason."""
+
 import json
 
 import pytest
 
-from pipeline import data, prepare, sanity
 from infra.config import load_config
+from pipeline import data, prepare, sanity
 
 
 @pytest.fixture()
 def prepared_cfg(tmp_path):
-    cfg = load_config("tiny_cpu", [f"run.root={tmp_path}/run", "data.local.generator_rows=80",
-                                   "sanity.checks=[data,environment]"])
+    cfg = load_config(
+        "tiny_cpu", [f"run.root={tmp_path}/run", "data.local.generator_rows=80", "sanity.checks=[data,environment]"]
+    )
     data.run(cfg)
     prepare.run(cfg)
     return cfg

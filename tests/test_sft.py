@@ -1,18 +1,27 @@
 """The warm-start stage: expert trajectories through the rollout bookkeeping, NLL falls, an HF model comes out."""
+
 import json
 
 import pytest
 
-from pipeline import data, prepare
 from infra.config import load_config
+from pipeline import data, prepare
 
 
 @pytest.fixture(scope="module")
 def prepared_cfg(tmp_path_factory):
     root = tmp_path_factory.mktemp("sft")
-    cfg = load_config("tiny_cpu", [f"run.root={root}/run", "data.local.generator_rows=60",
-                                   "sft.enabled=true", "sft.max_num_steps=3", "sft.train_global_batch_size=8",
-                                   "sft.train_micro_batch_size=4"])
+    cfg = load_config(
+        "tiny_cpu",
+        [
+            f"run.root={root}/run",
+            "data.local.generator_rows=60",
+            "sft.enabled=true",
+            "sft.max_num_steps=3",
+            "sft.train_global_batch_size=8",
+            "sft.train_micro_batch_size=4",
+        ],
+    )
     data.run(cfg)
     prepare.run(cfg)
     return cfg
@@ -41,14 +50,13 @@ def test_expert_trajectories_score_one_and_mask_only_assistant_tokens(prepared_c
     for rollout, row in zip(rollouts, rows):
         trained = tokenizer.decode([t for t, m in zip(rollout.token_ids, rollout.loss_mask) if m])
         for call in row["ground_truth"]:
-            assert call["name"] in trained          # the calls are trained on ...
+            assert call["name"] in trained  # the calls are trained on ...
         prompt = tokenizer.decode(rollout.token_ids[: rollout.prompt_length])
-        assert row["responses_create_params"]["input"][1]["content"] in prompt   # ... the query is not
+        assert row["responses_create_params"]["input"][1]["content"] in prompt  # ... the query is not
         assert not any(rollout.loss_mask[: rollout.prompt_length])
 
 
-def test_short_context_trajectories_leave_out_the_system_prompt_and_still_score_one(prepared_cfg,
-                                                                                   rows_and_tokenizer):
+def test_short_context_trajectories_leave_out_the_system_prompt_and_still_score_one(prepared_cfg, rows_and_tokenizer):
     from env_sim.workplace_assistant.tasks.rows import SYSTEM_PROMPT
     from trainer.expert import expert_rollouts
 
@@ -70,12 +78,13 @@ def test_short_context_epochs_come_first_and_add_to_the_step_count():
 
     from pipeline.sft import SftPlan
 
-    cfg = OmegaConf.create({"sft": {"train_global_batch_size": 10, "num_epochs": 1, "short_context_epochs": 2,
-                                    "max_num_steps": None}})
+    cfg = OmegaConf.create(
+        {"sft": {"train_global_batch_size": 10, "num_epochs": 1, "short_context_epochs": 2, "max_num_steps": None}}
+    )
     plan = SftPlan.from_config(cfg, 95)
     assert (plan.steps_per_epoch, plan.short_steps, plan.total_steps) == (10, 20, 30)
     assert [plan.is_short(step) for step in (1, 20, 21, 30)] == [True, True, False, False]
-    plan.short_epochs += 1                         # what the copy check does: the full epoch moves back
+    plan.short_epochs += 1  # what the copy check does: the full epoch moves back
     assert (plan.total_steps, plan.is_short(30), plan.is_short(31)) == (40, True, False)
     cfg.sft.max_num_steps = 25
     assert SftPlan.from_config(cfg, 95).total_steps == 25
@@ -84,7 +93,7 @@ def test_short_context_epochs_come_first_and_add_to_the_step_count():
 def test_copy_check_without_a_threshold_says_which_key_is_missing():
     from infra.config import load_config
 
-    with pytest.raises(ValueError, match=r"no value for sft\.copy_check\.min_exact_prob"):   # at load, by the schema
+    with pytest.raises(ValueError, match=r"no value for sft\.copy_check\.min_exact_prob"):  # at load, by the schema
         load_config("base", ["sft.copy_check.rows=8", "sft.copy_check.max_extra_epochs=2"])
 
 
@@ -95,14 +104,26 @@ def test_sft_lowers_nll_extends_short_context_while_copying_lags_and_exports_a_l
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM
 
-    from pipeline import sft
     from infra.io import read_jsonl
+    from pipeline import sft
 
     train_rows = len(read_jsonl(f"{prepared_cfg.run.root}/prepare/train_prepare.jsonl"))
-    gbs = -(-train_rows // 2)                       # two optimizer steps an epoch
-    cfg = OmegaConf.merge(prepared_cfg, OmegaConf.create({"sft": {
-        "max_num_steps": None, "train_global_batch_size": gbs, "short_context_epochs": 1, "num_epochs": 1,
-        "lr_warmup_iters": 0, "copy_check": {"rows": 8, "min_exact_prob": 1.0, "max_extra_epochs": 1}}}))
+    gbs = -(-train_rows // 2)  # two optimizer steps an epoch
+    cfg = OmegaConf.merge(
+        prepared_cfg,
+        OmegaConf.create(
+            {
+                "sft": {
+                    "max_num_steps": None,
+                    "train_global_batch_size": gbs,
+                    "short_context_epochs": 1,
+                    "num_epochs": 1,
+                    "lr_warmup_iters": 0,
+                    "copy_check": {"rows": 8, "min_exact_prob": 1.0, "max_extra_epochs": 1},
+                }
+            }
+        ),
+    )
     out = sft.run(cfg)
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]

@@ -3,6 +3,7 @@
 The samples are the commands' outputs as jobs.slurm_state asks for them (sacct -X -P -n -o ..., squeue -h -o
 '%i|%T', scontrol show job -o), in the forms Slurm 22.05 prints: who cancelled, placeholders for no value, a
 dependency that can never be satisfied. The slurm-marked tests read the same commands on the local cluster."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,14 +19,24 @@ SACCT = """\
 46|OUT_OF_MEMORY|0:125|None|00:00:40|2024-05-02T10:00:31|2024-05-02T10:00:32|2024-05-02T10:01:12|node2
 """
 SQUEUE = "44|PENDING\n45|RUNNING\n41|COMPLETED\n47|COMPLETING\n48|REQUEUE_HOLD\n"
-SCONTROL = ("JobId=43 JobName=run-sanity UserId=me(1000) GroupId=me(1000) MCS_label=N/A Priority=1 Nice=0 "
-            "Account=(null) QOS=(null) JobState=CANCELLED Reason=DependencyNeverSatisfied "
-            "Dependency=afterok:42(failed) Requeue=1 Restarts=0 BatchFlag=1 ExitCode=0:0 RunTime=00:00:00\n")
+SCONTROL = (
+    "JobId=43 JobName=run-sanity UserId=me(1000) GroupId=me(1000) MCS_label=N/A Priority=1 Nice=0 "
+    "Account=(null) QOS=(null) JobState=CANCELLED Reason=DependencyNeverSatisfied "
+    "Dependency=afterok:42(failed) Requeue=1 Restarts=0 BatchFlag=1 ExitCode=0:0 RunTime=00:00:00\n"
+)
 
 
-@pytest.mark.parametrize("raw, state", [("CANCELLED by 1000", "CANCELLED"), ("RUNNING+", "RUNNING"),
-                                        ("JobState=PENDING", "PENDING"), ("  completed ", "COMPLETED"), ("", ""),
-                                        (None, "")])
+@pytest.mark.parametrize(
+    "raw, state",
+    [
+        ("CANCELLED by 1000", "CANCELLED"),
+        ("RUNNING+", "RUNNING"),
+        ("JobState=PENDING", "PENDING"),
+        ("  completed ", "COMPLETED"),
+        ("", ""),
+        (None, ""),
+    ],
+)
 def test_normalise_state(raw, state):
     assert slurm_state.normalise_state(raw) == state
 
@@ -40,8 +51,14 @@ def test_every_state_is_either_final_or_active_never_both():
 def test_parse_sacct_normalises_states_and_placeholders():
     records = slurm_state.parse_sacct(SACCT)
     assert sorted(records) == ["41", "42", "43", "44", "45", "46"]
-    assert {j: r.state for j, r in records.items()} == {"41": "COMPLETED", "42": "FAILED", "43": "CANCELLED",
-                                                         "44": "PENDING", "45": "RUNNING", "46": "OUT_OF_MEMORY"}
+    assert {j: r.state for j, r in records.items()} == {
+        "41": "COMPLETED",
+        "42": "FAILED",
+        "43": "CANCELLED",
+        "44": "PENDING",
+        "45": "RUNNING",
+        "46": "OUT_OF_MEMORY",
+    }
     cancelled, running = records["43"], records["45"]
     assert (cancelled.start, cancelled.node_list, cancelled.started) == ("", "", False)
     assert cancelled.reason == "DependencyNeverSatisfied" and records["41"].reason == ""
@@ -50,8 +67,13 @@ def test_parse_sacct_normalises_states_and_placeholders():
 
 
 def test_parse_squeue_and_scontrol():
-    assert slurm_state.parse_squeue(SQUEUE) == {"44": "PENDING", "45": "RUNNING", "41": "COMPLETED",
-                                                "47": "COMPLETING", "48": "REQUEUE_HOLD"}
+    assert slurm_state.parse_squeue(SQUEUE) == {
+        "44": "PENDING",
+        "45": "RUNNING",
+        "41": "COMPLETED",
+        "47": "COMPLETING",
+        "48": "REQUEUE_HOLD",
+    }
     fields = slurm_state.parse_scontrol(SCONTROL)
     assert fields["JobState"] == "CANCELLED" and fields["Reason"] == "DependencyNeverSatisfied"
     assert fields["Dependency"] == "afterok:42(failed)"
@@ -60,8 +82,12 @@ def test_parse_squeue_and_scontrol():
 def test_chain_reuses_only_active_jobs(monkeypatch):
     """squeue keeps listing a finished job for MinJobAge: a COMPLETED or FAILED one must not count as running."""
     monkeypatch.setattr(slurm_state, "squeue_states", lambda ids: slurm_state.parse_squeue(SQUEUE))
-    assert chain.active_jobs(["41", "44", "45", "47", "48"]) == {"44": "PENDING", "45": "RUNNING",
-                                                                 "47": "COMPLETING", "48": "REQUEUE_HOLD"}
+    assert chain.active_jobs(["41", "44", "45", "47", "48"]) == {
+        "44": "PENDING",
+        "45": "RUNNING",
+        "47": "COMPLETING",
+        "48": "REQUEUE_HOLD",
+    }
 
 
 def test_status_reason_of_a_job_cancelled_for_its_failed_parent(monkeypatch):

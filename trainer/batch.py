@@ -1,7 +1,9 @@
 """Rollouts as training tensors: the batch the policy, the prompt selection, sft and sanity all feed on."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -11,8 +13,10 @@ def rollouts_to_batch(rollouts: Sequence[Any], advantages: torch.Tensor) -> dict
     lengths = [len(r.token_ids) for r in rollouts]
     for r in rollouts:
         if not (len(r.loss_mask) == len(r.token_ids) == len(r.generation_logprobs)):
-            raise ValueError(f"rollout of row {r.row_id}: token_ids ({len(r.token_ids)}), loss_mask "
-                             f"({len(r.loss_mask)}) and generation_logprobs ({len(r.generation_logprobs)}) differ")
+            raise ValueError(
+                f"rollout of row {r.row_id}: token_ids ({len(r.token_ids)}), loss_mask "
+                f"({len(r.loss_mask)}) and generation_logprobs ({len(r.generation_logprobs)}) differ"
+            )
     n, seq = len(rollouts), max(lengths)
     ids = torch.zeros(n, seq, dtype=torch.long)
     mask = torch.zeros(n, seq)
@@ -23,8 +27,13 @@ def rollouts_to_batch(rollouts: Sequence[Any], advantages: torch.Tensor) -> dict
         mask[i, :L] = torch.tensor(r.loss_mask, dtype=torch.float32)
         gen_lp[i, :L] = torch.tensor(r.generation_logprobs, dtype=torch.float32)
     mask[:, 0] = 0  # the first token has no prediction
-    return {"input_ids": ids, "input_lengths": torch.tensor(lengths), "loss_mask": mask,
-            "generation_logprobs": gen_lp, "advantages": advantages.float()}
+    return {
+        "input_ids": ids,
+        "input_lengths": torch.tensor(lengths),
+        "loss_mask": mask,
+        "generation_logprobs": gen_lp,
+        "advantages": advantages.float(),
+    }
 
 
 def informative_rows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -13,14 +13,16 @@ infra.io, never torch or Ray. Layout of one checkpoint:
     step_N/train_dataloader.json  data order and position
     step_N/rng_state.pt           python / numpy / torch RNG states of the driver
 """
+
 from __future__ import annotations
 
 import json
 import re
 import shutil
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from infra.io import atomic_write_json, replace_directory
 
@@ -53,8 +55,9 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     return ckpts[-1][1] if ckpts else None
 
 
-def rank_checkpoints(ckpts: list[tuple[int, Path]], metric_name: str | None,
-                     higher_is_better: bool = True) -> list[tuple[int, Path]]:
+def rank_checkpoints(
+    ckpts: list[tuple[int, Path]], metric_name: str | None, higher_is_better: bool = True
+) -> list[tuple[int, Path]]:
     """Best first: checkpoints with the metric by (metric, step), ties to the newer; those without it after,
     newest first."""
     with_metric, without = [], []
@@ -69,8 +72,9 @@ def rank_checkpoints(ckpts: list[tuple[int, Path]], metric_name: str | None,
     return [(s, p) for _, s, p in with_metric] + sorted(without, reverse=True)
 
 
-def best_checkpoint(checkpoint_dir: str | Path, metric_name: str | None = "val:accuracy",
-                    higher_is_better: bool = True) -> Path | None:
+def best_checkpoint(
+    checkpoint_dir: str | Path, metric_name: str | None = "val:accuracy", higher_is_better: bool = True
+) -> Path | None:
     """The complete checkpoint with the best `metric_name`; None when none has it."""
     ranked = rank_checkpoints(list_checkpoints(checkpoint_dir), metric_name, higher_is_better)
     if not ranked or not metric_name:
@@ -81,8 +85,13 @@ def best_checkpoint(checkpoint_dir: str | Path, metric_name: str | None = "val:a
 
 
 class CheckpointManager:
-    def __init__(self, checkpoint_dir: str | Path, metric_name: str | None = "val:accuracy",
-                 higher_is_better: bool = True, keep_top_k: int | None = 3):
+    def __init__(
+        self,
+        checkpoint_dir: str | Path,
+        metric_name: str | None = "val:accuracy",
+        higher_is_better: bool = True,
+        keep_top_k: int | None = 3,
+    ):
         if metric_name is not None and not str(metric_name).startswith(("val:", "train:")):
             raise ValueError(f"checkpointing.metric_name must start with 'val:' or 'train:', got {metric_name!r}")
         if keep_top_k is not None and keep_top_k < 1:
@@ -93,8 +102,9 @@ class CheckpointManager:
         self._recover_interrupted_swap()
 
     # ---- writing -------------------------------------------------------------------------------------------
-    def save(self, step: int, training_info: Mapping[str, Any], config_yaml: str,
-             write_contents: Callable[[Path], None]) -> Path:
+    def save(
+        self, step: int, training_info: Mapping[str, Any], config_yaml: str, write_contents: Callable[[Path], None]
+    ) -> Path:
         """Write checkpoint `step`: `write_contents(tmp_dir)` fills it; then it is renamed into place and old
         checkpoints beyond the top-k are deleted. Returns the final `step_N` path."""
         for stale in self.dir.glob("tmp_step_*"):
@@ -112,7 +122,7 @@ class CheckpointManager:
 
     def _recover_interrupted_swap(self) -> None:
         for old in self.dir.glob("old_step_*"):
-            final = self.dir / old.name[len("old_"):]
+            final = self.dir / old.name[len("old_") :]
             if final.exists():
                 shutil.rmtree(old, ignore_errors=True)
             else:

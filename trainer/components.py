@@ -3,6 +3,7 @@
 The train, sanity and eval stages all start from the same place: the warm-started model when the sft stage
 ran, else `policy.model_name`; and they build their policy and generation engines the same way.
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,8 +22,9 @@ def initial_model_dir(cfg: DictConfig) -> Path:
     sft_model = run_root(cfg) / "sft" / "hf_model"
     if cfg.sft.enabled and (sft_model / "config.json").exists():
         return sft_model
-    return resolve_model(cfg.policy.model_name, run_root(cfg) / "models",
-                         tiny_cfg=cfg.policy.tiny, seed=int(cfg.run.seed))
+    return resolve_model(
+        cfg.policy.model_name, run_root(cfg) / "models", tiny_cfg=cfg.policy.tiny, seed=int(cfg.run.seed)
+    )
 
 
 def _torch_dtype_name(precision: str) -> str:
@@ -46,15 +48,21 @@ def build_components(cfg: DictConfig, model_dir: Path, total_steps: int) -> Comp
     expert trajectories (for prompt selection). `Components.shutdown()` stops the workers."""
     from transformers import AutoTokenizer
 
+    from trainer.expert import expert_rollouts
     from trainer.generation import make_generation
+    from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
     from trainer.policy.worker import PolicyGroup
     from trainer.rollout import collect_rollouts
-    from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
-    from trainer.expert import expert_rollouts
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    policy = PolicyGroup(cfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict,
-                         total_steps)
+    policy = PolicyGroup(
+        cfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict, total_steps
+    )
     generation = make_generation(cfg, str(model_dir))
-    return Components(policy=policy, generation=generation, rollout_fn=collect_rollouts, tokenizer=tokenizer,
-                      expert_fn=functools.partial(expert_rollouts, tokenizer=tokenizer, cfg=cfg))
+    return Components(
+        policy=policy,
+        generation=generation,
+        rollout_fn=collect_rollouts,
+        tokenizer=tokenizer,
+        expert_fn=functools.partial(expert_rollouts, tokenizer=tokenizer, cfg=cfg),
+    )

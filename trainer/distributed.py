@@ -4,6 +4,7 @@ Rank information comes from (first match): explicit arguments (Ray actors pass t
 (RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT), or Slurm via submitit's job environment. Without CUDA the backend is
 gloo and two shims make Megatron-core run on CPU (see `apply_cpu_shims`).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,13 @@ class RankInfo:
     master_port: int
 
 
-def discover_rank_info(rank: int | None = None, world_size: int | None = None, master_addr: str | None = None,
-                       master_port: int | None = None, local_rank: int | None = None) -> RankInfo:
+def discover_rank_info(
+    rank: int | None = None,
+    world_size: int | None = None,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    local_rank: int | None = None,
+) -> RankInfo:
     """Where this process sits: explicit arguments, then torchrun env vars, then Slurm/submitit, else a single rank."""
     env = os.environ
     if rank is None and "RANK" in env and "WORLD_SIZE" in env:
@@ -43,7 +49,7 @@ def discover_rank_info(rank: int | None = None, world_size: int | None = None, m
         raise ValueError(f"rank={rank} given without world_size")
     master_addr = master_addr or env.get("MASTER_ADDR", "127.0.0.1")
     if master_port is None and "MASTER_PORT" not in env and world_size == 1:
-        master_port = free_port()   # a lone process must not collide with other jobs on the same host
+        master_port = free_port()  # a lone process must not collide with other jobs on the same host
     master_port = int(master_port or env.get("MASTER_PORT", 29500))
     return RankInfo(rank, world_size, local_rank if local_rank is not None else rank, master_addr, master_port)
 
@@ -66,8 +72,8 @@ def apply_cpu_shims() -> None:
     3. Dropout inside attention forks the model-parallel CUDA RNG tracker; the "inference" tracker's fork is a
        no-op, so dropout draws from the ordinary CPU generator (seeded by `torch.manual_seed`).
     """
-    import torch
     import megatron.core.utils as mcu
+    import torch
     from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
     from megatron.core.tensor_parallel.random import initialize_rng_tracker
 
@@ -75,7 +81,7 @@ def apply_cpu_shims() -> None:
         return torch.empty(tuple(tensor_shape), dtype=dtype)
 
     def _cpu_rope_emb(self, max_seq_len, offset=0):
-        freqs = self.get_freqs_non_repeated(max_seq_len, offset)       # [S, dim/2]
+        freqs = self.get_freqs_non_repeated(max_seq_len, offset)  # [S, dim/2]
         if self.rotary_interleaved:
             emb = torch.stack((freqs, freqs), dim=-1).reshape(freqs.shape[0], -1)
         else:
@@ -87,9 +93,18 @@ def apply_cpu_shims() -> None:
     initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
 
 
-def init_distributed(tp: int = 1, pp: int = 1, *, rank: int | None = None, world_size: int | None = None,
-                     master_addr: str | None = None, master_port: int | None = None, backend: str | None = None,
-                     seed: int = 0, timeout_s: int = 600) -> RankInfo:
+def init_distributed(
+    tp: int = 1,
+    pp: int = 1,
+    *,
+    rank: int | None = None,
+    world_size: int | None = None,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    backend: str | None = None,
+    seed: int = 0,
+    timeout_s: int = 600,
+) -> RankInfo:
     """Initialise the process group (if not yet) and Megatron's TP/PP/DP groups; seed the model-parallel RNGs.
 
     Idempotent for the same (tp, pp): a second call returns the same info (tests build several models).
@@ -104,14 +119,23 @@ def init_distributed(tp: int = 1, pp: int = 1, *, rank: int | None = None, world
         backend = backend or ("nccl" if use_cuda else "gloo")
         if use_cuda:
             torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
-        dist.init_process_group(backend=backend, init_method=f"tcp://{info.master_addr}:{info.master_port}",
-                                rank=info.rank, world_size=info.world_size, timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            backend=backend,
+            init_method=f"tcp://{info.master_addr}:{info.master_port}",
+            rank=info.rank,
+            world_size=info.world_size,
+            timeout=timedelta(seconds=timeout_s),
+        )
     if info.world_size % (tp * pp):
-        raise ValueError(f"world size {info.world_size} is not divisible by tensor_model_parallel_size={tp} x "
-                         f"pipeline_model_parallel_size={pp}")
+        raise ValueError(
+            f"world size {info.world_size} is not divisible by tensor_model_parallel_size={tp} x "
+            f"pipeline_model_parallel_size={pp}"
+        )
     if parallel_state.model_parallel_is_initialized():
-        if (parallel_state.get_tensor_model_parallel_world_size() != tp
-                or parallel_state.get_pipeline_model_parallel_world_size() != pp):
+        if (
+            parallel_state.get_tensor_model_parallel_world_size() != tp
+            or parallel_state.get_pipeline_model_parallel_world_size() != pp
+        ):
             parallel_state.destroy_model_parallel()
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
@@ -155,8 +179,11 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     python_path = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs = {"runtime_env": {"env_vars": {"PYTHONPATH": python_path}}, "include_dashboard": False,
-              "log_to_driver": True}
+    kwargs = {
+        "runtime_env": {"env_vars": {"PYTHONPATH": python_path}},
+        "include_dashboard": False,
+        "log_to_driver": True,
+    }
     if address is None:
         # "local", never None: ray.init(None) joins whatever cluster another process on this host announced
         # last (/tmp/ray/ray_current_cluster), e.g. another job's Ray, whose scheduler then cancels our actors
@@ -201,8 +228,13 @@ def _start_local_ray(ray, address: str, kwargs: dict) -> None:
                 except psutil.NoSuchProcess:
                     pass
 
-    start_with_retries(attempt, "local Ray", retryable=is_startup_timeout, clean_up=clean_up,
-                       log=lambda text: print(f"[init_ray] {text}", flush=True))
+    start_with_retries(
+        attempt,
+        "local Ray",
+        retryable=is_startup_timeout,
+        clean_up=clean_up,
+        log=lambda text: print(f"[init_ray] {text}", flush=True),
+    )
 
 
 def ray_address(cfg: DictConfig) -> str | None:

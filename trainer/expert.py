@@ -5,9 +5,10 @@ The expert's turns are the row's ground-truth tool calls followed by a short fin
 the token bookkeeping is the one GRPO rollouts get (`trainer.rollout.collect_rollouts`). The sft stage trains on
 them; GRPO's prompt selection scores them under the current policy.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -72,7 +73,9 @@ def expert_rollouts(rows: Sequence[dict], tokenizer, cfg: DictConfig, short_cont
         turns = expert_turns(row, cfg.env.tool_format)
         rollout = collect_rollouts([row], ExpertGeneration(tokenizer, turns, end_of_turn), tokenizer, cfg, seed=0)[0]
         if rollout.reward != 1.0 and not rollout.truncated:
-            raise ValueError(f"row id {row.get('id')}: the expert trajectory scored {rollout.reward} "
-                             f"(stop: {rollout.stop_reason}); the row's ground truth does not solve it")
+            raise ValueError(
+                f"row id {row.get('id')}: the expert trajectory scored {rollout.reward} "
+                f"(stop: {rollout.stop_reason}); the row's ground truth does not solve it"
+            )
         out.append(rollout)
     return out

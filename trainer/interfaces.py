@@ -13,6 +13,7 @@
 The Protocols are structural: an implementation does not inherit from them, it only has the methods. Nothing
 heavy is imported here (torch, Ray and vLLM only for type checkers).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypedDict, runtime_checkable
 if TYPE_CHECKING:
     import torch
 
-Batch = Mapping[str, "torch.Tensor"]   # the training batch (trainer.batch.rollouts_to_batch): right-padded tensors
+Batch = Mapping[str, "torch.Tensor"]  # the training batch (trainer.batch.rollouts_to_batch): right-padded tensors
 
 
 # ---- sampling -----------------------------------------------------------------------------------------------
@@ -63,9 +64,14 @@ class SamplingParams:
     def from_config(cls, cfg: Any, stop_token_ids: Sequence[int] = (), seed: int | None = None) -> SamplingParams:
         """`policy.generation`'s sampling (max_new_tokens, temperature, top_p, top_k): the one place it is read."""
         gen = cfg.policy.generation
-        return cls(max_tokens=int(gen.max_new_tokens), temperature=float(gen.temperature), top_p=float(gen.top_p),
-                   top_k=None if gen.top_k is None else int(gen.top_k), stop_token_ids=tuple(stop_token_ids),
-                   seed=seed)
+        return cls(
+            max_tokens=int(gen.max_new_tokens),
+            temperature=float(gen.temperature),
+            top_p=float(gen.top_p),
+            top_k=None if gen.top_k is None else int(gen.top_k),
+            stop_token_ids=tuple(stop_token_ids),
+            seed=seed,
+        )
 
     def replace(self, **changes: Any) -> SamplingParams:
         return dataclasses.replace(self, **changes)
@@ -104,8 +110,8 @@ class SamplingParams:
 
 class GenerationOutput(TypedDict):
     token_ids: list[int]
-    logprobs: list[float]        # of each sampled token under the sampling distribution (after temperature etc.)
-    finish_reason: str | None    # "stop" (a stop token) | "length" (max_tokens or the context)
+    logprobs: list[float]  # of each sampled token under the sampling distribution (after temperature etc.)
+    finish_reason: str | None  # "stop" (a stop token) | "length" (max_tokens or the context)
 
 
 # ---- the collaborators ----------------------------------------------------------------------------------------
@@ -142,8 +148,7 @@ class Policy(Protocol):
 class Generation(Protocol):
     """A generation backend: token ids in, sampled token ids with their log-probs out."""
 
-    def generate(self, prompt_token_ids: Sequence[Sequence[int]],
-                 sampling: SamplingParams) -> list[GenerationOutput]:
+    def generate(self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingParams) -> list[GenerationOutput]:
         """One continuation per prompt, in prompt order."""
         ...
 
@@ -174,11 +179,12 @@ class RolloutRecord(Protocol):
 class RolloutFn(Protocol):
     """`trainer.rollout.collect_rollouts`: one rollout per row, in row order, seeded by `seed`."""
 
-    def __call__(self, rows: Sequence[Mapping[str, Any]], generation: Generation, tokenizer: Any, cfg: Any,
-                 seed: int) -> Sequence[RolloutRecord]: ...
+    def __call__(
+        self, rows: Sequence[Mapping[str, Any]], generation: Generation, tokenizer: Any, cfg: Any, seed: int
+    ) -> Sequence[RolloutRecord]: ...
 
 
-ExpertFn = Callable[[Sequence[dict]], Sequence[RolloutRecord]]   # rows -> their expert trajectories
+ExpertFn = Callable[[Sequence[dict]], Sequence[RolloutRecord]]  # rows -> their expert trajectories
 
 
 @dataclass

@@ -7,6 +7,7 @@ On resume, lines of steps after the checkpoint (written by the interrupted run) 
 as one uninterrupted run. Accuracy (`train:accuracy`, `val:accuracy`, the eval stage's summary) is computed here
 only: `is_success` / `accuracy_summary`. Only the standard library and infra.io are imported at module level.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ import math
 import os
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from infra.io import atomic_path, atomic_write_text, read_live_jsonl
 
@@ -24,14 +26,27 @@ from infra.io import atomic_path, atomic_write_text, read_live_jsonl
 # parts, a float32 tensor and back) a success, and is far too small to count any partial reward.
 SUCCESS_TOLERANCE = 1e-9
 
-CONSOLE_KEYS = [("train:reward_mean", "reward"), ("train:accuracy", "acc"), ("train:loss", "loss"),
-                ("grad_norm", "gnorm"), ("val:accuracy", "val_acc"), ("performance:samples_per_sec", "samples/s"),
-                ("timing/train/total_step_time", "step_s")]
+CONSOLE_KEYS = [
+    ("train:reward_mean", "reward"),
+    ("train:accuracy", "acc"),
+    ("train:loss", "loss"),
+    ("grad_norm", "gnorm"),
+    ("val:accuracy", "val_acc"),
+    ("performance:samples_per_sec", "samples/s"),
+    ("timing/train/total_step_time", "step_s"),
+]
 
 
 class MetricsLogger:
-    def __init__(self, log_dir: str | Path, wandb_cfg: Mapping[str, Any] | None = None, wandb_enabled: bool = False,
-                 resume_step: int | None = None, run_config: Mapping[str, Any] | None = None, echo: bool = True):
+    def __init__(
+        self,
+        log_dir: str | Path,
+        wandb_cfg: Mapping[str, Any] | None = None,
+        wandb_enabled: bool = False,
+        resume_step: int | None = None,
+        run_config: Mapping[str, Any] | None = None,
+        echo: bool = True,
+    ):
         self.dir = Path(log_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.dir / "metrics.jsonl"
@@ -53,8 +68,15 @@ class MetricsLogger:
         id_file = self.dir / "wandb_run_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         atomic_write_text(id_file, run_id)
-        return wandb.init(project=wandb_cfg.get("project"), name=wandb_cfg.get("name"), id=run_id, resume="allow",
-                          dir=str(self.dir), config=dict(run_config or {}), reinit="finish_previous")
+        return wandb.init(
+            project=wandb_cfg.get("project"),
+            name=wandb_cfg.get("name"),
+            id=run_id,
+            resume="allow",
+            dir=str(self.dir),
+            config=dict(run_config or {}),
+            reinit="finish_previous",
+        )
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         clean = {k: _plain(v) for k, v in metrics.items()}

@@ -16,13 +16,15 @@ Ranks follow Megatron-core's order (tensor-parallel rank fastest), and GPUs are 
 group is consecutive GPUs of one node whenever TP divides the GPUs per node; the plan refuses TP groups that would
 cross nodes, for the policy and for the engines.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 GIB = 1024**3
-CUDA_CONTEXT_GIB = 0.5   # per process on a GPU (policy rank, engine worker)
+CUDA_CONTEXT_GIB = 0.5  # per process on a GPU (policy rank, engine worker)
 SLEEPING_ENGINE_GIB = 1.0  # what a sleeping vLLM engine keeps: CUDA graphs, allocator pools
 
 
@@ -56,12 +58,28 @@ class ModelShape:
 
 # config.json fields of the recipes' models, so a plan prints where the hub cannot be reached (login nodes, CI)
 KNOWN_MODELS: dict[str, dict[str, Any]] = {
-    "Qwen/Qwen3-4B-Instruct-2507": {"model_type": "qwen3", "hidden_size": 2560, "num_hidden_layers": 36,
-                                    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
-                                    "intermediate_size": 9728, "vocab_size": 151936, "tie_word_embeddings": True},
-    "Qwen/Qwen3-1.7B": {"model_type": "qwen3", "hidden_size": 2048, "num_hidden_layers": 28,
-                        "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
-                        "intermediate_size": 6144, "vocab_size": 151936, "tie_word_embeddings": True},
+    "Qwen/Qwen3-4B-Instruct-2507": {
+        "model_type": "qwen3",
+        "hidden_size": 2560,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "intermediate_size": 9728,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
+    "Qwen/Qwen3-1.7B": {
+        "model_type": "qwen3",
+        "hidden_size": 2048,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "intermediate_size": 6144,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
 }
 # NemotronH is a hybrid (Mamba-2 + attention + squared-ReLU MLP): its count is the published one
 KNOWN_SHAPES: dict[str, ModelShape] = {
@@ -86,16 +104,16 @@ class PlacementRequest:
     gpu_memory_gib: float
     colocated: bool = True
     generation_gpus_per_node: int | None = None  # split, one node: GPUs of it that generate
-    generation_num_nodes: int | None = None      # split, several nodes: whole nodes that generate
+    generation_num_nodes: int | None = None  # split, several nodes: whole nodes that generate
     policy_tp: int = 1
     policy_pp: int = 1
     engine_tp: int = 1
-    num_engines: int | None = None               # None: as many as the generation GPUs hold
+    num_engines: int | None = None  # None: as many as the generation GPUs hold
     gpu_memory_utilization: float = 0.6
-    sleep_mode: bool = True                      # colocated: the engine frees its memory while the policy trains
-    offload_optimizer: bool = True               # colocated: gradients and Adam state on the host during generation
+    sleep_mode: bool = True  # colocated: the engine frees its memory while the policy trains
+    offload_optimizer: bool = True  # colocated: gradients and Adam state on the host during generation
     activation_checkpointing: bool = False
-    micro_batch_tokens: int = 4096               # train_micro_batch_size x max_total_sequence_length
+    micro_batch_tokens: int = 4096  # train_micro_batch_size x max_total_sequence_length
 
     @property
     def total_gpus(self) -> int:
@@ -106,15 +124,22 @@ class PlacementRequest:
         policy, gen = cfg.policy, cfg.policy.generation
         mcfg, vcfg, colo = policy.megatron_cfg, gen.vllm_cfg, gen.colocated
         return cls(
-            num_nodes=int(cfg.cluster.num_nodes), gpus_per_node=int(cfg.cluster.gpus_per_node),
-            gpu_memory_gib=float(cfg.cluster.gpu_memory_gib), colocated=bool(colo.enabled),
-            generation_gpus_per_node=colo.resources.gpus_per_node, generation_num_nodes=colo.resources.num_nodes,
-            policy_tp=int(mcfg.tensor_model_parallel_size), policy_pp=int(mcfg.pipeline_model_parallel_size),
-            engine_tp=int(vcfg.tensor_parallel_size), num_engines=vcfg.num_engines,
-            gpu_memory_utilization=float(vcfg.gpu_memory_utilization), sleep_mode=bool(vcfg.enable_sleep_mode),
+            num_nodes=int(cfg.cluster.num_nodes),
+            gpus_per_node=int(cfg.cluster.gpus_per_node),
+            gpu_memory_gib=float(cfg.cluster.gpu_memory_gib),
+            colocated=bool(colo.enabled),
+            generation_gpus_per_node=colo.resources.gpus_per_node,
+            generation_num_nodes=colo.resources.num_nodes,
+            policy_tp=int(mcfg.tensor_model_parallel_size),
+            policy_pp=int(mcfg.pipeline_model_parallel_size),
+            engine_tp=int(vcfg.tensor_parallel_size),
+            num_engines=vcfg.num_engines,
+            gpu_memory_utilization=float(vcfg.gpu_memory_utilization),
+            sleep_mode=bool(vcfg.enable_sleep_mode),
             offload_optimizer=bool(policy.offload_optimizer_for_generation),
             activation_checkpointing=bool(mcfg.activation_checkpointing),
-            micro_batch_tokens=int(policy.train_micro_batch_size) * int(policy.max_total_sequence_length))
+            micro_batch_tokens=int(policy.train_micro_batch_size) * int(policy.max_total_sequence_length),
+        )
 
 
 @dataclass(frozen=True, order=True)
@@ -147,8 +172,8 @@ class GpuMemory:
 class PlacementPlan:
     request: PlacementRequest
     shape: ModelShape | None
-    policy_gpus: list[Gpu]          # policy rank r runs on policy_gpus[r]
-    engine_gpus: list[list[Gpu]]    # engine e's TP group
+    policy_gpus: list[Gpu]  # policy rank r runs on policy_gpus[r]
+    engine_gpus: list[list[Gpu]]  # engine e's TP group
     memory: dict[Gpu, GpuMemory]
 
     @property
@@ -162,9 +187,11 @@ class PlacementPlan:
         """The plan as the trainer prints it before any actor starts: one line per GPU, then memory."""
         r = self.request
         mode = "colocated" if r.colocated else "split"
-        lines = [f"placement: {mode}, {r.num_nodes} node(s) x {r.gpus_per_node} GPU(s) of {r.gpu_memory_gib:g} GiB; "
-                 f"policy TP {r.policy_tp} x PP {r.policy_pp} x DP {self.policy_dp} on {len(self.policy_gpus)} "
-                 f"GPU(s); {len(self.engine_gpus)} engine(s) of TP {r.engine_tp}"]
+        lines = [
+            f"placement: {mode}, {r.num_nodes} node(s) x {r.gpus_per_node} GPU(s) of {r.gpu_memory_gib:g} GiB; "
+            f"policy TP {r.policy_tp} x PP {r.policy_pp} x DP {self.policy_dp} on {len(self.policy_gpus)} "
+            f"GPU(s); {len(self.engine_gpus)} engine(s) of TP {r.engine_tp}"
+        ]
         rank_of = {gpu: rank for rank, gpu in enumerate(self.policy_gpus)}
         engine_of = {gpu: (e, i) for e, group in enumerate(self.engine_gpus) for i, gpu in enumerate(group)}
         for node in range(r.num_nodes):
@@ -172,8 +199,10 @@ class PlacementPlan:
                 roles = []
                 if gpu in rank_of:
                     rank = rank_of[gpu]
-                    roles.append(f"policy rank {rank} (tp {rank % r.policy_tp}, "
-                                 f"dp {rank // r.policy_tp % self.policy_dp}, pp {rank // (r.policy_tp * self.policy_dp)})")
+                    roles.append(
+                        f"policy rank {rank} (tp {rank % r.policy_tp}, "
+                        f"dp {rank // r.policy_tp % self.policy_dp}, pp {rank // (r.policy_tp * self.policy_dp)})"
+                    )
                 if gpu in engine_of:
                     e, i = engine_of[gpu]
                     roles.append(f"engine {e} (tp {i} of {r.engine_tp})")
@@ -183,8 +212,10 @@ class PlacementPlan:
         if self.memory:
             worst = max(self.memory.values(), key=lambda m: m.peak)
             parts = ", ".join(f"{k} {v:.1f}" for k, v in worst.parts.items())
-            lines.append(f"memory estimate (GiB, fullest GPU): training {worst.training:.1f}, generation "
-                         f"{worst.generation:.1f} of {r.gpu_memory_gib:g}; {parts}")
+            lines.append(
+                f"memory estimate (GiB, fullest GPU): training {worst.training:.1f}, generation "
+                f"{worst.generation:.1f} of {r.gpu_memory_gib:g}; {parts}"
+            )
         return "\n".join(lines)
 
 
@@ -198,13 +229,15 @@ def _split_gpus(r: PlacementRequest) -> tuple[list[Gpu], list[Gpu]]:
         if not g or not 0 < g < r.gpus_per_node:
             raise PlacementError(
                 f"split placement on one node needs policy.generation.colocated.resources.gpus_per_node between 1 "
-                f"and {r.gpus_per_node - 1} (the GPUs that generate; the policy keeps the rest), got {g}")
-        return every[: r.gpus_per_node - g], every[r.gpus_per_node - g:]
+                f"and {r.gpus_per_node - 1} (the GPUs that generate; the policy keeps the rest), got {g}"
+            )
+        return every[: r.gpus_per_node - g], every[r.gpus_per_node - g :]
     n = r.generation_num_nodes
     if not n or not 0 < n < r.num_nodes:
         raise PlacementError(
             f"split placement on {r.num_nodes} nodes needs policy.generation.colocated.resources.num_nodes between 1 "
-            f"and {r.num_nodes - 1} (whole nodes that generate; the policy keeps the rest), got {n}")
+            f"and {r.num_nodes - 1} (whole nodes that generate; the policy keeps the rest), got {n}"
+        )
     cut = (r.num_nodes - n) * r.gpus_per_node
     return every[:cut], every[cut:]
 
@@ -218,7 +251,8 @@ def _check_groups(gpus: list[Gpu], size: int, what: str, key: str) -> None:
         if count % size:
             raise PlacementError(
                 f"{what} TP {size} does not divide the {count} GPU(s) it has on node {node}: a TP group would cross "
-                f"nodes (TP traffic needs NVLink); set {key} to a divisor of {count}")
+                f"nodes (TP traffic needs NVLink); set {key} to a divisor of {count}"
+            )
 
 
 def plan_placement(request: PlacementRequest, shape: ModelShape | None = None) -> PlacementPlan:
@@ -235,7 +269,8 @@ def plan_placement(request: PlacementRequest, shape: ModelShape | None = None) -
         raise PlacementError(
             f"policy TP {r.policy_tp} x PP {r.policy_pp} = {model_parallel} does not divide the policy's "
             f"{len(policy_gpus)} GPU(s); change policy.megatron_cfg.tensor_model_parallel_size / "
-            f"pipeline_model_parallel_size or the GPUs (cluster.num_nodes x cluster.gpus_per_node)")
+            f"pipeline_model_parallel_size or the GPUs (cluster.num_nodes x cluster.gpus_per_node)"
+        )
     _check_groups(policy_gpus, r.policy_tp, "policy", "policy.megatron_cfg.tensor_model_parallel_size")
     _check_groups(gen_gpus, r.engine_tp, "engine", "policy.generation.vllm_cfg.tensor_parallel_size")
     fit = len(gen_gpus) // r.engine_tp
@@ -244,8 +279,9 @@ def plan_placement(request: PlacementRequest, shape: ModelShape | None = None) -
         raise PlacementError(
             f"{engines} engine(s) of TP {r.engine_tp} need {engines * r.engine_tp} GPU(s); generation has "
             f"{len(gen_gpus)}: set policy.generation.vllm_cfg.num_engines to at most {fit}, "
-            f"or give the job more GPUs")
-    engine_gpus = [gen_gpus[e * r.engine_tp:(e + 1) * r.engine_tp] for e in range(engines)]
+            f"or give the job more GPUs"
+        )
+    engine_gpus = [gen_gpus[e * r.engine_tp : (e + 1) * r.engine_tp] for e in range(engines)]
     plan = PlacementPlan(r, shape, policy_gpus, engine_gpus, {})
     if shape is not None:
         plan.memory = estimate_memory(plan, shape)
@@ -255,7 +291,8 @@ def plan_placement(request: PlacementRequest, shape: ModelShape | None = None) -
                 f"memory estimate {worst[1].peak:.1f} GiB on {worst[0]} ({worst[1].peak_phase}) is over the card's "
                 f"{r.gpu_memory_gib:g} GiB ({', '.join(f'{k} {v:.1f}' for k, v in worst[1].parts.items())}); "
                 f"raise policy TP, turn on policy.megatron_cfg.activation_checkpointing, vllm_cfg.enable_sleep_mode "
-                f"or policy.offload_optimizer_for_generation, or lower vllm_cfg.gpu_memory_utilization")
+                f"or policy.offload_optimizer_for_generation, or lower vllm_cfg.gpu_memory_utilization"
+            )
     return plan
 
 
@@ -275,13 +312,18 @@ def estimate_memory(plan: PlacementPlan, shape: ModelShape) -> dict[Gpu, GpuMemo
     per_layer = (10 + 24 / r.policy_tp) * h * tokens
     activations = (2 * h * tokens * layers + per_layer) if r.activation_checkpointing else per_layer * layers
     logits = 4 * tokens * shape.vocab_size / r.policy_tp
-    policy_parts = {"weights+grads+adam": 16 * params / GIB, "bf16 copies": 2 * params / GIB,
-                    "activations": activations / GIB, "logits": logits / GIB}
+    policy_parts = {
+        "weights+grads+adam": 16 * params / GIB,
+        "bf16 copies": 2 * params / GIB,
+        "activations": activations / GIB,
+        "logits": logits / GIB,
+    }
     policy_training = sum(policy_parts.values()) + CUDA_CONTEXT_GIB
     policy_idle = (4 if r.offload_optimizer else 16) * params / GIB + CUDA_CONTEXT_GIB
     engine_generating = r.gpu_memory_utilization * r.gpu_memory_gib + CUDA_CONTEXT_GIB
-    engine_idle = (SLEEPING_ENGINE_GIB if r.sleep_mode else r.gpu_memory_utilization * r.gpu_memory_gib) \
-        + CUDA_CONTEXT_GIB
+    engine_idle = (
+        SLEEPING_ENGINE_GIB if r.sleep_mode else r.gpu_memory_utilization * r.gpu_memory_gib
+    ) + CUDA_CONTEXT_GIB
     policy_set = set(plan.policy_gpus)
     engine_set = {gpu for group in plan.engine_gpus for gpu in group}
     memory = {}
@@ -289,11 +331,12 @@ def estimate_memory(plan: PlacementPlan, shape: ModelShape) -> dict[Gpu, GpuMemo
         on_policy, on_engine = gpu in policy_set, gpu in engine_set
         parts = dict(policy_parts) if on_policy else {}
         if on_engine:
-            parts["engine (training phase)" if on_policy else "engine"] = engine_idle if on_policy \
-                else engine_generating
+            parts["engine (training phase)" if on_policy else "engine"] = (
+                engine_idle if on_policy else engine_generating
+            )
         training = (policy_training if on_policy else 0.0) + (engine_idle if on_engine else 0.0)
         generation = (policy_idle if on_policy else 0.0) + (engine_generating if on_engine else 0.0)
         if not on_policy:
-            training = engine_generating   # a split engine holds its budget all the time
+            training = engine_generating  # a split engine holds its budget all the time
         memory[gpu] = GpuMemory(training, generation, parts)
     return memory

@@ -8,6 +8,7 @@ says what the plan wanted and what Ray has, per node, instead of waiting forever
 its host and GPU id, which gives an engine of TP > 1 the devices of its whole group (one actor drives them).
 Works the same with Ray's logical GPUs (`ray.init(num_gpus=N)` on a CPU machine), which is how CI tests it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,37 +44,57 @@ class Reservation:
 
         self.plan, self.cpus_per_gpu = plan, cpus_per_gpu
         r = plan.request
-        self.groups = [placement_group([{"GPU": 1, "CPU": cpus_per_gpu}] * r.gpus_per_node, strategy="STRICT_PACK",
-                                       name=f"slurm_grpo_node{node}") for node in range(r.num_nodes)]
+        self.groups = [
+            placement_group(
+                [{"GPU": 1, "CPU": cpus_per_gpu}] * r.gpus_per_node,
+                strategy="STRICT_PACK",
+                name=f"slurm_grpo_node{node}",
+            )
+            for node in range(r.num_nodes)
+        ]
         ready = [group.ready() for group in self.groups]
         done, _ = ray.wait(ready, num_returns=len(ready), timeout=timeout_s)
         if len(done) < len(ready):
             self.release()
             raise TimeoutError(self._shortage_message(cpus_per_gpu, timeout_s))
         probe = ray.remote(num_cpus=0, num_gpus=0.001)(_where)
-        found = ray.get([probe.options(scheduling_strategy=self.strategy(gpu)).remote()
-                         for node in range(r.num_nodes) for gpu in plan.gpus_of_node(node)])
-        self.devices = {gpu: Device(node_id, ip, ids[0])
-                        for gpu, (node_id, ip, ids) in zip(
-                            [g for n in range(r.num_nodes) for g in plan.gpus_of_node(n)], found)}
+        found = ray.get(
+            [
+                probe.options(scheduling_strategy=self.strategy(gpu)).remote()
+                for node in range(r.num_nodes)
+                for gpu in plan.gpus_of_node(node)
+            ]
+        )
+        self.devices = {
+            gpu: Device(node_id, ip, ids[0])
+            for gpu, (node_id, ip, ids) in zip([g for n in range(r.num_nodes) for g in plan.gpus_of_node(n)], found)
+        }
 
     def _shortage_message(self, cpus_per_gpu: float, timeout_s: float) -> str:
         import ray
 
         r = self.plan.request
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        have = "; ".join(f"{n['NodeManagerAddress']}: {n['Resources'].get('GPU', 0):g} GPU, "
-                         f"{n['Resources'].get('CPU', 0):g} CPU" for n in nodes) or "no nodes"
-        return (f"placement: {r.num_nodes} node(s) x {r.gpus_per_node} GPU(s) (+{cpus_per_gpu:g} CPU each) could "
-                f"not be reserved within {timeout_s:g} s; Ray has {len(nodes)} node(s): {have}. Check that "
-                f"cluster.num_nodes / cluster.gpus_per_node match the job's allocation (--nodes, --gpus-per-node) "
-                f"and that every node's Ray joined")
+        have = (
+            "; ".join(
+                f"{n['NodeManagerAddress']}: {n['Resources'].get('GPU', 0):g} GPU, {n['Resources'].get('CPU', 0):g} CPU"
+                for n in nodes
+            )
+            or "no nodes"
+        )
+        return (
+            f"placement: {r.num_nodes} node(s) x {r.gpus_per_node} GPU(s) (+{cpus_per_gpu:g} CPU each) could "
+            f"not be reserved within {timeout_s:g} s; Ray has {len(nodes)} node(s): {have}. Check that "
+            f"cluster.num_nodes / cluster.gpus_per_node match the job's allocation (--nodes, --gpus-per-node) "
+            f"and that every node's Ray joined"
+        )
 
     def strategy(self, gpu: Gpu) -> Any:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        return PlacementGroupSchedulingStrategy(placement_group=self.groups[gpu.node],
-                                                placement_group_bundle_index=gpu.index)
+        return PlacementGroupSchedulingStrategy(
+            placement_group=self.groups[gpu.node], placement_group_bundle_index=gpu.index
+        )
 
     def _share(self, gpu: Gpu) -> float:
         """Half a GPU where a policy rank and an engine share it, the whole GPU otherwise."""

@@ -18,11 +18,13 @@ A generation cut by `max_new_tokens` ends its episode (the reference agent's beh
 not executed). A conversation that reaches `policy.max_total_sequence_length` stops where it is; both are flagged
 `truncated`, and the verifier scores whatever calls the episode made.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from trainer.interfaces import Generation, GenerationOutput, SamplingParams
 
@@ -36,14 +38,14 @@ class Rollout:
     row_id: Any
     category: str | None
     token_ids: list[int]
-    loss_mask: list[int]                 # 1 on tokens the policy generated, 0 on prompt/tool/template tokens
-    generation_logprobs: list[float]     # per token, aligned with token_ids; 0 where loss_mask is 0
+    loss_mask: list[int]  # 1 on tokens the policy generated, 0 on prompt/tool/template tokens
+    generation_logprobs: list[float]  # per token, aligned with token_ids; 0 where loss_mask is 0
     reward: float
-    verdict: dict[str, Any]              # verifier diagnostics
+    verdict: dict[str, Any]  # verifier diagnostics
     num_turns: int
     truncated: bool
     stop_reason: str | None
-    prompt_length: int                   # tokens before the first generated token
+    prompt_length: int  # tokens before the first generated token
     num_generated_tokens: int
     num_parse_errors: int = 0
     template_fallbacks: int = 0
@@ -54,8 +56,11 @@ def episode_options(env_cfg) -> dict[str, Any]:
     """Episode keyword arguments from the `env` config section (one place, so rollouts, sft and sanity agree)."""
     from env_sim.formats.compact import compact_level
 
-    return {"max_steps": int(env_cfg.max_steps), "compact_tools": compact_level(env_cfg.compact_tools),
-            "tool_scope": str(env_cfg.tool_scope)}
+    return {
+        "max_steps": int(env_cfg.max_steps),
+        "compact_tools": compact_level(env_cfg.compact_tools),
+        "tool_scope": str(env_cfg.tool_scope),
+    }
 
 
 class _ChatRenderer:
@@ -71,15 +76,16 @@ class _ChatRenderer:
     def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool) -> str:
         # tools=None: the episode already wrote the tool section into the system message (env.tool_format /
         # env.compact_tools), the way the model's own template would.
-        return self.tokenizer.apply_chat_template(list(messages), tools=None, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.apply_chat_template(
+            list(messages), tools=None, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def _through_last_turn_end(self, text: str) -> str | None:
         cut = text.rfind(self.end_of_turn)
-        return None if cut < 0 else text[:cut + len(self.end_of_turn)]
+        return None if cut < 0 else text[: cut + len(self.end_of_turn)]
 
     def continuation(self, before: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> tuple[str, bool]:
         """Template text that follows the end-of-turn marker of `before`'s last (assistant) message when `new`
@@ -88,10 +94,12 @@ class _ChatRenderer:
             prefix = self._through_last_turn_end(self.render(base, add_generation_prompt=False))
             full = self.render(base + list(new), add_generation_prompt=True)
             if prefix is not None and full.startswith(prefix):
-                return full[len(prefix):], used_fallback
-        raise RuntimeError("the chat template does not render tool messages as an append-only continuation of "
-                           f"the conversation (end-of-turn marker {self.end_of_turn!r}); multi-turn token "
-                           "bookkeeping is impossible with it")
+                return full[len(prefix) :], used_fallback
+        raise RuntimeError(
+            "the chat template does not render tool messages as an append-only continuation of "
+            f"the conversation (end-of-turn marker {self.end_of_turn!r}); multi-turn token "
+            "bookkeeping is impossible with it"
+        )
 
 
 @dataclass
@@ -120,8 +128,9 @@ def request_seed(seed: int, index: int, turn: int) -> int:
     return (int(seed) * 1_000_003 + index * 7_919 + turn) % (2**31 - 1)
 
 
-def collect_rollouts(rows: Sequence[Mapping[str, Any]], generation: Generation, tokenizer, cfg,
-                     seed: int) -> list[Rollout]:
+def collect_rollouts(
+    rows: Sequence[Mapping[str, Any]], generation: Generation, tokenizer, cfg, seed: int
+) -> list[Rollout]:
     """Play one episode per row to the end and return the rollouts in row order (a `trainer.interfaces.RolloutFn`).
 
     generation: a `trainer.interfaces.Generation` (`trainer.generation.make_generation`). cfg keys:
@@ -136,7 +145,7 @@ def collect_rollouts(rows: Sequence[Mapping[str, Any]], generation: Generation, 
         raise ValueError("no end-of-turn token: neither generation_config.json eos_token_id nor tokenizer.eos_token")
     renderer = _ChatRenderer(tokenizer, stop_ids)
     sampling = SamplingParams.from_config(cfg, stop_token_ids=stop_ids)
-    max_new = sampling.max_tokens_for(1)[0]          # policy.generation.max_new_tokens, capped per turn below
+    max_new = sampling.max_tokens_for(1)[0]  # policy.generation.max_new_tokens, capped per turn below
 
     live: list[_Live] = []
     for index, row in enumerate(rows):
@@ -145,8 +154,12 @@ def collect_rollouts(rows: Sequence[Mapping[str, Any]], generation: Generation, 
         state = _Live(index, episode, [], [], [], len(prompt))
         state.append(prompt, 0)
         if len(prompt) >= max_total:
-            log.warning("row %s: prompt of %d tokens does not fit policy.max_total_sequence_length=%d",
-                        row.get("id"), len(prompt), max_total)
+            log.warning(
+                "row %s: prompt of %d tokens does not fit policy.max_total_sequence_length=%d",
+                row.get("id"),
+                len(prompt),
+                max_total,
+            )
             state.truncated, state.stop_reason, state.finished = True, "prompt_too_long", True
         live.append(state)
 
@@ -157,8 +170,10 @@ def collect_rollouts(rows: Sequence[Mapping[str, Any]], generation: Generation, 
             break
         outputs = generation.generate(
             [s.token_ids for s in active],
-            sampling.replace(max_tokens=[min(max_new, max_total - len(s.token_ids)) for s in active],
-                             seeds=[request_seed(seed, s.index, turn) for s in active]),
+            sampling.replace(
+                max_tokens=[min(max_new, max_total - len(s.token_ids)) for s in active],
+                seeds=[request_seed(seed, s.index, turn) for s in active],
+            ),
         )
         for state, out in zip(active, outputs):
             _apply_generation(state, out, renderer, stop_ids, max_total)
@@ -168,20 +183,31 @@ def collect_rollouts(rows: Sequence[Mapping[str, Any]], generation: Generation, 
     for state in live:
         episode = state.episode
         verdict = episode.finish()
-        rollouts.append(Rollout(
-            row_id=episode.row.get("id"), category=episode.row.get("category"),
-            token_ids=state.token_ids, loss_mask=state.loss_mask, generation_logprobs=state.logprobs,
-            reward=float(verdict.reward), verdict=dict(getattr(verdict, "diagnostics", {}) or {}),
-            num_turns=episode.steps, truncated=state.truncated,
-            stop_reason=state.stop_reason or episode.stop_reason, prompt_length=state.prompt_length,
-            num_generated_tokens=sum(state.loss_mask), num_parse_errors=episode.num_parse_errors,
-            template_fallbacks=state.template_fallbacks, function_calls=list(episode.function_calls),
-        ))
+        rollouts.append(
+            Rollout(
+                row_id=episode.row.get("id"),
+                category=episode.row.get("category"),
+                token_ids=state.token_ids,
+                loss_mask=state.loss_mask,
+                generation_logprobs=state.logprobs,
+                reward=float(verdict.reward),
+                verdict=dict(getattr(verdict, "diagnostics", {}) or {}),
+                num_turns=episode.steps,
+                truncated=state.truncated,
+                stop_reason=state.stop_reason or episode.stop_reason,
+                prompt_length=state.prompt_length,
+                num_generated_tokens=sum(state.loss_mask),
+                num_parse_errors=episode.num_parse_errors,
+                template_fallbacks=state.template_fallbacks,
+                function_calls=list(episode.function_calls),
+            )
+        )
     return rollouts
 
 
-def _apply_generation(state: _Live, out: GenerationOutput, renderer: _ChatRenderer, stop_ids: Sequence[int],
-                      max_total: int) -> None:
+def _apply_generation(
+    state: _Live, out: GenerationOutput, renderer: _ChatRenderer, stop_ids: Sequence[int], max_total: int
+) -> None:
     """Append one generation to the rollout, step the episode, then append the tool outputs' tokens."""
     episode = state.episode
     ids = list(out["token_ids"])
@@ -197,15 +223,14 @@ def _apply_generation(state: _Live, out: GenerationOutput, renderer: _ChatRender
     episode.step(text, truncated=cut_off)
     if cut_off:
         state.truncated = True
-        state.stop_reason = ("max_total_sequence_length" if len(state.token_ids) >= max_total
-                             else "max_new_tokens")
+        state.stop_reason = "max_total_sequence_length" if len(state.token_ids) >= max_total else "max_new_tokens"
     if episode.done:
         state.finished = True
         return
     if ids[-1] != renderer.end_of_turn_id:
         # stopped on another stop id (e.g. <|endoftext|>): close the turn the way the template writes it
         state.append([renderer.end_of_turn_id], 0)
-    text_after, used_fallback = renderer.continuation(episode.messages[:before + 1], episode.messages[before + 1:])
+    text_after, used_fallback = renderer.continuation(episode.messages[: before + 1], episode.messages[before + 1 :])
     state.template_fallbacks += int(used_fallback)
     suffix = renderer.encode(text_after)
     if len(state.token_ids) + len(suffix) + 1 > max_total:

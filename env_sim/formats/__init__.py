@@ -1,9 +1,10 @@
 """Tool-call formats: render tools into the prompt, write and parse tool calls, show tool outputs.
 
-    fmt = get_format("hermes")        # Qwen3 / Hermes <tool_call> blocks
-    fmt = get_format("nemotron")      # Nemotron Nano v2 <TOOLCALL> lists
-    turn = fmt.parse(model_text)      # ParsedTurn(content, tool_calls, errors, reasoning); never raises
+fmt = get_format("hermes")        # Qwen3 / Hermes <tool_call> blocks
+fmt = get_format("nemotron")      # Nemotron Nano v2 <TOOLCALL> lists
+turn = fmt.parse(model_text)      # ParsedTurn(content, tool_calls, errors, reasoning); never raises
 """
+
 from __future__ import annotations
 
 from env_sim.formats._common import ParsedTurn
@@ -25,5 +26,12 @@ def get_format(name: str | ToolCallFormat) -> ToolCallFormat:
         raise ValueError(f"unknown tool format {name!r}; choose one of {sorted(FORMATS)}") from None
 
 
-__all__ = ["get_format", "FORMATS", "ParsedTurn", "ToolCallFormat", "HermesFormat", "NemotronFormat",
-           "render_compact_tools"]
+__all__ = [
+    "get_format",
+    "FORMATS",
+    "ParsedTurn",
+    "ToolCallFormat",
+    "HermesFormat",
+    "NemotronFormat",
+    "render_compact_tools",
+]

@@ -3,6 +3,7 @@
 Parsing never raises on model text: whatever cannot be read becomes an entry of `ParsedTurn.errors`, which the
 agent loop shows to the model as a tool message (the call is not executed).
 """
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,7 @@ def split_reasoning(text: str) -> tuple[str, str]:
     first_close = text.find(THINK_CLOSE)
     if first_close != -1 and (first_open == -1 or first_close < first_open):
         reasoning_parts.append(text[:first_close])
-        text = text[first_close + len(THINK_CLOSE):]
+        text = text[first_close + len(THINK_CLOSE) :]
 
     def _collect(match: re.Match) -> str:
         reasoning_parts.append(match.group(1))
@@ -54,7 +55,7 @@ def split_reasoning(text: str) -> tuple[str, str]:
     text = _THINK_BLOCK.sub(_collect, text)
     open_at = text.find(THINK_OPEN)
     if open_at != -1:
-        reasoning_parts.append(text[open_at + len(THINK_OPEN):])
+        reasoning_parts.append(text[open_at + len(THINK_OPEN) :])
         text = text[:open_at]
     text = text.replace(THINK_CLOSE, "")
     return "\n".join(part.strip() for part in reasoning_parts if part.strip()), text
@@ -77,10 +78,10 @@ def call_from_object(obj: Any, where: str) -> tuple[dict[str, str] | None, str |
     failure, and the verifier still sees the call.
     """
     if not isinstance(obj, dict):
-        return None, f"{where}: expected a JSON object with \"name\" and \"arguments\", got {type(obj).__name__}."
+        return None, f'{where}: expected a JSON object with "name" and "arguments", got {type(obj).__name__}.'
     name = obj.get("name")
     if not isinstance(name, str) or not name.strip():
-        return None, f"{where}: missing or empty \"name\" (a string naming one of the tools)."
+        return None, f'{where}: missing or empty "name" (a string naming one of the tools).'
     arguments = obj.get("arguments", {})
     if arguments is None:
         arguments = {}
@@ -89,8 +90,7 @@ def call_from_object(obj: Any, where: str) -> tuple[dict[str, str] | None, str |
     elif isinstance(arguments, dict):
         arguments_text = json.dumps(arguments, ensure_ascii=False)
     else:
-        return None, (f"{where}: \"arguments\" of {name.strip()} must be a JSON object, "
-                      f"got {type(arguments).__name__}.")
+        return None, (f'{where}: "arguments" of {name.strip()} must be a JSON object, got {type(arguments).__name__}.')
     return {"name": name.strip(), "arguments": arguments_text}, None
 
 
@@ -162,8 +162,9 @@ def tool_message(output_text: str, call_id: str | None = None, name: str | None 
     return message
 
 
-def parse_call_blocks(text: Any, open_tag: str, close_tag: str, expected: str, block_label: str,
-                      label_entries: bool) -> ParsedTurn:
+def parse_call_blocks(
+    text: Any, open_tag: str, close_tag: str, expected: str, block_label: str, label_entries: bool
+) -> ParsedTurn:
     """Model text -> ParsedTurn for formats that wrap calls in open/close tags (one object or a list per block).
 
     Never raises: an unreadable block or entry becomes an error naming it ("<block_label> N" or, with
@@ -176,7 +177,7 @@ def parse_call_blocks(text: Any, open_tag: str, close_tag: str, expected: str, b
     content_parts: list[str] = []
     position = 0
     for number, block in enumerate(scan_blocks(visible, open_tag, close_tag), start=1):
-        content_parts.append(visible[position:block.start])
+        content_parts.append(visible[position : block.start])
         position = block.end
         where = f"{block_label} {number}"
         if block.error is not None:

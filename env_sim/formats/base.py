@@ -5,10 +5,12 @@ system prompt, the text of tool calls (for expert trajectories) and their parsin
 outputs are shown back to the model. `render_prompt` renders a whole conversation the way the model's chat template
 would, for models that have no template of their own (the project's tiny model).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from env_sim.formats._common import ParsedTurn, arguments_text, tool_message
 from env_sim.formats.compact import render_compact_tools

@@ -11,10 +11,12 @@ Only the first sentence of each description is kept; LEGEND explains the notatio
 `compact_tools: signatures`, drops the descriptions too (names and parameters carry what a tiny model can use),
 about half the tokens again.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from env_sim.formats.responses import function_definition
 
@@ -24,8 +26,10 @@ _QUOTED = re.compile(r"'([^']+)'")
 # Formats worth keeping: a date or datetime pattern tells the model how to write the value.
 _FORMAT = re.compile(r"(YYYY-MM-DD(?: HH:MM:SS)?)")
 _SENTENCE_END = re.compile(r"\.(\s|$)")
-LEGEND = ("One tool per line: name(parameters): description. * marks a required parameter, a|b the allowed values, "
-          ":int an integer, :date YYYY-MM-DD, :datetime YYYY-MM-DD HH:MM:SS.")
+LEGEND = (
+    "One tool per line: name(parameters): description. * marks a required parameter, a|b the allowed values, "
+    ":int an integer, :date YYYY-MM-DD, :datetime YYYY-MM-DD HH:MM:SS."
+)
 
 
 def _parameter(name: str, spec: dict[str, Any], required: bool) -> str:
@@ -47,7 +51,7 @@ def _parameter(name: str, spec: dict[str, Any], required: bool) -> str:
 
 def _first_sentence(description: str) -> str:
     match = _SENTENCE_END.search(description)
-    return description[:match.end()].strip() if match else description.strip()
+    return description[: match.end()].strip() if match else description.strip()
 
 
 # short: the signatures level exists for tiny models, whose every prompt token costs CPU time
@@ -59,8 +63,9 @@ def render_compact_tool(tool: dict[str, Any], descriptions: bool = True) -> str:
     function = function_definition(tool)
     parameters = function.get("parameters") or {}
     required = set(parameters.get("required") or [])
-    rendered = [_parameter(name, spec or {}, name in required)
-                for name, spec in (parameters.get("properties") or {}).items()]
+    rendered = [
+        _parameter(name, spec or {}, name in required) for name, spec in (parameters.get("properties") or {}).items()
+    ]
     signature = f"{function.get('name')}({', '.join(rendered)})"
     if not descriptions:
         return signature

@@ -5,10 +5,12 @@ line inside <tools></tools>. Calls: `<tool_call>\\n{"name": ..., "arguments": {.
 call. Tool outputs: `<tool_response>\\n...\\n</tool_response>` inside a user turn (consecutive outputs share it).
 Conversation markup: ChatML (`<|im_start|>role\\n...<|im_end|>\\n`).
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from env_sim.formats._common import ParsedTurn, arguments_text, parse_call_blocks
 from env_sim.formats.base import ToolCallFormat
@@ -23,7 +25,7 @@ _TOOLS_HEADER = (
 )
 _TOOLS_FOOTER = (
     "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
-    "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}"
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}'
     "\n</tool_call>"
 )
 _EXPECTED = 'write each call as <tool_call>{"name": <function-name>, "arguments": <args-json-object>}</tool_call>'
@@ -43,8 +45,9 @@ class HermesFormat(ToolCallFormat):
         blocks = []
         for call in calls:
             name = json.dumps(str(call["name"]), ensure_ascii=False)[1:-1]
-            blocks.append(f'{CALL_OPEN}\n{{"name": "{name}", "arguments": {arguments_text(call.get("arguments"))}}}'
-                          f"\n{CALL_CLOSE}")
+            blocks.append(
+                f'{CALL_OPEN}\n{{"name": "{name}", "arguments": {arguments_text(call.get("arguments"))}}}\n{CALL_CLOSE}'
+            )
         return "\n".join(blocks)
 
     def format_assistant(self, content: str, calls: Sequence[dict[str, Any]]) -> str:

@@ -6,10 +6,12 @@ System prompt: the system text, a blank line, then the tools as a JSON list of f
 joined by ", " inside one `<TOOL_RESPONSE>[...]</TOOL_RESPONSE>` user turn.
 Conversation markup: `<SPECIAL_10>System`, `<SPECIAL_11>User` / `<SPECIAL_11>Assistant`, `<SPECIAL_12>` ends a turn.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from env_sim.formats._common import ParsedTurn, arguments_text, parse_call_blocks
 from env_sim.formats.base import ToolCallFormat

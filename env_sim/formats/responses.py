@@ -6,10 +6,12 @@ converter for vLLM models: consecutive function calls join one assistant message
 `function_call_output` becomes a `tool` message; reasoning summaries become `<think>` text in the assistant turn;
 a tool schema loses `type`/`strict` and is nested under `function`.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 _THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
@@ -75,11 +77,13 @@ def items_to_messages(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             texts = [part.get("text", "") for part in item.get("summary") or [] if isinstance(part, dict)]
             content_buffer += "".join(f"<think>{text}</think>" for text in texts if text)
         elif kind == "function_call":
-            calls_buffer.append({
-                "id": item.get("call_id"),
-                "type": "function",
-                "function": {"name": item.get("name"), "arguments": item.get("arguments")},
-            })
+            calls_buffer.append(
+                {
+                    "id": item.get("call_id"),
+                    "type": "function",
+                    "function": {"name": item.get("name"), "arguments": item.get("arguments")},
+                }
+            )
         elif kind == "function_call_output":
             flush()
             messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": item.get("output")})
@@ -112,8 +116,14 @@ def message_item(text: str, item_id: str, role: str = "assistant") -> dict[str, 
 
 
 def function_call_item(name: str, arguments: str, call_id: str, item_id: str) -> dict[str, Any]:
-    return {"arguments": arguments, "call_id": call_id, "name": name, "type": "function_call", "id": item_id,
-            "status": "completed"}
+    return {
+        "arguments": arguments,
+        "call_id": call_id,
+        "name": name,
+        "type": "function_call",
+        "id": item_id,
+        "status": "completed",
+    }
 
 
 def function_call_output_item(call_id: str, output: str) -> dict[str, Any]:
@@ -121,8 +131,12 @@ def function_call_output_item(call_id: str, output: str) -> dict[str, Any]:
 
 
 def reasoning_item(texts: list[str], item_id: str) -> dict[str, Any]:
-    return {"id": item_id, "type": "reasoning", "status": "completed",
-            "summary": [{"text": text, "type": "summary_text"} for text in texts]}
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "status": "completed",
+        "summary": [{"text": text, "type": "summary_text"} for text in texts],
+    }
 
 
 def messages_to_items(messages: Iterable[dict[str, Any]], ids: ItemIds | None = None) -> list[dict[str, Any]]:
@@ -145,8 +159,9 @@ def messages_to_items(messages: Iterable[dict[str, Any]], ids: ItemIds | None = 
             for call in calls:
                 function = call.get("function", call)
                 call_id = call.get("id") or ids.next("call")
-                items.append(function_call_item(function.get("name"), function.get("arguments"), call_id,
-                                                ids.next("fc")))
+                items.append(
+                    function_call_item(function.get("name"), function.get("arguments"), call_id, ids.next("fc"))
+                )
         elif role == "tool":
             items.append(function_call_output_item(message.get("tool_call_id"), _content_text(message.get("content"))))
         else:

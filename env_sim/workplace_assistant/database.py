@@ -24,8 +24,27 @@ CURRENT_TIME = "2023-11-30 23:59:00"
 
 # Cells pandas.read_csv turns into NaN by default (its STR_NA_VALUES).
 _NA_STRINGS = frozenset(
-    ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-     "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+    [
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "<NA>",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "None",
+        "n/a",
+        "nan",
+        "null",
+    ]
 )
 
 # The five tables the verifier compares, by the reference's container names.
@@ -47,7 +66,7 @@ class Table:
         self.labels = labels
         self._owned = owned
 
-    def share(self) -> "Table":
+    def share(self) -> Table:
         """A new table over the same rows; the first write copies them."""
         t = Table.__new__(Table)
         t.columns, t.index_of, t.rows, t.labels, t._owned = self.columns, self.index_of, self.rows, self.labels, False
@@ -107,11 +126,19 @@ class Table:
 class Database:
     """One episode's mutable state: every toolkit's tables."""
 
-    __slots__ = ("emails", "calendar_events", "analytics_data", "plots", "project_tasks", "crm",
-                 "directory", "session_seconds_are_float")
+    __slots__ = (
+        "emails",
+        "calendar_events",
+        "analytics_data",
+        "plots",
+        "project_tasks",
+        "crm",
+        "directory",
+        "session_seconds_are_float",
+    )
 
     @classmethod
-    def fresh(cls) -> "Database":
+    def fresh(cls) -> Database:
         """A new, independent state equal to the initial snapshot (cheap: nothing is re-read)."""
         snap = _snapshot()
         db = cls.__new__(cls)
@@ -137,7 +164,7 @@ class Database:
             "customer_relationship_manager": self.crm,
         }
 
-    def differing_tables(self, other: "Database") -> list[str]:
+    def differing_tables(self, other: Database) -> list[str]:
         """Names of compared tables that differ from ``other``'s under the reference's normalisation."""
         mine, theirs = self.compared_tables(), other.compared_tables()
         return [name for name in COMPARED_TABLES if not tables_equal(mine[name], theirs[name])]
@@ -221,6 +248,7 @@ def _validate_lowerable(t: Table, col: str) -> None:
 
 # --- snapshot loading ------------------------------------------------------------------------------
 
+
 class _Snapshot:
     __slots__ = ("emails", "calendar_events", "analytics_data", "plots", "project_tasks", "crm", "directory")
 
@@ -263,7 +291,7 @@ def _load_snapshot(data_dir: Path) -> _Snapshot:
     snap.calendar_events = _read_table(processed / "calendar_events.csv")
     analytics = _read_table(processed / "analytics_data.csv")
     engaged = analytics.index_of["user_engaged"]
-    analytics.rows = [r[:engaged] + (r[engaged] == "True",) + r[engaged + 1:] for r in analytics.rows]
+    analytics.rows = [r[:engaged] + (r[engaged] == "True",) + r[engaged + 1 :] for r in analytics.rows]
     snap.analytics_data = analytics
     snap.plots = Table(("file_path",), [], [], owned=True)
     snap.project_tasks = _read_table(processed / "project_tasks.csv")

@@ -17,8 +17,9 @@ def domain_tools(tools: list[dict], category: str) -> list[dict]:
     if domain not in TOOLKIT_NAMES:
         return list(tools)
     keep = (domain + "_", SHARED_TOOLKIT + "_")
-    return [tool for tool in tools
-            if str(tool.get("name") or tool.get("function", {}).get("name", "")).startswith(keep)]
+    return [
+        tool for tool in tools if str(tool.get("name") or tool.get("function", {}).get("name", "")).startswith(keep)
+    ]
 
 
 ENVIRONMENT = Environment(

@@ -1,4 +1,5 @@
 """The agent loop: the reference's stop rules, execution, recorded items, and the gym_examples replayed."""
+
 from __future__ import annotations
 
 import json
@@ -34,6 +35,7 @@ def calls_text(fmt, *calls):
 
 # --- episode set-up ---------------------------------------------------------------------------------------------
 
+
 def test_messages_start_with_system_prompt_and_tools(fmt):
     episode = Episode(EXAMPLE_ROWS[0], fmt)
     system, user = episode.messages
@@ -51,7 +53,7 @@ def test_compact_tools_shrink_the_system_prompt(fmt):
 
 
 def test_domain_tool_scope_shows_only_the_domain_and_the_directory_but_every_tool_still_runs():
-    row = row_with([DELETE_57])   # an email task
+    row = row_with([DELETE_57])  # an email task
     shown = [tool["name"] for tool in Episode(row, "hermes", tool_scope="domain").tools]
     assert shown[0] == "company_directory_find_email_address" and len(shown) == 7
     assert all(name.startswith(("email_", "company_directory_")) for name in shown)
@@ -59,8 +61,9 @@ def test_domain_tool_scope_shows_only_the_domain_and_the_directory_but_every_too
     assert "email_reply_email(" in prompt and "calendar_" not in prompt
     # a call outside the shown scope is executed and scored as usual
     outside = {"name": "calendar_delete_event", "arguments": '{"event_id": "00000013"}'}
-    episode = run_episode(scripted_model([calls_text(get_format("hermes"), outside)]), row, "hermes",
-                          tool_scope="domain")
+    episode = run_episode(
+        scripted_model([calls_text(get_format("hermes"), outside)]), row, "hermes", tool_scope="domain"
+    )
     assert episode.function_calls == [outside] and "Error" not in json.dumps(episode.response_items()[1])
     assert episode.reward == 0.0
     assert len(Episode(row, "hermes", tool_scope="all").tools) == 27
@@ -74,6 +77,7 @@ def test_max_steps_must_be_positive():
 
 
 # --- stop rules ---------------------------------------------------------------------------------------------------
+
 
 def test_a_response_without_calls_ends_the_episode(fmt):
     episode = Episode(row_with([DELETE_57]), fmt)
@@ -132,6 +136,7 @@ def test_truncated_response_ends_the_episode_and_its_calls_still_count(fmt):
 
 # --- execution ------------------------------------------------------------------------------------------------------
 
+
 def test_calls_execute_in_order_on_the_episodes_own_database(fmt):
     first = Episode(row_with([DELETE_57]), fmt)
     second = Episode(row_with([DELETE_57]), fmt)
@@ -147,8 +152,11 @@ def test_calls_execute_in_order_on_the_episodes_own_database(fmt):
 
 def test_invalid_json_arguments_give_the_reference_error_output(fmt):
     bad = {"name": "email_delete_email", "arguments": "{email_id: 57"}
-    text = ('<tool_call>{"name": "email_delete_email", "arguments": "{email_id: 57"}</tool_call>' if fmt.name == "hermes"
-            else '<TOOLCALL>[{"name": "email_delete_email", "arguments": "{email_id: 57"}]</TOOLCALL>')
+    text = (
+        '<tool_call>{"name": "email_delete_email", "arguments": "{email_id: 57"}</tool_call>'
+        if fmt.name == "hermes"
+        else '<TOOLCALL>[{"name": "email_delete_email", "arguments": "{email_id: 57"}]</TOOLCALL>'
+    )
     episode = Episode(row_with([DELETE_57]), fmt)
     episode.step(text)
     try:
@@ -163,8 +171,13 @@ def test_invalid_json_arguments_give_the_reference_error_output(fmt):
 
 def test_unknown_tool_and_bad_argument_are_reported_to_the_model(fmt):
     episode = Episode(row_with([]), fmt)
-    episode.step(calls_text(fmt, {"name": "email_explode", "arguments": "{}"},
-                            {"name": "email_delete_email", "arguments": '{"useless_argument": 1}'}))
+    episode.step(
+        calls_text(
+            fmt,
+            {"name": "email_explode", "arguments": "{}"},
+            {"name": "email_delete_email", "arguments": '{"useless_argument": 1}'},
+        )
+    )
     outputs = [json.loads(m["content"])["output"] for m in episode.messages if m["role"] == "tool"]
     assert outputs[0].startswith("Error executing tool 'email_explode'")
     assert "unexpected keyword argument 'useless_argument'" in outputs[1]
@@ -173,7 +186,7 @@ def test_unknown_tool_and_bad_argument_are_reported_to_the_model(fmt):
 def test_unparsable_call_becomes_an_error_message_and_is_not_executed(fmt):
     episode = Episode(row_with([DELETE_57]), fmt)
     opener = "<tool_call>" if fmt.name == "hermes" else "<TOOLCALL>"
-    episode.step(f"Deleting now. {opener}{{\"name\": \"email_delete_email\", \"arguments\": {{\"email_id\": ")
+    episode.step(f'Deleting now. {opener}{{"name": "email_delete_email", "arguments": {{"email_id": ')
     assert not episode.done and episode.function_calls == [] and episode.num_parse_errors == 1
     error = json.loads(episode.messages[-1]["content"])["error"]
     assert error.startswith("Invalid tool call: Tool call") and "could not be parsed" in error
@@ -187,7 +200,7 @@ def test_unparsable_call_becomes_an_error_message_and_is_not_executed(fmt):
 def test_parse_errors_as_plain_text_when_feedback_is_off(fmt):
     episode = Episode(row_with([DELETE_57]), fmt, parse_error_feedback=False)
     opener = "<tool_call>" if fmt.name == "hermes" else "<TOOLCALL>"
-    episode.step(f"{opener}{{\"name\": oops}}")
+    episode.step(f'{opener}{{"name": oops}}')
     assert episode.done and episode.stop_reason == "no_tool_calls" and episode.num_parse_errors == 0
 
 
@@ -205,10 +218,13 @@ def test_prompt_renders_the_whole_conversation(fmt):
     prompt = episode.prompt()
     assert SYSTEM_PROMPT in prompt and "Delete email 00000057" in prompt
     assert "Email deleted successfully." in prompt
-    assert prompt.endswith("<|im_start|>assistant\n" if fmt.name == "hermes" else "<SPECIAL_11>Assistant\n<think></think>")
+    assert prompt.endswith(
+        "<|im_start|>assistant\n" if fmt.name == "hermes" else "<SPECIAL_11>Assistant\n<think></think>"
+    )
 
 
 # --- the gym_examples -----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("index", range(len(EXAMPLE_ROWS)))
 def test_example_rows_expert_scores_one_and_no_op_scores_zero(fmt, index):
@@ -224,12 +240,29 @@ def test_example_rows_expert_scores_one_and_no_op_scores_zero(fmt, index):
 # templates do (Casey Wilson is customer 00000014; kofi's last email is 00000259; no consulting proposal is 3 weeks
 # old); "since November 30" plots end yesterday in the WorkBench templates.
 ROLLOUT_GROUND_TRUTH = [
-    [{"name": "analytics_create_plot", "arguments": json.dumps(
-        {"time_min": "2023-11-30", "time_max": "2023-11-29", "value_to_plot": "total_visits", "plot_type": "bar"})}],
+    [
+        {
+            "name": "analytics_create_plot",
+            "arguments": json.dumps(
+                {
+                    "time_min": "2023-11-30",
+                    "time_max": "2023-11-29",
+                    "value_to_plot": "total_visits",
+                    "plot_type": "bar",
+                }
+            ),
+        }
+    ],
     [],
     [{"name": "customer_relationship_manager_delete_customer", "arguments": '{"customer_id": "00000014"}'}],
-    [{"name": "customer_relationship_manager_add_customer", "arguments": json.dumps(
-        {"customer_name": "Dakota Thomas", "assigned_to_email": "nadia.moreau@atlas.com", "status": "Lead"})}],
+    [
+        {
+            "name": "customer_relationship_manager_add_customer",
+            "arguments": json.dumps(
+                {"customer_name": "Dakota Thomas", "assigned_to_email": "nadia.moreau@atlas.com", "status": "Lead"}
+            ),
+        }
+    ],
     [{"name": "email_delete_email", "arguments": '{"email_id": "00000259"}'}],
 ]
 
@@ -244,14 +277,20 @@ def test_recorded_rollouts_replay_with_identical_outputs_and_reward(fmt, index):
             turns.append(fmt.format_assistant("", [{"name": item["name"], "arguments": item["arguments"]}]))
         elif item["type"] == "message":
             turns.append(item["content"][0]["text"])
-    row = {"id": index, "responses_create_params": rollout["responses_create_params"],
-           "ground_truth": ROLLOUT_GROUND_TRUTH[index], "category": "workplace_assistant_email",
-           "environment_name": "workplace_assistant"}
+    row = {
+        "id": index,
+        "responses_create_params": rollout["responses_create_params"],
+        "ground_truth": ROLLOUT_GROUND_TRUTH[index],
+        "category": "workplace_assistant_email",
+        "environment_name": "workplace_assistant",
+    }
     episode = run_episode(scripted_model(turns), row, fmt)
     items = episode.response_items()
     assert [i["type"] for i in items] == [i["type"] for i in recorded]
-    assert [i["output"] for i in items if i["type"] == "function_call_output"] == \
-        [i["output"] for i in recorded if i["type"] == "function_call_output"]
-    assert [(i["name"], json.loads(i["arguments"])) for i in items if i["type"] == "function_call"] == \
-        [(i["name"], json.loads(i["arguments"])) for i in recorded if i["type"] == "function_call"]
+    assert [i["output"] for i in items if i["type"] == "function_call_output"] == [
+        i["output"] for i in recorded if i["type"] == "function_call_output"
+    ]
+    assert [(i["name"], json.loads(i["arguments"])) for i in items if i["type"] == "function_call"] == [
+        (i["name"], json.loads(i["arguments"])) for i in recorded if i["type"] == "function_call"
+    ]
     assert episode.reward == rollout["reward"]

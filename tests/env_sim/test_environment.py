@@ -1,4 +1,5 @@
 """The seam: the agent loop, the server and the CLI run any Environment, and know no environment's internals."""
+
 from __future__ import annotations
 
 import http.client
@@ -14,9 +15,20 @@ from env_sim.environment import Environment, Verdict, get_environment
 from env_sim.formats import get_format
 from env_sim.server import make_server
 
-COUNTER_TOOLS = [{"type": "function", "name": "add", "description": "Add to the counter.",
-                  "parameters": {"type": "object", "properties": {"n": {"type": "integer", "description": "amount"}},
-                                 "required": ["n"], "additionalProperties": False}, "strict": False}]
+COUNTER_TOOLS = [
+    {
+        "type": "function",
+        "name": "add",
+        "description": "Add to the counter.",
+        "parameters": {
+            "type": "object",
+            "properties": {"n": {"type": "integer", "description": "amount"}},
+            "required": ["n"],
+            "additionalProperties": False,
+        },
+        "strict": False,
+    }
+]
 
 
 def _add(state: dict, name: str, kwargs: dict):
@@ -29,19 +41,27 @@ def _add(state: dict, name: str, kwargs: dict):
 def _verify(predicted, ground_truth) -> Verdict:
     def total(calls):
         return sum(json.loads(call["arguments"]).get("n", 0) for call in calls if call["name"] == "add")
+
     return Verdict(float(total(predicted) == total(ground_truth)), {"num_predicted_calls": len(predicted)})
 
 
-COUNTER = Environment(name="counter", tool_schemas=COUNTER_TOOLS, fresh_state=lambda: {"total": 0},
-                      call_tool=_add, verify=_verify)
-ROW = {"id": 1, "category": "counter", "environment_name": "counter",
-       "responses_create_params": {"input": [{"role": "user", "content": "Add 2 then 3."}]},
-       "ground_truth": [{"name": "add", "arguments": '{"n": 5}'}]}
+COUNTER = Environment(
+    name="counter", tool_schemas=COUNTER_TOOLS, fresh_state=lambda: {"total": 0}, call_tool=_add, verify=_verify
+)
+ROW = {
+    "id": 1,
+    "category": "counter",
+    "environment_name": "counter",
+    "responses_create_params": {"input": [{"role": "user", "content": "Add 2 then 3."}]},
+    "ground_truth": [{"name": "add", "arguments": '{"n": 5}'}],
+}
 
 
 def test_generic_modules_do_not_import_an_environment():
-    code = ("import sys, env_sim.agent, env_sim.server, env_sim.execute, env_sim.formats, env_sim.environment, "
-            "env_sim.files; print('env_sim.workplace_assistant' in sys.modules)")
+    code = (
+        "import sys, env_sim.agent, env_sim.server, env_sim.execute, env_sim.formats, env_sim.environment, "
+        "env_sim.files; print('env_sim.workplace_assistant' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -76,8 +96,10 @@ def test_the_server_serves_a_toy_environment():
         cookie = resp.getheader("Set-Cookie").split(";", 1)[0]
         conn.request("POST", "/add", body='{"n": 4}', headers={"Cookie": cookie})
         assert json.loads(conn.getresponse().read()) == {"output": 4}
-        body = {"ground_truth": [{"name": "add", "arguments": '{"n": 4}'}],
-                "response": {"output": [{"type": "function_call", "name": "add", "arguments": '{"n": 4}'}]}}
+        body = {
+            "ground_truth": [{"name": "add", "arguments": '{"n": 4}'}],
+            "response": {"output": [{"type": "function_call", "name": "add", "arguments": '{"n": 4}'}]},
+        }
         conn.request("POST", "/verify", body=json.dumps(body), headers={"Cookie": cookie})
         assert json.loads(conn.getresponse().read())["reward"] == 1.0
         conn.close()

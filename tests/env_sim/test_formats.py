@@ -1,4 +1,5 @@
 """Tool-call formats: tool rendering, call round trips, parsing edge cases, chat rendering, Responses conversion."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,16 @@ def fmt(request):
 
 
 CALLS = [
-    {"name": "email_reply_email", "arguments": {"email_id": "00000057", "body": "Thanks - I'll check \"it\"\n\ttoday."}},
-    {"name": "calendar_create_event", "arguments": {"event_name": "Süß 会議", "participant_email": "a@b.com",
-                                                    "event_start": "2023-12-01 09:00:00", "duration": "30"}},
+    {"name": "email_reply_email", "arguments": {"email_id": "00000057", "body": 'Thanks - I\'ll check "it"\n\ttoday.'}},
+    {
+        "name": "calendar_create_event",
+        "arguments": {
+            "event_name": "Süß 会議",
+            "participant_email": "a@b.com",
+            "event_start": "2023-12-01 09:00:00",
+            "duration": "30",
+        },
+    },
     {"name": "analytics_total_visits_count", "arguments": {}},
     {"name": "email_search_emails", "arguments": {"query": "</tool_call> <TOOLCALL>", "page": 2}},
 ]
@@ -47,6 +55,7 @@ def test_get_format_names_and_errors():
 
 # --- tools in the system prompt --------------------------------------------------------------------------------
 
+
 def test_hermes_renders_one_chat_schema_per_line(tools):
     block = get_format("hermes").render_tools(tools)
     assert block.startswith("# Tools\n\nYou may call one or more functions")
@@ -55,8 +64,10 @@ def test_hermes_renders_one_chat_schema_per_line(tools):
     assert len(lines) == len(tools) == 27
     for line, tool in zip(lines, tools):
         decoded = json.loads(line)
-        assert decoded == {"type": "function", "function": {"name": tool["name"], "description": tool["description"],
-                                                            "parameters": tool["parameters"]}}
+        assert decoded == {
+            "type": "function",
+            "function": {"name": tool["name"], "description": tool["description"], "parameters": tool["parameters"]},
+        }
         assert line == json.dumps(decoded, ensure_ascii=False)  # tojson spacing, key order kept
     assert block.endswith('<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
 
@@ -67,7 +78,7 @@ def test_nemotron_renders_function_list(tools):
     decoded = json.loads(listing)
     assert [d["name"] for d in decoded] == [t["name"] for t in tools]
     assert all(set(d) == {"name", "description", "parameters"} for d in decoded)
-    assert "<TOOLCALL>[{\"name\": \"tool_name1\"" in block
+    assert '<TOOLCALL>[{"name": "tool_name1"' in block
 
 
 def test_system_prompt_joins_row_system_text(fmt, tools):
@@ -84,7 +95,7 @@ def test_compact_rendering_is_much_shorter_and_complete(fmt, tools):
     listing = render_compact_tools(tools)
     assert len(json.dumps(tools)) / len(listing) > 4
     for tool in tools:
-        line = next(l for l in listing.splitlines() if l.startswith(tool["name"] + "("))
+        line = next(line for line in listing.splitlines() if line.startswith(tool["name"] + "("))
         for parameter in tool["parameters"]["properties"]:
             marker = parameter + ("*" if parameter in tool["parameters"]["required"] else "")
             assert marker in line, (tool["name"], parameter)
@@ -100,6 +111,7 @@ def test_tool_to_chat_accepts_both_shapes(tools):
 
 
 # --- calls: round trip and parsing -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("content", ["", "Let me do that.", "Two lines\nof text."])
 def test_round_trip_calls_and_content(fmt, content):
@@ -138,7 +150,9 @@ def test_hermes_exact_call_text():
 
 
 def test_nemotron_exact_call_text():
-    text = get_format("nemotron").format_tool_calls([{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": {}}])
+    text = get_format("nemotron").format_tool_calls(
+        [{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": {}}]
+    )
     assert text == '<TOOLCALL>[{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": {}}]</TOOLCALL>'
 
 
@@ -147,12 +161,15 @@ def test_plain_text_has_no_calls(fmt):
     assert turn == ParsedTurn(content="The email was sent.", tool_calls=[], errors=[], reasoning="")
 
 
-@pytest.mark.parametrize("text,reasoning,content", [
-    ("<think>plan it</think>Answer", "plan it", "Answer"),
-    ("plan it</think>\n\nAnswer", "plan it", "Answer"),  # template opened the block
-    ("Answer<think>unfinished thought", "unfinished thought", "Answer"),
-    ("<think>a</think>x<think>b</think>y", "a\nb", "xy"),
-])
+@pytest.mark.parametrize(
+    "text,reasoning,content",
+    [
+        ("<think>plan it</think>Answer", "plan it", "Answer"),
+        ("plan it</think>\n\nAnswer", "plan it", "Answer"),  # template opened the block
+        ("Answer<think>unfinished thought", "unfinished thought", "Answer"),
+        ("<think>a</think>x<think>b</think>y", "a\nb", "xy"),
+    ],
+)
 def test_reasoning_is_stripped(fmt, text, reasoning, content):
     turn = fmt.parse(text)
     assert (turn.reasoning, turn.content) == (reasoning, content)
@@ -165,8 +182,10 @@ def test_calls_inside_reasoning_are_ignored(fmt):
 
 
 def test_hermes_several_blocks_and_unclosed_last():
-    text = ('<tool_call>{"name": "a", "arguments": {"x": "1"}}</tool_call>\n'
-            '<tool_call>\n{"name": "b", "arguments": {"y": "2"}}')  # generation stopped at </tool_call>
+    text = (
+        '<tool_call>{"name": "a", "arguments": {"x": "1"}}</tool_call>\n'
+        '<tool_call>\n{"name": "b", "arguments": {"y": "2"}}'
+    )  # generation stopped at </tool_call>
     turn = get_format("hermes").parse(text)
     assert [c["name"] for c in turn.tool_calls] == ["a", "b"] and turn.errors == []
 
@@ -175,21 +194,25 @@ def test_nemotron_unclosed_block_and_single_object():
     fmt = get_format("nemotron")
     assert fmt.parse('<TOOLCALL>[{"name": "a", "arguments": {}}]').tool_calls == [{"name": "a", "arguments": "{}"}]
     assert fmt.parse('<TOOLCALL>{"name": "a", "arguments": {"k": 1}}</TOOLCALL>').tool_calls == [
-        {"name": "a", "arguments": '{"k": 1}'}]
+        {"name": "a", "arguments": '{"k": 1}'}
+    ]
     assert fmt.parse("<TOOLCALL>[]</TOOLCALL>") == ParsedTurn(content="", tool_calls=[], errors=[])
 
 
-@pytest.mark.parametrize("payload,fragment", [
-    ('{"name": "a", "arguments": {"x": 1}', "could not be parsed"),   # truncated JSON
-    ("{'name': 'a'}", "could not be parsed"),                          # Python, not JSON
-    ('{"arguments": {}}', 'missing or empty "name"'),
-    ('{"name": "", "arguments": {}}', 'missing or empty "name"'),
-    ('{"name": 5, "arguments": {}}', 'missing or empty "name"'),
-    ('{"name": "a", "arguments": [1, 2]}', '"arguments" of a must be a JSON object'),
-    ('{"name": "a", "arguments": 3}', '"arguments" of a must be a JSON object'),
-    ('"just a string"', "expected a JSON object"),
-    ("", "could not be parsed"),
-])
+@pytest.mark.parametrize(
+    "payload,fragment",
+    [
+        ('{"name": "a", "arguments": {"x": 1}', "could not be parsed"),  # truncated JSON
+        ("{'name': 'a'}", "could not be parsed"),  # Python, not JSON
+        ('{"arguments": {}}', 'missing or empty "name"'),
+        ('{"name": "", "arguments": {}}', 'missing or empty "name"'),
+        ('{"name": 5, "arguments": {}}', 'missing or empty "name"'),
+        ('{"name": "a", "arguments": [1, 2]}', '"arguments" of a must be a JSON object'),
+        ('{"name": "a", "arguments": 3}', '"arguments" of a must be a JSON object'),
+        ('"just a string"', "expected a JSON object"),
+        ("", "could not be parsed"),
+    ],
+)
 def test_bad_calls_become_errors(fmt, payload, fragment):
     open_tag, close_tag = ("<tool_call>", "</tool_call>") if fmt.name == "hermes" else ("<TOOLCALL>", "</TOOLCALL>")
     if fmt.name == "nemotron" and payload.startswith("{"):
@@ -214,37 +237,56 @@ def test_error_snippet_is_bounded(fmt):
 
 # --- tool outputs and whole prompts ----------------------------------------------------------------------------
 
+
 def test_hermes_prompt_groups_tool_responses_in_one_user_turn():
     fmt = get_format("hermes")
-    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
-                {"role": "assistant", "content": "<tool_call>\n{}\n</tool_call>"},
-                {"role": "tool", "content": '{"output": 1}'}, {"role": "tool", "content": '{"output": 2}'}]
+    messages = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "U"},
+        {"role": "assistant", "content": "<tool_call>\n{}\n</tool_call>"},
+        {"role": "tool", "content": '{"output": 1}'},
+        {"role": "tool", "content": '{"output": 2}'},
+    ]
     assert fmt.render_prompt(messages) == (
         "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n"
         "<|im_start|>assistant\n<tool_call>\n{}\n</tool_call><|im_end|>\n"
-        "<|im_start|>user\n<tool_response>\n{\"output\": 1}\n</tool_response>\n"
-        "<tool_response>\n{\"output\": 2}\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+        '<|im_start|>user\n<tool_response>\n{"output": 1}\n</tool_response>\n'
+        '<tool_response>\n{"output": 2}\n</tool_response><|im_end|>\n<|im_start|>assistant\n'
+    )
     assert fmt.format_tool_result("x") == "<tool_response>\nx\n</tool_response>"
 
 
 def test_nemotron_prompt_joins_tool_responses():
     fmt = get_format("nemotron")
-    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
-                {"role": "assistant", "content": "ok",
-                 "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "a", "arguments": "{}"}}]},
-                {"role": "tool", "content": "r1"}, {"role": "tool", "content": "r2"}]
+    messages = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "U"},
+        {
+            "role": "assistant",
+            "content": "ok",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "a", "arguments": "{}"}}],
+        },
+        {"role": "tool", "content": "r1"},
+        {"role": "tool", "content": "r2"},
+    ]
     assert fmt.render_prompt(messages) == (
         "<SPECIAL_10>System\nS\n<SPECIAL_11>User\nU\n"
-        "<SPECIAL_11>Assistant\nok\n\n<TOOLCALL>[{\"name\": \"a\", \"arguments\": {}}]</TOOLCALL>\n<SPECIAL_12>\n"
-        "<SPECIAL_11>User\n<TOOL_RESPONSE>[r1, r2]</TOOL_RESPONSE>\n<SPECIAL_11>Assistant\n<think></think>")
+        '<SPECIAL_11>Assistant\nok\n\n<TOOLCALL>[{"name": "a", "arguments": {}}]</TOOLCALL>\n<SPECIAL_12>\n'
+        "<SPECIAL_11>User\n<TOOL_RESPONSE>[r1, r2]</TOOL_RESPONSE>\n<SPECIAL_11>Assistant\n<think></think>"
+    )
 
 
 def test_tool_message_shape(fmt):
-    assert fmt.tool_message("out", call_id="c1", name="n") == {"role": "tool", "content": "out",
-                                                              "tool_call_id": "c1", "name": "n"}
+    assert fmt.tool_message("out", call_id="c1", name="n") == {
+        "role": "tool",
+        "content": "out",
+        "tool_call_id": "c1",
+        "name": "n",
+    }
 
 
 # --- Responses items <-> chat messages -------------------------------------------------------------------------
+
 
 def test_rollout_items_round_trip_through_chat_messages():
     rollouts = [json.loads(line) for line in (DATA / "example_rollouts.jsonl").read_text().splitlines() if line]
@@ -258,17 +300,21 @@ def test_rollout_items_round_trip_through_chat_messages():
         assert [c["id"] for m in messages for c in m.get("tool_calls", [])] == [c["call_id"] for c in calls]
         assert [m["content"] for m in messages if m["role"] == "tool"] == [o["output"] for o in outputs]
         back = messages_to_items(messages)
-        assert [(i.get("type"), i.get("name"), i.get("arguments"), i.get("call_id")) for i in back
-                if i.get("type") == "function_call"] == [(c["type"], c["name"], c["arguments"], c["call_id"])
-                                                          for c in calls]
+        assert [
+            (i.get("type"), i.get("name"), i.get("arguments"), i.get("call_id"))
+            for i in back
+            if i.get("type") == "function_call"
+        ] == [(c["type"], c["name"], c["arguments"], c["call_id"]) for c in calls]
         assert [i["output"] for i in back if i.get("type") == "function_call_output"] == [o["output"] for o in outputs]
         final = [i for i in back if i.get("type") == "message" and i.get("role") == "assistant"]
         assert final[-1]["content"][0]["text"] == rollout["response"]["output"][-1]["content"][0]["text"]
 
 
 def test_reasoning_items_become_think_text_and_back():
-    items = [{"type": "reasoning", "summary": [{"text": "why", "type": "summary_text"}]},
-             {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hi"}]}]
+    items = [
+        {"type": "reasoning", "summary": [{"text": "why", "type": "summary_text"}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hi"}]},
+    ]
     messages = items_to_messages(items)
     assert messages == [{"role": "assistant", "content": "<think>why</think>hi"}]
     back = messages_to_items(messages)

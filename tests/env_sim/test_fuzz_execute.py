@@ -6,13 +6,42 @@ import random
 from env_sim.execute import execute_call
 from env_sim.workplace_assistant import call_tool
 from env_sim.workplace_assistant.database import Database
-from env_sim.workplace_assistant.tools import TOOL_NAMES, TOOL_SCHEMAS
+from env_sim.workplace_assistant.tools import TOOL_SCHEMAS
 from env_sim.workplace_assistant.verify import verify
 
 PARAMS = sorted({p for s in TOOL_SCHEMAS for p in s["parameters"]["properties"]})
-STRINGS = ["", " ", "00000057", "00000252", "00000149", "00000107", "2023-11-30", "2023-12-01 10:00:00",
-           "nadia.moreau@atlas.com", "Lead", "Backlog", "Design", "bar", "total_visits", "(", "[", "*", ".*",
-           "\\", "é", "60", "-1", "0", "email_id", "duration", "status", "notes", "x" * 300, "\u0000", "null"]
+STRINGS = [
+    "",
+    " ",
+    "00000057",
+    "00000252",
+    "00000149",
+    "00000107",
+    "2023-11-30",
+    "2023-12-01 10:00:00",
+    "nadia.moreau@atlas.com",
+    "Lead",
+    "Backlog",
+    "Design",
+    "bar",
+    "total_visits",
+    "(",
+    "[",
+    "*",
+    ".*",
+    "\\",
+    "é",
+    "60",
+    "-1",
+    "0",
+    "email_id",
+    "duration",
+    "status",
+    "notes",
+    "x" * 300,
+    "\u0000",
+    "null",
+]
 
 
 def random_value(rng: random.Random, depth: int = 0):
@@ -48,14 +77,18 @@ def garbage_json(rng: random.Random, args: dict) -> str:
     if choice < 0.3:
         return text[: rng.randint(0, len(text))]
     if choice < 0.5:
-        return rng.choice(["", "null", "[]", "1", '"str"', "{'single': 1}", "{\"a\":}", "NaN", "{}{}"])
+        return rng.choice(["", "null", "[]", "1", '"str"', "{'single': 1}", '{"a":}', "NaN", "{}{}"])
     return text
 
 
 def _pristine_copy():
     db = Database.fresh()
     tables = {name: (list(t.columns), list(t.rows), list(t.labels)) for name, t in db.compared_tables().items()}
-    tables["analytics_data"] = (list(db.analytics_data.columns), list(db.analytics_data.rows), list(db.analytics_data.labels))
+    tables["analytics_data"] = (
+        list(db.analytics_data.columns),
+        list(db.analytics_data.rows),
+        list(db.analytics_data.labels),
+    )
     return tables, tuple(db.directory)
 
 

@@ -3,6 +3,7 @@
 The outputs are seeded mixtures of garbage text, truncated or mismatched tags of both formats, reasoning tags, bad
 JSON, wrong types, huge nesting, and valid calls (to real and unknown tools, with arguments of every JSON type).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,21 +15,76 @@ import pytest
 from env_sim.formats import ParsedTurn, get_format
 
 DATA = Path(__file__).resolve().parent / "data"
-TAGS = ["<tool_call>", "</tool_call>", "<TOOLCALL>", "</TOOLCALL>", "<think>", "</think>", "<tool_response>",
-        "<|im_end|>", "<SPECIAL_12>", "[", "]", "{", "}", '"', "\\", "\n"]
-TOOL_NAMES = ["email_send_email", "email_delete_email", "calendar_create_event", "calendar_update_event",
-              "analytics_create_plot", "project_management_update_task", "customer_relationship_manager_add_customer",
-              "company_directory_find_email_address", "email_search_emails", "no_such_tool", ""]
-KEYS = ["email_id", "recipient", "subject", "body", "event_id", "field", "new_value", "duration", "time_min",
-        "time_max", "value_to_plot", "plot_type", "task_id", "customer_name", "assigned_to_email", "status",
-        "page", "query", "useless_argument"]
+TAGS = [
+    "<tool_call>",
+    "</tool_call>",
+    "<TOOLCALL>",
+    "</TOOLCALL>",
+    "<think>",
+    "</think>",
+    "<tool_response>",
+    "<|im_end|>",
+    "<SPECIAL_12>",
+    "[",
+    "]",
+    "{",
+    "}",
+    '"',
+    "\\",
+    "\n",
+]
+TOOL_NAMES = [
+    "email_send_email",
+    "email_delete_email",
+    "calendar_create_event",
+    "calendar_update_event",
+    "analytics_create_plot",
+    "project_management_update_task",
+    "customer_relationship_manager_add_customer",
+    "company_directory_find_email_address",
+    "email_search_emails",
+    "no_such_tool",
+    "",
+]
+KEYS = [
+    "email_id",
+    "recipient",
+    "subject",
+    "body",
+    "event_id",
+    "field",
+    "new_value",
+    "duration",
+    "time_min",
+    "time_max",
+    "value_to_plot",
+    "plot_type",
+    "task_id",
+    "customer_name",
+    "assigned_to_email",
+    "status",
+    "page",
+    "query",
+    "useless_argument",
+]
 
 
 def _value(rng: random.Random, depth: int = 0):
     kind = rng.randrange(9 if depth < 3 else 6)
     if kind == 0:
-        return rng.choice(["", "00000001", "00000499", "a@b.com", "Backlog", "2023-12-01 10:00:00", "é✓\u0000",
-                           "</tool_call>", "]</TOOLCALL>"])
+        return rng.choice(
+            [
+                "",
+                "00000001",
+                "00000499",
+                "a@b.com",
+                "Backlog",
+                "2023-12-01 10:00:00",
+                "é✓\u0000",
+                "</tool_call>",
+                "]</TOOLCALL>",
+            ]
+        )
     if kind == 1:
         return rng.randint(-10, 10**12)
     if kind == 2:
@@ -47,13 +103,14 @@ def _call_json(rng: random.Random) -> str:
     if rng.random() < 0.9:
         obj["name"] = rng.choice(TOOL_NAMES) if rng.random() < 0.9 else _value(rng)
     if rng.random() < 0.85:
-        obj["arguments"] = ({k: _value(rng) for k in rng.sample(KEYS, rng.randrange(0, 4))}
-                            if rng.random() < 0.8 else _value(rng))
+        obj["arguments"] = (
+            {k: _value(rng) for k in rng.sample(KEYS, rng.randrange(0, 4))} if rng.random() < 0.8 else _value(rng)
+        )
     if rng.random() < 0.1:
         obj = [obj] if rng.random() < 0.5 else _value(rng)
     text = json.dumps(obj, ensure_ascii=rng.random() < 0.5)
     if rng.random() < 0.2:
-        text = text[:rng.randrange(0, len(text) + 1)]  # truncated
+        text = text[: rng.randrange(0, len(text) + 1)]  # truncated
     if rng.random() < 0.05:
         text = text.replace('"', "'")  # Python-style quotes
     return text
@@ -64,8 +121,11 @@ def _piece(rng: random.Random) -> str:
     if kind == 0:
         return "".join(rng.choice(TAGS) for _ in range(rng.randrange(1, 6)))
     if kind == 1:
-        return "".join(chr(rng.randrange(0, 0x10FFFF)) for _ in range(rng.randrange(0, 30))
-                       if not 0xD800 <= rng.randrange(0, 0x10FFFF) <= 0xDFFF)
+        return "".join(
+            chr(rng.randrange(0, 0x10FFFF))
+            for _ in range(rng.randrange(0, 30))
+            if not 0xD800 <= rng.randrange(0, 0x10FFFF) <= 0xDFFF
+        )
     if kind == 2:
         return f"<tool_call>{_call_json(rng)}" + ("</tool_call>" if rng.random() < 0.8 else "")
     if kind == 3:
@@ -84,16 +144,30 @@ def _piece(rng: random.Random) -> str:
 def plausible_write(rng: random.Random) -> dict:
     """A well-formed write that usually succeeds (so the fuzz changes the databases it is given)."""
     number = f"{rng.randrange(0, 520):08d}"
-    return rng.choice([
-        {"name": "email_delete_email", "arguments": {"email_id": number}},
-        {"name": "email_send_email", "arguments": {"recipient": "kofi.mensah@atlas.com", "subject": "s", "body": "b"}},
-        {"name": "calendar_delete_event", "arguments": {"event_id": number}},
-        {"name": "analytics_create_plot", "arguments": {"time_min": "2023-11-01", "time_max": "2023-11-02",
-                                                        "value_to_plot": "total_visits", "plot_type": "bar"}},
-        {"name": "project_management_update_task", "arguments": {"task_id": number, "field": "list_name",
-                                                                 "new_value": "Backlog"}},
-        {"name": "customer_relationship_manager_delete_customer", "arguments": {"customer_id": number}},
-    ])
+    return rng.choice(
+        [
+            {"name": "email_delete_email", "arguments": {"email_id": number}},
+            {
+                "name": "email_send_email",
+                "arguments": {"recipient": "kofi.mensah@atlas.com", "subject": "s", "body": "b"},
+            },
+            {"name": "calendar_delete_event", "arguments": {"event_id": number}},
+            {
+                "name": "analytics_create_plot",
+                "arguments": {
+                    "time_min": "2023-11-01",
+                    "time_max": "2023-11-02",
+                    "value_to_plot": "total_visits",
+                    "plot_type": "bar",
+                },
+            },
+            {
+                "name": "project_management_update_task",
+                "arguments": {"task_id": number, "field": "list_name", "new_value": "Backlog"},
+            },
+            {"name": "customer_relationship_manager_delete_customer", "arguments": {"customer_id": number}},
+        ]
+    )
 
 
 def fuzzed_output(rng: random.Random) -> str:
@@ -131,8 +205,10 @@ def test_valid_calls_survive_surrounding_garbage(name):
     fmt = get_format(name)
     rng = random.Random(99)
     for _ in range(2000):
-        calls = [{"name": rng.choice(TOOL_NAMES[:-2]), "arguments": {k: _value(rng) for k in rng.sample(KEYS, 2)}}
-                 for _ in range(rng.randrange(1, 4))]
+        calls = [
+            {"name": rng.choice(TOOL_NAMES[:-2]), "arguments": {k: _value(rng) for k in rng.sample(KEYS, 2)}}
+            for _ in range(rng.randrange(1, 4))
+        ]
         noise = rng.choice(["", "Sure.", "ok\n", "]}", "1 < 2 > 0"])
         turn = fmt.parse(noise + fmt.format_assistant("", calls))
         assert [json.loads(c["arguments"]) for c in turn.tool_calls] == [c["arguments"] for c in calls]
@@ -173,7 +249,7 @@ def test_fuzzed_episodes_never_leak_state():
         tool_outputs = [i["output"] for i in episode.response_items() if i["type"] == "function_call_output"]
         changed_state += episode.state != pristine
         replay = Episode(row, fmt, max_steps=6)
-        for text in texts[:episode.steps]:
+        for text in texts[: episode.steps]:
             replay.step(text)
         assert [i["output"] for i in replay.response_items() if i["type"] == "function_call_output"] == tool_outputs
         assert replay.state == episode.state

@@ -35,23 +35,49 @@ def _call(name, **kwargs):
 def _ground_truth(user_text: str) -> list:
     text = user_text.lower()
     if text.startswith("create a bar chart of total visits since november 30"):
-        return [_call("analytics_create_plot", time_min="2023-11-30", time_max="2023-11-29",
-                      value_to_plot="total_visits", plot_type="bar")]
+        return [
+            _call(
+                "analytics_create_plot",
+                time_min="2023-11-30",
+                time_max="2023-11-29",
+                value_to_plot="total_visits",
+                plot_type="bar",
+            )
+        ]
     if "haven't responded to a proposal for the consulting product in 3 weeks" in text:
         cutoff = str(TODAY - dt.timedelta(weeks=3))
-        stale = [c for c in _csv("customer_relationship_manager_data")
-                 if c["product_interest"] == "Consulting" and c["status"] == "Proposal"
-                 and c["last_contact_date"][:10] < cutoff]
-        return [_call("customer_relationship_manager_update_customer", customer_id=c["customer_id"], field="status",
-                      new_value="Lost") for c in stale]
+        stale = [
+            c
+            for c in _csv("customer_relationship_manager_data")
+            if c["product_interest"] == "Consulting"
+            and c["status"] == "Proposal"
+            and c["last_contact_date"][:10] < cutoff
+        ]
+        return [
+            _call(
+                "customer_relationship_manager_update_customer",
+                customer_id=c["customer_id"],
+                field="status",
+                new_value="Lost",
+            )
+            for c in stale
+        ]
     if text.startswith("delete casey wilson from the crm"):
-        (cid,) = [c["customer_id"] for c in _csv("customer_relationship_manager_data") if c["customer_name"] == "Casey Wilson"]
+        (cid,) = [
+            c["customer_id"] for c in _csv("customer_relationship_manager_data") if c["customer_name"] == "Casey Wilson"
+        ]
         return [_call("customer_relationship_manager_delete_customer", customer_id=cid)]
     if text.startswith("add dakota thomas as a new lead"):
         with open(DATA_DIR / "raw" / "email_addresses.csv") as fh:
             (nadia,) = [line.strip() for line in fh if line.startswith("nadia")]
-        return [_call("customer_relationship_manager_add_customer", customer_name="Dakota Thomas",
-                      assigned_to_email=nadia, status="Lead")]
+        return [
+            _call(
+                "customer_relationship_manager_add_customer",
+                customer_name="Dakota Thomas",
+                assigned_to_email=nadia,
+                status="Lead",
+            )
+        ]
     if text.startswith("delete my last email from kofi"):
         kofi = [e for e in _csv("emails") if e["sender/recipient"].startswith("kofi")]
         latest = max(kofi, key=lambda e: e["sent_datetime"])

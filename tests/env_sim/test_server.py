@@ -59,12 +59,25 @@ def test_episode_over_http(server):
     assert text == '{"output":"Email not found."}'  # state persists within the session
     status, text = c.post("/not_a_tool", {})
     assert status == 200 and json.loads(text) == {"output": "Error executing tool 'not_a_tool': 'not_a_tool'"}
-    row = {"id": 7, "category": "workplace_assistant_email", "environment_name": "workplace_assistant",
-           "ground_truth": [{"name": "email_delete_email", "arguments": '{"email_id": "00000259"}'}]}
-    response = {"id": "resp_1", "output": [
-        {"type": "function_call", "name": "email_delete_email", "arguments": '{"email_id":"00000259"}', "call_id": "c1"},
-        {"type": "function_call_output", "call_id": "c1", "output": '{"output":"Email deleted successfully."}'},
-        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Done"}]}]}
+    row = {
+        "id": 7,
+        "category": "workplace_assistant_email",
+        "environment_name": "workplace_assistant",
+        "ground_truth": [{"name": "email_delete_email", "arguments": '{"email_id": "00000259"}'}],
+    }
+    response = {
+        "id": "resp_1",
+        "output": [
+            {
+                "type": "function_call",
+                "name": "email_delete_email",
+                "arguments": '{"email_id":"00000259"}',
+                "call_id": "c1",
+            },
+            {"type": "function_call_output", "call_id": "c1", "output": '{"output":"Email deleted successfully."}'},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Done"}]},
+        ],
+    }
     status, text = c.post("/verify", {**row, "response": response})
     reply = json.loads(text)
     assert status == 200 and reply["reward"] == 1.0 and reply["id"] == 7 and reply["response"] == response
@@ -96,7 +109,10 @@ def test_concurrent_sessions_do_not_share_state(server):
                 c.post("/email_send_email", {"recipient": f"user{i}@x.com", "subject": f"s{j}", "body": "b"})
             status, text = c.post("/email_search_emails", {"query": f"user{i}@x.com", "page_size": 100})
             found = json.loads(text)["output"]
-            results[i] = ([e["sender/recipient"] for e in found["emails"]], sorted(e["email_id"] for e in found["emails"]))
+            results[i] = (
+                [e["sender/recipient"] for e in found["emails"]],
+                sorted(e["email_id"] for e in found["emails"]),
+            )
         except Exception as e:  # surfaced below
             errors.append(repr(e))
 
@@ -124,8 +140,13 @@ def test_python_m_env_sim_serve_starts_the_server():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([sys.executable, "-m", "env_sim", "serve", "--port", str(port)], cwd=root,
-                            env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "env_sim", "serve", "--port", str(port)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.time() + 30
         while True:

@@ -1,4 +1,5 @@
 """Tasks: the exact row format, row validation, the WorkBench converter and the seeded generator."""
+
 from __future__ import annotations
 
 import copy
@@ -12,11 +13,23 @@ from env_sim.execute import execute_call
 from env_sim.workplace_assistant import call_tool
 from env_sim.workplace_assistant.database import Database
 from env_sim.workplace_assistant.tasks.generator import TEMPLATES, generate_rows, generate_tasks
-from env_sim.workplace_assistant.tasks.rows import (CATEGORIES, SYSTEM_PROMPT, make_row, read_rows, row_query,
-                                                    validate_row, write_rows)
+from env_sim.workplace_assistant.tasks.rows import (
+    CATEGORIES,
+    SYSTEM_PROMPT,
+    make_row,
+    read_rows,
+    row_query,
+    validate_row,
+    write_rows,
+)
 from env_sim.workplace_assistant.tasks.snapshot import initial_snapshot
-from env_sim.workplace_assistant.tasks.workbench import (WorkBenchFormatError, convert_workbench, parse_answer,
-                                                         parse_call, read_workbench)
+from env_sim.workplace_assistant.tasks.workbench import (
+    WorkBenchFormatError,
+    convert_workbench,
+    parse_answer,
+    parse_call,
+    read_workbench,
+)
 from env_sim.workplace_assistant.tools import TOOL_SCHEMAS
 from env_sim.workplace_assistant.verify import verify
 
@@ -36,9 +49,10 @@ def workbench_rows():
 
 # --- row format ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("row", EXAMPLE_ROWS, ids=lambda r: str(r["id"]))
 def test_make_row_reproduces_the_dataset_rows_exactly(row):
-    domain = row["category"][len("workplace_assistant_"):]
+    domain = row["category"][len("workplace_assistant_") :]
     made = make_row(row["id"], row_query(row), row["ground_truth"], domain)
     assert made == row
     assert json.dumps(made) == json.dumps(row)  # same key order too
@@ -64,30 +78,45 @@ def _broken(change):
     return validate_row(row)
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda r: r.pop("category"), "missing key 'category'"),
-    (lambda r: r.update(extra=1), "unexpected key 'extra'"),
-    (lambda r: r.update(id="0"), "id must be a non-negative integer"),
-    (lambda r: r.update(category="workplace_assistant_multi"), "category 'workplace_assistant_multi' is not one of"),
-    (lambda r: r.update(environment_name="x"), "environment_name must be 'workplace_assistant'"),
-    (lambda r: r["responses_create_params"]["input"].pop(), "input must be a list of [system, user] messages"),
-    (lambda r: r["responses_create_params"]["input"][1].update(content=" "), "the user message needs non-empty"),
-    (lambda r: r["responses_create_params"]["tools"].pop(), "tools must be the 27 tool schemas"),
-    (lambda r: r["responses_create_params"]["tools"][3].update(description="x"), "differ from the reference for "
-                                                                                 "['email_send_email']"),
-    (lambda r: r["responses_create_params"].update(parallel_tool_calls=True), "parallel_tool_calls must be false"),
-    (lambda r: r.update(ground_truth={}), "ground_truth must be a list"),
-    (lambda r: r["ground_truth"][0].update(name="email_reply"), "unknown tool 'email_reply'"),
-    (lambda r: r["ground_truth"][0].update(arguments="{bad"), "arguments are not valid JSON"),
-    (lambda r: r["ground_truth"][0].update(arguments={"email_id": "1"}), "arguments must be a JSON string"),
-    (lambda r: r["ground_truth"][0].update(arguments='["x"]'), "arguments must encode a JSON object"),
-    (lambda r: r["ground_truth"][0].update(arguments='{"email_id": "00000057", "body": "x", "cc": "y"}'),
-     "email_reply_email has no parameter 'cc'"),
-    (lambda r: r["ground_truth"][0].update(arguments='{"email_id": "00000057"}'), "missing required parameter 'body'"),
-    (lambda r: r["ground_truth"][0].update(arguments='{"email_id": 57, "body": "x"}'), "email_id must be a string"),
-    (lambda r: r["ground_truth"][0].update(arguments='{"email_id": "99999999", "body": "x"}'),
-     'replay failed: {"output":"Email not found."}'),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda r: r.pop("category"), "missing key 'category'"),
+        (lambda r: r.update(extra=1), "unexpected key 'extra'"),
+        (lambda r: r.update(id="0"), "id must be a non-negative integer"),
+        (
+            lambda r: r.update(category="workplace_assistant_multi"),
+            "category 'workplace_assistant_multi' is not one of",
+        ),
+        (lambda r: r.update(environment_name="x"), "environment_name must be 'workplace_assistant'"),
+        (lambda r: r["responses_create_params"]["input"].pop(), "input must be a list of [system, user] messages"),
+        (lambda r: r["responses_create_params"]["input"][1].update(content=" "), "the user message needs non-empty"),
+        (lambda r: r["responses_create_params"]["tools"].pop(), "tools must be the 27 tool schemas"),
+        (
+            lambda r: r["responses_create_params"]["tools"][3].update(description="x"),
+            "differ from the reference for ['email_send_email']",
+        ),
+        (lambda r: r["responses_create_params"].update(parallel_tool_calls=True), "parallel_tool_calls must be false"),
+        (lambda r: r.update(ground_truth={}), "ground_truth must be a list"),
+        (lambda r: r["ground_truth"][0].update(name="email_reply"), "unknown tool 'email_reply'"),
+        (lambda r: r["ground_truth"][0].update(arguments="{bad"), "arguments are not valid JSON"),
+        (lambda r: r["ground_truth"][0].update(arguments={"email_id": "1"}), "arguments must be a JSON string"),
+        (lambda r: r["ground_truth"][0].update(arguments='["x"]'), "arguments must encode a JSON object"),
+        (
+            lambda r: r["ground_truth"][0].update(arguments='{"email_id": "00000057", "body": "x", "cc": "y"}'),
+            "email_reply_email has no parameter 'cc'",
+        ),
+        (
+            lambda r: r["ground_truth"][0].update(arguments='{"email_id": "00000057"}'),
+            "missing required parameter 'body'",
+        ),
+        (lambda r: r["ground_truth"][0].update(arguments='{"email_id": 57, "body": "x"}'), "email_id must be a string"),
+        (
+            lambda r: r["ground_truth"][0].update(arguments='{"email_id": "99999999", "body": "x"}'),
+            'replay failed: {"output":"Email not found."}',
+        ),
+    ],
+)
 def test_validate_row_names_each_problem(change, message):
     problems = _broken(change)
     assert any(message in problem for problem in problems), problems
@@ -109,33 +138,48 @@ def test_rows_file_round_trip(tmp_path):
 
 # --- WorkBench ----------------------------------------------------------------------------------------------------
 
+
 def test_parse_call_maps_dotted_names_and_literals():
     assert parse_call('email.delete_email.func(email_id="00000479")') == {
-        "name": "email_delete_email", "arguments": '{"email_id": "00000479"}'}
-    assert parse_call("customer_relationship_manager.update_customer.func(customer_id='1', field='status', "
-                      "new_value='Won')")["name"] == "customer_relationship_manager_update_customer"
-    assert parse_answer('["email.send_email.func(recipient=\'a@b.c\', subject=\'s\', body=\'x\')"]') == [
-        {"name": "email_send_email", "arguments": '{"recipient": "a@b.c", "subject": "s", "body": "x"}'}]
+        "name": "email_delete_email",
+        "arguments": '{"email_id": "00000479"}',
+    }
+    assert (
+        parse_call(
+            "customer_relationship_manager.update_customer.func(customer_id='1', field='status', new_value='Won')"
+        )["name"]
+        == "customer_relationship_manager_update_customer"
+    )
+    assert parse_answer("[\"email.send_email.func(recipient='a@b.c', subject='s', body='x')\"]") == [
+        {"name": "email_send_email", "arguments": '{"recipient": "a@b.c", "subject": "s", "body": "x"}'}
+    ]
 
 
 def test_quoted_email_bodies_match_the_query_text(workbench_rows):
     """WorkBench queries show line breaks as the two characters backslash-n; the answers hold real newlines - what a
     model writes when it copies the text into a JSON string ("\\n" is a JSON newline escape)."""
-    sends = [(row_query(r), json.loads(c["arguments"])) for r in workbench_rows for c in r["ground_truth"]
-             if c["name"] == "email_send_email" and "\\n" in row_query(r)]
+    sends = [
+        (row_query(r), json.loads(c["arguments"]))
+        for r in workbench_rows
+        for c in r["ground_truth"]
+        if c["name"] == "email_send_email" and "\\n" in row_query(r)
+    ]
     assert len(sends) >= 10
     for query, arguments in sends:
         assert "\n" in arguments["body"] and arguments["body"].replace("\n", "\\n") in query
 
 
-@pytest.mark.parametrize("text,message", [
-    ("email.delete_email.func('1')", "positional arguments"),
-    ("email.delete_email.func(email_id=__import__('os').getcwd())", "not a literal"),
-    ("delete_email(email_id='1')", "expected <domain>.<tool>.func"),
-    ("email.delete_email.func(**{'email_id': '1'})", r"\*\*kwargs"),
-    ("email.delete_email.func(", "not a Python call expression"),
-    ("[1, 2]", "not a function call"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("email.delete_email.func('1')", "positional arguments"),
+        ("email.delete_email.func(email_id=__import__('os').getcwd())", "not a literal"),
+        ("delete_email(email_id='1')", "expected <domain>.<tool>.func"),
+        ("email.delete_email.func(**{'email_id': '1'})", r"\*\*kwargs"),
+        ("email.delete_email.func(", "not a Python call expression"),
+        ("[1, 2]", "not a function call"),
+    ],
+)
 def test_parse_call_rejects_what_it_cannot_read_without_evaluating(text, message):
     with pytest.raises(WorkBenchFormatError, match=message):
         parse_call(text)
@@ -155,14 +199,31 @@ def test_convert_workbench_all_690_tasks(workbench_rows):
     assert {row["category"] for row in workbench_rows} == set(CATEGORIES)
     first = workbench_rows[0]
     assert row_query(first) == "Can you make a bar chart of total visits since November 21?"
-    assert first["ground_truth"] == [{"name": "analytics_create_plot", "arguments": json.dumps(
-        {"time_min": "2023-11-21", "time_max": "2023-11-29", "value_to_plot": "total_visits", "plot_type": "bar"})}]
+    assert first["ground_truth"] == [
+        {
+            "name": "analytics_create_plot",
+            "arguments": json.dumps(
+                {
+                    "time_min": "2023-11-21",
+                    "time_max": "2023-11-29",
+                    "value_to_plot": "total_visits",
+                    "plot_type": "bar",
+                }
+            ),
+        }
+    ]
     nadia = next(r for r in workbench_rows if row_query(r) == "Delete my last email from nadia")
     assert nadia["ground_truth"] == [{"name": "email_delete_email", "arguments": '{"email_id": "00000479"}'}]
     tasks = read_workbench()
     counts = Counter(task["source"].split("_queries")[0] for task in tasks)
-    assert counts == {"analytics": 120, "calendar": 110, "customer_relationship_manager": 80, "email": 90,
-                      "multi_domain": 210, "project_management": 80}
+    assert counts == {
+        "analytics": 120,
+        "calendar": 110,
+        "customer_relationship_manager": 80,
+        "email": 90,
+        "multi_domain": 210,
+        "project_management": 80,
+    }
 
 
 def test_multi_domain_category_rule(workbench_rows):
@@ -171,9 +232,10 @@ def test_multi_domain_category_rule(workbench_rows):
         if len(task["domains"]) == 1:
             assert row["category"] == "workplace_assistant_" + task["domains"][0]
         elif task["ground_truth"]:  # the first domain the task changes
-            assert row["ground_truth"][0]["name"].startswith(row["category"][len("workplace_assistant_"):])
-    crm_meeting = next(r for r, t in zip(workbench_rows, tasks) if t["domains"] == ["customer_relationship_manager",
-                                                                                     "calendar"])
+            assert row["ground_truth"][0]["name"].startswith(row["category"][len("workplace_assistant_") :])
+    crm_meeting = next(
+        r for r, t in zip(workbench_rows, tasks) if t["domains"] == ["customer_relationship_manager", "calendar"]
+    )
     assert crm_meeting["category"] == "workplace_assistant_calendar"
     # A false-condition task takes the category its template acts on ("...schedule a half hour meeting").
     yuki = next(r for r in workbench_rows if row_query(r).startswith("if yuki hasn't sent me any emails"))
@@ -189,6 +251,7 @@ def test_converted_ground_truths_replay_without_tool_errors(workbench_rows):
 
 
 # --- generator ----------------------------------------------------------------------------------------------------
+
 
 def test_generator_is_deterministic_and_seed_dependent():
     assert generate_rows(40, seed=3) == generate_rows(40, seed=3)
@@ -258,6 +321,7 @@ def test_every_template_builds_valid_tasks():
 
 # --- the generator's queries reproduce the real dataset's ground truths -------------------------------------------
 
+
 def test_snapshot_queries_match_the_real_dataset_rows():
     snap = initial_snapshot()
     ids = lambda customers: [c["customer_id"] for c in customers]  # noqa: E731
@@ -267,11 +331,14 @@ def test_snapshot_queries_match_the_real_dataset_rows():
     # id 1: "Can you change the name of the last event on December 1 to Risk Management Forum"
     assert snap.events_by_day["2023-12-01"][-1]["event_id"] == "00000252"
     # id 2: "Raj is taking over all of Akira's leads that are interested in software."
-    assert ids(snap.customers_where("akira.sato@atlas.com", "Lead", "Software")) == ["00000095", "00000080",
-                                                                                     "00000035"]
+    assert ids(snap.customers_where("akira.sato@atlas.com", "Lead", "Software")) == ["00000095", "00000080", "00000035"]
     # id 3: "... all of Lena's customers that are in the won stage and interested in services ... delete them"
-    assert ids(snap.customers_where("lena.schmidt@atlas.com", "Won", "Services")) == ["00000009", "00000112",
-                                                                                      "00000039", "00000047"]
+    assert ids(snap.customers_where("lena.schmidt@atlas.com", "Won", "Services")) == [
+        "00000009",
+        "00000112",
+        "00000039",
+        "00000047",
+    ]
     # id 4: "Move all customers that haven't responded to a proposal for the hardware product in 4 weeks to lost"
     assert ids(snap.stale_proposals("Hardware", 4)) == ["00000037", "00000195", "00000058", "00000132", "00000088"]
     # rollout: "Delete my last email from kofi" (WorkBench answer 00000259)
@@ -293,6 +360,7 @@ def test_latest_email_agrees_with_the_search_tool():
 
 
 # --- commands -----------------------------------------------------------------------------------------------------
+
 
 def _run_command(argv):
     import argparse
@@ -317,9 +385,14 @@ def test_generate_and_convert_commands_write_rows(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["rows_with_problems"] == 0
 
 
-@pytest.mark.parametrize("metric,tool", [("total_visits", "analytics_total_visits_count"),
-                                         ("user_engaged", "analytics_engaged_users_count"),
-                                         ("session_duration_seconds", "analytics_get_average_session_duration")])
+@pytest.mark.parametrize(
+    "metric,tool",
+    [
+        ("total_visits", "analytics_total_visits_count"),
+        ("user_engaged", "analytics_engaged_users_count"),
+        ("session_duration_seconds", "analytics_get_average_session_duration"),
+    ],
+)
 def test_daily_metrics_agree_with_the_analytics_tools(metric, tool):
     """The conditional analytics templates decide with the same numbers the model can read from the tools."""
     snap = initial_snapshot()
@@ -338,12 +411,22 @@ def test_python_m_env_sim_generate_and_convert(tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "rows.jsonl"
-    done = subprocess.run([sys.executable, "-m", "env_sim", "generate", "--n", "12", "--seed", "42", "--output",
-                           str(out)], cwd=root, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "env_sim", "generate", "--n", "12", "--seed", "42", "--output", str(out)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert list(read_rows(out)) == generate_rows(12, seed=42)
-    done = subprocess.run([sys.executable, "-m", "env_sim", "convert-workbench", "--output", str(tmp_path / "wb.jsonl"),
-                           "--no-check"], cwd=root, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "env_sim", "convert-workbench", "--output", str(tmp_path / "wb.jsonl"), "--no-check"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["rows"] == 690
 

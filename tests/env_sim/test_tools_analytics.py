@@ -31,14 +31,19 @@ def _per_day(rows, lo, hi, value):
 def test_counts_per_day(db, rows):
     lo, hi = "2023-11-01", "2023-11-30"
     args = {"time_min": lo, "time_max": hi}
-    assert call_tool(db, "analytics_total_visits_count", args) == {d: len(v) for d, v in _per_day(rows, lo, hi, lambda r: 1).items()}
+    assert call_tool(db, "analytics_total_visits_count", args) == {
+        d: len(v) for d, v in _per_day(rows, lo, hi, lambda r: 1).items()
+    }
     assert call_tool(db, "analytics_engaged_users_count", args) == {
-        d: sum(v) for d, v in _per_day(rows, lo, hi, lambda r: r["user_engaged"] == "True").items()}
+        d: sum(v) for d, v in _per_day(rows, lo, hi, lambda r: r["user_engaged"] == "True").items()
+    }
     assert call_tool(db, "analytics_traffic_source_count", {**args, "traffic_source": "search engine"}) == {
-        d: sum(v) for d, v in _per_day(rows, lo, hi, lambda r: r["traffic_source"] == "search engine").items()}
+        d: sum(v) for d, v in _per_day(rows, lo, hi, lambda r: r["traffic_source"] == "search engine").items()
+    }
     means = call_tool(db, "analytics_get_average_session_duration", args)
-    assert means == {d: sum(v) / len(v) for d, v in
-                     _per_day(rows, lo, hi, lambda r: float(r["session_duration_seconds"])).items()}
+    assert means == {
+        d: sum(v) / len(v) for d, v in _per_day(rows, lo, hi, lambda r: float(r["session_duration_seconds"])).items()
+    }
     assert list(means) == sorted(means)
     everything = call_tool(db, "analytics_total_visits_count", {})
     assert sum(everything.values()) == 1000
@@ -47,7 +52,8 @@ def test_counts_per_day(db, rows):
 def test_range_compares_strings_and_rejects_numbers(db):
     assert call_tool(db, "analytics_total_visits_count", {"time_min": "2024-01-01"}) == {}
     assert call_tool(db, "analytics_total_visits_count", {"time_min": 2023}) == (
-        "Error executing tool 'analytics_total_visits_count': '>=' not supported between instances of 'str' and 'int'")
+        "Error executing tool 'analytics_total_visits_count': '>=' not supported between instances of 'str' and 'int'"
+    )
 
 
 def test_visitor_lookup_and_in_place_float_quirk(db):
@@ -69,7 +75,9 @@ def test_create_plot(db):
     assert call_tool(db, "analytics_create_plot", {**args, "time_min": None}) == "Start date not provided."
     assert call_tool(db, "analytics_create_plot", {**args, "time_max": ""}) == "End date not provided."
     assert call_tool(db, "analytics_create_plot", {**args, "value_to_plot": "visits"}).startswith(
-        "Value to plot must be one of 'total_visits'")
+        "Value to plot must be one of 'total_visits'"
+    )
     assert call_tool(db, "analytics_create_plot", {**args, "plot_type": "pie"}) == (
-        "Plot type must be one of 'bar', 'line', 'scatter', or 'histogram'")
+        "Plot type must be one of 'bar', 'line', 'scatter', or 'histogram'"
+    )
     assert len(db.plots) == 1

@@ -25,8 +25,15 @@ def test_names_registry_and_write_tools():
 
 
 def test_only_page_arguments_are_integers():
-    ints = {(s["name"], p) for s in TOOL_SCHEMAS for p, spec in s["parameters"]["properties"].items()
-            if spec["type"] == "integer"}
+    ints = {
+        (s["name"], p)
+        for s in TOOL_SCHEMAS
+        for p, spec in s["parameters"]["properties"].items()
+        if spec["type"] == "integer"
+    }
     assert {p for _, p in ints} == {"page", "page_size"}
-    assert {n for n, _ in ints} == {"email_search_emails", "calendar_search_events",
-                                    "customer_relationship_manager_search_customers"}
+    assert {n for n, _ in ints} == {
+        "email_search_emails",
+        "calendar_search_events",
+        "customer_relationship_manager_search_customers",
+    }

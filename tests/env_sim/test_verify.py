@@ -12,24 +12,34 @@ def call(name, **kwargs):
     return {"name": name, "arguments": json.dumps(kwargs)}
 
 
-EVENT = dict(event_name="Sync", participant_email="raj.patel@atlas.com", event_start="2023-12-05 10:00:00",
-             duration="60")
+EVENT = dict(
+    event_name="Sync", participant_email="raj.patel@atlas.com", event_start="2023-12-05 10:00:00", duration="60"
+)
 
 
 def test_identical_and_empty():
     gt = [call("email_reply_email", email_id="00000057", body="Thanks")]
     v = verify(gt, gt)
     assert isinstance(v, Verdict) and v.reward == 1.0
-    assert v.diagnostics == {"num_predicted_calls": 1, "num_predicted_errors": 0, "predicted_changed_state": True,
-                             "ground_truth_changes_state": True, "tables_differ": []}
+    assert v.diagnostics == {
+        "num_predicted_calls": 1,
+        "num_predicted_errors": 0,
+        "predicted_changed_state": True,
+        "ground_truth_changes_state": True,
+        "tables_differ": [],
+    }
     assert verify([], gt).reward == 0.0 and verify([], gt).diagnostics["tables_differ"] == ["email"]
     assert verify([], []).reward == 1.0
 
 
 def test_reads_and_failed_calls_do_not_matter_but_extra_writes_do():
     gt = [call("calendar_delete_event", event_id="00000252")]
-    pred = [call("calendar_search_events", query="brainstorming"), call("nope"),
-            {"name": "calendar_delete_event", "arguments": "{not json"}, *gt]
+    pred = [
+        call("calendar_search_events", query="brainstorming"),
+        call("nope"),
+        {"name": "calendar_delete_event", "arguments": "{not json"},
+        *gt,
+    ]
     v = verify(pred, gt)
     assert v.reward == 1.0 and v.diagnostics["num_predicted_errors"] == 2 and v.diagnostics["num_predicted_calls"] == 4
     extra = verify(pred + [call("email_delete_email", email_id="00000001")], gt)
@@ -38,15 +48,45 @@ def test_reads_and_failed_calls_do_not_matter_but_extra_writes_do():
 
 def test_case_insensitive_except_status_list_board():
     gt = [call("calendar_update_event", event_id="00000252", field="event_name", new_value="Risk Management Forum")]
-    assert verify([call("calendar_update_event", event_id="00000252", field="event_name",
-                        new_value="risk MANAGEMENT forum")], gt).reward == 1.0
-    gt_crm = [call("customer_relationship_manager_add_customer", customer_name="A", assigned_to_email="a@b.c",
-                   status="Lead")]
-    assert verify([call("customer_relationship_manager_add_customer", customer_name="a", assigned_to_email="A@B.C",
-                        status="Lead")], gt_crm).reward == 1.0
+    assert (
+        verify(
+            [call("calendar_update_event", event_id="00000252", field="event_name", new_value="risk MANAGEMENT forum")],
+            gt,
+        ).reward
+        == 1.0
+    )
+    gt_crm = [
+        call("customer_relationship_manager_add_customer", customer_name="A", assigned_to_email="a@b.c", status="Lead")
+    ]
+    assert (
+        verify(
+            [
+                call(
+                    "customer_relationship_manager_add_customer",
+                    customer_name="a",
+                    assigned_to_email="A@B.C",
+                    status="Lead",
+                )
+            ],
+            gt_crm,
+        ).reward
+        == 1.0
+    )
     # status is compared as written (add_customer does not validate it)
-    assert verify([call("customer_relationship_manager_add_customer", customer_name="A", assigned_to_email="a@b.c",
-                        status="lead")], gt_crm).reward == 0.0
+    assert (
+        verify(
+            [
+                call(
+                    "customer_relationship_manager_add_customer",
+                    customer_name="A",
+                    assigned_to_email="a@b.c",
+                    status="lead",
+                )
+            ],
+            gt_crm,
+        ).reward
+        == 0.0
+    )
 
 
 def test_type_differences_60_vs_string_60():
@@ -71,8 +111,13 @@ def test_order_and_index_labels_matter():
 def test_none_arguments_are_kept_in_replay():
     # the replay calls tool(**json.loads(arguments)): notes=None is stored as missing, not ""
     base = dict(customer_name="A", assigned_to_email="a@b.c", status="Lead")
-    assert verify([call("customer_relationship_manager_add_customer", **base, notes=None)],
-                  [call("customer_relationship_manager_add_customer", **base)]).reward == 0.0
+    assert (
+        verify(
+            [call("customer_relationship_manager_add_customer", **base, notes=None)],
+            [call("customer_relationship_manager_add_customer", **base)],
+        ).reward
+        == 0.0
+    )
 
 
 def test_ground_truth_as_json_string_and_bad_input():
@@ -94,6 +139,7 @@ def test_unchanged_state_flags_and_replay_isolation():
 
 # --- the CLI: python -m env_sim verify ----------------------------------------------------------------
 
+
 def _write_lines(path, lines):
     path.write_text("".join(line + "\n" for line in lines))
 
@@ -102,11 +148,14 @@ def test_cli_verify_writes_rewards_and_diagnostics(tmp_path):
     from env_sim.cli import main
 
     gt = [call("email_delete_email", email_id="00000259")]
-    _write_lines(tmp_path / "in.jsonl", [
-        json.dumps({"id": "a", "predicted": gt, "ground_truth": gt}),
-        "",
-        json.dumps({"id": 2, "predicted": [], "ground_truth": json.dumps(gt)}),
-    ])
+    _write_lines(
+        tmp_path / "in.jsonl",
+        [
+            json.dumps({"id": "a", "predicted": gt, "ground_truth": gt}),
+            "",
+            json.dumps({"id": 2, "predicted": [], "ground_truth": json.dumps(gt)}),
+        ],
+    )
     assert main(["verify", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out" / "o.jsonl")]) == 0
     out = [json.loads(line) for line in (tmp_path / "out" / "o.jsonl").read_text().splitlines()]
     assert [(o["id"], o["reward"]) for o in out] == [("a", 1.0), (2, 0.0)]
@@ -114,12 +163,15 @@ def test_cli_verify_writes_rewards_and_diagnostics(tmp_path):
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp file left
 
 
-@pytest.mark.parametrize("bad_line,message", [
-    ("{not json", "in.jsonl:2: not valid JSON"),
-    ('{"id": 1, "predicted": []}', "in.jsonl:2: missing key 'ground_truth'"),
-    ('{"id": 1, "predicted": "x", "ground_truth": []}', "in.jsonl:2: 'predicted' must be a list"),
-    ("[1]", "in.jsonl:2: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "bad_line,message",
+    [
+        ("{not json", "in.jsonl:2: not valid JSON"),
+        ('{"id": 1, "predicted": []}', "in.jsonl:2: missing key 'ground_truth'"),
+        ('{"id": 1, "predicted": "x", "ground_truth": []}', "in.jsonl:2: 'predicted' must be a list"),
+        ("[1]", "in.jsonl:2: expected a JSON object"),
+    ],
+)
 def test_cli_verify_names_the_bad_line(tmp_path, capsys, bad_line, message):
     from env_sim.cli import main
 

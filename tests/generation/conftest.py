@@ -1,8 +1,8 @@
 """Shared fixtures: one tiny model per session (tokenizer trained on env_sim text), one vLLM engine per module."""
+
 from __future__ import annotations
 
 import pytest
-
 from tiny_fixtures import TEST_TINY, tiny_cfg
 
 

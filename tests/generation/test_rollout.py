@@ -1,15 +1,15 @@
 """Multi-turn rollouts: token bookkeeping against the chat template, loss masks, truncation, reproducibility."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from tiny_fixtures import tiny_cfg
 
 from env_sim.agent import expert_turns
 from env_sim.workplace_assistant.tasks.generator import generate_rows
 from trainer.interfaces import SamplingParams
 from trainer.rollout import collect_rollouts, episode_options
-
-from tiny_fixtures import tiny_cfg
 
 SCRIPTED_LOGPROB = -0.25
 
@@ -40,8 +40,7 @@ class ScriptedGeneration:
                 tokens, reason = tokens[:limit], "length"
             else:
                 tokens, reason = tokens + [end] if self.finish_with_stop else tokens, "stop"
-            outputs.append({"token_ids": tokens, "logprobs": [SCRIPTED_LOGPROB] * len(tokens),
-                            "finish_reason": reason})
+            outputs.append({"token_ids": tokens, "logprobs": [SCRIPTED_LOGPROB] * len(tokens), "finish_reason": reason})
         return outputs
 
     def update_weights(self, blob):
@@ -73,7 +72,7 @@ def test_expert_rollouts_match_the_template_and_score_one(tiny_tokenizer, rows):
     gen = ScriptedGeneration(tiny_tokenizer, rows, _expert_script(rows))
     rollouts = collect_rollouts(rows, gen, tiny_tokenizer, cfg, seed=0)
     assert [r.row_id for r in rollouts] == [r["id"] for r in rows]
-    assert gen.calls[0] == len(rows)                       # one batched call per turn over all live episodes
+    assert gen.calls[0] == len(rows)  # one batched call per turn over all live episodes
     assert gen.calls == sorted(gen.calls, reverse=True)
     for row, ro in zip(rows, rollouts):
         assert ro.reward == 1.0, (row["id"], ro.verdict)
@@ -82,7 +81,7 @@ def test_expert_rollouts_match_the_template_and_score_one(tiny_tokenizer, rows):
         assert len(ro.token_ids) == len(ro.loss_mask) == len(ro.generation_logprobs) <= 1536
         # the incremental token sequence is exactly the template's rendering of the finished conversation
         episode = Episode(row, "hermes", **episode_options(cfg.env))
-        for text in expert_turns(row, "hermes", calls_per_turn=1)[:ro.num_turns]:
+        for text in expert_turns(row, "hermes", calls_per_turn=1)[: ro.num_turns]:
             if not episode.done:
                 episode.step(text)
         rendered = tiny_tokenizer.apply_chat_template(episode.messages, tokenize=False)
@@ -91,7 +90,7 @@ def test_expert_rollouts_match_the_template_and_score_one(tiny_tokenizer, rows):
         # mask 1 exactly on the generated tokens, which carry the generation log-probs
         generated = [t for t, m in zip(ro.token_ids, ro.loss_mask) if m]
         expected = []
-        for text in expert_turns(row, "hermes", calls_per_turn=1)[:ro.num_turns]:
+        for text in expert_turns(row, "hermes", calls_per_turn=1)[: ro.num_turns]:
             expected += tiny_tokenizer.encode(text, add_special_tokens=False) + [tiny_tokenizer.eos_token_id]
         assert generated == expected
         assert all(lp == (SCRIPTED_LOGPROB if m else 0.0) for lp, m in zip(ro.generation_logprobs, ro.loss_mask))
@@ -105,8 +104,14 @@ def test_each_turn_samples_with_the_configs_params_and_per_episode_seeds_and_lim
     from trainer.rollout import request_seed
 
     assert protocol_problems(ScriptedGeneration, Generation) == []
-    cfg = tiny_cfg(**{"policy.generation.temperature": 0.7, "policy.generation.top_p": 0.9,
-                      "policy.generation.top_k": 20, "policy.generation.max_new_tokens": 64})
+    cfg = tiny_cfg(
+        **{
+            "policy.generation.temperature": 0.7,
+            "policy.generation.top_p": 0.9,
+            "policy.generation.top_k": 20,
+            "policy.generation.max_new_tokens": 64,
+        }
+    )
     gen = ScriptedGeneration(tiny_tokenizer, rows[:3], _expert_script(rows[:3]))
     rollouts = collect_rollouts(rows[:3], gen, tiny_tokenizer, cfg, seed=4)
     first = gen.samplings[0]
@@ -121,10 +126,16 @@ def test_each_turn_samples_with_the_configs_params_and_per_episode_seeds_and_lim
 
 
 def test_wrong_calls_score_zero(tiny_tokenizer, rows):
-    wrong = {r["id"]: ['<tool_call>\n{"name": "email_delete_email", "arguments": {"email_id": "00000001"}}\n'
-                       '</tool_call>', "Done."] for r in rows[:2]}
-    rollouts = collect_rollouts(rows[:2], ScriptedGeneration(tiny_tokenizer, rows[:2], wrong), tiny_tokenizer,
-                                tiny_cfg(), seed=0)
+    wrong = {
+        r["id"]: [
+            '<tool_call>\n{"name": "email_delete_email", "arguments": {"email_id": "00000001"}}\n</tool_call>',
+            "Done.",
+        ]
+        for r in rows[:2]
+    }
+    rollouts = collect_rollouts(
+        rows[:2], ScriptedGeneration(tiny_tokenizer, rows[:2], wrong), tiny_tokenizer, tiny_cfg(), seed=0
+    )
     assert [r.reward for r in rollouts] == [0.0, 0.0]
     assert all(r.function_calls[0]["name"] == "email_delete_email" for r in rollouts)
 
@@ -134,23 +145,25 @@ def test_sequence_limit_truncates_and_scores_what_ran(tiny_tokenizer, rows):
     script = _expert_script([row])
     cfg = tiny_cfg(**{"env.max_steps": 6})
     full = collect_rollouts([row], ScriptedGeneration(tiny_tokenizer, [row], script), tiny_tokenizer, cfg, 0)[0]
-    first_turn_end = full.loss_mask.index(0, full.prompt_length)   # end of the first generation
-    limit = first_turn_end + 8                                      # no room for the tool output + next turn
+    first_turn_end = full.loss_mask.index(0, full.prompt_length)  # end of the first generation
+    limit = first_turn_end + 8  # no room for the tool output + next turn
     cfg = tiny_cfg(**{"env.max_steps": 6, "policy.max_total_sequence_length": limit})
-    cut = collect_rollouts([row], ScriptedGeneration(tiny_tokenizer, [row], _expert_script([row])),
-                           tiny_tokenizer, cfg, 0)[0]
+    cut = collect_rollouts(
+        [row], ScriptedGeneration(tiny_tokenizer, [row], _expert_script([row])), tiny_tokenizer, cfg, 0
+    )[0]
     assert cut.truncated and cut.stop_reason == "max_total_sequence_length"
     assert len(cut.token_ids) <= limit
-    assert cut.token_ids == full.token_ids[:len(cut.token_ids)]
-    assert cut.num_turns == 1 and len(cut.function_calls) == 1      # the first call ran; the verifier judged it
+    assert cut.token_ids == full.token_ids[: len(cut.token_ids)]
+    assert cut.num_turns == 1 and len(cut.function_calls) == 1  # the first call ran; the verifier judged it
     assert cut.reward == (1.0 if len(row["ground_truth"]) == 1 else 0.0)
 
 
 def test_generation_cut_by_max_new_tokens_ends_the_episode(tiny_tokenizer, rows):
     cfg = tiny_cfg(**{"policy.generation.max_new_tokens": 5})
     row = next(r for r in rows if r["ground_truth"])
-    ro = collect_rollouts([row], ScriptedGeneration(tiny_tokenizer, [row], _expert_script([row])),
-                          tiny_tokenizer, cfg, 0)[0]
+    ro = collect_rollouts(
+        [row], ScriptedGeneration(tiny_tokenizer, [row], _expert_script([row])), tiny_tokenizer, cfg, 0
+    )[0]
     assert ro.truncated and ro.stop_reason == "max_new_tokens"
     assert ro.num_turns == 1 and sum(ro.loss_mask) == 5 and len(ro.token_ids) == ro.prompt_length + 5
 
@@ -163,7 +176,8 @@ def test_template_that_rewrites_old_turns_uses_the_stub_fallback(tiny_model_dir,
     tok.chat_template = tok.chat_template.replace(
         "{{- '<|im_start|>assistant\\n' + (m['content'] or '') -}}",
         "{{- '<|im_start|>assistant\\n' + ((m['content'] or '') if loop.last else "
-        "(m['content'] or '').split('</think>')[-1]) -}}")
+        "(m['content'] or '').split('</think>')[-1]) -}}",
+    )
     row = next(r for r in rows if r["ground_truth"])
     script = {row["id"]: ["<think>plan</think>" + t for t in expert_turns(row, "hermes", calls_per_turn=1)]}
     ro = collect_rollouts([row], ScriptedGeneration(tok, [row], script), tok, tiny_cfg(), 0)[0]

@@ -4,13 +4,13 @@ Runs only where CUDA is (the device machine: `python3 -m pytest tests/gpu -m gpu
 measurement. The checks and builders are trainer/parity's. Full-width Qwen3-1.7B-shaped layers (hidden 2048,
 GQA 16/8, vocab 151,936), 2 of them, 2 x 1024 tokens: the same kernels and dtypes as the benchmark in a few seconds.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """GRPO advantage and loss math against hand-computed values."""
+
 import math
 
 import pytest
@@ -79,8 +80,9 @@ def test_k3_kl_and_clamps():
     assert kl_estimate(torch.tensor([0.0]), torch.tensor([50.0]), "k3", 20, 10).item() == 10.0
     cfg = LossConfig(reference_policy_kl_penalty=0.5)
     cur = torch.tensor([[-1.0]], requires_grad=True)
-    loss, stats = clipped_pg_loss(cfg, cur, cur.detach(), torch.tensor([0.0]), torch.ones(1, 1), 1.0,
-                                  reference_logprobs=torch.tensor([[-2.0]]))
+    loss, stats = clipped_pg_loss(
+        cfg, cur, cur.detach(), torch.tensor([0.0]), torch.ones(1, 1), 1.0, reference_logprobs=torch.tensor([[-2.0]])
+    )
     assert loss.item() == pytest.approx(0.5 * math.exp(-1))
     assert stats["kl_penalty_sum"].item() == pytest.approx(0.5 * math.exp(-1))
     with pytest.raises(ValueError, match="reference"):

@@ -1,4 +1,5 @@
 """CheckpointManager: atomic writes (a crashed write is never loaded), top-k retention, resume selection."""
+
 import pytest
 
 from trainer.checkpoint import CheckpointManager
@@ -8,7 +9,9 @@ def _save(mgr, step, metric=None, payload="w"):
     info = {"consumed_samples": step * 4}
     if metric is not None:
         info["val:accuracy"] = metric
-    return mgr.save(step, info, "a: 1\n", lambda d: (d / "policy").mkdir() or (d / "policy" / "w.txt").write_text(payload))
+    return mgr.save(
+        step, info, "a: 1\n", lambda d: (d / "policy").mkdir() or (d / "policy" / "w.txt").write_text(payload)
+    )
 
 
 def test_crash_mid_write_is_never_loaded(tmp_path):
@@ -43,7 +46,7 @@ def test_top_k_keeps_best_and_latest(tmp_path):
 def test_lower_is_better_and_unranked_checkpoints(tmp_path):
     mgr = CheckpointManager(tmp_path, metric_name="val:loss", higher_is_better=False, keep_top_k=1)
     mgr.save(1, {"val:loss": 0.3}, "", lambda d: None)
-    mgr.save(2, {}, "", lambda d: None)   # no metric: not ranked, kept only while latest
+    mgr.save(2, {}, "", lambda d: None)  # no metric: not ranked, kept only while latest
     mgr.save(3, {"val:loss": 0.1}, "", lambda d: None)
     assert [s for s, _ in mgr.checkpoints()] == [3]
     mgr.save(4, {}, "", lambda d: None)
@@ -59,6 +62,7 @@ def test_resave_same_step_swaps_atomically(tmp_path):
     assert CheckpointManager.training_info(mgr.get(7))["val:accuracy"] == 0.2
     # interrupted swap: step_7 renamed away, new one not yet in place -> the old one is restored
     import os
+
     os.rename(tmp_path / "step_7", tmp_path / "old_step_7")
     assert CheckpointManager(tmp_path).latest().name == "step_7"
 
@@ -91,8 +95,8 @@ def test_discovery_reads_without_changing_anything_and_skips_tmp_old_and_incompl
     for step, acc in ((2, 0.5), (10, 0.5), (3, 0.25)):
         (tmp_path / f"step_{step}").mkdir()
         (tmp_path / f"step_{step}" / "training_info.json").write_text(json.dumps({"val:accuracy": acc}))
-    (tmp_path / "step_11").mkdir()                                     # no training_info.json: incomplete
-    for name in ("tmp_step_12", "old_step_13"):                         # a write / a swap in progress
+    (tmp_path / "step_11").mkdir()  # no training_info.json: incomplete
+    for name in ("tmp_step_12", "old_step_13"):  # a write / a swap in progress
         (tmp_path / name).mkdir()
         (tmp_path / name / "training_info.json").write_text(json.dumps({"val:accuracy": 0.9}))
     (tmp_path / "step_x").mkdir()
@@ -101,14 +105,21 @@ def test_discovery_reads_without_changing_anything_and_skips_tmp_old_and_incompl
     with pytest.warns(UserWarning):
         assert latest_checkpoint(tmp_path).name == "step_10"
     with pytest.warns(UserWarning):
-        assert best_checkpoint(tmp_path).name == "step_10"              # tie at 0.5: the newer
+        assert best_checkpoint(tmp_path).name == "step_10"  # tie at 0.5: the newer
     with pytest.warns(UserWarning):
         assert best_checkpoint(tmp_path, "val:accuracy", higher_is_better=False).name == "step_3"
     with pytest.warns(UserWarning):
-        assert best_checkpoint(tmp_path, "val:loss") is None            # no checkpoint has it
+        assert best_checkpoint(tmp_path, "val:loss") is None  # no checkpoint has it
     assert read_training_info(tmp_path / "step_3") == {"val:accuracy": 0.25}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["old_step_13", "step_10", "step_11", "step_2", "step_3",
-                                                          "step_x", "tmp_step_12"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "old_step_13",
+        "step_10",
+        "step_11",
+        "step_2",
+        "step_3",
+        "step_x",
+        "tmp_step_12",
+    ]
 
 
 def test_login_commands_import_checkpoint_without_heavy_packages():
@@ -116,8 +127,15 @@ def test_login_commands_import_checkpoint_without_heavy_packages():
     import sys
     from pathlib import Path
 
-    code = ("import sys, trainer.checkpoint; "
-            "print(','.join(m for m in ('torch', 'ray', 'vllm', 'numpy', 'megatron') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
-                         text=True, check=True)
+    code = (
+        "import sys, trainer.checkpoint; "
+        "print(','.join(m for m in ('torch', 'ray', 'vllm', 'numpy', 'megatron') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == ""

@@ -3,31 +3,38 @@
 and overlapped with a bucket per parameter. The ranks get different numbers of micro-batches (5 and 4 rows of each
 step at micro-batch 2), so each arms its own last backward. The two-rank sum a + b is the same in any bucketing:
 gradients and weights must agree bit for bit, and the hooks must have launched buckets during the backward."""
+
 import copy
 import functools
 import os
 
 import pytest
 import torch
-
 from grpo_testlib import LOSS_CFG, POLICY_CFG, random_batch
 
 MODES = {"off": (False, 40), "on": (True, 40), "on_tiny_buckets": (True, 1e-6)}
 
 
 def _rank_main(rank: int, world: int, port: int, out: str) -> None:
+    from tests.grpo.toy import build_toy_gpt, export_toy_state_dict
     from trainer.distributed import destroy_distributed
     from trainer.policy.optim import build_optimizer, build_scheduler
     from trainer.policy.worker import PolicyWorker
-    from tests.grpo.toy import build_toy_gpt, export_toy_state_dict
 
     torch.set_num_threads(1)
     cfg = copy.deepcopy(POLICY_CFG)
     cfg.update(train_global_batch_size=9, train_micro_batch_size=2)
-    worker = PolicyWorker(cfg, LOSS_CFG, functools.partial(build_toy_gpt, seed=3), export_toy_state_dict,
-                          total_steps=10, rank=rank, world_size=world)
+    worker = PolicyWorker(
+        cfg,
+        LOSS_CFG,
+        functools.partial(build_toy_gpt, seed=3),
+        export_toy_state_dict,
+        total_steps=10,
+        rank=rank,
+        world_size=world,
+    )
     worker.setup("127.0.0.1", port)
-    assert worker.dp == 2 and not worker.overlap_grad_reduce()   # CPU default: off
+    assert worker.dp == 2 and not worker.overlap_grad_reduce()  # CPU default: off
     initial = copy.deepcopy(worker.model.state_dict())
     batch = random_batch(n=18, seed=4)
     batch["prev_logprobs"] = torch.cat([s for s in _gather(worker.get_logprobs(batch)) if s is not None])
@@ -75,7 +82,7 @@ def test_overlapped_allreduce_matches_allreduce_after_backward(tmp_path):
             for key in ("grads", "params"):
                 for p, t in ref[key].items():
                     assert torch.equal(res[name][key][p], t), (name, key, p)
-        assert res["on"]["buckets"] == 1                                   # the toy model fits one 40 MB bucket
+        assert res["on"]["buckets"] == 1  # the toy model fits one 40 MB bucket
         assert res["on_tiny_buckets"]["buckets"] == res["on_tiny_buckets"]["num_params"]
         # the hooks launched buckets during the last backward (the embedding's gradient comes last: in finish)
         assert res["on"]["overlapped"] == 1

@@ -1,18 +1,17 @@
 """Training only on rollouts with a non-zero advantage gives the whole batch's loss and gradient (KL off)."""
+
 import pytest
 import torch
+from grpo_testlib import make_worker, random_batch
 
 from trainer.batch import informative_rows
-
-from grpo_testlib import make_worker, random_batch
 
 
 def _loss_and_grads(worker, batch):
     """Loss value and clipped gradient of one GRPO optimizer step (the worker's own train path)."""
     batch = dict(batch, prev_logprobs=worker.get_logprobs(batch))
     result = worker.train(batch)[0]
-    grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
-             for p in worker.model.parameters()]
+    grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in worker.model.parameters()]
     return sum(part["loss"] for part in result["parts"]), result["grad_norm"], grads
 
 
@@ -59,6 +58,7 @@ def test_on_policy_batch_without_prev_logprobs_trains_like_one_with_them():
     for full, own in zip(grads_with, [p.grad for p in worker.model.parameters()]):
         assert torch.allclose(full, own, rtol=1e-4, atol=1e-7)
     from trainer.grpo.loss import reduce_loss_stats
+
     mean_lp = reduce_loss_stats(result["parts"], result["global_valid_tokens"])["logprob_mean"]
     expected = float((before * batch["loss_mask"]).sum() / batch["loss_mask"].sum())
     assert mean_lp == pytest.approx(expected, rel=1e-5)

@@ -1,4 +1,5 @@
 """MetricsLogger: jsonl lines, truncation on resume, the PNG plot, wandb offline."""
+
 import json
 
 from trainer.metrics import MetricsLogger, format_console_line
@@ -12,7 +13,7 @@ def test_jsonl_plot_and_resume_truncation(tmp_path, capsys):
             m["val:accuracy"] = 0.2 * step
         log.log(step, m)
     assert "step 4 | reward=0.4" in capsys.readouterr().out
-    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[1]["val:accuracy"] == 0.4
     png = log.plot()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
@@ -49,11 +50,18 @@ def test_accuracy_counts_full_reward_up_to_rounding_overall_and_per_category():
 
     assert is_success(1.0) and is_success(sum([0.1] * 10)) and is_success(1.0 - SUCCESS_TOLERANCE / 2)
     assert not is_success(0.999) and not is_success(0.0)
-    episodes = [SimpleNamespace(reward=r, category=c) for r, c in
-                ((1.0, "email"), (0.0, "email"), (0.9999999999999999, "calendar"), (0.5, "calendar"), (1, "crm"))]
+    episodes = [
+        SimpleNamespace(reward=r, category=c)
+        for r, c in ((1.0, "email"), (0.0, "email"), (0.9999999999999999, "calendar"), (0.5, "calendar"), (1, "crm"))
+    ]
     assert accuracy_summary(episodes) == {
-        "accuracy": 0.6, "num_episodes": 5,
-        "per_category": {"calendar": {"accuracy": 0.5, "episodes": 2}, "crm": {"accuracy": 1.0, "episodes": 1},
-                         "email": {"accuracy": 0.5, "episodes": 2}}}
+        "accuracy": 0.6,
+        "num_episodes": 5,
+        "per_category": {
+            "calendar": {"accuracy": 0.5, "episodes": 2},
+            "crm": {"accuracy": 1.0, "episodes": 1},
+            "email": {"accuracy": 0.5, "episodes": 2},
+        },
+    }
     assert accuracy_summary([SimpleNamespace(reward=1.0)])["per_category"] == {"all": {"accuracy": 1.0, "episodes": 1}}
     assert accuracy_summary([]) == {"accuracy": 0.0, "num_episodes": 0, "per_category": {}}

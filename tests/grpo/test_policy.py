@@ -1,10 +1,10 @@
 """The Megatron-core policy worker on CPU (gloo, world 1): log-probs, a train step, micro-batch invariance,
 LR schedule, save/load."""
+
 import math
 
 import pytest
 import torch
-
 from grpo_testlib import POLICY_CFG, make_worker, random_batch
 
 
@@ -40,10 +40,11 @@ def test_logits_only_where_loss_gives_the_same_update():
     full, selected = make_worker({"logits_only_where_loss": False}), make_worker({"logits_only_where_loss": True})
     r_full, r_sel = full.train(dict(batch)), selected.train(dict(batch))
     assert r_sel[0]["grad_norm"] == pytest.approx(r_full[0]["grad_norm"], rel=1e-5)
-    assert sum(p["loss"] for p in r_sel[0]["parts"]) == pytest.approx(sum(p["loss"] for p in r_full[0]["parts"]),
-                                                                        rel=1e-5)
+    assert sum(p["loss"] for p in r_sel[0]["parts"]) == pytest.approx(
+        sum(p["loss"] for p in r_full[0]["parts"]), rel=1e-5
+    )
     for (name, a), (_, b) in zip(full.model.named_parameters(), selected.model.named_parameters()):
-        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-8), name   # gradients: see the test below
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-8), name  # gradients: see the test below
 
 
 @pytest.mark.parametrize("mbs", [1, 4])
@@ -54,13 +55,15 @@ def test_packed_shared_prompts_give_the_same_update(mbs):
     packed = make_worker({"pack_shared_prefixes": True, "train_micro_batch_size": mbs, "pack_min_shared_tokens": 3})
     assert all(p is None for _, _, p in make_worker()._train_microbatches(slice(0, 8), mbs, batch))  # 3 < 32
     micro = list(packed._train_microbatches(slice(0, 8), mbs, batch))
-    assert all(p is not None for _, _, p in micro) and sorted(torch.cat([i for i, _, _ in micro]).tolist()) == \
-        list(range(8))
+    assert all(p is not None for _, _, p in micro) and sorted(torch.cat([i for i, _, _ in micro]).tolist()) == list(
+        range(8)
+    )
     assert sum(p.packed_tokens for _, _, p in micro) < int(batch["input_lengths"].sum())
     r_plain, r_packed = plain.train(dict(batch)), packed.train(dict(batch))
     assert r_packed[0]["grad_norm"] == pytest.approx(r_plain[0]["grad_norm"], rel=1e-5)
     assert sum(p["loss"] for p in r_packed[0]["parts"]) == pytest.approx(
-        sum(p["loss"] for p in r_plain[0]["parts"]), rel=1e-5)
+        sum(p["loss"] for p in r_plain[0]["parts"]), rel=1e-5
+    )
     for (name, a), (_, b) in zip(plain.model.named_parameters(), packed.model.named_parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-8), name
 
@@ -118,10 +121,15 @@ def test_two_optimizer_steps_when_batch_exceeds_global_batch():
 
 
 def test_scheduler_warmup_then_cosine_to_min_lr():
-    w = make_worker({"megatron_cfg": {**POLICY_CFG["megatron_cfg"],
-                                      "scheduler": {"lr_decay_style": "cosine", "lr_warmup_iters": 2,
-                                                    "lr_decay_iters": None}}},
-                    total_steps=6)
+    w = make_worker(
+        {
+            "megatron_cfg": {
+                **POLICY_CFG["megatron_cfg"],
+                "scheduler": {"lr_decay_style": "cosine", "lr_warmup_iters": 2, "lr_decay_iters": None},
+            }
+        },
+        total_steps=6,
+    )
     lrs = []
     for _ in range(8):
         lrs.append(w.current_lr())
@@ -135,8 +143,14 @@ def test_scheduler_warmup_then_cosine_to_min_lr():
 
 def test_constant_schedule():
     cfg = POLICY_CFG["megatron_cfg"]
-    w = make_worker({"megatron_cfg": {**cfg, "scheduler": {"lr_decay_style": "constant", "lr_warmup_iters": 0,
-                                                           "lr_decay_iters": None}}})
+    w = make_worker(
+        {
+            "megatron_cfg": {
+                **cfg,
+                "scheduler": {"lr_decay_style": "constant", "lr_warmup_iters": 0, "lr_decay_iters": None},
+            }
+        }
+    )
     for _ in range(5):
         w.scheduler.step(1)
     assert w.current_lr() == pytest.approx(1e-2)
@@ -170,6 +184,7 @@ def test_reference_logprobs_stay_at_initial_policy():
 
 def test_export_blob_roundtrips_weights(worker):
     from safetensors.torch import load
+
     tensors = load(worker.export_weights_blob("float32"))
     for name, value in worker.model.state_dict().items():
         if isinstance(value, torch.Tensor):
@@ -182,17 +197,19 @@ def test_sequence_level_weights_give_the_gradient_of_the_mean_of_rollout_means()
 
     batch = random_batch(seed=9)
     weights = sequence_level_weights(batch["loss_mask"], rows_per_step=8)
-    trained = make_worker({"max_grad_norm": None})                   # compare unclipped gradients
+    trained = make_worker({"max_grad_norm": None})  # compare unclipped gradients
     trained.train(dict(batch, advantages=batch["advantages"] * weights))
 
     manual = make_worker()
     mask = batch["loss_mask"]
     logprobs = manual._token_logprobs(batch["input_ids"], mask)
-    rollout_means = (logprobs * mask).sum(1) / mask.sum(1)          # on-policy: d ratio = d log-prob
+    rollout_means = (logprobs * mask).sum(1) / mask.sum(1)  # on-policy: d ratio = d log-prob
     (-(batch["advantages"] * rollout_means).mean()).backward()
     for (name, a), (_, b) in zip(trained.model.named_parameters(), manual.model.named_parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), name
     plain = make_worker({"max_grad_norm": None})
     plain.train(dict(batch))
-    assert not all(torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-6)      # the token-level gradient differs
-                   for a, b in zip(plain.model.parameters(), manual.model.parameters()))
+    assert not all(
+        torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-6)  # the token-level gradient differs
+        for a, b in zip(plain.model.parameters(), manual.model.parameters())
+    )

@@ -1,12 +1,12 @@
 """The policy as Ray actors (the production path): data parallelism over 2 CPU ranks (gloo) gives the same
 update as 1 rank, and vLLM generates with the policy's weights after a refit (log-probs agree)."""
+
 import pytest
 import torch
+from grpo_testlib import random_batch
 
 from infra.config import load_config
 from tests.grpo.toy import build_toy_gpt, export_toy_state_dict
-
-from grpo_testlib import random_batch
 
 pytestmark = pytest.mark.slow
 
@@ -14,6 +14,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def ray_session():
     import ray
+
     from trainer.distributed import init_ray
 
     init_ray(num_cpus=3)  # logical: a policy actor, the refitted engine and a fresh one
@@ -22,9 +23,17 @@ def ray_session():
 
 
 def _cfg(tmp_path, *extra):
-    return load_config("tiny_cpu", [f"run.root={tmp_path}", "policy.train_global_batch_size=8",
-                                    "policy.train_micro_batch_size=2", "policy.logprob_batch_size=4",
-                                    "policy.megatron_cfg.optimizer.lr=0.01", *extra])
+    return load_config(
+        "tiny_cpu",
+        [
+            f"run.root={tmp_path}",
+            "policy.train_global_batch_size=8",
+            "policy.train_micro_batch_size=2",
+            "policy.logprob_batch_size=4",
+            "policy.megatron_cfg.optimizer.lr=0.01",
+            *extra,
+        ],
+    )
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["allreduce_after_backward", "overlapped_allreduce"])
@@ -42,7 +51,7 @@ def test_two_data_parallel_ranks_match_one(ray_session, tmp_path, overlap):
         metrics = group.train(dict(batch, prev_logprobs=prev))
         results[world] = (prev, metrics, group.param_checksums(), group.get_logprobs(batch))
         group.shutdown()
-    (prev1, m1, sums1, after1), (prev2, m2, sums2, after2) = results[1], results[2]
+    (prev1, m1, _, after1), (prev2, m2, sums2, after2) = results[1], results[2]
     assert torch.allclose(prev1, prev2, atol=1e-6)
     assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-5)
     assert m2["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-5)
@@ -58,17 +67,32 @@ def test_vllm_logprobs_match_policy_after_refit(ray_session, tmp_path):
 
     from trainer.generation.vllm_worker import GenerationGroup
     from trainer.interfaces import SamplingParams
-    from trainer.policy.worker import PolicyGroup
     from trainer.models.hub import resolve_model
     from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
+    from trainer.policy.worker import PolicyGroup
 
-    tiny = {"hidden_size": 128, "num_layers": 2, "num_attention_heads": 2, "num_kv_heads": 1,
-            "intermediate_size": 256, "vocab_size": 512}
-    model_dir = resolve_model("tiny-qwen3", tmp_path / "models", tiny_cfg=tiny, seed=0,
-                              corpus_fn=lambda: ["hello world, call the email tool please"] * 50)
+    tiny = {
+        "hidden_size": 128,
+        "num_layers": 2,
+        "num_attention_heads": 2,
+        "num_kv_heads": 1,
+        "intermediate_size": 256,
+        "vocab_size": 512,
+    }
+    model_dir = resolve_model(
+        "tiny-qwen3",
+        tmp_path / "models",
+        tiny_cfg=tiny,
+        seed=0,
+        corpus_fn=lambda: ["hello world, call the email tool please"] * 50,
+    )
     # engines in fp32 like the policy (tiny_cpu generates in bf16, ~4e-3 off in log-prob)
-    cfg = _cfg(tmp_path, "policy.max_total_sequence_length=256", "policy.generation.max_new_tokens=16",
-               "policy.generation.vllm_cfg.precision=float32")
+    cfg = _cfg(
+        tmp_path,
+        "policy.max_total_sequence_length=256",
+        "policy.generation.max_new_tokens=16",
+        "policy.generation.vllm_cfg.precision=float32",
+    )
     policy = PolicyGroup(cfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict, 4)
     engines = GenerationGroup(cfg, str(model_dir))
     try:
@@ -83,10 +107,10 @@ def test_vllm_logprobs_match_policy_after_refit(ray_session, tmp_path):
         seq = max(map(len, rows))
         ids = torch.zeros(len(rows), seq, dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r)
+            ids[i, : len(r)] = torch.tensor(r)
         lp = policy.get_logprobs({"input_ids": ids, "input_lengths": torch.tensor([len(r) for r in rows])})
         for i, (p, o) in enumerate(zip(prompts, outs)):
-            ours = lp[i, len(p):len(p) + len(o["token_ids"])]
+            ours = lp[i, len(p) : len(p) + len(o["token_ids"])]
             theirs = torch.tensor(o["logprobs"])
             assert torch.allclose(ours, theirs, atol=2e-3), (ours, theirs)
         # and without the refit they would differ: the trained weights reached the engine

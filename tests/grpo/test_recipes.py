@@ -1,4 +1,5 @@
 """The seeds' recipes load and carry the seeds' numbers."""
+
 import pytest
 
 from infra.config import load_config
@@ -14,11 +15,14 @@ def test_nemotron_recipe_matches_the_seed():
     assert c.policy.max_total_sequence_length == 32768 and c.env.max_steps == 6
 
 
-@pytest.mark.parametrize("name,prompts,gens,steps", [
-    ("grpo_workplace_assistant_qwen3_4binstruct_test_001", 4, 4, 5),
-    ("grpo_workplace_assistant_qwen3_4binstruct_test_002", 32, 8, 36),   # one epoch of 1129 rows
-    ("grpo_workplace_assistant_qwen3_4binstruct", 64, 16, 18),
-])
+@pytest.mark.parametrize(
+    "name,prompts,gens,steps",
+    [
+        ("grpo_workplace_assistant_qwen3_4binstruct_test_001", 4, 4, 5),
+        ("grpo_workplace_assistant_qwen3_4binstruct_test_002", 32, 8, 36),  # one epoch of 1129 rows
+        ("grpo_workplace_assistant_qwen3_4binstruct", 64, 16, 18),
+    ],
+)
 def test_qwen_sizes(name, prompts, gens, steps):
     c = load_config(name)
     assert (c.grpo.num_prompts_per_step, c.grpo.num_generations_per_prompt) == (prompts, gens)

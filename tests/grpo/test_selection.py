@@ -1,25 +1,24 @@
 """Informative prompt selection (grpo.prompt_selection): the scores, the pick, and the trainer generating only
 for the candidates the policy ranks most likely to give a mixed group."""
+
 import pytest
 import torch
-
-from trainer.batch import rollouts_to_batch
-from trainer.policy.worker import InProcessPolicy
-from trainer.grpo.selection import (ExpertScorer, mixed_group_probability, pick_most_informative,
-                                     sequence_probabilities)
-from tests.grpo.toy import ToyRollout, ToySampler, build_toy_gpt, export_toy_state_dict, make_toy_rollout_fn, toy_rows
-from trainer.grpo.loop import GRPOTrainer, PromptLoader, total_training_steps
-from trainer.interfaces import Components
-
 from grpo_testlib import toy_cfg
+
+from tests.grpo.toy import ToyRollout, ToySampler, build_toy_gpt, export_toy_state_dict, make_toy_rollout_fn, toy_rows
+from trainer.batch import rollouts_to_batch
+from trainer.grpo.loop import GRPOTrainer, PromptLoader, total_training_steps
+from trainer.grpo.selection import ExpertScorer, mixed_group_probability, pick_most_informative, sequence_probabilities
+from trainer.interfaces import Components
+from trainer.policy.worker import InProcessPolicy
 
 
 def test_mixed_group_probability_peaks_between_sure_failure_and_sure_success():
     p = torch.tensor([0.0, 0.05, 0.3, 0.5, 0.9, 1.0])
     mixed = mixed_group_probability(p, 8)
     assert mixed[0] == 0 and mixed[-1] == 0
-    assert mixed[3] == pytest.approx(1 - 2 * 0.5 ** 8)
-    assert mixed[2] > mixed[4] > mixed[1]          # 0.3 beats 0.9 beats 0.05 for groups of 8
+    assert mixed[3] == pytest.approx(1 - 2 * 0.5**8)
+    assert mixed[2] > mixed[4] > mixed[1]  # 0.3 beats 0.9 beats 0.05 for groups of 8
     assert mixed_group_probability(torch.tensor([0.5]), 2).item() == pytest.approx(0.5)
 
 
@@ -56,8 +55,13 @@ def toy_expert_fn(rows):
 
 
 def test_trainer_generates_only_for_the_selected_candidates(tmp_path):
-    cfg = toy_cfg(tmp_path, "grpo.prompt_selection.pool_factor=2", "grpo.max_num_steps=3", "grpo.val_at_start=false",
-                  "grpo.max_num_epochs=1")
+    cfg = toy_cfg(
+        tmp_path,
+        "grpo.prompt_selection.pool_factor=2",
+        "grpo.max_num_steps=3",
+        "grpo.val_at_start=false",
+        "grpo.max_num_epochs=1",
+    )
     train_rows = toy_rows(16, seed=0)
     policy = InProcessPolicy(cfg, build_toy_gpt, export_toy_state_dict, total_training_steps(cfg, len(train_rows)))
     toy_rollouts = make_toy_rollout_fn(max_new_tokens=4)
@@ -77,7 +81,7 @@ def test_trainer_generates_only_for_the_selected_candidates(tmp_path):
     expected = [first_pool[i] for i in pick_most_informative(mixed_group_probability(q, 4), 4)]
 
     result = trainer.fit()
-    assert total_training_steps(cfg, 16) == 2 and result.step == 2   # 8 candidates a step: an epoch is 2 steps
+    assert total_training_steps(cfg, 16) == 2 and result.step == 2  # 8 candidates a step: an epoch is 2 steps
     train_calls = [ids for ids in seen if len(ids) == 4 * 4]
     assert len(train_calls) == 2
     assert train_calls[0] == [i for i in expected for _ in range(4)]
@@ -92,7 +96,12 @@ def test_selection_without_expert_trajectories_is_a_config_error(tmp_path):
     cfg = toy_cfg(tmp_path, "grpo.prompt_selection.pool_factor=2")
     policy = InProcessPolicy(cfg, build_toy_gpt, export_toy_state_dict, 10)
     with pytest.raises(ValueError, match="expert_fn"):
-        GRPOTrainer(cfg, toy_rows(8), toy_rows(2),
-                    Components(policy=policy, generation=ToySampler(), rollout_fn=make_toy_rollout_fn()), echo=False)
+        GRPOTrainer(
+            cfg,
+            toy_rows(8),
+            toy_rows(2),
+            Components(policy=policy, generation=ToySampler(), rollout_fn=make_toy_rollout_fn()),
+            echo=False,
+        )
     with pytest.raises(ValueError, match="pool_factor must be >= 1"):
         total_training_steps(toy_cfg(tmp_path, "grpo.prompt_selection.pool_factor=0.5"), 8)

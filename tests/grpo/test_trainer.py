@@ -1,20 +1,20 @@
 """The GRPO loop on the toy Megatron GPT with an in-process policy and toy sampler (no Ray, no vLLM):
 metrics, refit, validation, checkpoints, preemption, and exact resume."""
+
 import json
 import time
 
 import pytest
 import torch
+from grpo_testlib import toy_cfg
 
 from infra import signals
+from tests.grpo.toy import ToySampler, build_toy_gpt, export_toy_state_dict, make_toy_rollout_fn, toy_rows
 from trainer.batch import rollouts_to_batch
 from trainer.checkpoint import CheckpointManager
-from trainer.policy.worker import InProcessPolicy
-from tests.grpo.toy import ToySampler, build_toy_gpt, export_toy_state_dict, make_toy_rollout_fn, toy_rows
 from trainer.grpo.loop import GRPOTrainer, PromptLoader, step_seed, total_training_steps
 from trainer.interfaces import Components
-
-from grpo_testlib import toy_cfg
+from trainer.policy.worker import InProcessPolicy
 
 NON_DETERMINISTIC = ("timing/", "performance:", "refit:")
 
@@ -58,6 +58,7 @@ def test_loader_epochs_and_state():
 def test_batch_assembly_validates_lengths():
     class R:
         row_id, token_ids, loss_mask, generation_logprobs = 7, [1, 2, 3], [0, 1], [0.0, 0.0, 0.0]
+
     with pytest.raises(ValueError, match="row 7"):
         rollouts_to_batch([R()], torch.zeros(1))
 
@@ -70,9 +71,19 @@ def test_training_run_logs_refits_validates_and_checkpoints(tmp_path):
     rows = trainer.metrics.read()
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5, 6]
     for r in rows[1:]:
-        for key in ("train:reward_mean", "train:accuracy", "train:advantage_mean", "train:loss", "grad_norm",
-                    "performance:samples_per_sec", "performance:generation_tokens_per_sec", "refit:seconds",
-                    "timing/train/generation", "timing/train/policy_training", "train:token_mult_prob_error"):
+        for key in (
+            "train:reward_mean",
+            "train:accuracy",
+            "train:advantage_mean",
+            "train:loss",
+            "grad_norm",
+            "performance:samples_per_sec",
+            "performance:generation_tokens_per_sec",
+            "refit:seconds",
+            "timing/train/generation",
+            "timing/train/policy_training",
+            "train:token_mult_prob_error",
+        ):
             assert key in r and r[key] == r[key], key  # present and not NaN
         assert r["grad_norm"] > 0
         # the sampler and the policy agree: generation log-probs equal the policy's (fp32 refit)
@@ -130,24 +141,24 @@ def test_time_budget_ends_the_job_with_a_validated_checkpoint_and_resume_goes_on
     cfg = toy_cfg(tmp_path, "grpo.max_train_minutes=1", "checkpointing.save_period=100")
     trainer, _ = make_trainer(cfg)
     ticks = iter(range(0, 10_000, 10))
-    trainer.clock = lambda: float(next(ticks))   # readings 10 s apart: start 0, loop 10, after step k 10 + 10k
+    trainer.clock = lambda: float(next(ticks))  # readings 10 s apart: start 0, loop 10, after step k 10 + 10k
     result = trainer.fit()
     # after step 4: 50 s + 10 s a step = 60 s, within the 60 s budget; after step 5: 60 + 10 > 60, so 5 is the last
     rows = trainer.metrics.read()
     last = result.step
     assert last == 5 and result.status == "completed"
-    assert "val:accuracy" in rows[-1] and rows[-1]["step"] == last            # validated at its last step
+    assert "val:accuracy" in rows[-1] and rows[-1]["step"] == last  # validated at its last step
     assert CheckpointManager.training_info(trainer.checkpoints.latest())["current_step"] == last
     resumed, _ = make_trainer(toy_cfg(tmp_path, "checkpointing.save_period=100"))
     assert resumed.step == last and resumed.fit().step == 6
 
 
 def test_deadline_ends_the_job_when_it_comes_before_the_per_job_budget(tmp_path):
-    deadline = time.time() + 48          # 43-48 s left when fit starts (setup takes well under 5 s)
+    deadline = time.time() + 48  # 43-48 s left when fit starts (setup takes well under 5 s)
     cfg = toy_cfg(tmp_path, "grpo.max_train_minutes=1", f"grpo.deadline={deadline}", "checkpointing.save_period=100")
     trainer, _ = make_trainer(cfg)
     ticks = iter(range(0, 10_000, 10))
-    trainer.clock = lambda: float(next(ticks))   # as above: after step k, 10 + 10k s from the start
+    trainer.clock = lambda: float(next(ticks))  # as above: after step k, 10 + 10k s from the start
     # after step 2: 30 + 10 <= 43; after step 3: 40 + 10 > 48, so 3 is the last (the 60 s budget would allow 5)
     result = trainer.fit()
     assert result.step == 3 and trainer.metrics.read()[-1]["step"] == 3
@@ -156,8 +167,9 @@ def test_deadline_ends_the_job_when_it_comes_before_the_per_job_budget(tmp_path)
 def test_resume_from_best_and_named_step(tmp_path):
     cfg = toy_cfg(tmp_path, "grpo.max_num_steps=4", "checkpointing.keep_top_k=null")
     make_trainer(cfg)[0].fit()
-    t, _ = make_trainer(toy_cfg(tmp_path, "grpo.max_num_steps=4", "checkpointing.keep_top_k=null",
-                                "checkpointing.resume_from=step_2"))
+    t, _ = make_trainer(
+        toy_cfg(tmp_path, "grpo.max_num_steps=4", "checkpointing.keep_top_k=null", "checkpointing.resume_from=step_2")
+    )
     assert t.step == 2 and t.consumed_samples == 8
     best = CheckpointManager(tmp_path / "train" / "checkpoints").best()
     t2, _ = make_trainer(toy_cfg(tmp_path, "grpo.max_num_steps=4", "checkpointing.resume_from=best"))
@@ -169,15 +181,24 @@ def test_sequence_level_loss_trains_on_length_weighted_advantages(tmp_path):
     rows), which makes its token-level loss the mean of rollout means (tests/grpo/test_policy.py checks that)."""
     from trainer.grpo.advantage import compute_advantages, sequence_level_weights
 
-    cfg = toy_cfg(tmp_path, "loss_fn.token_level_loss=false", "grpo.max_num_steps=1", "grpo.val_at_start=false",
-                  "policy.train_global_batch_size=8")       # two optimizer steps: no row is left out
+    cfg = toy_cfg(
+        tmp_path,
+        "loss_fn.token_level_loss=false",
+        "grpo.max_num_steps=1",
+        "grpo.val_at_start=false",
+        "policy.train_global_batch_size=8",
+    )  # two optimizer steps: no row is left out
     trainer, _ = make_trainer(cfg)
     toy_rollouts, rollouts, batches = trainer.rollout_fn, [], []
 
-    def uneven_rollouts(rows, generation, tokenizer, cfg_, seed):   # every other response 2 tokens shorter
+    def uneven_rollouts(rows, generation, tokenizer, cfg_, seed):  # every other response 2 tokens shorter
         out = toy_rollouts(rows, generation, tokenizer, cfg_, seed)
         for r in out[1::2]:
-            r.token_ids, r.loss_mask, r.generation_logprobs = r.token_ids[:-2], r.loss_mask[:-2], r.generation_logprobs[:-2]
+            r.token_ids, r.loss_mask, r.generation_logprobs = (
+                r.token_ids[:-2],
+                r.loss_mask[:-2],
+                r.generation_logprobs[:-2],
+            )
         rollouts.extend(out)
         return out
 
@@ -188,6 +209,6 @@ def test_sequence_level_loss_trains_on_length_weighted_advantages(tmp_path):
     batch = batches[0]
     rewards = torch.tensor([r.reward for r in rollouts[:16]])
     weights = sequence_level_weights(batch["loss_mask"], int(cfg.policy.train_global_batch_size))
-    assert weights.unique().numel() == 2                                      # two lengths, two weights
+    assert weights.unique().numel() == 2  # two lengths, two weights
     expected = compute_advantages(rewards, torch.arange(4).repeat_interleave(4)) * weights
     assert torch.allclose(batch["advantages"], expected)

@@ -4,9 +4,10 @@ The real runs build their model from a Hugging Face directory (`trainer.models.m
 the GRPO machinery only need *a* Megatron GPTModel that trains on CPU in milliseconds. Its "HF export" is
 its own state dict, so weight refits into the toy sampler (tests/grpo) round-trip exactly.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -25,21 +26,36 @@ def build_toy_gpt(tp: int = 1, pp: int = 1, dtype: torch.dtype = torch.float32, 
         raise ValueError("the toy GPT supports pipeline_model_parallel_size=1 only")
     s = {**TOY_DEFAULTS, **sizes}
     cfg = TransformerConfig(
-        num_layers=s["num_layers"], hidden_size=s["hidden_size"], num_attention_heads=s["num_attention_heads"],
-        tensor_model_parallel_size=tp, use_cpu_initialization=True, params_dtype=dtype, pipeline_dtype=dtype,
-        hidden_dropout=0.0, attention_dropout=0.0, normalization="RMSNorm",
+        num_layers=s["num_layers"],
+        hidden_size=s["hidden_size"],
+        num_attention_heads=s["num_attention_heads"],
+        tensor_model_parallel_size=tp,
+        use_cpu_initialization=True,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        normalization="RMSNorm",
     )
     torch.manual_seed(seed)  # identical initial weights in every process that builds it
-    model = GPTModel(config=cfg, transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
-                     vocab_size=s["vocab_size"], max_sequence_length=s["max_sequence_length"],
-                     position_embedding_type="learned_absolute", share_embeddings_and_output_weights=False)
+    model = GPTModel(
+        config=cfg,
+        transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
+        vocab_size=s["vocab_size"],
+        max_sequence_length=s["max_sequence_length"],
+        position_embedding_type="learned_absolute",
+        share_embeddings_and_output_weights=False,
+    )
     return model
 
 
 def export_toy_state_dict(model) -> dict[str, torch.Tensor]:
     """The toy model's 'HF' export: its own tensors (TP=1 only), without Megatron's extra-state entries."""
-    return {k: v.detach() for k, v in model.state_dict().items()
-            if isinstance(v, torch.Tensor) and not k.endswith("_extra_state")}
+    return {
+        k: v.detach()
+        for k, v in model.state_dict().items()
+        if isinstance(v, torch.Tensor) and not k.endswith("_extra_state")
+    }
 
 
 class ToySampler:
@@ -97,7 +113,7 @@ class ToySampler:
             token = int(torch.multinomial(probs, 1, generator=gen))
             tokens.append(token)
             logprobs.append(float(torch.log(probs[token])))
-        return tokens[len(prompt):], logprobs
+        return tokens[len(prompt) :], logprobs
 
 
 class ToyRollout:
@@ -117,8 +133,14 @@ class ToyRollout:
 
 def toy_rows(n: int, vocab_size: int = 32, prompt_len: int = 3, seed: int = 0) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
-    return [{"id": i, "category": "toy", "prompt_tokens": torch.randint(1, vocab_size, (prompt_len,), generator=gen).tolist()}
-            for i in range(n)]
+    return [
+        {
+            "id": i,
+            "category": "toy",
+            "prompt_tokens": torch.randint(1, vocab_size, (prompt_len,), generator=gen).tolist(),
+        }
+        for i in range(n)
+    ]
 
 
 def make_toy_rollout_fn(target_token: int = 7, max_new_tokens: int = 6):
@@ -126,10 +148,13 @@ def make_toy_rollout_fn(target_token: int = 7, max_new_tokens: int = 6):
     token (a skill the toy model can learn in a few dozen steps)."""
 
     def rollout_fn(rows, generation: Generation, tokenizer, cfg, seed: int) -> list[ToyRollout]:
-        sampling = SamplingParams.from_config(cfg).replace(max_tokens=max_new_tokens,
-                                                           seeds=[seed * 1000 + i for i in range(len(rows))])
+        sampling = SamplingParams.from_config(cfg).replace(
+            max_tokens=max_new_tokens, seeds=[seed * 1000 + i for i in range(len(rows))]
+        )
         outputs = generation.generate([row["prompt_tokens"] for row in rows], sampling)
-        return [ToyRollout(row, row["prompt_tokens"], out["token_ids"], out["logprobs"],
-                           target_token in out["token_ids"]) for row, out in zip(rows, outputs)]
+        return [
+            ToyRollout(row, row["prompt_tokens"], out["token_ids"], out["logprobs"], target_token in out["token_ids"])
+            for row, out in zip(rows, outputs)
+        ]
 
     return rollout_fn

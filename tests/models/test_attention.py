@@ -1,4 +1,5 @@
 """The SDPA layer spec and the fused ops compute what Megatron's local spec computes (CPU, fp32, eager path)."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 
 from trainer.distributed import init_distributed
 
-VOCAB = 300   # not a multiple of anything: the padded-vocab masking is exercised by the log-prob tests
+VOCAB = 300  # not a multiple of anything: the padded-vocab masking is exercised by the log-prob tests
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +20,18 @@ def _write_qwen3(path, seed=0):
     """Tiny random Qwen3 (GQA 4 heads / 2 KV heads, q/k norms), weights and norms perturbed off their init."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    config = Qwen3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
-                         tie_word_embeddings=True, rope_theta=1e4)
+    config = Qwen3Config(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        rope_theta=1e4,
+    )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config).float()
     gen = torch.Generator().manual_seed(seed + 1)
@@ -86,13 +96,20 @@ def test_sdpa_core_attention_padding_mask_matches_megatron(dist_tp1):
 
     from trainer.models.attention import SDPACoreAttention
 
-    cfg = TransformerConfig(num_layers=1, hidden_size=64, num_attention_heads=4, num_query_groups=2,
-                            kv_channels=16, attention_dropout=0.0, hidden_dropout=0.0)
+    cfg = TransformerConfig(
+        num_layers=1,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_query_groups=2,
+        kv_channels=16,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+    )
     g = torch.Generator().manual_seed(0)
     q = torch.randn(24, 2, 4, 16, generator=g)
     k, v = torch.randn(24, 2, 2, 16, generator=g), torch.randn(24, 2, 2, 16, generator=g)
     mask = torch.rand(2, 1, 24, 24, generator=g) < 0.3
-    mask[..., 0] = False                       # every query sees at least one key
+    mask[..., 0] = False  # every query sees at least one key
     ref = DotProductAttention(cfg, 1, AttnMaskType.padding, "self")
     ours = SDPACoreAttention(cfg, 1, AttnMaskType.padding, "self")
     want = ref(q, k, v, mask)
@@ -123,7 +140,7 @@ def test_fused_rms_norm_and_rope_match_megatron():
 
     freqs = torch.randn(10, 1, 1, 16, generator=g) * 3
     assert (apply_rope(x, freqs) - _apply_rotary_pos_emb_bshd(x, freqs)).abs().max() < 1e-5
-    with torch.autocast("cpu", dtype=torch.bfloat16):       # under autocast the output is the autocast dtype
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast the output is the autocast dtype
         assert apply_rope(x, freqs).dtype == torch.bfloat16 and rms_norm(x, w, 1e-6).dtype == torch.bfloat16
 
 

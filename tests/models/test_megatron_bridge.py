@@ -1,4 +1,5 @@
 """HF <-> Megatron-core conversion: logits parity with `transformers` on CPU fp32, lossless round trips, TP=2."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,17 @@ import pytest
 import torch
 
 from trainer.distributed import free_port, init_distributed
-from trainer.models.megatron_bridge import (build_megatron_model, export_hf_state_dict, forward_logits, fuse_qkv,
-                                             hf_arch, read_hf_state_dict, save_hf_model, split_qkv,
-                                             token_logprobs)
+from trainer.models.megatron_bridge import (
+    build_megatron_model,
+    export_hf_state_dict,
+    forward_logits,
+    fuse_qkv,
+    hf_arch,
+    read_hf_state_dict,
+    save_hf_model,
+    split_qkv,
+    token_logprobs,
+)
 
 VOCAB = 512
 
@@ -20,8 +29,16 @@ def _write_random_hf_model(path, model_type: str, seed: int = 0):
     swapped or mis-laid-out tensor changes the logits."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-    common = dict(vocab_size=VOCAB, hidden_size=128, intermediate_size=320, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256)
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=128,
+        intermediate_size=320,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=256,
+    )
     if model_type == "qwen3":
         config, cls = Qwen3Config(**common, tie_word_embeddings=True, rope_theta=1e6), Qwen3ForCausalLM
     else:
@@ -74,7 +91,7 @@ def test_save_hf_model_loads_in_transformers(tmp_path, dist_tp1):
 
     _write_random_hf_model(tmp_path / "src", "qwen3", seed=7)
     model = build_megatron_model(tmp_path / "src", tp=1, pp=1)
-    with torch.no_grad():                      # training changed the weights
+    with torch.no_grad():  # training changed the weights
         model.decoder.final_layernorm.weight.mul_(1.5)
     out = save_hf_model(model, tmp_path / "src", tmp_path / "export")
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".export")], "temp dir left behind"
@@ -86,10 +103,20 @@ def test_save_hf_model_loads_in_transformers(tmp_path, dist_tp1):
 
 
 def test_qkv_layout_is_grouped_and_round_trips():
-    arch = hf_arch({"model_type": "qwen3", "num_hidden_layers": 1, "hidden_size": 8, "num_attention_heads": 4,
-                    "num_key_value_heads": 2, "head_dim": 1, "intermediate_size": 8, "vocab_size": 8,
-                    "max_position_embeddings": 8})
-    q = torch.tensor([[0.0], [1.0], [2.0], [3.0]])          # heads 0,1 -> group 0; heads 2,3 -> group 1
+    arch = hf_arch(
+        {
+            "model_type": "qwen3",
+            "num_hidden_layers": 1,
+            "hidden_size": 8,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 1,
+            "intermediate_size": 8,
+            "vocab_size": 8,
+            "max_position_embeddings": 8,
+        }
+    )
+    q = torch.tensor([[0.0], [1.0], [2.0], [3.0]])  # heads 0,1 -> group 0; heads 2,3 -> group 1
     k = torch.tensor([[10.0], [11.0]])
     v = torch.tensor([[20.0], [21.0]])
     fused = fuse_qkv(q, k, v, arch)
@@ -113,6 +140,7 @@ def test_token_logprobs_ignore_padded_vocab():
 
 
 # --- tensor / pipeline parallel over gloo, two processes -------------------------------------------------------
+
 
 def _tp_worker(rank: int, port: int, model_dir: str, untied_dir: str, result_dir: str) -> None:
     from megatron.core import parallel_state
@@ -147,8 +175,12 @@ def test_tensor_and_pipeline_parallel_over_gloo(tmp_path):
 
     hf_model = _write_random_hf_model(tmp_path / "model", "qwen3", seed=9)
     _write_random_hf_model(tmp_path / "untied", "llama", seed=10)
-    mp.spawn(_tp_worker, args=(free_port(), str(tmp_path / "model"), str(tmp_path / "untied"), str(tmp_path)),
-             nprocs=2, join=True)
+    mp.spawn(
+        _tp_worker,
+        args=(free_port(), str(tmp_path / "model"), str(tmp_path / "untied"), str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
     original = read_hf_state_dict(tmp_path / "model")
     untied = read_hf_state_dict(tmp_path / "untied")
     total = sum(t.numel() for t in original.values())
@@ -159,7 +191,7 @@ def test_tensor_and_pipeline_parallel_over_gloo(tmp_path):
         assert (state["logits"] - expected).abs().max().item() < 1e-4
         ref = torch.log_softmax(expected[:, :-1], -1).gather(-1, state["ids"][:, 1:, None]).squeeze(-1)
         assert (state["logprobs"] - ref).abs().max().item() < 1e-4
-        assert state["params"] < 0.7 * total          # each rank holds about half of the sharded weights
+        assert state["params"] < 0.7 * total  # each rank holds about half of the sharded weights
         assert state["pp_layers"] == 1
         for key, reference in (("exported", original), ("pp_exported", untied)):
             assert set(state[key]) == set(reference)

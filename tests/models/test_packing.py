@@ -1,12 +1,13 @@
 """Shared-prompt packing gives the log-probs and gradients of the unpacked rows (CPU, fp32)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from test_attention import VOCAB, _write_qwen3
 
 from trainer.distributed import init_distributed
 from trainer.models.packing import Family, pack_shared_prefixes, shared_prefix_families
-from test_attention import VOCAB, _write_qwen3
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +27,12 @@ def grouped_rows(vocab: int, seed: int = 0):
     mask = torch.zeros(len(specs), seq)
     for row, (which, end) in enumerate(specs):
         prompt = prompts[which]
-        ids[row, :len(prompt)] = prompt
-        ids[row, len(prompt):end] = torch.randint(1, vocab, (end - len(prompt),), generator=g)
-        mask[row, len(prompt):end] = 1
-        mask[row, len(prompt) + 2] = 0            # an environment token between two assistant turns
-    ids[3, 7:9] = ids[0, 7:9]                     # rows 0 and 3 also share their first two trained tokens
-    mask[5] = 0                                   # nothing trained in the last row
+        ids[row, : len(prompt)] = prompt
+        ids[row, len(prompt) : end] = torch.randint(1, vocab, (end - len(prompt),), generator=g)
+        mask[row, len(prompt) : end] = 1
+        mask[row, len(prompt) + 2] = 0  # an environment token between two assistant turns
+    ids[3, 7:9] = ids[0, 7:9]  # rows 0 and 3 also share their first two trained tokens
+    mask[5] = 0  # nothing trained in the last row
     lengths = torch.tensor([end for _, end in specs])
     return ids, lengths, mask
 
@@ -49,7 +50,7 @@ def test_layout_shares_each_prompt_once():
         assert packed.input_ids[0, src] == ids[row, col - 1]
         assert packed.positions[0, src] == col - 1
     allowed = ~packed.masked[0, 0]
-    assert allowed.diagonal().all()               # every token, pads included, attends at least to itself
+    assert allowed.diagonal().all()  # every token, pads included, attends at least to itself
     # a row's own tokens see its family's prefix and themselves, never another row's tokens
     segment_of = {}
     for src, row in zip(packed.source.tolist(), packed.rows.tolist()):
@@ -103,8 +104,7 @@ def test_families_respect_the_token_budget_and_keep_most_of_the_prefix():
 
 
 def _unpacked_and_packed(model, ids, lengths, mask, vocab, families=None):
-    from trainer.models.megatron_bridge import (causal_attention_mask, packed_token_logprobs,
-                                                 selected_token_logprobs)
+    from trainer.models.megatron_bridge import causal_attention_mask, packed_token_logprobs, selected_token_logprobs
 
     weights = torch.randn(ids.shape, generator=torch.Generator().manual_seed(9)) * mask
     results = []

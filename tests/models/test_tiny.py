@@ -1,4 +1,5 @@
 """The project-built tiny Qwen3 model: deterministic, cached, loadable, with a tokenizer and template that fit."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,14 +13,24 @@ import torch
 from trainer.models.hub import resolve_model
 from trainer.models.tiny import MARKUP_TOKENS, SPECIAL_TOKENS, build_tiny_model, tiny_settings
 
-SMALL = {"hidden_size": 128, "num_layers": 2, "num_attention_heads": 2, "num_kv_heads": 1, "head_dim": 64,
-         "intermediate_size": 256, "vocab_size": 1024, "max_position_embeddings": 1024}
+SMALL = {
+    "hidden_size": 128,
+    "num_layers": 2,
+    "num_attention_heads": 2,
+    "num_kv_heads": 1,
+    "head_dim": 64,
+    "intermediate_size": 256,
+    "vocab_size": 1024,
+    "max_position_embeddings": 1024,
+}
 
 
 def _corpus(n: int = 300, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    words = ("email calendar analytics project customer send reply search create delete update meeting "
-             "event visitor plot total_visits recipient subject").split()
+    words = (
+        "email calendar analytics project customer send reply search create delete update meeting "
+        "event visitor plot total_visits recipient subject"
+    ).split()
     texts = []
     for _ in range(n):
         args = {"recipient": f"{rng.choice(words)}@atlas.com", "subject": " ".join(rng.sample(words, 4))}
@@ -44,7 +55,7 @@ def test_build_is_deterministic_and_cached(tmp_path, tiny_dir):
     again = build_tiny_model(tmp_path / "a", SMALL, _corpus(), seed=3)
     assert _digest(again) == _digest(tiny_dir)
     stamp = (again / "model.safetensors").stat().st_mtime_ns
-    assert build_tiny_model(tmp_path / "a", SMALL, _corpus(), seed=3) == again          # reused, not rebuilt
+    assert build_tiny_model(tmp_path / "a", SMALL, _corpus(), seed=3) == again  # reused, not rebuilt
     assert (again / "model.safetensors").stat().st_mtime_ns == stamp
     other = build_tiny_model(tmp_path / "a", SMALL, _corpus(), seed=4)
     assert other != again and _digest(other) != _digest(again)
@@ -73,7 +84,7 @@ def test_model_loads_with_configured_sizes(tiny_dir):
     cfg = model.config
     assert cfg.model_type == "qwen3" and cfg.tie_word_embeddings
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.head_dim, cfg.num_key_value_heads) == (128, 2, 64, 1)
-    assert len(tok) == cfg.vocab_size == 1024          # every id the model can sample decodes
+    assert len(tok) == cfg.vocab_size == 1024  # every id the model can sample decodes
     ids = torch.tensor([tok.encode("send an email")])
     assert model(ids).logits.shape == (1, ids.shape[1], 1024)
 
@@ -111,22 +122,30 @@ def test_chat_template_renders_tools_calls_and_responses(tiny_dir):
     messages = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Mail Bob"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"type": "function", "function": {"name": "email_send_email", "arguments": {"recipient": "b@x.com"}}},
-            {"type": "function", "function": {"name": "email_send_email", "arguments": '{"recipient": "c@x.com"}'}},
-        ]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"type": "function", "function": {"name": "email_send_email", "arguments": {"recipient": "b@x.com"}}},
+                {"type": "function", "function": {"name": "email_send_email", "arguments": '{"recipient": "c@x.com"}'}},
+            ],
+        },
         {"role": "tool", "content": '{"output": "sent"}'},
         {"role": "tool", "content": '{"output": "sent too"}'},
     ]
     text = tok.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
     assert text.startswith("<|im_start|>system\nBe brief.\n\n# Tools\n")
     assert '<tools>\n{"type": "function", "function": {"name": "email_send_email"' in text
-    assert ('<|im_start|>assistant\n<tool_call>\n{"name": "email_send_email", "arguments": {"recipient": '
-            '"b@x.com"}}\n</tool_call>\n<tool_call>\n{"name": "email_send_email", "arguments": {"recipient": '
-            '"c@x.com"}}\n</tool_call><|im_end|>\n') in text
-    assert text.endswith('<|im_start|>user\n<tool_response>\n{"output": "sent"}\n</tool_response>\n'
-                         '<tool_response>\n{"output": "sent too"}\n</tool_response><|im_end|>\n'
-                         '<|im_start|>assistant\n')
+    assert (
+        '<|im_start|>assistant\n<tool_call>\n{"name": "email_send_email", "arguments": {"recipient": '
+        '"b@x.com"}}\n</tool_call>\n<tool_call>\n{"name": "email_send_email", "arguments": {"recipient": '
+        '"c@x.com"}}\n</tool_call><|im_end|>\n'
+    ) in text
+    assert text.endswith(
+        '<|im_start|>user\n<tool_response>\n{"output": "sent"}\n</tool_response>\n'
+        '<tool_response>\n{"output": "sent too"}\n</tool_response><|im_end|>\n'
+        "<|im_start|>assistant\n"
+    )
     plain = tok.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=False)
     assert plain == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nMail Bob<|im_end|>\n"
 
@@ -139,20 +158,34 @@ def test_chat_template_agrees_with_hermes_format(tiny_dir):
 
     fmt = get_format("hermes")
     tok = AutoTokenizer.from_pretrained(tiny_dir)
-    tools = [{"type": "function", "name": "calendar_create_event", "description": "Create an event.",
-              "parameters": {"type": "object", "properties": {"event_name": {"type": "string"}}}}]
-    messages = [{"role": "system", "content": fmt.system_prompt("Today is Thursday.", tools)},
-                {"role": "user", "content": "Book it"},
-                {"role": "assistant", "content": fmt.format_assistant("", [
-                    {"name": "calendar_create_event", "arguments": '{"event_name": "Sync"}'}])},
-                fmt.tool_message('{"output": "Event created"}', call_id="c1", name="calendar_create_event")]
-    assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == \
-        fmt.render_prompt(messages, add_generation_prompt=True)
+    tools = [
+        {
+            "type": "function",
+            "name": "calendar_create_event",
+            "description": "Create an event.",
+            "parameters": {"type": "object", "properties": {"event_name": {"type": "string"}}},
+        }
+    ]
+    messages = [
+        {"role": "system", "content": fmt.system_prompt("Today is Thursday.", tools)},
+        {"role": "user", "content": "Book it"},
+        {
+            "role": "assistant",
+            "content": fmt.format_assistant(
+                "", [{"name": "calendar_create_event", "arguments": '{"event_name": "Sync"}'}]
+            ),
+        },
+        fmt.tool_message('{"output": "Event created"}', call_id="c1", name="calendar_create_event"),
+    ]
+    assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == fmt.render_prompt(
+        messages, add_generation_prompt=True
+    )
     # and rendering the tools through the template (tools=...) gives the format's system prompt
-    with_tools = tok.apply_chat_template([{"role": "system", "content": "Today is Thursday."}],
-                                         tools=[{"type": "function", "function": {
-                                             k: v for k, v in tools[0].items() if k != "type"}}],
-                                         tokenize=False)
+    with_tools = tok.apply_chat_template(
+        [{"role": "system", "content": "Today is Thursday."}],
+        tools=[{"type": "function", "function": {k: v for k, v in tools[0].items() if k != "type"}}],
+        tokenize=False,
+    )
     assert with_tools == f"<|im_start|>system\n{messages[0]['content']}<|im_end|>\n"
 
 

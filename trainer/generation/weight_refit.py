@@ -13,6 +13,7 @@ shared a parameter before at the same tensor again (a safeguard in case a reload
 the loaded layer only) and (2) re-run the post-load hook of every module in such a group.
 Kept import-light: vLLM imports this module in every worker.
 """
+
 from __future__ import annotations
 
 

@@ -5,6 +5,7 @@ baseline (RLOO) compares each sample with the mean of the *other* samples of its
 the estimate unbiased; the std is the unbiased std of that same set. All of it is vectorised over
 the batch with scatter sums, so it costs the same for 16 or 16k rollouts.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,10 @@ def compute_advantages(
     samples all got the same reward keep advantage 0 and a lone different sample is not blown up by 1/eps.
     """
     if rewards.dim() != 1 or group_ids.shape != rewards.shape:
-        raise ValueError(f"rewards and group_ids must be 1-D of equal length, got {tuple(rewards.shape)} "
-                         f"and {tuple(group_ids.shape)}")
+        raise ValueError(
+            f"rewards and group_ids must be 1-D of equal length, got {tuple(rewards.shape)} "
+            f"and {tuple(group_ids.shape)}"
+        )
     rewards = rewards.to(torch.float64)
     _, dense_ids = torch.unique(group_ids, return_inverse=True)
     num_groups = int(dense_ids.max().item()) + 1 if rewards.numel() else 0

@@ -15,28 +15,30 @@ Resumes from the latest checkpoint (or `checkpointing.resume_from`: best | step_
 derived from (grpo.seed, step), so an interrupted and resumed CPU run logs the same metrics as an uninterrupted
 one. `infra.signals.preemption_requested()` (set by the job's USR2/TERM handler) makes it save and return.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from infra import signals
-from trainer.grpo.advantage import compute_advantages, sequence_level_weights
 from trainer.batch import informative_rows, rollouts_to_batch
 from trainer.checkpoint import CheckpointManager
-from trainer.metrics import MetricsLogger, accuracy_summary
+from trainer.grpo.advantage import compute_advantages, sequence_level_weights
 from trainer.grpo.selection import ExpertScorer, select_prompts
 from trainer.interfaces import Components, Generation, Policy, RolloutFn
+from trainer.metrics import MetricsLogger, accuracy_summary
 
 
 # ---- data order ---------------------------------------------------------------------------------------------
@@ -68,18 +70,25 @@ class PromptLoader:
         if self.position >= len(self.rows):
             self.epoch, self.position = self.epoch + 1, 0
             self._order = self._permutation(self.epoch)
-        picked = self._order[self.position: self.position + self.batch_size]
+        picked = self._order[self.position : self.position + self.batch_size]
         self.position += len(picked)
         return [self.rows[i] for i in picked]
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "num_rows": len(self.rows),
-                "batch_size": self.batch_size}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "num_rows": len(self.rows),
+            "batch_size": self.batch_size,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state["num_rows"] != len(self.rows):
-            raise ValueError(f"checkpoint's data loader saw {state['num_rows']} training rows; this run has "
-                             f"{len(self.rows)} (different training data?)")
+            raise ValueError(
+                f"checkpoint's data loader saw {state['num_rows']} training rows; this run has "
+                f"{len(self.rows)} (different training data?)"
+            )
         self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])
         self._order = self._permutation(self.epoch)
 
@@ -101,12 +110,13 @@ class PhaseTimer:
             yield
         finally:
             self.times[f"{self.prefix}/{phase}"] = self.times.get(f"{self.prefix}/{phase}", 0.0) + (
-                time.perf_counter() - start)
+                time.perf_counter() - start
+            )
 
 
 @dataclass
 class TrainResult:
-    status: str                    # completed | preempted
+    status: str  # completed | preempted
     step: int
     checkpoint: Path | None
     best_checkpoint: Path | None
@@ -122,8 +132,17 @@ class GRPOTrainer:
     `trainer.components.build_components` in a real run; tests pass their own.
     """
 
-    def __init__(self, cfg: DictConfig, train_rows: Sequence[dict], val_rows: Sequence[dict], components: Components,
-                 *, log_dir: str | Path | None = None, refit_dtype: str = "bfloat16", echo: bool = True):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        train_rows: Sequence[dict],
+        val_rows: Sequence[dict],
+        components: Components,
+        *,
+        log_dir: str | Path | None = None,
+        refit_dtype: str = "bfloat16",
+        echo: bool = True,
+    ):
         self.cfg, self.components, self.refit_dtype = cfg, components, refit_dtype
         self.policy: Policy = components.policy
         self.generation: Generation = components.generation
@@ -138,24 +157,34 @@ class GRPOTrainer:
         self.scorer: ExpertScorer | None = None
         if drawn > self.num_prompts:
             if expert_fn is None:
-                raise ValueError("grpo.prompt_selection.pool_factor > 1 scores expert trajectories, but the trainer "
-                                 "was given no expert_fn")
+                raise ValueError(
+                    "grpo.prompt_selection.pool_factor > 1 scores expert trajectories, but the trainer "
+                    "was given no expert_fn"
+                )
             self.scorer = ExpertScorer(expert_fn)
         self.loader = PromptLoader(train_rows, drawn, self.seed)
         self.val_rows = list(val_rows)[: int(g.max_val_samples)] if g.max_val_samples else list(val_rows)
         self.total_steps = total_training_steps(cfg, len(train_rows))
         self.kl_on = float(cfg.loss_fn.reference_policy_kl_penalty) != 0
         ck = cfg.checkpointing
-        self.checkpoints = (CheckpointManager(ck.checkpoint_dir, ck.metric_name, bool(ck.higher_is_better),
-                                              ck.keep_top_k) if ck.enabled else None)
+        self.checkpoints = (
+            CheckpointManager(ck.checkpoint_dir, ck.metric_name, bool(ck.higher_is_better), ck.keep_top_k)
+            if ck.enabled
+            else None
+        )
         self.step = 0
         self.consumed_samples = 0
         resume_from = self._resume()
-        self.metrics = MetricsLogger(log_dir or cfg.logger.log_dir, cfg.logger.wandb,
-                                     bool(cfg.logger.wandb_enabled), resume_step=self.step,
-                                     run_config=OmegaConf.to_container(cfg, resolve=True), echo=echo)
+        self.metrics = MetricsLogger(
+            log_dir or cfg.logger.log_dir,
+            cfg.logger.wandb,
+            bool(cfg.logger.wandb_enabled),
+            resume_step=self.step,
+            run_config=OmegaConf.to_container(cfg, resolve=True),
+            echo=echo,
+        )
         self.resumed_from = resume_from
-        self.clock = time.monotonic       # for grpo.max_train_minutes (tests substitute their own)
+        self.clock = time.monotonic  # for grpo.max_train_minutes (tests substitute their own)
 
     # ---- resume -------------------------------------------------------------------------------------------
     def _resume(self) -> Path | None:
@@ -195,7 +224,7 @@ class GRPOTrainer:
         g = self.cfg.grpo
         last = None
         started = self.clock()
-        budget, bound_by = self._time_budget()   # from `started`: the step-0 validation counts
+        budget, bound_by = self._time_budget()  # from `started`: the step-0 validation counts
         if self.step == 0 and g.val_at_start and self.val_rows:
             self.metrics.log(0, self.validate(0))
             self.metrics.plot()
@@ -212,8 +241,11 @@ class GRPOTrainer:
                 now = self.clock()
                 if now - started + (now - loop_started) / steps_run > budget:
                     is_last = True
-                    print(f"[grpo] {bound_by} reached: step {self.step} is the last of this job (resume continues "
-                          f"to step {self.total_steps})", flush=True)
+                    print(
+                        f"[grpo] {bound_by} reached: step {self.step} is the last of this job (resume continues "
+                        f"to step {self.total_steps})",
+                        flush=True,
+                    )
             if self.val_rows and ((g.val_period and self.step % int(g.val_period) == 0) or (is_last and g.val_at_end)):
                 metrics.update(self.validate(self.step))
             with self._timer_into(metrics, "checkpointing"):
@@ -225,9 +257,13 @@ class GRPOTrainer:
             if is_last:
                 break
         self.metrics.finish()
-        return TrainResult("completed", self.step, self.checkpoints.latest() if self.checkpoints else None,
-                           self.checkpoints.best() if self.checkpoints else None, self.metrics.read()[-1] if
-                           self.metrics.read() else {})
+        return TrainResult(
+            "completed",
+            self.step,
+            self.checkpoints.latest() if self.checkpoints else None,
+            self.checkpoints.best() if self.checkpoints else None,
+            self.metrics.read()[-1] if self.metrics.read() else {},
+        )
 
     def train_step(self, step: int) -> dict[str, Any]:
         """One GRPO step; returns its metrics."""
@@ -239,10 +275,13 @@ class GRPOTrainer:
         if self.scorer is not None:
             with timer("prompt_selection"):
                 candidates = len(prompts)
-                prompts, kept_q = select_prompts(prompts, self.num_prompts, self.num_generations, self.scorer,
-                                                 self.policy)
-                selection = {"train:selection_candidates": candidates,
-                             "train:selection_expert_prob_mean": float(kept_q.mean())}
+                prompts, kept_q = select_prompts(
+                    prompts, self.num_prompts, self.num_generations, self.scorer, self.policy
+                )
+                selection = {
+                    "train:selection_candidates": candidates,
+                    "train:selection_expert_prob_mean": float(kept_q.mean()),
+                }
         with timer("data_processing"):
             rows = [row for row in prompts for _ in range(self.num_generations)]
             group_ids = torch.arange(len(prompts)).repeat_interleave(self.num_generations)
@@ -253,15 +292,23 @@ class GRPOTrainer:
         with timer("reward_calculation"):
             rewards = torch.tensor([float(r.reward) for r in rollouts])
         with timer("advantage_calculation"):
-            advantages = compute_advantages(rewards, group_ids, bool(self.cfg.grpo.use_leave_one_out_baseline),
-                                            bool(self.cfg.grpo.normalize_rewards))
+            advantages = compute_advantages(
+                rewards,
+                group_ids,
+                bool(self.cfg.grpo.use_leave_one_out_baseline),
+                bool(self.cfg.grpo.normalize_rewards),
+            )
             batch = rollouts_to_batch(rollouts, advantages)
             if not self.cfg.loss_fn.token_level_loss:
                 batch["advantages"] = batch["advantages"] * sequence_level_weights(
-                    batch["loss_mask"], int(self.cfg.policy.train_global_batch_size))
+                    batch["loss_mask"], int(self.cfg.policy.train_global_batch_size)
+                )
             train_batch = batch
-            if (self.cfg.grpo.skip_zero_advantage_rollouts and not self.kl_on
-                    and len(rollouts) <= int(self.cfg.policy.train_global_batch_size)):
+            if (
+                self.cfg.grpo.skip_zero_advantage_rollouts
+                and not self.kl_on
+                and len(rollouts) <= int(self.cfg.policy.train_global_batch_size)
+            ):
                 train_batch = informative_rows(batch)
         with timer("policy_and_reference_logprobs"):
             if len(train_batch["input_ids"]) > int(self.cfg.policy.train_global_batch_size):
@@ -299,8 +346,14 @@ class GRPOTrainer:
             "performance:generation_tokens_per_sec": gen_tokens / max(timer.times["timing/train/generation"], 1e-9),
             "refit:seconds": timer.times["timing/train/prepare_for_generation/transfer_and_update_weights"],
         }
-        for key in ("probs_ratio", "probs_ratio_min", "probs_ratio_max", "probs_ratio_clamped", "kl_penalty",
-                    "token_mult_prob_error"):
+        for key in (
+            "probs_ratio",
+            "probs_ratio_min",
+            "probs_ratio_max",
+            "probs_ratio_clamped",
+            "kl_penalty",
+            "token_mult_prob_error",
+        ):
             if key in train_metrics:
                 metrics[f"train:{key}"] = train_metrics[key]
         metrics.update(selection)
@@ -310,8 +363,9 @@ class GRPOTrainer:
     def validate(self, step: int) -> dict[str, Any]:
         """val:accuracy over the validation rows (one rollout each) with the current weights."""
         t0 = time.perf_counter()
-        rollouts = self.rollout_fn(self.val_rows, self.generation, self.tokenizer, self.cfg,
-                                   step_seed(self.seed, step, "validation"))
+        rollouts = self.rollout_fn(
+            self.val_rows, self.generation, self.tokenizer, self.cfg, step_seed(self.seed, step, "validation")
+        )
         scores = accuracy_summary(rollouts)
         out = {
             "val:accuracy": scores["accuracy"],
@@ -350,8 +404,10 @@ class GRPOTrainer:
         def write(directory: Path) -> None:
             self.policy.save(directory / "policy")
             (directory / "train_dataloader.json").write_text(json.dumps(loader_state, indent=2))
-            torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-                       directory / "rng_state.pt")
+            torch.save(
+                {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+                directory / "rng_state.pt",
+            )
 
         return self.checkpoints.save(self.step, info, OmegaConf.to_yaml(self.cfg, resolve=True), write)
 
@@ -361,8 +417,9 @@ class GRPOTrainer:
             latest = self.checkpoints.latest()
             already = latest is not None and CheckpointManager.training_info(latest)["current_step"] == self.step
             path = latest if already else (self.save_checkpoint() if self.step > 0 else None)
-        print(f"[grpo] preemption requested ({signals.preemption_reason()}): saved step {self.step}, stopping",
-              flush=True)
+        print(
+            f"[grpo] preemption requested ({signals.preemption_reason()}): saved step {self.step}, stopping", flush=True
+        )
         self.metrics.finish()
         return TrainResult("preempted", self.step, path, self.checkpoints.best() if self.checkpoints else None)
 

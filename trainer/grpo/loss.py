@@ -7,10 +7,11 @@ step's token mean, whatever the micro-batch size or DP layout. (GRPO's sequence-
 `token_level_loss: false`, reweights the advantages instead: `advantage.sequence_level_weights`.)
 Log-prob tensors are aligned with the tokens: `logprobs[b, t] = log p(token[b, t] | tokens[b, :t])`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 
@@ -19,14 +20,14 @@ import torch
 class LossConfig:
     ratio_clip_min: float = 0.2
     ratio_clip_max: float = 0.2
-    ratio_clip_c: float | None = None          # dual clip (> 1): caps the loss of negative-advantage tokens
+    ratio_clip_c: float | None = None  # dual clip (> 1): caps the loss of negative-advantage tokens
     reference_policy_kl_penalty: float = 0.0
     reference_policy_kl_type: str = "k3"
     kl_input_clamp_value: float | None = 20.0
     kl_output_clamp_value: float | None = 10.0
 
     @classmethod
-    def from_cfg(cls, loss_cfg: Mapping) -> "LossConfig":
+    def from_cfg(cls, loss_cfg: Mapping) -> LossConfig:
         """Build from the `loss_fn` config section (unknown keys such as token_level_loss are ignored)."""
         fields = {k: loss_cfg[k] for k in cls.__dataclass_fields__ if k in loss_cfg}
         cfg = cls(**fields)
@@ -35,8 +36,10 @@ class LossConfig:
         if cfg.reference_policy_kl_type not in ("k1", "k2", "k3"):
             raise ValueError(f"loss_fn.reference_policy_kl_type must be k1|k2|k3, got {cfg.reference_policy_kl_type!r}")
         if not loss_cfg["token_level_loss"] and cfg.uses_reference:
-            raise ValueError("loss_fn.token_level_loss=false with reference_policy_kl_penalty != 0 is not "
-                             "implemented (sequence-level weights apply to the policy-gradient term only)")
+            raise ValueError(
+                "loss_fn.token_level_loss=false with reference_policy_kl_penalty != 0 is not "
+                "implemented (sequence-level weights apply to the policy-gradient term only)"
+            )
         return cfg
 
     @property
@@ -44,8 +47,13 @@ class LossConfig:
         return self.reference_policy_kl_penalty != 0
 
 
-def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kl_type: str = "k3",
-                input_clamp: float | None = 20.0, output_clamp: float | None = 10.0) -> torch.Tensor:
+def kl_estimate(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    kl_type: str = "k3",
+    input_clamp: float | None = 20.0,
+    output_clamp: float | None = 10.0,
+) -> torch.Tensor:
     """Per-token estimate of KL(policy || reference) from sampled-token log-probs (Schulman's k1/k2/k3)."""
     log_ratio = ref_logprobs - logprobs
     if input_clamp is not None:
@@ -103,7 +111,8 @@ def clipped_pg_loss(
             raise ValueError("reference_policy_kl_penalty is set but no reference log-probs were given")
         ref = torch.where(mask > 0, reference_logprobs.to(logprobs.dtype), logprobs.detach())
         kl = cfg.reference_policy_kl_penalty * kl_estimate(
-            logprobs, ref, cfg.reference_policy_kl_type, cfg.kl_input_clamp_value, cfg.kl_output_clamp_value)
+            logprobs, ref, cfg.reference_policy_kl_type, cfg.kl_input_clamp_value, cfg.kl_output_clamp_value
+        )
         token_loss = token_loss + kl
 
     loss = (token_loss * mask).sum() / global_valid_tokens
@@ -141,7 +150,7 @@ def reduce_loss_stats(parts: list[dict[str, torch.Tensor]], global_valid_tokens:
         "probs_ratio_clamped": total("probs_ratio_clamped") / global_valid_tokens,
         "kl_penalty": total("kl_penalty_sum") / global_valid_tokens,
     }
-    if all("logprob_sum" in p for p in parts):   # mean log-prob of the trained tokens before the update (-NLL)
+    if all("logprob_sum" in p for p in parts):  # mean log-prob of the trained tokens before the update (-NLL)
         out["logprob_mean"] = total("logprob_sum") / global_valid_tokens
     if all("token_mult_prob_error_sum" in p for p in parts):
         out["token_mult_prob_error"] = total("token_mult_prob_error_sum") / global_valid_tokens

@@ -12,9 +12,11 @@ samples had mixed rewards (docs/demo_tuning.md, session 5).
 Costs one forward pass over the candidates' expert trajectories (no generation); the unselected candidates
 are consumed like the selected ones, so an epoch takes `pool_factor` times fewer steps.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -70,8 +72,9 @@ class ExpertScorer:
         return sequence_probabilities(logprobs, batch["loss_mask"])
 
 
-def select_prompts(candidates: Sequence[dict], k: int, group_size: int, scorer: ExpertScorer,
-                   policy: Policy) -> tuple[list[dict], torch.Tensor]:
+def select_prompts(
+    candidates: Sequence[dict], k: int, group_size: int, scorer: ExpertScorer, policy: Policy
+) -> tuple[list[dict], torch.Tensor]:
     """The k candidates most likely to give a mixed group, and the success probabilities of those kept."""
     q = scorer.success_probabilities(candidates, policy)
     keep = pick_most_informative(mixed_group_probability(q, group_size), k)

@@ -13,6 +13,7 @@ a mask tensor and grouped-query attention without repeating K/V.
 q/k norms, and RoPE applied inside the core attention (`RopeInCoreSelfAttention` hands the rotary angles over
 instead of letting Megatron apply its unfused RoPE; the order, q/k norm then RoPE, is unchanged).
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -20,7 +21,6 @@ import dataclasses
 import functools
 import math
 from contextlib import contextmanager
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -31,11 +31,16 @@ from trainer.models.fused_ops import FusedRMSNorm, apply_rope
 
 ATTENTION_BACKENDS = ("auto", "sdpa", "local")
 # Which SDPA kernels may run ("auto": let torch choose). Names of torch.nn.attention.SDPBackend members.
-SDPA_KERNELS = {"auto": None, "flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
-                "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+SDPA_KERNELS = {
+    "auto": None,
+    "flash": "FLASH_ATTENTION",
+    "cudnn": "CUDNN_ATTENTION",
+    "efficient": "EFFICIENT_ATTENTION",
+    "math": "MATH",
+}
 
 
-def resolve_attention_backend(name: Optional[str]) -> str:
+def resolve_attention_backend(name: str | None) -> str:
     """`auto`/None -> `sdpa` when CUDA is available, else `local` (Megatron's own unfused attention)."""
     name = "auto" if name is None else str(name).lower()
     if name not in ATTENTION_BACKENDS:
@@ -82,8 +87,9 @@ def _segmented_sdpa(attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b
     out = q.new_zeros(q.shape)
     for batch in batches:
         # [heads, n, L, d] -> [n, heads, L, d]
-        qs, ks, vs = (t[:, index].transpose(0, 1) for t, index in
-                      ((q, batch.q_index), (k, batch.k_index), (v, batch.k_index)))
+        qs, ks, vs = (
+            t[:, index].transpose(0, 1) for t, index in ((q, batch.q_index), (k, batch.k_index), (v, batch.k_index))
+        )
         got = attend(qs, ks, vs, allowed=batch.allowed)
         got = got.transpose(0, 1).reshape(q.shape[0], -1, q.shape[2]).index_select(1, batch.take)
         out = out.index_copy(1, batch.dest, got)
@@ -98,9 +104,18 @@ class SDPACoreAttention(MegatronModule):
     fused causal softmax does not read it either); other mask types use the boolean mask (True = masked).
     """
 
-    def __init__(self, config, layer_number: int, attn_mask_type, attention_type: str,
-                 attention_dropout: Optional[float] = None, softmax_scale: Optional[float] = None,
-                 cp_comm_type: Optional[str] = None, pg_collection=None, kernel: str = "auto"):
+    def __init__(
+        self,
+        config,
+        layer_number: int,
+        attn_mask_type,
+        attention_type: str,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection=None,
+        kernel: str = "auto",
+    ):
         super().__init__(config=config)
         from megatron.core.process_groups_config import ProcessGroupCollection
         from megatron.core.utils import divide
@@ -125,7 +140,7 @@ class SDPACoreAttention(MegatronModule):
         self.softmax_scale = 1.0 / math.sqrt(self.head_dim) if softmax_scale is None else softmax_scale
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         self.kernel = kernel
-        self.rope_freqs = None   # (q angles, k angles), set per call by RopeInCoreSelfAttention
+        self.rope_freqs = None  # (q angles, k angles), set per call by RopeInCoreSelfAttention
 
     def _kernels(self):
         name = SDPA_KERNELS[self.kernel]
@@ -137,8 +152,12 @@ class SDPACoreAttention(MegatronModule):
 
     def _attend(self, q, k, v, attn_mask=None, is_causal=False):
         """SDPA with this layer's scale, dropout, grouped-query flag and kernel choice."""
-        kwargs = dict(attn_mask=attn_mask, is_causal=is_causal, scale=self.softmax_scale,
-                      dropout_p=self.dropout_p if self.training else 0.0)
+        kwargs = dict(
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            scale=self.softmax_scale,
+            dropout_p=self.dropout_p if self.training else 0.0,
+        )
         if self.groups != self.heads:
             kwargs["enable_gqa"] = True
         kernels = self._kernels()
@@ -163,8 +182,9 @@ class SDPACoreAttention(MegatronModule):
             return None, True
         return (None if attention_mask is None else ~attention_mask), False
 
-    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
-                packed_seq_params=None):
+    def forward(
+        self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None, packed_seq_params=None
+    ):
         if packed_seq_params is not None:
             raise NotImplementedError("SDPACoreAttention: packed sequences (THD) are not supported")
         if attention_bias is not None:
@@ -194,8 +214,12 @@ class RopeInCoreSelfAttention(SelfAttention):
     inference contexts keep Megatron's own path."""
 
     def forward(self, hidden_states, *args, rotary_pos_emb=None, **kwargs):
-        own = (rotary_pos_emb is not None and kwargs.get("packed_seq_params") is None
-               and kwargs.get("inference_context") is None and not self.config.rotary_interleaved)
+        own = (
+            rotary_pos_emb is not None
+            and kwargs.get("packed_seq_params") is None
+            and kwargs.get("inference_context") is None
+            and not self.config.rotary_interleaved
+        )
         if not own:
             return super().forward(hidden_states, *args, rotary_pos_emb=rotary_pos_emb, **kwargs)
         pair = rotary_pos_emb if isinstance(rotary_pos_emb, tuple) else (rotary_pos_emb, rotary_pos_emb)
@@ -211,8 +235,7 @@ def default_fused() -> bool:
     return torch.cuda.is_available()
 
 
-def gpt_layer_spec(qk_layernorm: bool, backend: Optional[str] = "auto", kernel: str = "auto",
-                   fused: Optional[bool] = None):
+def gpt_layer_spec(qk_layernorm: bool, backend: str | None = "auto", kernel: str = "auto", fused: bool | None = None):
     """Megatron's local GPT layer spec (RMSNorm) with the core attention chosen by `backend`; with `fused`
     (default on CUDA, sdpa only) also the fused RMSNorm and RoPE."""
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec

@@ -5,10 +5,11 @@ generator (system prompt, query, Hermes tool calls, tool outputs, final answer) 
 Its own generator seed keeps the tokenizer independent of the run's data split; the texts carry no labels the
 model could learn from (a tokenizer only learns which character sequences are frequent).
 """
+
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 CORPUS_SEED = 10_007
 # Every prompt starts with the same tool section: weighting it makes BPE merge its words into few tokens,

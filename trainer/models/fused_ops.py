@@ -10,6 +10,7 @@ the tests check it against Megatron's own modules.
 Dtypes: inputs are upcast to fp32 inside; the output is the autocast dtype when autocast is on (the next op
 is a bf16 matmul anyway), else the input's dtype.
 """
+
 from __future__ import annotations
 
 import os
@@ -70,7 +71,7 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torc
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    _dynamic_tokens(x, dims=tuple(range(x.dim() - 1)))   # [s, b, (heads,) features]: read in place, strided
+    _dynamic_tokens(x, dims=tuple(range(x.dim() - 1)))  # [s, b, (heads,) features]: read in place, strided
     return _run(_rms_norm, x, weight, float(eps), output_dtype(x))
 
 
@@ -78,8 +79,15 @@ class FusedRMSNorm(torch.nn.Module):
     """Megatron norm-module signature (config, hidden_size, eps); a `weight` parameter like torch.nn.RMSNorm, so
     checkpoints and the HF mapping are unchanged."""
 
-    def __init__(self, config, hidden_size: int, eps: float = 1e-5, persist_layer_norm: bool = False,
-                 zero_centered_gamma: bool = False, normalization: str = "RMSNorm"):
+    def __init__(
+        self,
+        config,
+        hidden_size: int,
+        eps: float = 1e-5,
+        persist_layer_norm: bool = False,
+        zero_centered_gamma: bool = False,
+        normalization: str = "RMSNorm",
+    ):
         super().__init__()
         if config.normalization != "RMSNorm" or config.layernorm_zero_centered_gamma:
             raise NotImplementedError("FusedRMSNorm: only plain RMSNorm (no zero-centred gamma)")
@@ -120,7 +128,7 @@ def apply_rope(t: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 
 def _masked_scaled(logits: torch.Tensor, vocab_size: int, temperature: float) -> torch.Tensor:
     x = logits.float() / temperature
-    if vocab_size < x.shape[-1]:   # padded vocabulary entries never count
+    if vocab_size < x.shape[-1]:  # padded vocabulary entries never count
         ids = torch.arange(x.shape[-1], device=x.device)
         x = x.masked_fill(ids >= vocab_size, float("-inf"))
     return x
@@ -157,13 +165,15 @@ class _TokenLogprobs(torch.autograd.Function):
         grad = grad.float()
         _dynamic_tokens(logits, targets, lse, grad)
         with torch.autocast(logits.device.type, enabled=False):
-            grad_logits = _maybe_compiled(_logits_grad, logits)(logits, targets, lse, grad,
-                                                                 ctx.vocab_size, ctx.temperature)
+            grad_logits = _maybe_compiled(_logits_grad, logits)(
+                logits, targets, lse, grad, ctx.vocab_size, ctx.temperature
+            )
         return grad_logits, None, None, None
 
 
-def fused_token_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int | None = None,
-                         temperature: float = 1.0) -> torch.Tensor:
+def fused_token_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, vocab_size: int | None = None, temperature: float = 1.0
+) -> torch.Tensor:
     """log p(targets) under softmax(logits / temperature) restricted to the first `vocab_size` entries.
 
     logits [..., V] in any float dtype (bf16 stays bf16 in memory), targets [...]; returns fp32 [...],
@@ -172,8 +182,9 @@ def fused_token_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_size
     tensor."""
     vocab = logits.shape[-1] if vocab_size is None else int(vocab_size)
     if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"fused_token_logprobs: targets {tuple(targets.shape)} do not match logits "
-                         f"{tuple(logits.shape)}")
+        raise ValueError(
+            f"fused_token_logprobs: targets {tuple(targets.shape)} do not match logits {tuple(logits.shape)}"
+        )
     flat = logits.reshape(-1, logits.shape[-1])
     out = _TokenLogprobs.apply(flat, targets.reshape(-1), vocab, float(temperature))
     return out.view(targets.shape)

@@ -4,18 +4,24 @@ Three kinds of names: an existing local directory (used as is), `tiny-qwen3` (th
 under the run's shared cache dir), or a hub id such as `Qwen/Qwen3-4B-Instruct-2507` (downloaded with
 `huggingface_hub.snapshot_download` into `HF_HOME`, which must be on the shared filesystem on a cluster).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 TINY_MODEL_NAME = "tiny-qwen3"
 
 
-def resolve_model(model_name: str | os.PathLike, cache_dir: str | os.PathLike,
-                  corpus_fn: Callable[[], Iterable[str]] | None = None,
-                  tiny_cfg: Mapping[str, Any] | None = None, seed: int = 0) -> Path:
+def resolve_model(
+    model_name: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    corpus_fn: Callable[[], Iterable[str]] | None = None,
+    tiny_cfg: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> Path:
     """Local HF model directory for `model_name`.
 
     Parameters
@@ -37,8 +43,9 @@ def resolve_model(model_name: str | os.PathLike, cache_dir: str | os.PathLike,
             from trainer.models.corpus import default_tiny_corpus as corpus_fn
         return build_tiny_model(Path(cache_dir), tiny_cfg, corpus_fn(), seed)
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise FileNotFoundError(f"model '{name}' is neither an existing directory, '{TINY_MODEL_NAME}', "
-                                "nor a hub id of the form owner/name")
+        raise FileNotFoundError(
+            f"model '{name}' is neither an existing directory, '{TINY_MODEL_NAME}', nor a hub id of the form owner/name"
+        )
     return _download(name)
 
 
@@ -47,8 +54,12 @@ def _download(repo_id: str) -> Path:
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
     try:
-        path = snapshot_download(repo_id, local_files_only=offline, etag_timeout=10,
-                                 allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.py"])
+        path = snapshot_download(
+            repo_id,
+            local_files_only=offline,
+            etag_timeout=10,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.py"],
+        )
     except Exception as err:  # network errors, missing repo, offline without a cached copy
         home = os.environ.get("HF_HOME", "~/.cache/huggingface (HF_HOME unset)")
         raise RuntimeError(

@@ -14,13 +14,15 @@ Only the local (non-Transformer-Engine) layer spec is used, so the same code run
 attention is `torch.nn.functional.scaled_dot_product_attention` (flash/cuDNN kernels) when
 `attention_backend` (policy.megatron_cfg) resolves to sdpa, the default on CUDA (see `attention.py`).
 """
+
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -52,19 +54,23 @@ class HFArch:
 
 def hf_arch(hf_config: Any) -> HFArch:
     """Read an HF config (object or dict) into `HFArch`; unsupported architectures fail with the reason."""
-    get = (hf_config.get if isinstance(hf_config, Mapping) else lambda k, d=None: getattr(hf_config, k, d))
+    get = hf_config.get if isinstance(hf_config, Mapping) else lambda k, d=None: getattr(hf_config, k, d)
     model_type = get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise NotImplementedError(f"model_type '{model_type}' is not supported by the Megatron bridge "
-                                  f"(supported: {SUPPORTED_MODEL_TYPES})")
+        raise NotImplementedError(
+            f"model_type '{model_type}' is not supported by the Megatron bridge (supported: {SUPPORTED_MODEL_TYPES})"
+        )
     rope = dict(get("rope_parameters") or get("rope_scaling") or {})
     theta = rope.get("rope_theta", get("rope_theta", 10000.0))
     rope_type = rope.get("rope_type", rope.get("type", "default")) or "default"
     scaling = None
     if rope_type == "llama3":
         # Megatron implements Llama-3.1 scaling with the published constants; refuse anything else.
-        if (rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0),
-                rope.get("original_max_position_embeddings", 8192)) != (1.0, 4.0, 8192):
+        if (
+            rope.get("low_freq_factor", 1.0),
+            rope.get("high_freq_factor", 4.0),
+            rope.get("original_max_position_embeddings", 8192),
+        ) != (1.0, 4.0, 8192):
             raise NotImplementedError(f"llama3 rope scaling with non-default constants: {rope}")
         scaling = float(rope.get("factor", 8.0))
     elif rope_type != "default":
@@ -99,8 +105,9 @@ def _parallel_sizes(parallel: Mapping[str, Any] | None) -> tuple[int, int]:
     return tp, pp
 
 
-def megatron_config_from_hf(hf_config: Any, parallel: Mapping[str, Any] | None = None,
-                            dtype: torch.dtype = torch.float32):
+def megatron_config_from_hf(
+    hf_config: Any, parallel: Mapping[str, Any] | None = None, dtype: torch.dtype = torch.float32
+):
     """A Megatron `TransformerConfig` equivalent to the HF config.
 
     `parallel` holds `tensor_model_parallel_size` / `pipeline_model_parallel_size` (e.g. `policy.megatron_cfg`),
@@ -145,8 +152,8 @@ def megatron_config_from_hf(hf_config: Any, parallel: Mapping[str, Any] | None =
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu_initialization=True,
-        perform_initialization=False,          # every weight is overwritten from the checkpoint
-        bias_activation_fusion=on_gpu,            # SwiGLU through Megatron's torch.compile'd kernel on GPU
+        perform_initialization=False,  # every weight is overwritten from the checkpoint
+        bias_activation_fusion=on_gpu,  # SwiGLU through Megatron's torch.compile'd kernel on GPU
         bias_dropout_fusion=False,
         masked_softmax_fusion=on_gpu,
         apply_rope_fusion=False,
@@ -160,8 +167,14 @@ def padded_vocab_size(vocab_size: int, tp: int) -> int:
     return -(-vocab_size // tp) * tp
 
 
-def build_megatron_model(hf_dir: str | Path, tp: int = 1, pp: int = 1, dtype: torch.dtype = torch.float32,
-                         parallel: Mapping[str, Any] | None = None, load_weights: bool = True):
+def build_megatron_model(
+    hf_dir: str | Path,
+    tp: int = 1,
+    pp: int = 1,
+    dtype: torch.dtype = torch.float32,
+    parallel: Mapping[str, Any] | None = None,
+    load_weights: bool = True,
+):
     """A Megatron-core GPTModel for this rank holding the HF checkpoint's weights (its TP/PP shard).
 
     Needs `trainer.distributed.init_distributed(tp, pp)` first. The returned model carries `hf_arch` (HFArch)
@@ -175,13 +188,18 @@ def build_megatron_model(hf_dir: str | Path, tp: int = 1, pp: int = 1, dtype: to
     hf_dir = Path(hf_dir)
     hf_config = json.loads((hf_dir / "config.json").read_text())
     arch = hf_arch(hf_config)
-    if (parallel_state.get_tensor_model_parallel_world_size() != tp
-            or parallel_state.get_pipeline_model_parallel_world_size() != pp):
-        raise RuntimeError(f"build_megatron_model(tp={tp}, pp={pp}) but the initialised model-parallel groups are "
-                           f"tp={parallel_state.get_tensor_model_parallel_world_size()}, "
-                           f"pp={parallel_state.get_pipeline_model_parallel_world_size()}")
-    config = megatron_config_from_hf(hf_config, {**dict(parallel or {}), "tensor_model_parallel_size": tp,
-                                                 "pipeline_model_parallel_size": pp}, dtype)
+    if (
+        parallel_state.get_tensor_model_parallel_world_size() != tp
+        or parallel_state.get_pipeline_model_parallel_world_size() != pp
+    ):
+        raise RuntimeError(
+            f"build_megatron_model(tp={tp}, pp={pp}) but the initialised model-parallel groups are "
+            f"tp={parallel_state.get_tensor_model_parallel_world_size()}, "
+            f"pp={parallel_state.get_pipeline_model_parallel_world_size()}"
+        )
+    config = megatron_config_from_hf(
+        hf_config, {**dict(parallel or {}), "tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp}, dtype
+    )
     options = dict(parallel or {})
     spec = gpt_layer_spec(arch.qk_norm, options.get("attention_backend"), fused=options.get("fused_ops"))
     model = GPTModel(
@@ -267,8 +285,11 @@ _LAYER_SIMPLE = {
 def _full_megatron_tensor(name: str, hf: Mapping[str, torch.Tensor], arch: HFArch, tp: int) -> torch.Tensor:
     """The unsharded Megatron tensor `name` (global layer numbering) built from HF tensors."""
     if name == "embedding.word_embeddings.weight" or name == "output_layer.weight":
-        source = "model.embed_tokens.weight" if (name.startswith("embedding") or arch.tie_word_embeddings) \
+        source = (
+            "model.embed_tokens.weight"
+            if (name.startswith("embedding") or arch.tie_word_embeddings)
             else "lm_head.weight"
+        )
         weight = hf[source]
         padded = padded_vocab_size(arch.vocab_size, tp)
         if padded > weight.shape[0]:
@@ -292,17 +313,20 @@ def _tp_split_dim(name: str) -> int | None:
     suffix = name.split(".", 3)[-1] if name.startswith("decoder.layers.") else name
     if suffix in _LAYER_SIMPLE:
         return _LAYER_SIMPLE[suffix][1]
-    if name in ("embedding.word_embeddings.weight", "output_layer.weight") or "linear_qkv" in name \
-            or suffix == "mlp.linear_fc1.weight":
+    if (
+        name in ("embedding.word_embeddings.weight", "output_layer.weight")
+        or "linear_qkv" in name
+        or suffix == "mlp.linear_fc1.weight"
+    ):
         return 0
-    return None   # norms: replicated
+    return None  # norms: replicated
 
 
 def _shard(name: str, full: torch.Tensor, tp: int, rank: int) -> torch.Tensor:
     dim = _tp_split_dim(name)
     if dim is None or tp == 1:
         return full
-    if name.endswith("mlp.linear_fc1.weight"):   # [gate; up] per rank
+    if name.endswith("mlp.linear_fc1.weight"):  # [gate; up] per rank
         gate, up = full.chunk(2, dim=0)
         return torch.cat([gate.chunk(tp, dim=0)[rank], up.chunk(tp, dim=0)[rank]])
     return full.chunk(tp, dim=dim)[rank]
@@ -364,8 +388,9 @@ def load_hf_weights(model, hf_state: Mapping[str, torch.Tensor]) -> None:
         name = _global_name(local_name, module)
         shard = _shard(name, _full_megatron_tensor(name, hf_state, arch, tp), tp, rank)
         if shard.shape != param.shape:
-            raise ValueError(f"{name}: HF gives shape {tuple(shard.shape)} for this rank, "
-                             f"Megatron expects {tuple(param.shape)}")
+            raise ValueError(
+                f"{name}: HF gives shape {tuple(shard.shape)} for this rank, Megatron expects {tuple(param.shape)}"
+            )
         param.copy_(shard.to(param.dtype))
 
 
@@ -383,8 +408,11 @@ def _hf_tensors_from_megatron(name: str, full: torch.Tensor, arch: HFArch) -> di
     if suffix in ("self_attention.linear_qkv.weight", "self_attention.linear_qkv.bias"):
         kind = suffix.rsplit(".", 1)[1]
         q, k, v = split_qkv(full, arch)
-        return {f"{prefix}self_attn.q_proj.{kind}": q, f"{prefix}self_attn.k_proj.{kind}": k,
-                f"{prefix}self_attn.v_proj.{kind}": v}
+        return {
+            f"{prefix}self_attn.q_proj.{kind}": q,
+            f"{prefix}self_attn.k_proj.{kind}": k,
+            f"{prefix}self_attn.v_proj.{kind}": v,
+        }
     if suffix == "mlp.linear_fc1.weight":
         gate, up = full.chunk(2, dim=0)
         return {prefix + "mlp.gate_proj.weight": gate, prefix + "mlp.up_proj.weight": up}
@@ -409,8 +437,7 @@ def export_hf_state_dict(model, dtype: torch.dtype | None = None) -> dict[str, t
         name = _global_name(local_name, module)
         if tp > 1 and _tp_split_dim(name) is not None:
             shards = [torch.empty_like(param) for _ in range(tp)]
-            dist.all_gather(shards, param.detach().contiguous(),
-                            group=parallel_state.get_tensor_model_parallel_group())
+            dist.all_gather(shards, param.detach().contiguous(), group=parallel_state.get_tensor_model_parallel_group())
         else:
             shards = [param.detach()]
         full = _unshard(name, [s.cpu() for s in shards])
@@ -427,8 +454,13 @@ def export_hf_state_dict(model, dtype: torch.dtype | None = None) -> dict[str, t
     return out
 
 
-def save_hf_model(model, template_hf_dir: str | Path, out_dir: str | Path, dtype: torch.dtype | None = None,
-                  max_shard_size: str = "5GB") -> Path:
+def save_hf_model(
+    model,
+    template_hf_dir: str | Path,
+    out_dir: str | Path,
+    dtype: torch.dtype | None = None,
+    max_shard_size: str = "5GB",
+) -> Path:
     """Write the model as an HF directory: template's config/tokenizer files + exported weights (atomic rename).
 
     Collective under TP/PP (every rank must call it); only global rank 0 writes.
@@ -444,8 +476,9 @@ def save_hf_model(model, template_hf_dir: str | Path, out_dir: str | Path, dtype
     try:
         with atomic_directory(out_dir) as tmp:  # an existing export is swapped out only once this one is complete
             for item in Path(template_hf_dir).iterdir():
-                if item.is_file() and not item.name.endswith((".safetensors", ".safetensors.index.json", ".bin",
-                                                              "BUILD_COMPLETE")):
+                if item.is_file() and not item.name.endswith(
+                    (".safetensors", ".safetensors.index.json", ".bin", "BUILD_COMPLETE")
+                ):
                     shutil.copy2(item, tmp / item.name)
             config = json.loads((tmp / "config.json").read_text())
             weight_dtype = str(next(iter(state.values())).dtype).replace("torch.", "")
@@ -478,8 +511,9 @@ def forward_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids, positions, causal_attention_mask(seq, input_ids.device))
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int | None = None,
-                   temperature: float = 1.0) -> torch.Tensor:
+def token_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, vocab_size: int | None = None, temperature: float = 1.0
+) -> torch.Tensor:
     """log p(target) per position from vocab-parallel logits [B, S, V_local] divided by `temperature`; padded
     vocab ids are excluded.
 
@@ -489,8 +523,7 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int 
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
-    tp = parallel_state.get_tensor_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() \
-        else 1
+    tp = parallel_state.get_tensor_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() else 1
     if tp == 1 and logits.is_cuda:
         from trainer.models.fused_ops import fused_token_logprobs
 
@@ -505,7 +538,7 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int 
         logits = logits.masked_fill(ids >= vocab_size, float("-inf") if tp == 1 else -1e30)
     if tp == 1:
         return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return -vocab_parallel_cross_entropy(logits.clone(), targets)   # it shifts its input in place
+    return -vocab_parallel_cross_entropy(logits.clone(), targets)  # it shifts its input in place
 
 
 def can_select_logits(model) -> bool:
@@ -513,8 +546,12 @@ def can_select_logits(model) -> bool:
     parallelism (its hidden states are split along the sequence) and no multi-token prediction."""
     module = unwrap(model)
     config = module.config
-    return (getattr(module, "pre_process", True) and getattr(module, "post_process", False)
-            and not config.sequence_parallel and not getattr(config, "mtp_num_layers", None))
+    return (
+        getattr(module, "pre_process", True)
+        and getattr(module, "post_process", False)
+        and not config.sequence_parallel
+        and not getattr(config, "mtp_num_layers", None)
+    )
 
 
 def _host_to(index: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -526,8 +563,9 @@ def _host_to(index: torch.Tensor, device: torch.device) -> torch.Tensor:
     return index.to(device)
 
 
-def decoder_hidden(model, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                   attention_mask: torch.Tensor | None) -> torch.Tensor:
+def decoder_hidden(
+    model, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> torch.Tensor:
     """The decoder's output [S, B, H] (final norm applied) without the output layer."""
     module = unwrap(model)
     module.post_process = False
@@ -537,13 +575,14 @@ def decoder_hidden(model, input_ids: torch.Tensor, position_ids: torch.Tensor,
         module.post_process = True
 
 
-def logprobs_at(module, hidden: torch.Tensor, index: torch.Tensor, targets: torch.Tensor,
-                vocab_size: int | None, temperature: float) -> torch.Tensor:
+def logprobs_at(
+    module, hidden: torch.Tensor, index: torch.Tensor, targets: torch.Tensor, vocab_size: int | None, temperature: float
+) -> torch.Tensor:
     """log p(targets[n]) from the hidden states hidden[index[n]] ([M, H] flat): the output layer and softmax run
     on those N positions only."""
     picked = hidden.index_select(0, index)
     weight = module.shared_embedding_or_output_weight() if module.share_embeddings_and_output_weights else None
-    logits, _ = module.output_layer(picked.unsqueeze(1), weight=weight)      # [N, 1, V / tp]
+    logits, _ = module.output_layer(picked.unsqueeze(1), weight=weight)  # [N, 1, V / tp]
     return token_logprobs(logits.transpose(0, 1), targets.unsqueeze(0), vocab_size, temperature)[0]
 
 
@@ -561,16 +600,23 @@ def packed_token_logprobs(model, packed, vocab_size: int | None = None, temperat
     segments = [batch.to(device) for batch in packed.segments]
     with rotary_positions(module, positions[0]), explicit_attention_mask(), segment_attention(segments):
         hidden = decoder_hidden(model, move(packed.input_ids), positions, move(packed.masked))
-    values = logprobs_at(module, hidden.reshape(hidden.shape[0], -1), move(packed.source), move(packed.targets),
-                         vocab_size, temperature)
+    values = logprobs_at(
+        module, hidden.reshape(hidden.shape[0], -1), move(packed.source), move(packed.targets), vocab_size, temperature
+    )
     batch, seq = packed.shape
     out = torch.zeros(batch * seq, device=hidden.device, dtype=values.dtype)
     return out.index_copy(0, move(packed.rows) * seq + move(packed.cols), values).view(batch, seq)
 
 
-def selected_token_logprobs(model, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                            attention_mask: torch.Tensor | None, wanted: torch.Tensor, vocab_size: int | None = None,
-                            temperature: float = 1.0) -> torch.Tensor:
+def selected_token_logprobs(
+    model,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    wanted: torch.Tensor,
+    vocab_size: int | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
     """log p(input_ids[:, t] | tokens before t) where `wanted[:, t]` is true, 0 elsewhere; [B, S], differentiable.
 
     The output layer and the softmax run only at the positions that predict a wanted token: in RL and sft only
@@ -581,14 +627,16 @@ def selected_token_logprobs(model, input_ids: torch.Tensor, position_ids: torch.
     batch, seq = input_ids.shape
     # The positions are found where `wanted` lives: pass it on the CPU and the GPU never waits for them (a boolean
     # index of a GPU tensor blocks the host until the forward is done). Row-major (b, t), as a boolean index.
-    rows, cols = (wanted[:, 1:] != 0).nonzero(as_tuple=True)                 # position t-1 predicts token t
+    rows, cols = (wanted[:, 1:] != 0).nonzero(as_tuple=True)  # position t-1 predicts token t
     rows, cols = (_host_to(x, hidden.device) for x in (rows, cols))
     targets = input_ids.to(hidden.device).reshape(-1).index_select(0, rows * seq + cols + 1)
     # hidden is [S, B, H]: row b, position t is flat index t * B + b
-    values = logprobs_at(module, hidden.reshape(seq * batch, -1), cols * batch + rows, targets, vocab_size,
-                         temperature)
-    shifted = torch.zeros(batch * (seq - 1), device=hidden.device, dtype=values.dtype).index_copy(
-        0, rows * (seq - 1) + cols, values).view(batch, seq - 1)
+    values = logprobs_at(module, hidden.reshape(seq * batch, -1), cols * batch + rows, targets, vocab_size, temperature)
+    shifted = (
+        torch.zeros(batch * (seq - 1), device=hidden.device, dtype=values.dtype)
+        .index_copy(0, rows * (seq - 1) + cols, values)
+        .view(batch, seq - 1)
+    )
     return torch.cat([torch.zeros(batch, 1, device=hidden.device, dtype=values.dtype), shifted], dim=1)
 
 

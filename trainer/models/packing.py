@@ -16,6 +16,7 @@ other: with two ~700-token families in a 1,400-token pack, ~5x the pairs that ma
 model's training step. `SegmentBatch` describes the same attention as two batched calls (the prompts, then all
 continuations, each against its prompt and itself), which the SDPA backend runs instead of the dense one.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -28,15 +29,15 @@ import torch
 class PackedRows:
     """One packed sequence and where each trained token of the original rows comes from."""
 
-    input_ids: torch.Tensor     # [1, T] prompt once, then each row's continuation (families one after another)
-    positions: torch.Tensor     # [1, T] each token's position in its own row
-    masked: torch.Tensor        # [1, 1, T, T] bool, True = may NOT attend (Megatron's convention)
-    source: torch.Tensor        # [N] packed index whose hidden state predicts the n-th trained token
-    rows: torch.Tensor          # [N] that token's row ...
-    cols: torch.Tensor          # [N] ... and column in the row layout
-    targets: torch.Tensor       # [N] its token id
-    shape: tuple[int, int]      # the row layout (rows, seq)
-    segments: tuple["SegmentBatch", ...] = ()   # the mask's attention as batched segments (empty: use the mask)
+    input_ids: torch.Tensor  # [1, T] prompt once, then each row's continuation (families one after another)
+    positions: torch.Tensor  # [1, T] each token's position in its own row
+    masked: torch.Tensor  # [1, 1, T, T] bool, True = may NOT attend (Megatron's convention)
+    source: torch.Tensor  # [N] packed index whose hidden state predicts the n-th trained token
+    rows: torch.Tensor  # [N] that token's row ...
+    cols: torch.Tensor  # [N] ... and column in the row layout
+    targets: torch.Tensor  # [N] its token id
+    shape: tuple[int, int]  # the row layout (rows, seq)
+    segments: tuple[SegmentBatch, ...] = ()  # the mask's attention as batched segments (empty: use the mask)
 
     @property
     def packed_tokens(self) -> int:
@@ -49,15 +50,16 @@ class SegmentBatch:
     tokens (queries `q_index[n]`) attend to `k_index[n]` (its prompt's tokens, then its own) where `allowed`.
     Padding repeats a real position and is never allowed as a key nor read back as a query."""
 
-    q_index: torch.Tensor       # [n, Lq] packed positions of each segment's tokens
-    k_index: torch.Tensor       # [n, Lk] packed positions of the keys: the prompt's tokens, then the segment's
-    allowed: torch.Tensor       # [n, 1, Lq, Lk] bool, True = may attend (SDPA's convention)
-    take: torch.Tensor          # [m] flat index into the [n * Lq] queries of each real token ...
-    dest: torch.Tensor          # [m] ... and its packed position
+    q_index: torch.Tensor  # [n, Lq] packed positions of each segment's tokens
+    k_index: torch.Tensor  # [n, Lk] packed positions of the keys: the prompt's tokens, then the segment's
+    allowed: torch.Tensor  # [n, 1, Lq, Lk] bool, True = may attend (SDPA's convention)
+    take: torch.Tensor  # [m] flat index into the [n * Lq] queries of each real token ...
+    dest: torch.Tensor  # [m] ... and its packed position
 
-    def to(self, device) -> "SegmentBatch":
-        return SegmentBatch(*(t.to(device, non_blocking=True) for t in
-                              (self.q_index, self.k_index, self.allowed, self.take, self.dest)))
+    def to(self, device) -> SegmentBatch:
+        return SegmentBatch(
+            *(t.to(device, non_blocking=True) for t in (self.q_index, self.k_index, self.allowed, self.take, self.dest))
+        )
 
 
 def _segment_batch(spans: list[tuple[int, int]], prompts: list[tuple[int, int]]) -> SegmentBatch:
@@ -75,9 +77,9 @@ def _segment_batch(spans: list[tuple[int, int]], prompts: list[tuple[int, int]])
         q_index[n, :length] = torch.arange(start, start + length)
         k_index[n] = start
         k_index[n, :p_len] = torch.arange(p_start, p_start + p_len)
-        k_index[n, p_len:p_len + length] = torch.arange(start, start + length)
+        k_index[n, p_len : p_len + length] = torch.arange(start, start + length)
         allowed[n, 0, :, :p_len] = True
-        allowed[n, 0, :, p_len:p_len + length] = causal[:, :length]
+        allowed[n, 0, :, p_len : p_len + length] = causal[:, :length]
         take.append(torch.arange(n * width_q, n * width_q + length))
         dest.append(torch.arange(start, start + length))
     return SegmentBatch(q_index, k_index, allowed, torch.cat(take), torch.cat(dest))
@@ -96,8 +98,9 @@ def segment_batches(segment: list[int], parent: list[int]) -> tuple[SegmentBatch
     for has_prompt in (False, True):
         own = [seg for seg in sorted(lengths) if (parent[seg] >= 0) == has_prompt]
         if own:
-            batches.append(_segment_batch([span(seg) for seg in own],
-                                          [span(parent[seg]) if has_prompt else (0, 0) for seg in own]))
+            batches.append(
+                _segment_batch([span(seg) for seg in own], [span(parent[seg]) if has_prompt else (0, 0) for seg in own])
+            )
     return tuple(batches)
 
 
@@ -121,8 +124,9 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def shared_prefix_families(ids: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor,
-                           max_tokens: int | None = None, min_prefix: int = 1) -> list[Family]:
+def shared_prefix_families(
+    ids: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor, max_tokens: int | None = None, min_prefix: int = 1
+) -> list[Family]:
     """Rows grouped into families that share a prefix (a GRPO group's prompt, or the system prompt and tool list
     of sft rows of one domain), packing to the fewest tokens with each family at most `max_tokens`; rows with
     no trained token are left out.
@@ -132,8 +136,11 @@ def shared_prefix_families(ids: torch.Tensor, lengths: torch.Tensor, mask: torch
     two parts pack into fewer tokens (e.g. two GRPO groups whose ~300-token prompts agree on ~250 tokens:
     each group's own prompt saves more), when it is over `max_tokens`, or when its prefix is shorter than
     `min_prefix` (a chat template's first tokens save less than the block mask costs). A lone row has prefix 0."""
-    seqs = {row: ids[row, :int(lengths[row])].tolist() for row in range(ids.shape[0])
-            if bool((mask[row, :int(lengths[row])] != 0).any())}
+    seqs = {
+        row: ids[row, : int(lengths[row])].tolist()
+        for row in range(ids.shape[0])
+        if bool((mask[row, : int(lengths[row])] != 0).any())
+    }
     order = sorted(seqs, key=lambda r: seqs[r])
     links = [_common_prefix(seqs[a], seqs[b]) for a, b in zip(order, order[1:])]
 
@@ -142,7 +149,7 @@ def shared_prefix_families(ids: torch.Tensor, lengths: torch.Tensor, mask: torch
             return [Family((rows[0],), 0)]
         prefix = min(links)
         cut = links.index(prefix) + 1
-        parts = split(rows[:cut], links[:cut - 1]) + split(rows[cut:], links[cut:])
+        parts = split(rows[:cut], links[: cut - 1]) + split(rows[cut:], links[cut:])
         whole = Family(tuple(rows), prefix)
         size = whole.packed_size(lengths)
         worth_it = prefix >= max(1, min_prefix) and size <= sum(f.packed_size(lengths) for f in parts)
@@ -151,8 +158,13 @@ def shared_prefix_families(ids: torch.Tensor, lengths: torch.Tensor, mask: torch
     return split(order, links) if order else []
 
 
-def pack_shared_prefixes(ids: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor,
-                         families: list[Family] | None = None, multiple_of: int = 1) -> PackedRows:
+def pack_shared_prefixes(
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+    mask: torch.Tensor,
+    families: list[Family] | None = None,
+    multiple_of: int = 1,
+) -> PackedRows:
     """Pack rows [B, S] (right-padded, `lengths` real tokens, `mask` 1 on trained tokens) into one sequence.
 
     `families` (default: `shared_prefix_families`) say which rows share which prefix; rows outside every
@@ -192,7 +204,9 @@ def pack_shared_prefixes(ids: torch.Tensor, lengths: torch.Tensor, mask: torch.T
     seg_parent = torch.tensor(parent)[seg]
     index = torch.arange(len(tokens))
     # token i may attend to token j <= i of its own segment or of its segment's prompt
-    allowed = (index[None, :] <= index[:, None]) & ((seg[None, :] == seg[:, None]) | (seg[None, :] == seg_parent[:, None]))
+    allowed = (index[None, :] <= index[:, None]) & (
+        (seg[None, :] == seg[:, None]) | (seg[None, :] == seg_parent[:, None])
+    )
     row_index = torch.tensor(rows, dtype=torch.long)
     col_index = torch.tensor(cols, dtype=torch.long)
     return PackedRows(
@@ -200,10 +214,12 @@ def pack_shared_prefixes(ids: torch.Tensor, lengths: torch.Tensor, mask: torch.T
         positions=torch.tensor(positions, dtype=torch.long).unsqueeze(0),
         masked=~allowed[None, None],
         source=torch.tensor(source, dtype=torch.long),
-        rows=row_index, cols=col_index,
+        rows=row_index,
+        cols=col_index,
         targets=ids[row_index, col_index] if len(rows) else torch.zeros(0, dtype=ids.dtype),
         shape=(int(ids.shape[0]), int(ids.shape[1])),
-        segments=segment_batches(segment, parent))
+        segments=segment_batches(segment, parent),
+    )
 
 
 @contextmanager
@@ -211,7 +227,7 @@ def rotary_positions(module, positions: torch.Tensor):
     """Make a GPTModel's rotary embedding give each token the angles of `positions` [T] instead of 0..T-1
     (Megatron derives RoPE from the sequence length alone and ignores position_ids)."""
     rope = getattr(module, "rotary_pos_emb", None)
-    if rope is None:            # learned absolute positions: position_ids already carry them
+    if rope is None:  # learned absolute positions: position_ids already carry them
         yield
         return
 

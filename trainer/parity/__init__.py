@@ -8,6 +8,7 @@ Each module's docstring says what is compared, at what tolerance and why. Tests 
 and the benchmarks (bench/gpu_bench.py, bench/multi_gpu_bench.py) call them. torch is imported here; transformers
 and Megatron-core inside the functions. Not imported on a login node.
 """
+
 from __future__ import annotations
 
 from trainer.parity.builders import GPU_SHAPE, TINY_SHAPE, free, make_hf_model, make_worker, rollout_batch
@@ -15,5 +16,16 @@ from trainer.parity.megatron_vs_hf import hf_token_logprobs, logprob_parity
 from trainer.parity.tp_dp import checks as tp_dp_checks
 from trainer.parity.tp_dp import run_parity, tp_dp_parity
 
-__all__ = ["GPU_SHAPE", "TINY_SHAPE", "free", "hf_token_logprobs", "logprob_parity", "make_hf_model", "make_worker",
-           "rollout_batch", "run_parity", "tp_dp_checks", "tp_dp_parity"]
+__all__ = [
+    "GPU_SHAPE",
+    "TINY_SHAPE",
+    "free",
+    "hf_token_logprobs",
+    "logprob_parity",
+    "make_hf_model",
+    "make_worker",
+    "rollout_batch",
+    "run_parity",
+    "tp_dp_checks",
+    "tp_dp_parity",
+]

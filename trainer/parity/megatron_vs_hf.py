@@ -17,6 +17,7 @@ Tolerances (absolute log-prob differences against the reference):
         of transformers with the same recipe is a bug of ours, not rounding. An absolute bf16 bound would either
         be loose enough to hide a bug or fail on a larger model.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,9 +46,11 @@ def logprob_checks(out: dict, backends: list[str]) -> dict:
         m32, m16 = out[f"megatron_{backend}_fp32"], out[f"megatron_{backend}_bf16"]
         checks[f"{backend}_fp32_max_abs<=2e-3"] = m32["max_abs"] <= FP32_MAX_ABS
         checks[f"{backend}_bf16_mean<=1.5x_transformers_autocast"] = (
-            m16["mean_abs"] <= BF16_MEAN_FACTOR * yardstick["mean_abs"] + BF16_MEAN_SLACK)
+            m16["mean_abs"] <= BF16_MEAN_FACTOR * yardstick["mean_abs"] + BF16_MEAN_SLACK
+        )
         checks[f"{backend}_bf16_max<=2x_transformers_autocast"] = (
-            m16["max_abs"] <= BF16_MAX_FACTOR * yardstick["max_abs"] + BF16_MAX_SLACK)
+            m16["max_abs"] <= BF16_MAX_FACTOR * yardstick["max_abs"] + BF16_MAX_SLACK
+        )
     return checks
 
 
@@ -74,7 +77,7 @@ def logprob_parity(hf_dir: Path, backends: list[str], batch: int, seq: int, devi
             out["ref_logit_std"] = float(hf(ids[:, :256]).logits.float().std())
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 candidates = {"transformers_autocast_bf16": hf_token_logprobs(hf, ids)}
-            hf = hf.to(torch.bfloat16)      # for information: all-bf16 weights and activations
+            hf = hf.to(torch.bfloat16)  # for information: all-bf16 weights and activations
             candidates["transformers_pure_bf16"] = hf_token_logprobs(hf, ids)
             del hf
             free()

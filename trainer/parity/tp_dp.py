@@ -32,6 +32,7 @@ Tolerances (`checks`), and why:
 `tp_dp_parity` launches the runs as local processes (gloo on CPU, NCCL on GPUs) and returns the records and
 checks; bench/multi_gpu_bench.py runs `run_parity` inside its own processes, beside its throughput steps.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,7 @@ import torch
 from trainer.parity.builders import free, make_worker, rollout_batch
 
 REFERENCE_RUN = "tp1"
-BF16_ULP = 2.0 ** -8        # one bf16 rounding step, relative (8 significant bits)
+BF16_ULP = 2.0**-8  # one bf16 rounding step, relative (8 significant bits)
 FP32_RTOL = 1e-3
 # run -> (processes, TP size); DP = processes / TP
 LAYOUTS = {"tp1": (1, 1), "dp2": (2, 1), "tp2": (2, 2)}
@@ -110,8 +111,7 @@ def reset_optimizer(worker, state: dict) -> None:
     worker.model.load_state_dict(state, strict=False)
     mcfg = worker.policy_cfg["megatron_cfg"]
     worker.optimizer = build_optimizer(worker.model, mcfg["optimizer"])
-    worker.scheduler = build_scheduler(worker.optimizer, mcfg["optimizer"], mcfg["scheduler"],
-                                       worker.total_steps)
+    worker.scheduler = build_scheduler(worker.optimizer, mcfg["optimizer"], mcfg["scheduler"], worker.total_steps)
 
 
 def set_overlap(worker, on: bool | None) -> None:
@@ -150,7 +150,7 @@ def compare_tensors(a: dict, b: dict, device: torch.device, unit: float | None =
     worst = ("", 0.0)
     for name, ref in b.items():
         x, y = a[name].to(device, torch.float32), ref.to(device, torch.float32)
-        d = (x - y)
+        d = x - y
         dsq, rsq = float(d.double().square().sum()), float(y.double().square().sum())
         diff_sq, ref_sq = diff_sq + dsq, ref_sq + rsq
         max_abs, ref_max = max(max_abs, float(d.abs().max())), max(ref_max, float(y.abs().max()))
@@ -160,8 +160,14 @@ def compare_tensors(a: dict, b: dict, device: torch.device, unit: float | None =
         rel = math.sqrt(dsq / rsq) if rsq > 0 else (math.inf if dsq > 0 else 0.0)
         if rel > worst[1]:
             worst = (name, rel)
-    out = {"rel_l2": math.sqrt(diff_sq / ref_sq) if ref_sq else 0.0, "max_abs": max_abs, "ref_max_abs": ref_max,
-           "worst_tensor": worst[0], "worst_tensor_rel_l2": worst[1], "elements": count}
+    out = {
+        "rel_l2": math.sqrt(diff_sq / ref_sq) if ref_sq else 0.0,
+        "max_abs": max_abs,
+        "ref_max_abs": ref_max,
+        "worst_tensor": worst[0],
+        "worst_tensor_rel_l2": worst[1],
+        "elements": count,
+    }
     if unit:
         out.update(max_abs_units=max_abs / unit, share_over_0_1_unit=over / count)
     return out
@@ -172,10 +178,15 @@ def compare_step(a: dict, b: dict, device: torch.device, lr: float) -> dict:
     mask = b["loss_mask"].bool()
     lp = (a["logprobs"] - b["logprobs"]).abs()[mask]
     rel = lambda key: abs(a[key] - b[key]) / max(abs(b[key]), 1e-12)  # noqa: E731
-    return {"loss_rel": rel("loss"), "grad_norm_rel": rel("grad_norm"), "nll_rel": rel("nll"),
-            "logprob_max_abs": float(lp.max()), "logprob_mean_abs": float(lp.mean()),
-            "grad": compare_tensors(a["grads"], b["grads"], device),
-            "update": compare_tensors(a["update"], b["update"], device, unit=lr)}
+    return {
+        "loss_rel": rel("loss"),
+        "grad_norm_rel": rel("grad_norm"),
+        "nll_rel": rel("nll"),
+        "logprob_max_abs": float(lp.max()),
+        "logprob_mean_abs": float(lp.mean()),
+        "grad": compare_tensors(a["grads"], b["grads"], device),
+        "update": compare_tensors(a["update"], b["update"], device, unit=lr),
+    }
 
 
 def parity_record(worker, batch: dict, theta0: dict) -> dict:
@@ -187,13 +198,29 @@ def parity_record(worker, batch: dict, theta0: dict) -> dict:
     grads = export_grads(worker)
     theta1 = export_hf_state_dict(worker.model)
     mask = batch["loss_mask"]
-    return {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
-            "nll": float(-(lp * mask).sum() / mask.sum()), "logprobs": lp, "loss_mask": mask,
-            "grads": grads, "update": {k: theta1[k] - theta0[k] for k in theta0}}
+    return {
+        "loss": metrics["loss"],
+        "grad_norm": metrics["grad_norm"],
+        "nll": float(-(lp * mask).sum() / mask.sum()),
+        "logprobs": lp,
+        "loss_mask": mask,
+        "grads": grads,
+        "update": {k: theta1[k] - theta0[k] for k in theta0},
+    }
 
 
-def run_parity(worker, run: str, rank: int, ref_dir: Path, *, gbs: int, seq: int, vocab_size: int,
-               precisions: list[str], overlap: list[bool]) -> dict:
+def run_parity(
+    worker,
+    run: str,
+    rank: int,
+    ref_dir: Path,
+    *,
+    gbs: int,
+    seq: int,
+    vocab_size: int,
+    precisions: list[str],
+    overlap: list[bool],
+) -> dict:
     """The parity steps of one run on a set-up worker (every rank calls it); returns rank 0's comparisons.
 
     The reference run (tp1) saves its records in `ref_dir` (ref_<precision>.pt) and compares bf16 with fp32
@@ -206,14 +233,15 @@ def run_parity(worker, run: str, rank: int, ref_dir: Path, *, gbs: int, seq: int
     lr = float(worker.policy_cfg["megatron_cfg"]["optimizer"]["lr"])
     batch = rollout_batch(gbs, seq, vocab_size, prompt=seq // 4, seed=5)
     worker.policy_cfg.update(train_global_batch_size=gbs, train_micro_batch_size=1, logprob_batch_size=1)
-    initial = {k: v.detach().to("cpu", copy=True) for k, v in worker.model.state_dict().items()
-               if isinstance(v, torch.Tensor)}
+    initial = {
+        k: v.detach().to("cpu", copy=True) for k, v in worker.model.state_dict().items() if isinstance(v, torch.Tensor)
+    }
     theta0 = export_hf_state_dict(worker.model)
     device = worker.device
     records, out = {}, {}
     modes = overlap_modes(worker, overlap)
     if modes[0] is not None:
-        out["overlap_grad_reduce"] = modes[0]   # the mode of the records compared with TP=1
+        out["overlap_grad_reduce"] = modes[0]  # the mode of the records compared with TP=1
     for precision in precisions:
         set_precision(worker, precision)
         for j, mode in enumerate(modes):
@@ -225,22 +253,27 @@ def run_parity(worker, run: str, rank: int, ref_dir: Path, *, gbs: int, seq: int
                 records[precision] = record
                 out[precision] = {k: record[k] for k in ("loss", "grad_norm", "nll")}
                 out[precision]["seconds"] = time.perf_counter() - started
-            else:   # the same step with the other all-reduce: against the first mode's, in this process
+            else:  # the same step with the other all-reduce: against the first mode's, in this process
                 if rank == 0:
                     out[f"{precision}_overlap_{mode_name(mode)}_vs_{mode_name(modes[0])}"] = compare_step(
-                        record, records[precision], device, lr)
-                log(f"[{run}] parity {precision} overlap {mode_name(mode)}: loss {record['loss']:.6f} grad_norm "
-                    f"{record['grad_norm']:.6f}")
+                        record, records[precision], device, lr
+                    )
+                log(
+                    f"[{run}] parity {precision} overlap {mode_name(mode)}: loss {record['loss']:.6f} grad_norm "
+                    f"{record['grad_norm']:.6f}"
+                )
                 del record
         set_overlap(worker, modes[0])
-        if run == REFERENCE_RUN and precision == "bf16":   # run-to-run noise of the same step
+        if run == REFERENCE_RUN and precision == "bf16":  # run-to-run noise of the same step
             reset_optimizer(worker, initial)
             again = parity_record(worker, batch, theta0)
             if rank == 0:
                 out["bf16_repeat_vs_bf16"] = compare_step(again, records["bf16"], device, lr)
             del again
-        log(f"[{run}] parity {precision}: loss {out[precision]['loss']:.6f} grad_norm "
-            f"{out[precision]['grad_norm']:.6f} nll {out[precision]['nll']:.6f}")
+        log(
+            f"[{run}] parity {precision}: loss {out[precision]['loss']:.6f} grad_norm "
+            f"{out[precision]['grad_norm']:.6f} nll {out[precision]['nll']:.6f}"
+        )
     set_precision(worker, "bf16")
     if rank == 0:
         if run == REFERENCE_RUN:
@@ -268,7 +301,7 @@ def checks(parity: dict, noise: dict | None = None) -> dict:
     TP=1 bf16 step in another process against tp1's (None: tp1's in-process repeat is used)."""
     out = {}
     tp1 = parity.get(REFERENCE_RUN, {})
-    base = tp1.get("bf16_vs_fp32")          # TP=1 bf16 vs fp32: the size of bf16 rounding here
+    base = tp1.get("bf16_vs_fp32")  # TP=1 bf16 vs fp32: the size of bf16 rounding here
     noise = noise or tp1.get("bf16_repeat_vs_bf16")
     for run in ("tp2", "dp2"):
         result = parity.get(run)
@@ -276,8 +309,9 @@ def checks(parity: dict, noise: dict | None = None) -> dict:
             continue
         if "fp32_vs_tp1_fp32" in result:
             c = result["fp32_vs_tp1_fp32"]
-            out[f"{run}_fp32_loss_gradnorm_nll_rel<=1e-3"] = max(c["loss_rel"], c["grad_norm_rel"],
-                                                                 c["nll_rel"]) <= FP32_RTOL
+            out[f"{run}_fp32_loss_gradnorm_nll_rel<=1e-3"] = (
+                max(c["loss_rel"], c["grad_norm_rel"], c["nll_rel"]) <= FP32_RTOL
+            )
             out[f"{run}_fp32_logprob_max_abs<=2e-3"] = c["logprob_max_abs"] <= 2e-3
             out[f"{run}_fp32_grad_rel_l2<=1e-3"] = c["grad"]["rel_l2"] <= FP32_RTOL
             out[f"{run}_fp32_update_rel_l2<=1e-2"] = c["update"]["rel_l2"] <= 1e-2
@@ -285,17 +319,20 @@ def checks(parity: dict, noise: dict | None = None) -> dict:
             c = result["bf16_vs_tp1_fp32"]
             for key in ("loss_rel", "grad_norm_rel", "nll_rel"):
                 out[f"{run}_bf16_{key}_vs_fp32<=1.5x_tp1_bf16"] = c[key] <= 1.5 * base[key] + BF16_ULP
-            out[f"{run}_bf16_logprob_mean<=1.5x_tp1_bf16"] = (c["logprob_mean_abs"]
-                                                             <= 1.5 * base["logprob_mean_abs"] + 1e-4)
+            out[f"{run}_bf16_logprob_mean<=1.5x_tp1_bf16"] = (
+                c["logprob_mean_abs"] <= 1.5 * base["logprob_mean_abs"] + 1e-4
+            )
             out[f"{run}_bf16_logprob_max<=2x_tp1_bf16"] = c["logprob_max_abs"] <= 2 * base["logprob_max_abs"] + 1e-3
             for key in ("grad", "update"):
-                out[f"{run}_bf16_{key}_rel_l2_vs_fp32<=1.5x_tp1_bf16"] = (c[key]["rel_l2"]
-                                                                         <= 1.5 * base[key]["rel_l2"] + 1e-3)
-        for precision in ("fp32", "bf16"):     # overlapped vs after-the-backward all-reduce, same process
+                out[f"{run}_bf16_{key}_rel_l2_vs_fp32<=1.5x_tp1_bf16"] = (
+                    c[key]["rel_l2"] <= 1.5 * base[key]["rel_l2"] + 1e-3
+                )
+        for precision in ("fp32", "bf16"):  # overlapped vs after-the-backward all-reduce, same process
             for name, c in result.items():
                 if name.startswith(f"{precision}_overlap_") and isinstance(c, dict) and "grad" in c:
-                    out[f"{run}_{name}_grad_update_loss_rel<=1e-6"] = max(
-                        c["grad"]["rel_l2"], c["update"]["rel_l2"], c["loss_rel"], c["grad_norm_rel"]) <= 1e-6
+                    out[f"{run}_{name}_grad_update_loss_rel<=1e-6"] = (
+                        max(c["grad"]["rel_l2"], c["update"]["rel_l2"], c["loss_rel"], c["grad_norm_rel"]) <= 1e-6
+                    )
         if run == "dp2" and "bf16_vs_tp1_bf16" in result and noise:
             c = result["bf16_vs_tp1_bf16"]
             for key in ("grad", "update"):
@@ -315,13 +352,34 @@ def _parity_rank(rank: int, world: int, port: int, spec: dict) -> None:
     os.environ.update(NO_MULTICAST_ENV)
     work = Path(spec["work"])
     for run in spec["runs"]:
-        worker = make_worker(Path(spec["hf_dir"]), "sdpa", gbs=spec["gbs"], mbs=1, precision=spec["precision"],
-                             tp=LAYOUTS[run][1], rank=rank, world_size=world, master=("127.0.0.1", port))
-        result = {"run": run, "tp": worker.tp, "dp": worker.dp,
-                  "params_per_rank": sum(p.numel() for p in worker.model.parameters()),
-                  "parity": run_parity(worker, run, rank, work, gbs=spec["gbs"], seq=spec["seq"],
-                                       vocab_size=spec["vocab_size"], precisions=spec["precisions"],
-                                       overlap=spec["overlap"])}
+        worker = make_worker(
+            Path(spec["hf_dir"]),
+            "sdpa",
+            gbs=spec["gbs"],
+            mbs=1,
+            precision=spec["precision"],
+            tp=LAYOUTS[run][1],
+            rank=rank,
+            world_size=world,
+            master=("127.0.0.1", port),
+        )
+        result = {
+            "run": run,
+            "tp": worker.tp,
+            "dp": worker.dp,
+            "params_per_rank": sum(p.numel() for p in worker.model.parameters()),
+            "parity": run_parity(
+                worker,
+                run,
+                rank,
+                work,
+                gbs=spec["gbs"],
+                seq=spec["seq"],
+                vocab_size=spec["vocab_size"],
+                precisions=spec["precisions"],
+                overlap=spec["overlap"],
+            ),
+        }
         if rank == 0:
             (work / f"{run}.json").write_text(json.dumps(result))
         del worker
@@ -329,9 +387,17 @@ def _parity_rank(rank: int, world: int, port: int, spec: dict) -> None:
     destroy_distributed()
 
 
-def tp_dp_parity(hf_dir: Path, *, gbs: int = 4, seq: int = 32, precisions: tuple[str, ...] = ("fp32",),
-                 overlap: tuple[bool, ...] = (True, False), runs: tuple[str, ...] = ("tp1", "dp2", "tp2"),
-                 cuda: bool = False, work: Path | None = None) -> dict:
+def tp_dp_parity(
+    hf_dir: Path,
+    *,
+    gbs: int = 4,
+    seq: int = 32,
+    precisions: tuple[str, ...] = ("fp32",),
+    overlap: tuple[bool, ...] = (True, False),
+    runs: tuple[str, ...] = ("tp1", "dp2", "tp2"),
+    cuda: bool = False,
+    work: Path | None = None,
+) -> dict:
     """TP=2 and DP=2 against TP=1 on the model in `hf_dir`: the reference run in one process, then the two-rank
     runs together in a fresh pair of processes (gloo on CPU, NCCL on GPUs 0 and 1 with `cuda`).
 
@@ -346,11 +412,20 @@ def tp_dp_parity(hf_dir: Path, *, gbs: int = 4, seq: int = 32, precisions: tuple
     os.environ.update(NO_MULTICAST_ENV)
     work = Path(work or tempfile.mkdtemp(prefix="tp_dp_parity_"))
     vocab_size = json.loads((Path(hf_dir) / "config.json").read_text())["vocab_size"]
-    spec = {"work": str(work), "hf_dir": str(hf_dir), "gbs": gbs, "seq": seq, "vocab_size": vocab_size,
-            "precisions": list(precisions), "overlap": list(overlap),
-            "precision": "bfloat16" if cuda else "float32"}
-    launches = [[REFERENCE_RUN]] + [[r for r in runs if r != REFERENCE_RUN and LAYOUTS[r][0] == world]
-                                    for world in sorted({LAYOUTS[r][0] for r in runs if r != REFERENCE_RUN})]
+    spec = {
+        "work": str(work),
+        "hf_dir": str(hf_dir),
+        "gbs": gbs,
+        "seq": seq,
+        "vocab_size": vocab_size,
+        "precisions": list(precisions),
+        "overlap": list(overlap),
+        "precision": "bfloat16" if cuda else "float32",
+    }
+    launches = [[REFERENCE_RUN]] + [
+        [r for r in runs if r != REFERENCE_RUN and LAYOUTS[r][0] == world]
+        for world in sorted({LAYOUTS[r][0] for r in runs if r != REFERENCE_RUN})
+    ]
     for group in launches:
         world = LAYOUTS[group[0]][0]
         mp.spawn(_parity_rank, args=(world, free_port(), dict(spec, runs=group)), nprocs=world, join=True)

@@ -14,9 +14,10 @@ the same collectives in the same order whatever order its hooks fire in; with un
 shrinks, the result does not change. The reduction is a sum, as `PolicyWorker._allreduce_grads` (each rank's loss
 is already divided by the global token count). Works with NCCL and with gloo (CPU).
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -29,7 +30,7 @@ class _Bucket:
         self.buffer = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
         self.views, offset = [], 0
         for p in params:
-            self.views.append(self.buffer[offset:offset + p.numel()].view_as(p))
+            self.views.append(self.buffer[offset : offset + p.numel()].view_as(p))
             offset += p.numel()
         self.ready: set[int] = set()
 
@@ -47,10 +48,11 @@ class OverlappedGradReducer:
         self.buckets: list[_Bucket] = []
         current: list[torch.nn.Parameter] = []
         size = 0
-        for p in reversed(params):          # the backward's order, roughly: the last layers' gradients first
+        for p in reversed(params):  # the backward's order, roughly: the last layers' gradients first
             nbytes = p.numel() * p.element_size()
-            if current and (size + nbytes > self.bucket_bytes or p.dtype != current[0].dtype
-                            or p.device != current[0].device):
+            if current and (
+                size + nbytes > self.bucket_bytes or p.dtype != current[0].dtype or p.device != current[0].device
+            ):
                 self.buckets.append(_Bucket(current))
                 current, size = [], 0
             current.append(p)
@@ -60,9 +62,9 @@ class OverlappedGradReducer:
         self._where = {id(p): i for i, b in enumerate(self.buckets) for p in b.params}
         self._handles = [p.register_post_accumulate_grad_hook(self._hook) for p in params]
         self._armed = False
-        self._next = 0          # the next bucket to launch (buckets go out in order)
+        self._next = 0  # the next bucket to launch (buckets go out in order)
         self._works: list = []
-        self.last_overlapped = 0    # buckets of the last step launched during the backward (the rest in finish)
+        self.last_overlapped = 0  # buckets of the last step launched during the backward (the rest in finish)
 
     @property
     def num_buckets(self) -> int:
@@ -107,12 +109,13 @@ class OverlappedGradReducer:
 
     def finish(self) -> None:
         """Launch the buckets not yet launched, wait for all (on GPU: the current stream waits for NCCL's)."""
-        for b in self.buckets:          # .grad must still be the buffer's view, or the sum never reaches it
+        for b in self.buckets:  # .grad must still be the buffer's view, or the sum never reaches it
             for p, v in zip(b.params, b.views):
                 if p.grad is None or p.grad.data_ptr() != v.data_ptr():
-                    raise RuntimeError("a parameter's .grad was replaced since zero_grad(): it is not in the "
-                                       "all-reduced bucket buffer")
-        self.last_overlapped = self._next if self._armed else 0   # launched by the hooks, during the backward
+                    raise RuntimeError(
+                        "a parameter's .grad was replaced since zero_grad(): it is not in the all-reduced bucket buffer"
+                    )
+        self.last_overlapped = self._next if self._armed else 0  # launched by the hooks, during the backward
         self._launch(until=len(self.buckets), only_ready=False)
         for work in self._works:
             work.wait()

@@ -6,10 +6,11 @@ CUDA grad buffers, so it cannot run on the CPU machines where the tests run. Meg
 `OptimizerParamScheduler` is used as is (warmup, then cosine/linear/constant to `min_lr`): it only touches
 `param_groups`. Biases and norm weights (1-D parameters) get no weight decay, as in Megatron.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -51,15 +52,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, opt_cfg: Mapping, sched_cf
         raise ValueError(f"scheduler: lr_decay_iters ({decay_steps}) must exceed lr_warmup_iters ({warmup})")
     lr, min_lr, wd = float(opt_cfg["lr"]), float(opt_cfg["min_lr"]), float(opt_cfg["weight_decay"])
     return OptimizerParamScheduler(
-        optimizer, init_lr=0.0 if warmup > 0 else lr, max_lr=lr, min_lr=min(min_lr, lr),
-        lr_warmup_steps=warmup, lr_decay_steps=decay_steps, lr_decay_style=style,
-        start_wd=wd, end_wd=wd, wd_incr_steps=decay_steps, wd_incr_style="constant",
+        optimizer,
+        init_lr=0.0 if warmup > 0 else lr,
+        max_lr=lr,
+        min_lr=min(min_lr, lr),
+        lr_warmup_steps=warmup,
+        lr_decay_steps=decay_steps,
+        lr_decay_style=style,
+        start_wd=wd,
+        end_wd=wd,
+        wd_incr_steps=decay_steps,
+        wd_incr_style="constant",
         use_checkpoint_opt_param_scheduler=True,
     )
 
 
-def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float | None,
-                   model_parallel_group=None) -> float:
+def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float | None, model_parallel_group=None) -> float:
     """Clip to `max_norm` (None or <= 0: measure only) and return the total L2 norm before clipping.
 
     Tensor-parallel shards are summed over the model-parallel group; parameters replicated on every TP

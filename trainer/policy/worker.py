@@ -17,12 +17,13 @@ Batch format (a dict of CPU tensors, right-padded):
   one-optimizer-step batch is trained on-policy),
   with `logprobs[b, t] = log p(input_ids[b, t] | input_ids[b, :t])` (position 0 is always 0).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 
@@ -30,8 +31,8 @@ from infra.io import atomic_path
 from trainer.grpo.loss import LossConfig, clipped_pg_loss, reduce_loss_stats
 from trainer.interfaces import SamplingParams
 
-ModelFactory = Callable[..., torch.nn.Module]          # factory(tp=, pp=, dtype=) -> GPTModel
-WeightsExporter = Callable[[torch.nn.Module], dict]    # model -> full HF state dict (gathered over TP)
+ModelFactory = Callable[..., torch.nn.Module]  # factory(tp=, pp=, dtype=) -> GPTModel
+WeightsExporter = Callable[[torch.nn.Module], dict]  # model -> full HF state dict (gathered over TP)
 
 # On GPUs the policy shares each GPU with a generation engine (colocated, as NeMo RL's default).
 COLOCATED_GPU_SHARE = 0.5
@@ -61,9 +62,18 @@ def _sum_grads(params: list, group) -> None:
 class PolicyWorker:
     """One rank of the policy. Construct, then `setup(...)` on every rank at once (collective)."""
 
-    def __init__(self, policy_cfg: Mapping, loss_cfg: Mapping, model_factory: ModelFactory,
-                 weights_exporter: WeightsExporter, total_steps: int, rank: int, world_size: int,
-                 seed: int = 42, temperature: float = 1.0):
+    def __init__(
+        self,
+        policy_cfg: Mapping,
+        loss_cfg: Mapping,
+        model_factory: ModelFactory,
+        weights_exporter: WeightsExporter,
+        total_steps: int,
+        rank: int,
+        world_size: int,
+        seed: int = 42,
+        temperature: float = 1.0,
+    ):
         self.policy_cfg = dict(policy_cfg)
         self.loss_cfg = LossConfig.from_cfg(loss_cfg)
         self.model_factory, self.weights_exporter = model_factory, weights_exporter
@@ -81,24 +91,32 @@ class PolicyWorker:
         # a prefix shared by several rows is computed once per micro-batch (trainer.models.packing)
         self.pack_prefixes = bool(self.policy_cfg["pack_shared_prefixes"])
         self.pack_min_prefix = int(self.policy_cfg["pack_min_shared_tokens"])
-        self._reducer = None    # OverlappedGradReducer, built on the first training step that uses it
+        self._reducer = None  # OverlappedGradReducer, built on the first training step that uses it
 
     # ---- setup -------------------------------------------------------------------------------------------
     def node_address(self) -> tuple[str, int]:
         """Where rank 0 listens for the process group (asked before setup)."""
         import ray
+
         from trainer.distributed import free_port
 
         return ray.util.get_node_ip_address(), free_port()
 
     def setup(self, master_addr: str, master_port: int) -> dict:
         from megatron.core import parallel_state
-        from trainer.policy.optim import build_optimizer, build_scheduler
 
         from trainer.distributed import init_distributed
+        from trainer.policy.optim import build_optimizer, build_scheduler
 
-        init_distributed(self.tp, self.pp, rank=self.rank, world_size=self.world_size, master_addr=master_addr,
-                         master_port=master_port, seed=self.seed)
+        init_distributed(
+            self.tp,
+            self.pp,
+            rank=self.rank,
+            world_size=self.world_size,
+            master_addr=master_addr,
+            master_port=master_port,
+            seed=self.seed,
+        )
         if self.device.type == "cuda":  # the GPU init_distributed chose: the local rank's (torchrun, mp.spawn) or
             self.device = torch.device("cuda", torch.cuda.current_device())  # the one a Ray actor sees
         self.dp = parallel_state.get_data_parallel_world_size()
@@ -115,10 +133,17 @@ class PolicyWorker:
         self.optimizer = build_optimizer(self.model, mcfg["optimizer"])
         self.scheduler = build_scheduler(self.optimizer, mcfg["optimizer"], mcfg["scheduler"], self.total_steps)
         if self.loss_cfg.uses_reference:  # the initial weights are the reference policy (kept on CPU)
-            self.reference_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
-                                    if isinstance(v, torch.Tensor)}
-        return {"rank": self.rank, "dp_rank": self.dp_rank, "tp_rank": self.tp_rank,
-                "num_params": sum(p.numel() for p in self.model.parameters())}
+            self.reference_state = {
+                k: v.detach().to("cpu", copy=True)
+                for k, v in self.model.state_dict().items()
+                if isinstance(v, torch.Tensor)
+            }
+        return {
+            "rank": self.rank,
+            "dp_rank": self.dp_rank,
+            "tp_rank": self.tp_rank,
+            "num_params": sum(p.numel() for p in self.model.parameters()),
+        }
 
     @property
     def reports(self) -> bool:
@@ -131,8 +156,12 @@ class PolicyWorker:
 
         With `wanted` (the loss mask), only those positions are computed (0 elsewhere): the logits of prompt and
         tool-output tokens are never needed."""
-        from trainer.models.megatron_bridge import (causal_attention_mask, can_select_logits,
-                                                     selected_token_logprobs, token_logprobs)
+        from trainer.models.megatron_bridge import (
+            can_select_logits,
+            causal_attention_mask,
+            selected_token_logprobs,
+            token_logprobs,
+        )
 
         batch, seq = input_ids.shape
         input_ids = self._to_device(input_ids)
@@ -143,10 +172,11 @@ class PolicyWorker:
         vocab_size = getattr(self.model, "hf_vocab_size", None)
         if wanted is not None and self.select_logits and can_select_logits(self.model):
             with amp:
-                return selected_token_logprobs(self.model, input_ids, position_ids, mask, wanted, vocab_size,
-                                               self.temperature)
+                return selected_token_logprobs(
+                    self.model, input_ids, position_ids, mask, wanted, vocab_size, self.temperature
+                )
         with amp:
-            logits = self.model(input_ids, position_ids, mask)           # [B, S, V / tp]
+            logits = self.model(input_ids, position_ids, mask)  # [B, S, V / tp]
         # every position predicts the next token; the last has none (target 0, dropped below). Whole-tensor
         # logits (no [:, :-1] slice) let the fused GPU path read them in place. vLLM reports log-probs of the
         # temperature-scaled distribution, hence the temperature.
@@ -164,7 +194,7 @@ class PolicyWorker:
         the training loss is a sum over the optimizer step's tokens, so it changes no gradient either."""
         order = torch.arange(rows.start, rows.stop)[torch.argsort(lengths[rows], stable=True)]
         for start in range(0, len(order), size):
-            index = order[start:start + size]
+            index = order[start : start + size]
             seq = int(lengths[index].max().item())
             seq += (-seq) % self.tp  # TP kernels like lengths divisible by the TP size
             yield index, max(seq, 2)
@@ -183,8 +213,11 @@ class PolicyWorker:
 
         ids, lengths, mask = batch["input_ids"][rows], batch["input_lengths"][rows], batch["loss_mask"][rows]
         budget = size * int(lengths.max()) if len(ids) else 0
-        families = (shared_prefix_families(ids, lengths, mask, budget, self.pack_min_prefix)
-                    if self._packing_applies() and budget else [])
+        families = (
+            shared_prefix_families(ids, lengths, mask, budget, self.pack_min_prefix)
+            if self._packing_applies() and budget
+            else []
+        )
         if not any(family.prefix > 0 for family in families):
             yield from ((index, seq, None) for index, seq in self._microbatches(rows, size, batch["input_lengths"]))
             return
@@ -202,8 +235,12 @@ class PolicyWorker:
             seq = max(int(lengths[local].max()), 2)
             renumber = {row: i for i, row in enumerate(local)}
             packed = pack_shared_prefixes(
-                ids[local, :seq], lengths[local], mask[local, :seq], multiple_of=self.tp,
-                families=[Family(tuple(renumber[row] for row in family.rows), family.prefix) for family in group])
+                ids[local, :seq],
+                lengths[local],
+                mask[local, :seq],
+                multiple_of=self.tp,
+                families=[Family(tuple(renumber[row] for row in family.rows), family.prefix) for family in group],
+            )
             yield torch.tensor(local) + rows.start, seq, packed
 
     def _packed_logprobs(self, packed) -> torch.Tensor:
@@ -211,8 +248,9 @@ class PolicyWorker:
 
         amp = self._autocast()
         with amp:
-            return packed_token_logprobs(self.model, packed, getattr(self.model, "hf_vocab_size", None),
-                                         self.temperature)
+            return packed_token_logprobs(
+                self.model, packed, getattr(self.model, "hf_vocab_size", None), self.temperature
+            )
 
     @torch.no_grad()
     def get_logprobs(self, batch: Mapping[str, torch.Tensor], use_reference: bool = False) -> torch.Tensor | None:
@@ -225,8 +263,11 @@ class PolicyWorker:
         try:
             mbs = int(self.policy_cfg["logprob_batch_size"] or self.policy_cfg["train_micro_batch_size"])
             # with a loss mask, rows sharing a prefix are packed as in training (same values, prefix once)
-            micro = (self._train_microbatches(rows, mbs, batch) if "loss_mask" in batch else
-                     ((index, seq, None) for index, seq in self._microbatches(rows, mbs, lengths)))
+            micro = (
+                self._train_microbatches(rows, mbs, batch)
+                if "loss_mask" in batch
+                else ((index, seq, None) for index, seq in self._microbatches(rows, mbs, lengths))
+            )
             for index, seq, packed in micro:
                 if packed is not None:
                     lp = self._packed_logprobs(packed)
@@ -259,6 +300,7 @@ class PolicyWorker:
         Returns, on reporting ranks, per optimizer step: the raw micro-batch loss sums of this DP shard,
         the global valid-token count, grad_norm and lr (the driver combines the shards)."""
         from megatron.core import parallel_state
+
         from trainer.policy.optim import clip_grad_norm, current_lr
 
         n = batch["input_ids"].shape[0]
@@ -269,8 +311,10 @@ class PolicyWorker:
         # valid for one optimizer step: after it the weights have moved.
         on_policy = "prev_logprobs" not in batch
         if on_policy and n > gbs:
-            raise ValueError(f"a batch of {n} rollouts spans several optimizer steps (train_global_batch_size="
-                             f"{gbs}): pass prev_logprobs")
+            raise ValueError(
+                f"a batch of {n} rollouts spans several optimizer steps (train_global_batch_size="
+                f"{gbs}): pass prev_logprobs"
+            )
         max_grad_norm = self.policy_cfg["max_grad_norm"]
         self.model.train()
         results = []
@@ -282,36 +326,45 @@ class PolicyWorker:
             rows = slice(step_rows.start + shard.start, step_rows.start + shard.stop)
             reducer = self._grad_reducer()
             if reducer is not None:
-                reducer.zero_grad()         # .grad = views of the persistent bucket buffers, zeroed
+                reducer.zero_grad()  # .grad = views of the persistent bucket buffers, zeroed
             else:
                 self.optimizer.zero_grad(set_to_none=True)
             parts = []
             micro = list(self._train_microbatches(rows, mbs, batch)) if global_tokens > 0 else []
             for i, (index, seq, packed) in enumerate(micro):
-                cpu = lambda key: self._pad_to(batch[key][index], seq)  # noqa: E731
-                pick = lambda key: self._to_device(cpu(key))            # noqa: E731
+                cpu = lambda key, index=index, seq=seq: self._pad_to(batch[key][index], seq)  # noqa: E731
+                pick = lambda key, cpu=cpu: self._to_device(cpu(key))  # noqa: E731
                 # the CPU mask: the loss positions are found on the host (no device sync in the forward)
                 mask_cpu = cpu("loss_mask")
                 mask = self._to_device(mask_cpu)
-                logprobs = (self._packed_logprobs(packed) if packed is not None
-                            else self._token_logprobs(pick("input_ids"), mask_cpu))
+                logprobs = (
+                    self._packed_logprobs(packed)
+                    if packed is not None
+                    else self._token_logprobs(pick("input_ids"), mask_cpu)
+                )
                 prev = logprobs.detach() if on_policy else pick("prev_logprobs")
                 loss, stats = clipped_pg_loss(
-                    self.loss_cfg, logprobs, prev, self._to_device(batch["advantages"][index]),
-                    mask.float(), global_tokens,
+                    self.loss_cfg,
+                    logprobs,
+                    prev,
+                    self._to_device(batch["advantages"][index]),
+                    mask.float(),
+                    global_tokens,
                     generation_logprobs=pick("generation_logprobs") if "generation_logprobs" in batch else None,
-                    reference_logprobs=pick("reference_logprobs") if "reference_logprobs" in batch else None)
+                    reference_logprobs=pick("reference_logprobs") if "reference_logprobs" in batch else None,
+                )
                 if reducer is not None and i == len(micro) - 1:
-                    reducer.arm()           # the last backward: all-reduce each bucket as soon as it is final
+                    reducer.arm()  # the last backward: all-reduce each bucket as soon as it is final
                 loss.backward()
                 parts.append({k: v.detach() for k, v in stats.items()})
             if reducer is not None:
-                reducer.finish()            # the DP sum, overlapped with the last backward
+                reducer.finish()  # the DP sum, overlapped with the last backward
             else:
                 self._allreduce_grads(parallel_state.get_data_parallel_group())
             self._allreduce_tp_partial_grads()  # a sum too: the order of the two does not matter
-            grad_norm = clip_grad_norm(self.model.parameters(), max_grad_norm,
-                                       parallel_state.get_model_parallel_group())
+            grad_norm = clip_grad_norm(
+                self.model.parameters(), max_grad_norm, parallel_state.get_model_parallel_group()
+            )
             lr = current_lr(self.optimizer)
             if global_tokens > 0:
                 self.optimizer.step()
@@ -341,6 +394,7 @@ class PolicyWorker:
         """The overlapped data-parallel gradient reducer (`grad_reduce.py`) when on and DP > 1, else None (then
         `_allreduce_grads` runs after the backward). Built once; rebuilt if the bucket size changes."""
         from megatron.core import parallel_state
+
         from trainer.policy.grad_reduce import OverlappedGradReducer
 
         if self.dp == 1 or not self.overlap_grad_reduce():
@@ -350,9 +404,10 @@ class PolicyWorker:
             if self._reducer is not None:
                 self._reducer.remove()
                 self._reducer = None
-                self.optimizer.zero_grad(set_to_none=True)   # let the old buffers go before the new ones come
-            self._reducer = OverlappedGradReducer(self.model.parameters(), parallel_state.get_data_parallel_group(),
-                                                  bucket_mb)
+                self.optimizer.zero_grad(set_to_none=True)  # let the old buffers go before the new ones come
+            self._reducer = OverlappedGradReducer(
+                self.model.parameters(), parallel_state.get_data_parallel_group(), bucket_mb
+            )
         return self._reducer
 
     def _allreduce_tp_partial_grads(self) -> None:
@@ -362,14 +417,21 @@ class PolicyWorker:
         (`_allreduce_non_tensor_model_parallel_grads`); without it the TP ranks' copies drift apart and the
         gradient (and grad norm) differs from TP=1."""
         from megatron.core import parallel_state
+
         from trainer.models.megatron_bridge import unwrap
 
         if self.tp == 1:
             return
         config = unwrap(self.model).config
-        params = [p for name, p in self.model.named_parameters() if p.requires_grad and (
-            (config.qk_layernorm and ("q_layernorm" in name or "k_layernorm" in name))
-            or (config.sequence_parallel and getattr(p, "sequence_parallel", False)))]
+        params = [
+            p
+            for name, p in self.model.named_parameters()
+            if p.requires_grad
+            and (
+                (config.qk_layernorm and ("q_layernorm" in name or "k_layernorm" in name))
+                or (config.sequence_parallel and getattr(p, "sequence_parallel", False))
+            )
+        ]
         if params:
             _sum_grads(params, parallel_state.get_tensor_model_parallel_group())
 
@@ -411,7 +473,7 @@ class PolicyWorker:
         copy check, still ends its schedule at min_lr). Saved with the scheduler, so a resumed run keeps it."""
         self.scheduler.lr_decay_steps += int(extra_steps)
         self.scheduler.wd_incr_steps += int(extra_steps)
-        for group in self.optimizer.param_groups:   # the next step already uses the stretched schedule
+        for group in self.optimizer.param_groups:  # the next step already uses the stretched schedule
             group["lr"] = self.scheduler.get_lr(group)
 
     def save(self, directory: str) -> None:
@@ -426,7 +488,8 @@ class PolicyWorker:
             "scheduler": self.scheduler.state_dict(),
             "reference": self.reference_state,
             "torch_rng": torch.get_rng_state(),
-            "tp": self.tp, "pp": self.pp,
+            "tp": self.tp,
+            "pp": self.pp,
         }
         with atomic_path(path / f"model_tp{self.tp_rank:02d}_pp00.pt") as tmp:
             torch.save(state, tmp)
@@ -437,8 +500,10 @@ class PolicyWorker:
             raise FileNotFoundError(f"policy checkpoint shard {target} is missing")
         state = torch.load(target, map_location="cpu", weights_only=False)
         if (state["tp"], state["pp"]) != (self.tp, self.pp):
-            raise ValueError(f"{target} was saved with TP={state['tp']} PP={state['pp']}; this run uses "
-                             f"TP={self.tp} PP={self.pp} (resharding on load is not supported)")
+            raise ValueError(
+                f"{target} was saved with TP={state['tp']} PP={state['pp']}; this run uses "
+                f"TP={self.tp} PP={self.pp} (resharding on load is not supported)"
+            )
         self.model.load_state_dict(state["model"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -480,8 +545,14 @@ class PolicyGroup:
     """Driver-side handle: one Ray actor per rank, each call broadcast to all and the results combined (a
     `trainer.interfaces.Policy`)."""
 
-    def __init__(self, cfg, model_factory: ModelFactory, weights_exporter: WeightsExporter, total_steps: int,
-                 world_size: int | None = None):
+    def __init__(
+        self,
+        cfg,
+        model_factory: ModelFactory,
+        weights_exporter: WeightsExporter,
+        total_steps: int,
+        world_size: int | None = None,
+    ):
         import ray
         from omegaconf import OmegaConf
 
@@ -489,8 +560,9 @@ class PolicyGroup:
         loss_cfg = OmegaConf.to_container(cfg.loss_fn, resolve=True)
         gpus = int(cfg.cluster.gpus_per_node) * int(cfg.cluster.num_nodes)
         mcfg = policy_cfg["megatron_cfg"]
-        world = world_size or (gpus if gpus > 0 else
-                               int(mcfg["tensor_model_parallel_size"]) * int(mcfg["pipeline_model_parallel_size"]))
+        world = world_size or (
+            gpus if gpus > 0 else int(mcfg["tensor_model_parallel_size"]) * int(mcfg["pipeline_model_parallel_size"])
+        )
         options = {"num_cpus": 1}
         if gpus > 0:
             options["num_gpus"] = COLOCATED_GPU_SHARE
@@ -498,8 +570,17 @@ class PolicyGroup:
         # log-probs of the distribution the engines sample from: the same temperature
         temperature = SamplingParams.from_config(cfg).temperature
         self.workers = [
-            actor_cls.options(**options).remote(policy_cfg, loss_cfg, model_factory, weights_exporter, total_steps,
-                                                rank, world, int(cfg.grpo.seed), temperature)
+            actor_cls.options(**options).remote(
+                policy_cfg,
+                loss_cfg,
+                model_factory,
+                weights_exporter,
+                total_steps,
+                rank,
+                world,
+                int(cfg.grpo.seed),
+                temperature,
+            )
             for rank in range(world)
         ]
         addr, port = ray.get(self.workers[0].node_address.remote())
@@ -549,15 +630,30 @@ class InProcessPolicy:
 
     For unit tests and quick single-process checks (sanity stage); training jobs use `PolicyGroup`."""
 
-    def __init__(self, cfg, model_factory: ModelFactory, weights_exporter: WeightsExporter, total_steps: int,
-                 master_port: int | None = None):
+    def __init__(
+        self,
+        cfg,
+        model_factory: ModelFactory,
+        weights_exporter: WeightsExporter,
+        total_steps: int,
+        master_port: int | None = None,
+    ):
         from omegaconf import OmegaConf
+
         from trainer.distributed import free_port
 
         policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
-        self.worker = PolicyWorker(policy_cfg, OmegaConf.to_container(cfg.loss_fn, resolve=True), model_factory,
-                                   weights_exporter, total_steps, 0, 1, int(cfg.grpo.seed),
-                                   SamplingParams.from_config(cfg).temperature)
+        self.worker = PolicyWorker(
+            policy_cfg,
+            OmegaConf.to_container(cfg.loss_fn, resolve=True),
+            model_factory,
+            weights_exporter,
+            total_steps,
+            0,
+            1,
+            int(cfg.grpo.seed),
+            SamplingParams.from_config(cfg).temperature,
+        )
         self.setup_info = [self.worker.setup("127.0.0.1", master_port or free_port())]
 
     def get_logprobs(self, batch: Mapping[str, torch.Tensor], use_reference: bool = False) -> torch.Tensor:

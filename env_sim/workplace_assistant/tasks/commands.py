@@ -6,6 +6,7 @@
 Both write JSON lines atomically and print a one-line JSON summary (rows per category, empty ground truths,
 rows whose ground truth failed to replay).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,16 +63,22 @@ def configure_generate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, required=True, help="number of rows")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--output", required=True, help="JSON-lines file to write")
-    parser.add_argument("--categories", nargs="*", choices=list(CATEGORIES), metavar="CATEGORY",
-                        help=f"restrict to these categories ({', '.join(CATEGORIES)})")
+    parser.add_argument(
+        "--categories",
+        nargs="*",
+        choices=list(CATEGORIES),
+        metavar="CATEGORY",
+        help=f"restrict to these categories ({', '.join(CATEGORIES)})",
+    )
     parser.add_argument("--start-id", type=int, default=0)
     parser.add_argument("--no-check", action="store_true", help="skip replaying every ground truth")
 
 
 def configure_convert_workbench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="JSON-lines file to write")
-    parser.add_argument("--qa-dir", default=None,
-                        help="folder with the *_queries_and_answers.csv files (default: the vendored copy)")
+    parser.add_argument(
+        "--qa-dir", default=None, help="folder with the *_queries_and_answers.csv files (default: the vendored copy)"
+    )
     parser.add_argument("--start-id", type=int, default=0)
     parser.add_argument("--no-check", action="store_true", help="skip replaying every ground truth")
 

@@ -10,11 +10,13 @@
 
 The prepare stage adds `agent_ref`; `validate_row` accepts it.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from env_sim.files import atomic_write_lines
 
@@ -42,11 +44,18 @@ def ground_truth_call(name: str, arguments: dict[str, Any] | str) -> dict[str, s
     return {"name": name, "arguments": text}
 
 
-def make_row(row_id: int, query: str, ground_truth: Iterable[dict[str, Any]], domain: str,
-             tools: list[dict[str, Any]] | None = None, system_prompt: str = SYSTEM_PROMPT) -> dict[str, Any]:
+def make_row(
+    row_id: int,
+    query: str,
+    ground_truth: Iterable[dict[str, Any]],
+    domain: str,
+    tools: list[dict[str, Any]] | None = None,
+    system_prompt: str = SYSTEM_PROMPT,
+) -> dict[str, Any]:
     """A dataset row; ground-truth arguments may be dicts or JSON text."""
     if tools is None:
         from env_sim.workplace_assistant.tools import TOOL_SCHEMAS
+
         tools = TOOL_SCHEMAS
     return {
         "id": int(row_id),
@@ -78,8 +87,8 @@ def row_query(row: dict[str, Any]) -> str:
 # Plain-string results by which tools report a failed call without raising (the reference returns them as the
 # tool's output); an executed ground-truth call must never produce one.
 _FAILURE_MARKERS = (
-    "Error ",            # "Error executing tool ...", "Error sending email: ..."
-    "not found",         # "Email not found.", "Field 'x' not found. ..."
+    "Error ",  # "Error executing tool ...", "Error sending email: ..."
+    "not found",  # "Email not found.", "Field 'x' not found. ..."
     "not provided",
     "Invalid",
     "not valid",
@@ -117,8 +126,11 @@ def _check_arguments(where: str, name: str, arguments: Any, schema: dict[str, An
     parameters = schema.get("parameters") or {}
     properties = parameters.get("properties") or {}
     problems = [f"{where}: {name} has no parameter {key!r}" for key in decoded if key not in properties]
-    problems += [f"{where}: {name} is missing required parameter {key!r}"
-                 for key in parameters.get("required") or [] if key not in decoded]
+    problems += [
+        f"{where}: {name} is missing required parameter {key!r}"
+        for key in parameters.get("required") or []
+        if key not in decoded
+    ]
     for key, value in decoded.items():
         expected = (properties.get(key) or {}).get("type")
         if expected == "string" and not isinstance(value, str):
@@ -157,8 +169,11 @@ def validate_row(row: Any, replay: bool = True, strict: bool = False) -> list[st
     else:
         for message, role in zip(messages, ("system", "user")):
             if not isinstance(message, dict) or message.get("role") != role:
-                problems.append(f"{label}: input must be [system, user], got role {message.get('role')!r}"
-                                if isinstance(message, dict) else f"{label}: input messages must be objects")
+                problems.append(
+                    f"{label}: input must be [system, user], got role {message.get('role')!r}"
+                    if isinstance(message, dict)
+                    else f"{label}: input messages must be objects"
+                )
             elif not isinstance(message.get("content"), str) or not message["content"].strip():
                 problems.append(f"{label}: the {role} message needs non-empty text content")
     tools = params.get("tools")
@@ -208,15 +223,22 @@ def replay_problems(row: dict[str, Any], strict: bool = False) -> list[str]:
     for index, call in enumerate(row["ground_truth"]):
         output = execute_call(call_tool, db, call["name"], call["arguments"])
         if output_is_failure(output):
-            problems.append(f"row {row.get('id', '?')} ground_truth[{index}] {call['name']}: replay failed: "
-                            f"{output[:300]}")
+            problems.append(
+                f"row {row.get('id', '?')} ground_truth[{index}] {call['name']}: replay failed: {output[:300]}"
+            )
     writes = any(call["name"] in WRITE_TOOLS for call in row["ground_truth"])
-    if strict and writes and not problems and not verify([], row["ground_truth"]).diagnostics.get("ground_truth_changes_state"):
+    if (
+        strict
+        and writes
+        and not problems
+        and not verify([], row["ground_truth"]).diagnostics.get("ground_truth_changes_state")
+    ):
         problems.append(f"row {row.get('id', '?')}: the ground truth writes but leaves the state unchanged")
     return problems
 
 
 # --- files ---------------------------------------------------------------------------------------------------
+
 
 def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     """Write rows as JSON lines, atomically (a temp file in the same folder renamed into place)."""

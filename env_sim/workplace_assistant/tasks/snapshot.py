@@ -3,6 +3,7 @@
 Ground truths are computed by querying this view for what a query asks; nothing here changes state. Dates follow
 the dataset's fixed clock: today is Thursday 2023-11-30, the current time 23:59:00.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -50,8 +51,15 @@ def first_name(email: str) -> str:
 class Snapshot:
     """The initial state, indexed for template queries."""
 
-    def __init__(self, emails: list[dict], events: list[dict], visits: list[dict], tasks: list[dict],
-                 customers: list[dict], directory: list[str]) -> None:
+    def __init__(
+        self,
+        emails: list[dict],
+        events: list[dict],
+        visits: list[dict],
+        tasks: list[dict],
+        customers: list[dict],
+        directory: list[str],
+    ) -> None:
         self.emails = emails
         self.events = events
         self.visits = visits
@@ -72,29 +80,40 @@ class Snapshot:
         self.customer_name_counts = Counter(customer["customer_name"] for customer in customers)
 
     @classmethod
-    def from_database(cls, db: Any) -> "Snapshot":
+    def from_database(cls, db: Any) -> Snapshot:
         """The view of a `Database` (env_sim.workplace_assistant.database; read through its tables, never written)."""
-        return cls(emails=db.emails.records(), events=db.calendar_events.records(),
-                   visits=db.analytics_data.records(), tasks=db.project_tasks.records(), customers=db.crm.records(),
-                   directory=list(db.directory))
+        return cls(
+            emails=db.emails.records(),
+            events=db.calendar_events.records(),
+            visits=db.analytics_data.records(),
+            tasks=db.project_tasks.records(),
+            customers=db.crm.records(),
+            directory=list(db.directory),
+        )
 
     # --- queries the templates ask (kept here so tests can check them against the real dataset's answers) ----
     def latest_email_from(self, sender: str, subject: str | None = None) -> dict | None:
         """The most recent email from `sender` (optionally with exactly this subject)."""
         return next((e for e in self.emails_from.get(sender, []) if subject is None or e["subject"] == subject), None)
 
-    def customers_where(self, owner: str | None = None, status: str | None = None,
-                        product: str | None = None) -> list[dict]:
+    def customers_where(
+        self, owner: str | None = None, status: str | None = None, product: str | None = None
+    ) -> list[dict]:
         """Customers matching every given filter, in table order."""
-        return [c for c in self.customers
-                if (owner is None or c["assigned_to_email"] == owner) and (status is None or c["status"] == status)
-                and (product is None or c["product_interest"] == product)]
+        return [
+            c
+            for c in self.customers
+            if (owner is None or c["assigned_to_email"] == owner)
+            and (status is None or c["status"] == status)
+            and (product is None or c["product_interest"] == product)
+        ]
 
     def stale_proposals(self, product: str, weeks: int) -> list[dict]:
         """Customers in proposal for `product` not contacted for `weeks` weeks (last contact before the cutoff)."""
         cutoff = days_before(weeks * 7)
-        return [c for c in self.customers_where(status="Proposal", product=product)
-                if c["last_contact_date"][:10] < cutoff]
+        return [
+            c for c in self.customers_where(status="Proposal", product=product) if c["last_contact_date"][:10] < cutoff
+        ]
 
     # --- analytics ---------------------------------------------------------------------------------------------
     def daily_metric(self, metric: str, start: str, end: str) -> dict[str, float]:

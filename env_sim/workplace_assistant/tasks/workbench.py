@@ -10,6 +10,7 @@ ground-truth call, i.e. the first domain the task changes. A multi-domain task w
 condition is false) takes the domain most often acted on first by the other tasks of the same WorkBench template
 (its would-be action); when no task of the template acts, the last domain the row lists.
 """
+
 from __future__ import annotations
 
 import ast
@@ -124,8 +125,15 @@ def read_workbench(qa_dir: str | Path = QA_DIR) -> list[dict[str, Any]]:
                 unknown = [domain for domain in domains if domain not in DOMAINS]
                 if unknown:
                     raise WorkBenchFormatError(f"{path}:{line_number}: unknown domains {unknown}")
-                tasks.append({"query": record["query"], "ground_truth": ground_truth, "domains": domains,
-                              "base_template": record["base_template"], "source": f"{path.name}:{line_number}"})
+                tasks.append(
+                    {
+                        "query": record["query"],
+                        "ground_truth": ground_truth,
+                        "domains": domains,
+                        "base_template": record["base_template"],
+                        "source": f"{path.name}:{line_number}",
+                    }
+                )
     return tasks
 
 
@@ -152,5 +160,7 @@ def _categorise(tasks: list[dict[str, Any]]) -> list[str]:
 def convert_workbench(qa_dir: str | Path = QA_DIR, start_id: int = 0) -> list[dict[str, Any]]:
     """All WorkBench tasks as dataset rows with ids start_id, start_id+1, ... in file order."""
     tasks = read_workbench(qa_dir)
-    return [make_row(start_id + index, task["query"], task["ground_truth"], domain)
-            for index, (task, domain) in enumerate(zip(tasks, _categorise(tasks)))]
+    return [
+        make_row(start_id + index, task["query"], task["ground_truth"], domain)
+        for index, (task, domain) in enumerate(zip(tasks, _categorise(tasks)))
+    ]

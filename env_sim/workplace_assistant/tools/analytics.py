@@ -5,8 +5,15 @@ from __future__ import annotations
 from env_sim.workplace_assistant.tools.pandas_semantics import GE, LE, series_compare, series_eq
 from env_sim.workplace_assistant.tools.schema import function_schema
 
-PLOTTABLE_VALUES = ["total_visits", "session_duration_seconds", "user_engaged", "visits_direct",
-                    "visits_referral", "visits_search_engine", "visits_social_media"]
+PLOTTABLE_VALUES = [
+    "total_visits",
+    "session_duration_seconds",
+    "user_engaged",
+    "visits_direct",
+    "visits_referral",
+    "visits_search_engine",
+    "visits_social_media",
+]
 PLOT_TYPES = ["bar", "line", "scatter", "histogram"]
 
 
@@ -54,8 +61,10 @@ class AnalyticsTool:
         if not time_max:
             return "End date not provided."
         if value_to_plot not in PLOTTABLE_VALUES:
-            return ("Value to plot must be one of 'total_visits', 'session_duration_seconds', 'user_engaged', "
-                    "'visits_direct', 'visits_referral', 'visits_search_engine', 'visits_social_media'")
+            return (
+                "Value to plot must be one of 'total_visits', 'session_duration_seconds', 'user_engaged', "
+                "'visits_direct', 'visits_referral', 'visits_search_engine', 'visits_social_media'"
+            )
         if plot_type not in PLOT_TYPES:
             return "Plot type must be one of 'bar', 'line', 'scatter', or 'histogram'"
         file_path = f"plots/{time_min}_{time_max}_{value_to_plot}_{plot_type}.png"
@@ -102,11 +111,17 @@ SCHEMAS = [
     function_schema(
         "analytics_create_plot",
         "Plots the analytics data for a given time range and value.",
-        [("time_min", _DATE_MIN), ("time_max", _DATE_MAX),
-         ("value_to_plot", "Value to plot. Available values are: 'total_visits', 'session_duration_seconds', "
-                           "'user_engaged', 'visits_direct', 'visits_referral', 'visits_search_engine', "
-                           "'visits_social_media'"),
-         ("plot_type", "Type of plot. Can be 'bar', 'line', 'scatter' or 'histogram'")],
+        [
+            ("time_min", _DATE_MIN),
+            ("time_max", _DATE_MAX),
+            (
+                "value_to_plot",
+                "Value to plot. Available values are: 'total_visits', 'session_duration_seconds', "
+                "'user_engaged', 'visits_direct', 'visits_referral', 'visits_search_engine', "
+                "'visits_social_media'",
+            ),
+            ("plot_type", "Type of plot. Can be 'bar', 'line', 'scatter' or 'histogram'"),
+        ],
         ["time_min", "time_max", "value_to_plot", "plot_type"],
     ),
     function_schema(
@@ -124,9 +139,15 @@ SCHEMAS = [
     function_schema(
         "analytics_traffic_source_count",
         "Returns the number of visits from a specific traffic source within a specified time range.",
-        [("time_min", _DATE_MIN), ("time_max", _DATE_MAX),
-         ("traffic_source", "Traffic source to filter the visits. Available values are: 'direct', 'referral', "
-                            "'search engine', 'social media'")],
+        [
+            ("time_min", _DATE_MIN),
+            ("time_max", _DATE_MAX),
+            (
+                "traffic_source",
+                "Traffic source to filter the visits. Available values are: 'direct', 'referral', "
+                "'search engine', 'social media'",
+            ),
+        ],
         [],
     ),
     function_schema(

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from env_sim.workplace_assistant.tools.pandas_semantics import (
-    GE, LE, array_contains, compile_contains, paginate, series_eq, series_max, timestamps_compare, to_timestamp,
+    GE,
+    LE,
+    array_contains,
+    compile_contains,
+    paginate,
+    series_eq,
+    series_max,
+    timestamps_compare,
+    to_timestamp,
 )
 from env_sim.workplace_assistant.tools.schema import function_schema
 
@@ -71,8 +79,7 @@ class CalendarTool:
             page, total_pages, start, end = paginate(total, page, page_size)
             return {
                 "events": events[start:end],
-                "pagination": {"total_events": total, "page": page, "page_size": page_size,
-                               "total_pages": total_pages},
+                "pagination": {"total_events": total, "page": page, "page_size": page_size, "total_pages": total_pages},
             }
         return "No events found."
 
@@ -99,9 +106,15 @@ class CalendarTool:
         event_id = str(int(series_max(t.column("event_id"))) + 1).zfill(8)
         # pd.concat without ignore_index: the new row carries the label 0
         t.append(
-            {"event_id": event_id, "event_name": event_name, "participant_email": participant_email,
-             "event_start": event_start, "duration": duration},
-            renumber=False, label=0,
+            {
+                "event_id": event_id,
+                "event_name": event_name,
+                "participant_email": participant_email,
+                "event_start": event_start,
+                "duration": duration,
+            },
+            renumber=False,
+            label=0,
         )
         return event_id
 
@@ -149,28 +162,37 @@ SCHEMAS = [
     function_schema(
         "calendar_get_event_information_by_id",
         "Returns the event for a given ID.",
-        [("event_id", "8-digit ID of the event"),
-         ("field", "Field to return. Available fields are: 'event_id', 'event_name', 'participant_email', "
-                   "'event_start', 'duration'")],
+        [
+            ("event_id", "8-digit ID of the event"),
+            (
+                "field",
+                "Field to return. Available fields are: 'event_id', 'event_name', 'participant_email', "
+                "'event_start', 'duration'",
+            ),
+        ],
         ["event_id", "field"],
     ),
     function_schema(
         "calendar_search_events",
         "Returns the events for a given query with pagination support.",
-        [("query", "Query to search for. Terms will be matched in the event_name and participant_email fields"),
-         ("time_min", "Lower bound (inclusive) for an event's end time to filter by. Format: YYYY-MM-DD HH:MM:SS"),
-         ("time_max", "Upper bound (inclusive) for an event's start time to filter by. Format: YYYY-MM-DD HH:MM:SS"),
-         ("page", "Page number of results to return", "integer"),
-         ("page_size", "Number of events per page", "integer")],
+        [
+            ("query", "Query to search for. Terms will be matched in the event_name and participant_email fields"),
+            ("time_min", "Lower bound (inclusive) for an event's end time to filter by. Format: YYYY-MM-DD HH:MM:SS"),
+            ("time_max", "Upper bound (inclusive) for an event's start time to filter by. Format: YYYY-MM-DD HH:MM:SS"),
+            ("page", "Page number of results to return", "integer"),
+            ("page_size", "Number of events per page", "integer"),
+        ],
         [],
     ),
     function_schema(
         "calendar_create_event",
         "Creates a new event.",
-        [("event_name", "Name of the event"),
-         ("participant_email", "Email of the participant"),
-         ("event_start", "Start time of the event. Format: YYYY-MM-DD HH:MM:SS"),
-         ("duration", "Duration of the event in minutes")],
+        [
+            ("event_name", "Name of the event"),
+            ("participant_email", "Email of the participant"),
+            ("event_start", "Start time of the event. Format: YYYY-MM-DD HH:MM:SS"),
+            ("duration", "Duration of the event in minutes"),
+        ],
         ["event_name", "participant_email", "event_start", "duration"],
     ),
     function_schema(
@@ -182,10 +204,14 @@ SCHEMAS = [
     function_schema(
         "calendar_update_event",
         "Updates an event.",
-        [("event_id", "8-digit ID of the event"),
-         ("field", "Field to update. Available fields are: 'event_name', 'participant_email', 'event_start', "
-                   "'duration'"),
-         ("new_value", "New value for the field")],
+        [
+            ("event_id", "8-digit ID of the event"),
+            (
+                "field",
+                "Field to update. Available fields are: 'event_name', 'participant_email', 'event_start', 'duration'",
+            ),
+            ("new_value", "New value for the field"),
+        ],
         ["event_id", "field", "new_value"],
     ),
 ]

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from env_sim.workplace_assistant.database import CURRENT_TIME
-from env_sim.workplace_assistant.tools.pandas_semantics import (array_contains, fmt, paginate, series_eq, series_max,
-                                                               to_timestamp)
+from env_sim.workplace_assistant.tools.pandas_semantics import (
+    array_contains,
+    fmt,
+    paginate,
+    series_eq,
+    series_max,
+    to_timestamp,
+)
 from env_sim.workplace_assistant.tools.schema import function_schema
 
 
@@ -67,8 +73,12 @@ class EmailTool:
             if len(emails):
                 return {
                     "emails": emails[start:end],
-                    "pagination": {"total_emails": total, "page": page, "page_size": page_size,
-                                   "total_pages": total_pages},
+                    "pagination": {
+                        "total_emails": total,
+                        "page": page,
+                        "page_size": page_size,
+                        "total_pages": total_pages,
+                    },
                 }
             return "No emails found."
         except Exception as e:
@@ -84,8 +94,14 @@ class EmailTool:
             t = self._db.emails
             email_id = str(int(series_max(t.column("email_id"))) + 1) if len(t) else "1"
             t.append(
-                {"email_id": email_id, "inbox/outbox": "outbox", "sender/recipient": recipient,
-                 "subject": subject, "sent_datetime": CURRENT_TIME, "body": body},
+                {
+                    "email_id": email_id,
+                    "inbox/outbox": "outbox",
+                    "sender/recipient": recipient,
+                    "subject": subject,
+                    "sent_datetime": CURRENT_TIME,
+                    "body": body,
+                },
                 renumber=True,
             )
             return "Email sent successfully."
@@ -187,28 +203,37 @@ SCHEMAS = [
     function_schema(
         "email_get_email_information_by_id",
         "Retrieves specific details of an email by its ID.",
-        [("email_id", "Unique ID of the email"),
-         ("field", "Specific field to return. Available fields: 'email_id', 'inbox/outbox', "
-                   "'sender/recipient', 'subject', 'sent_datetime', 'body'")],
+        [
+            ("email_id", "Unique ID of the email"),
+            (
+                "field",
+                "Specific field to return. Available fields: 'email_id', 'inbox/outbox', "
+                "'sender/recipient', 'subject', 'sent_datetime', 'body'",
+            ),
+        ],
         ["email_id", "field"],
     ),
     function_schema(
         "email_search_emails",
         "Searches for emails matching the given query across subject, body, or sender fields. "
         "The function matches an email if all words in the query appear in any of these fields.",
-        [("query", "Search query, matching terms in subject, body, or sender/recipient fields"),
-         ("date_min", "Lower date limit for the email's sent date (inclusive). Format: YYYY-MM-DD"),
-         ("date_max", "Upper date limit for the email's sent date (inclusive). Format: YYYY-MM-DD"),
-         ("page", "Page number of results to return", "integer"),
-         ("page_size", "Number of emails per page", "integer")],
+        [
+            ("query", "Search query, matching terms in subject, body, or sender/recipient fields"),
+            ("date_min", "Lower date limit for the email's sent date (inclusive). Format: YYYY-MM-DD"),
+            ("date_max", "Upper date limit for the email's sent date (inclusive). Format: YYYY-MM-DD"),
+            ("page", "Page number of results to return", "integer"),
+            ("page_size", "Number of emails per page", "integer"),
+        ],
         [],
     ),
     function_schema(
         "email_send_email",
         "Sends an email to the specified recipient.",
-        [("recipient", "Email address of the recipient"),
-         ("subject", "Subject line of the email"),
-         ("body", "Body content of the email")],
+        [
+            ("recipient", "Email address of the recipient"),
+            ("subject", "Subject line of the email"),
+            ("body", "Body content of the email"),
+        ],
         ["recipient", "subject", "body"],
     ),
     function_schema(
@@ -220,15 +245,13 @@ SCHEMAS = [
     function_schema(
         "email_forward_email",
         "Forwards an email to the specified recipient.",
-        [("email_id", "Unique ID of the email to be forwarded"),
-         ("recipient", "Email address of the recipient")],
+        [("email_id", "Unique ID of the email to be forwarded"), ("recipient", "Email address of the recipient")],
         ["email_id", "recipient"],
     ),
     function_schema(
         "email_reply_email",
         "Replies to an email by its ID.",
-        [("email_id", "Unique ID of the email to be replied"),
-         ("body", "Body content of the email")],
+        [("email_id", "Unique ID of the email to be replied"), ("body", "Body content of the email")],
         ["email_id", "body"],
     ),
 ]

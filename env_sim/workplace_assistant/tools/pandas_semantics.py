@@ -25,6 +25,7 @@ STR_ACCESSOR_ERROR = "Can only use .str accessor with string values!"
 
 # --- comparisons -------------------------------------------------------------------------------
 
+
 def series_eq(values: list, x) -> list[bool]:
     """``Series(values) == x`` for an object column."""
     if isinstance(x, str):  # str == anything never raises
@@ -73,6 +74,7 @@ LE = operator.le
 
 
 # --- .str accessor -------------------------------------------------------------------------------
+
 
 def check_str_accessor(values: list) -> None:
     """Raise like pandas when ``.str`` is used on an object column that infers to a non-string type."""
@@ -140,14 +142,42 @@ _CANONICAL = re.compile(r"\d{4}-\d{2}-\d{2}(?: \d{2}:\d{2}:\d{2})?")
 _MONTHS = {
     name: i + 1
     for i, names in enumerate(
-        [("jan", "january"), ("feb", "february"), ("mar", "march"), ("apr", "april"), ("may",),
-         ("jun", "june"), ("jul", "july"), ("aug", "august"), ("sep", "sept", "september"),
-         ("oct", "october"), ("nov", "november"), ("dec", "december")]
+        [
+            ("jan", "january"),
+            ("feb", "february"),
+            ("mar", "march"),
+            ("apr", "april"),
+            ("may",),
+            ("jun", "june"),
+            ("jul", "july"),
+            ("aug", "august"),
+            ("sep", "sept", "september"),
+            ("oct", "october"),
+            ("nov", "november"),
+            ("dec", "december"),
+        ]
     )
     for name in names
 }
-_WEEKDAYS = {"mon", "monday", "tue", "tues", "tuesday", "wed", "wednesday", "thu", "thur", "thurs",
-             "thursday", "fri", "friday", "sat", "saturday", "sun", "sunday"}
+_WEEKDAYS = {
+    "mon",
+    "monday",
+    "tue",
+    "tues",
+    "tuesday",
+    "wed",
+    "wednesday",
+    "thu",
+    "thur",
+    "thurs",
+    "thursday",
+    "fri",
+    "friday",
+    "sat",
+    "saturday",
+    "sun",
+    "sunday",
+}
 _JUMP = {"at", "on", "and", "ad", "m", "t", "of", "st", "nd", "rd", "th"}
 _TOKEN = re.compile(r"\d+(?::\d+)+(?:\.\d+)?|\d+(?:[/.\-]\d+)+|\d+|[a-z]+|[+-]\d{2}:?\d{2}|\S", re.IGNORECASE)
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import re
 
-from env_sim.workplace_assistant.tools.pandas_semantics import (array_contains, contains_mask, series_eq, series_max,
-                                                               str_lower)
+from env_sim.workplace_assistant.tools.pandas_semantics import (
+    array_contains,
+    contains_mask,
+    series_eq,
+    series_max,
+    str_lower,
+)
 from env_sim.workplace_assistant.tools.schema import function_schema
 
 LISTS = ["Backlog", "In Progress", "In Review", "Completed"]
@@ -45,8 +50,13 @@ class ProjectManagementTool:
         t = self._db.project_tasks
         rows = list(t.rows)
         ix = t.index_of
-        for value, col in ((task_name, "task_name"), (assigned_to_email, None), (list_name, "list_name"),
-                           (due_date, "due_date"), (board, "board")):
+        for value, col in (
+            (task_name, "task_name"),
+            (assigned_to_email, None),
+            (list_name, "list_name"),
+            (due_date, "due_date"),
+            (board, "board"),
+        ):
             if not value:
                 continue
             if col is None:  # the assignee is matched exactly (case-insensitive)
@@ -71,8 +81,14 @@ class ProjectManagementTool:
             return _BAD_BOARD
         task_id = str(int(series_max(t.column("task_id"))) + 1).zfill(8)
         t.append(
-            {"task_id": task_id, "task_name": task_name, "assigned_to_email": assigned_to_email,
-             "list_name": list_name, "due_date": due_date, "board": board},
+            {
+                "task_id": task_id,
+                "task_name": task_name,
+                "assigned_to_email": assigned_to_email,
+                "list_name": list_name,
+                "due_date": due_date,
+                "board": board,
+            },
             renumber=True,
         )
         return task_id
@@ -114,30 +130,41 @@ SCHEMAS = [
     function_schema(
         "project_management_get_task_information_by_id",
         "Returns the task information for a given ID.",
-        [("task_id", _TASK_ID),
-         ("field", "Field to return. Available fields are: 'task_id', 'task_name', 'assigned_to_email', "
-                   "'list_name', 'due_date', 'board'")],
+        [
+            ("task_id", _TASK_ID),
+            (
+                "field",
+                "Field to return. Available fields are: 'task_id', 'task_name', 'assigned_to_email', "
+                "'list_name', 'due_date', 'board'",
+            ),
+        ],
         ["task_id", "field"],
     ),
     function_schema(
         "project_management_search_tasks",
         "Searches for tasks based on the given parameters.",
-        [("task_name", "Name of the task"),
-         ("assigned_to_email", "Email address of the person assigned to the task"),
-         ("list_name", "Name of the list the task belongs to"),
-         ("due_date", "Due date of the task in YYYY-MM-DD format"),
-         ("board", "Name of the board the task belongs to")],
+        [
+            ("task_name", "Name of the task"),
+            ("assigned_to_email", "Email address of the person assigned to the task"),
+            ("list_name", "Name of the list the task belongs to"),
+            ("due_date", "Due date of the task in YYYY-MM-DD format"),
+            ("board", "Name of the board the task belongs to"),
+        ],
         [],
     ),
     function_schema(
         "project_management_create_task",
         "Creates a new task.",
-        [("task_name", "Name of the task"),
-         ("assigned_to_email", "Email address of the person assigned to the task"),
-         ("list_name", "Name of the list the task belongs to. One of: 'Backlog', 'In Progress', 'In Review', "
-                       "'Completed'"),
-         ("due_date", "Due date of the task in YYYY-MM-DD format"),
-         ("board", "Name of the board the task belongs to. One of: 'Back end', 'Front end', 'Design'")],
+        [
+            ("task_name", "Name of the task"),
+            ("assigned_to_email", "Email address of the person assigned to the task"),
+            (
+                "list_name",
+                "Name of the list the task belongs to. One of: 'Backlog', 'In Progress', 'In Review', 'Completed'",
+            ),
+            ("due_date", "Due date of the task in YYYY-MM-DD format"),
+            ("board", "Name of the board the task belongs to. One of: 'Back end', 'Front end', 'Design'"),
+        ],
         ["task_name", "assigned_to_email", "list_name", "due_date", "board"],
     ),
     function_schema(
@@ -149,10 +176,15 @@ SCHEMAS = [
     function_schema(
         "project_management_update_task",
         "Updates a task by ID.",
-        [("task_id", _TASK_ID),
-         ("field", "Field to update. Available fields are: 'task_name', 'assigned_to_email', 'list_name', "
-                   "'due_date', 'board'"),
-         ("new_value", "New value for the field")],
+        [
+            ("task_id", _TASK_ID),
+            (
+                "field",
+                "Field to update. Available fields are: 'task_name', 'assigned_to_email', 'list_name', "
+                "'due_date', 'board'",
+            ),
+            ("new_value", "New value for the field"),
+        ],
         ["task_id", "field", "new_value"],
     ),
 ]

@@ -3,6 +3,8 @@
     components.py   the model a run starts from; the policy and generation workers built over it
     distributed.py  torch.distributed / Megatron-core set-up (gloo on CPU, NCCL on GPU) and Ray in a job
     interfaces.py   the seams: Policy, Generation, RolloutFn, SamplingParams, Components
+    placement.py    which node and GPU every policy rank and engine gets, and the memory that needs (no Ray)
+    ray_placement.py  that plan held in Ray placement groups, with actor options per rank and engine
     policy/         the Megatron-core policy as Ray actors: worker, optimizer, overlapped DP gradient reduce
     generation/     vLLM engines as Ray actors (and a plain-torch backend beside them), weight refit
     models/         HF <-> Megatron bridge, attention and fused ops, shared-prefix packing, the tiny model

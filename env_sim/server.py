@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+from collections.abc import Callable
 from http import cookies
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from env_sim.environment import Environment, get_environment
 from env_sim.execute import dump_output, unprocessable_body
@@ -39,7 +41,7 @@ class _Session:
 class SessionStore:
     """Episode states by session id (thread-safe); ``fresh_state()`` makes a new session's state."""
 
-    def __init__(self, fresh_state):
+    def __init__(self, fresh_state: Callable[[], Any]) -> None:
         self._fresh_state = fresh_state
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, Node, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from infra.schema import Config
@@ -33,11 +33,18 @@ def _resolve_path(name_or_path: str | Path) -> Path:
     raise FileNotFoundError(f"config '{name_or_path}' not found (neither a YAML file nor one of {known})")
 
 
+def _as_mapping(cfg: object, source: str) -> DictConfig:
+    """`cfg` (what OmegaConf.load/merge returned) as a DictConfig; a recipe is a mapping, never a list."""
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{source}: a config must be a mapping of keys, got {type(cfg).__name__}")
+    return cfg
+
+
 def _recipe_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, DictConfig]]:
     """(file, contents) in merge order: `defaults: [base, ...]` first (recursively), this file last."""
     if path in seen:
         raise ValueError(f"config defaults cycle: {' -> '.join(str(p) for p in seen + (path,))}")
-    cfg = OmegaConf.load(path)
+    cfg = _as_mapping(OmegaConf.load(path), str(path))
     defaults = cfg.pop("defaults", []) or []
     if isinstance(defaults, str):
         defaults = [defaults]
@@ -52,12 +59,12 @@ def _merge(cfg: DictConfig, layers: list[tuple[str, DictConfig]]) -> DictConfig:
     """`layers` (source, contents) merged onto the typed `cfg` in order; an unknown key or a wrong type is a
     ConfigError naming the key and its source. One merge for all (merges copy the tree), one per layer on error."""
     try:
-        return OmegaConf.merge(cfg, *(layer for _, layer in layers))
+        return _as_mapping(OmegaConf.merge(cfg, *(layer for _, layer in layers)), "the merged config")
     except OmegaConfBaseException:
         pass
     for source, layer in layers:
         try:
-            cfg = OmegaConf.merge(cfg, layer)
+            cfg = _as_mapping(OmegaConf.merge(cfg, layer), source)
         except ConfigKeyError as err:
             raise ConfigError(
                 f"{source}: {err.full_key} is not in the config schema (infra/schema.py; base.yaml lists every key)"
@@ -68,9 +75,9 @@ def _merge(cfg: DictConfig, layers: list[tuple[str, DictConfig]]) -> DictConfig:
     return cfg
 
 
-def _node(cfg: DictConfig, dotted: str):
+def _node(cfg: DictConfig, dotted: str) -> Node | None:
     """The node at `dotted` in `cfg`, or None where there is none (no interpolation is resolved)."""
-    node = cfg
+    node: Node | None = cfg
     for part in dotted.split(".") if dotted else ():
         if not isinstance(node, DictConfig) or part not in node.keys():
             return None

@@ -19,6 +19,9 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable
+from types import FrameType
+from typing import Any
 
 _event = threading.Event()
 _lock = threading.Lock()
@@ -55,20 +58,27 @@ def clear() -> None:
         _reason, _requested_at = None, None
 
 
-def flag_on_signals(signums=(signal.SIGUSR2, signal.SIGTERM)) -> dict[int, object]:
+# What signal.getsignal returns: a callable, SIG_DFL/SIG_IGN (ints), or None for a handler not installed from Python.
+Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def flag_on_signals(signums: Iterable[int] = (signal.SIGUSR2, signal.SIGTERM)) -> dict[int, Handler]:
     """Install handlers that only raise the flag; returns the previous handlers (for `restore_handlers`).
 
     Must be called from the main thread (a Python rule for signal handlers)."""
-    previous = {}
+    previous: dict[int, Handler] = {}
     for signum in signums:
         previous[signum] = signal.getsignal(signum)
         signal.signal(signum, lambda num, _frame: request_preemption(signal.Signals(num).name))
     return previous
 
 
-def restore_handlers(previous: dict[int, object]) -> None:
+def restore_handlers(previous: dict[int, Handler]) -> None:
+    """Put back the handlers `flag_on_signals` replaced. One that was not installed from Python (getsignal gave
+    None) cannot be put back, and signal.signal refuses None: the flag handler stays on that signal."""
     for signum, handler in previous.items():
-        signal.signal(signum, handler)
+        if handler is not None:
+            signal.signal(signum, handler)
 
 
 # --- helper processes --------------------------------------------------------------------------------------------

@@ -17,6 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
+
+from omegaconf import DictConfig
 
 from infra.config import load_config
 from jobs import chain, slurm_state, status, sweep
@@ -24,7 +27,7 @@ from jobs.stages import STAGE_ORDER, slurm_available
 from trainer.checkpoint import list_checkpoints
 
 
-def _config(args: argparse.Namespace, extra: list[str] = (), nodes: int | None = None):
+def _config(args: argparse.Namespace, extra: Sequence[str] = (), nodes: int | None = None) -> DictConfig:
     cfg = load_config(args.config, list(args.overrides) + list(extra))
     if bool(cfg.slurm.use_cluster) and not slurm_available():
         print(

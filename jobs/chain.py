@@ -56,13 +56,20 @@ def chain_stages(cfg: DictConfig, until: str) -> list[str]:
 def resolve_config(cfg: DictConfig, nodes: int | None = None) -> DictConfig:
     """A resolved copy with an absolute run.root (jobs run from the repo root, maybe on another machine)
     and, for multi-node training, cluster.num_nodes = nodes."""
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    cfg = _plain_copy(cfg, resolve=False)
     OmegaConf.set_struct(cfg, False)
     cfg.run.root = str(Path(str(OmegaConf.select(cfg, "run.root"))).resolve())
     if nodes is not None:
         cfg.cluster.num_nodes = int(nodes)
-    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    return resolved
+    return _plain_copy(cfg, resolve=True)
+
+
+def _plain_copy(cfg: DictConfig, resolve: bool) -> DictConfig:
+    """A copy of `cfg` without its schema (plain containers), interpolations resolved if `resolve`."""
+    copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=resolve))
+    if not isinstance(copy, DictConfig):  # a DictConfig's container is a dict: cannot happen
+        raise TypeError(f"copy of a DictConfig came back as {type(copy).__name__}")
+    return copy
 
 
 # --- jobs.json ----------------------------------------------------------------------------------------------------

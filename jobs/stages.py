@@ -69,7 +69,10 @@ class StageJob:
         self.use_ray = use_ray
 
     def config(self) -> DictConfig:
-        return OmegaConf.create(self.cfg_yaml)
+        cfg = OmegaConf.create(self.cfg_yaml)
+        if not isinstance(cfg, DictConfig):
+            raise TypeError(f"{self!r}: the job's config YAML is a {type(cfg).__name__}, not a mapping")
+        return cfg
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.stage!r}, target={self.target!r}, use_ray={self.use_ray})"
@@ -204,10 +207,11 @@ def slurm_parameters(
     setup = list(s.setup)
     if setup:
         params["slurm_setup"] = [str(line) for line in setup]
-    additional = {"chdir": str(REPO_ROOT), "kill-on-invalid-dep": "yes"}
-    additional.update(
-        {str(k): v for k, v in (OmegaConf.to_container(s.additional_parameters, resolve=True) or {}).items()}
-    )
+    additional: dict[str, Any] = {"chdir": str(REPO_ROOT), "kill-on-invalid-dep": "yes"}
+    configured = OmegaConf.to_container(s.additional_parameters, resolve=True) or {}
+    if not isinstance(configured, dict):
+        raise TypeError(f"slurm.additional_parameters must be a mapping, got {type(configured).__name__}")
+    additional.update({str(k): v for k, v in configured.items()})
     if dependency:
         additional["dependency"] = dependency
     params["slurm_additional_parameters"] = additional
@@ -232,9 +236,9 @@ def make_executor(
     `slurm.use_cluster` is false."""
     folder = log_folder(cfg, stage)
     if not bool(cfg.slurm.use_cluster):
-        executor = submitit.LocalExecutor(folder=folder / "%j")
-        executor.update_parameters(timeout_min=int(cfg.slurm.time_min), tasks_per_node=1, nodes=1)
-        return executor
+        local = submitit.LocalExecutor(folder=folder / "%j")
+        local.update_parameters(timeout_min=int(cfg.slurm.time_min), tasks_per_node=1, nodes=1)
+        return local
     if not slurm_available():
         raise RuntimeError(
             "sbatch/sacct not found: bring up the local cluster (`make cluster-up`) or set "

@@ -69,7 +69,7 @@ def snippet(text: str) -> str:
     return text
 
 
-def call_from_object(obj: Any, where: str) -> tuple[dict[str, str] | None, str | None]:
+def call_from_object(obj: Any, where: str) -> tuple[dict[str, str], None] | tuple[None, str]:
     """Validate one decoded call object {"name": str, "arguments": object|str} -> (call, None) or (None, error).
 
     Missing arguments mean no arguments ({}), as for a tool without parameters. Arguments given as a string are
@@ -186,7 +186,7 @@ def parse_call_blocks(
         entries = block.value if isinstance(block.value, list) else [block.value]
         for entry_number, obj in enumerate(entries, start=1):
             call, problem = call_from_object(obj, f"{where}, entry {entry_number}" if label_entries else where)
-            if problem is not None:
+            if call is None:
                 errors.append(f"{problem} Got: {snippet(block.payload)}")
             else:
                 calls.append(call)

@@ -32,7 +32,7 @@ class ToolCallFormat(ABC):
         """The tool section of the system prompt; `compact` (true or "signatures") swaps the JSON schemas for one
         line per tool."""
         listing = render_compact_tools(tools, compact) if compact else self._render_tool_list(tools)
-        return self._tools_block(listing, compact)
+        return self._tools_block(listing, bool(compact))
 
     def system_prompt(self, system_text: str, tools: Sequence[dict[str, Any]], compact: bool | str = False) -> str:
         """The row's system text followed by the tool section, as the chat template joins them."""

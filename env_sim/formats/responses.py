@@ -126,7 +126,8 @@ def function_call_item(name: str, arguments: str, call_id: str, item_id: str) ->
     }
 
 
-def function_call_output_item(call_id: str, output: str) -> dict[str, Any]:
+def function_call_output_item(call_id: str | None, output: str) -> dict[str, Any]:
+    """`call_id` None: a tool message without `tool_call_id` (tool_message leaves it out when it has none)."""
     return {"call_id": call_id, "output": output, "type": "function_call_output", "id": None, "status": None}
 
 

@@ -136,6 +136,15 @@ class Database:
         "directory",
         "session_seconds_are_float",
     )
+    # The slots' types (a slot has no value at class level; these annotations only declare them).
+    emails: Table
+    calendar_events: Table
+    analytics_data: Table
+    plots: Table
+    project_tasks: Table
+    crm: Table
+    directory: tuple[str, ...]
+    session_seconds_are_float: bool
 
     @classmethod
     def fresh(cls) -> Database:
@@ -174,7 +183,7 @@ class Database:
             return NotImplemented
         return not self.differing_tables(other)
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # the data model's way to make a class with __eq__ unhashable
 
 
 def normalized_column_values(table: Table, col: str) -> list:
@@ -251,6 +260,13 @@ def _validate_lowerable(t: Table, col: str) -> None:
 
 class _Snapshot:
     __slots__ = ("emails", "calendar_events", "analytics_data", "plots", "project_tasks", "crm", "directory")
+    emails: Table
+    calendar_events: Table
+    analytics_data: Table
+    plots: Table
+    project_tasks: Table
+    crm: Table
+    directory: tuple[str, ...]
 
 
 _SNAPSHOT: _Snapshot | None = None

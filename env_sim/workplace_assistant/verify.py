@@ -11,6 +11,7 @@ the state untouched.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from env_sim.environment import Verdict
 from env_sim.workplace_assistant.database import COMPARED_TABLES, Database
@@ -56,7 +57,7 @@ def verify(predicted, ground_truth) -> Verdict:
     pred_db, pred_errors = replay(predicted)
     gt_db, _ = replay(ground_truth)
     initial = Database.fresh()
-    diagnostics = {"num_predicted_calls": len(predicted), "num_predicted_errors": pred_errors}
+    diagnostics: dict[str, Any] = {"num_predicted_calls": len(predicted), "num_predicted_errors": pred_errors}
     try:
         differ = pred_db.differing_tables(gt_db)
         diagnostics["predicted_changed_state"] = bool(pred_db.differing_tables(initial))

@@ -82,12 +82,14 @@ def run(cfg: DictConfig) -> Path:
     data_dir = manifest.stage_dir(cfg, "data")
     out_dir = manifest.stage_dir(cfg, "prepare")
     agent_ref = OmegaConf.to_container(cfg.prepare.agent_ref, resolve=True)
+    if not isinstance(agent_ref, dict):
+        raise TypeError(f"prepare.agent_ref must be a mapping, got {type(agent_ref).__name__}")
     drop = bool(cfg.prepare.drop_bad_rows)
     validate = _row_validator()
     inputs, outputs, summary = [], [], {}
     for split in SPLITS:
         source = data_dir / f"{split}.jsonl"
-        rows, dropped = prepare_file(source, agent_ref, drop, validate)
+        rows, dropped = prepare_file(source, {str(k): v for k, v in agent_ref.items()}, drop, validate)
         if not rows:
             raise BadRowError(f"{source}: no valid rows left ({len(dropped)} dropped)")
         metrics = split_metrics(split, rows, dropped)

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from infra.config import run_root
 
 if TYPE_CHECKING:
+    from trainer.grpo.loop import GRPOTrainer
     from trainer.interfaces import Components
 
 ALL_CHECKS = ("data", "environment", "tokenizer", "generation", "train_step", "checkpoint")
@@ -48,7 +49,7 @@ class _Context:
         self.train_rows: list[dict] = []
         self.val_rows: list[dict] = []
         self.components: Components | None = None
-        self.trainer = None
+        self.trainer: GRPOTrainer | None = None
         self.rollouts: list = []
 
     def rows(self) -> list[dict]:
@@ -66,7 +67,7 @@ class _Context:
     def trainer_cfg(self) -> DictConfig:
         """The run's config, shrunk to one tiny step whose artifacts stay under sanity/."""
         n = max(1, int(self.cfg.sanity.num_rollouts))
-        return OmegaConf.merge(
+        merged = OmegaConf.merge(
             self.cfg,
             OmegaConf.create(
                 {
@@ -79,6 +80,7 @@ class _Context:
                         "val_period": 0,
                     },
                     "checkpointing": {
+                        "enabled": True,  # the checkpoint check saves and loads, whether or not the run does
                         "checkpoint_dir": str(self.out_dir / "checkpoints"),
                         "keep_top_k": 1,
                         "resume_from": None,
@@ -87,6 +89,9 @@ class _Context:
                 }
             ),
         )
+        if not isinstance(merged, DictConfig):
+            raise TypeError(f"merging onto the run config gave a {type(merged).__name__}, not a DictConfig")
+        return merged
 
     def build(self) -> Components:
         if self.components is None:
@@ -205,8 +210,9 @@ def check_train_step(ctx: _Context) -> dict:
         check_generation(ctx)
     comp = ctx.build()
     shutil.rmtree(ctx.out_dir / "checkpoints", ignore_errors=True)
-    ctx.trainer = GRPOTrainer(ctx.trainer_cfg(), ctx.rows(), [], comp, log_dir=ctx.out_dir, echo=False)
-    metrics = ctx.trainer.train_step(1)
+    trainer = GRPOTrainer(ctx.trainer_cfg(), ctx.rows(), [], comp, log_dir=ctx.out_dir, echo=False)
+    ctx.trainer = trainer
+    metrics = trainer.train_step(1)
     for key in ("train:loss", "grad_norm"):
         assert math.isfinite(float(metrics[key])), f"{key} is not finite: {metrics[key]}"
     # rewards of an untrained model are often all equal (zero advantages, zero gradient): push a batch with
@@ -218,7 +224,7 @@ def check_train_step(ctx: _Context) -> dict:
         "a training step with non-zero advantages left the weights unchanged"
     )
     # the engines must take the new weights and still generate
-    refit = comp.generation.update_weights(comp.policy.export_weights_blob(ctx.trainer.refit_dtype))
+    refit = comp.generation.update_weights(comp.policy.export_weights_blob(trainer.refit_dtype))
     rollout = collect_rollouts(ctx.sample_rows(1), comp.generation, comp.tokenizer, ctx.cfg, seed=1)[0]
     assert rollout.num_generated_tokens > 0, "no tokens generated after the refit"
     out = {
@@ -233,9 +239,12 @@ def check_train_step(ctx: _Context) -> dict:
 def check_checkpoint(ctx: _Context) -> dict:
     if ctx.trainer is None:
         check_train_step(ctx)
+    trainer = ctx.trainer
+    if trainer is None:
+        raise RuntimeError("check_train_step set up no trainer")
     policy = ctx.build().policy
-    ctx.trainer.step = 1
-    path = ctx.trainer.save_checkpoint({})
+    trainer.step = 1
+    path = trainer.save_checkpoint({})
     saved = policy.param_checksums()
     policy.train(_perturbation_batch(ctx))  # move the weights away, then load them back
     assert policy.param_checksums() != saved, "perturbation step did not change weights"

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 def sft_config(cfg: DictConfig) -> DictConfig:
     """The run config with the policy optimizer set from `sft.*` (lr, min_lr, batch sizes)."""
     s = cfg.sft
-    return OmegaConf.merge(
+    merged = OmegaConf.merge(
         cfg,
         OmegaConf.create(
             {
@@ -54,6 +54,9 @@ def sft_config(cfg: DictConfig) -> DictConfig:
             }
         ),
     )
+    if not isinstance(merged, DictConfig):
+        raise TypeError(f"merging onto the run config gave a {type(merged).__name__}, not a DictConfig")
+    return merged
 
 
 @dataclass
@@ -206,7 +209,14 @@ def run(cfg: DictConfig) -> Path:
             return out_dir
         step += 1
         t0 = time.perf_counter()
-        source = short if plan.is_short(step) else trajectories
+        source = trajectories
+        if plan.is_short(step):
+            if short is None:
+                raise RuntimeError(
+                    f"[sft] step {step} is a short-context step, but sft.short_context_epochs=0 built no "
+                    "short-context trajectories (resuming a checkpoint of a run with short-context epochs?)"
+                )
+            source = short
         chosen = [source[i] for i in batch_order(len(trajectories), gbs, seed, step)]
         batch = rollouts_to_batch(chosen, torch.ones(len(chosen)))
         batch.pop("generation_logprobs")

@@ -50,7 +50,8 @@ def discover_rank_info(
     master_addr = master_addr or env.get("MASTER_ADDR", "127.0.0.1")
     if master_port is None and "MASTER_PORT" not in env and world_size == 1:
         master_port = free_port()  # a lone process must not collide with other jobs on the same host
-    master_port = int(master_port or env.get("MASTER_PORT", 29500))
+    if not master_port:
+        master_port = int(env.get("MASTER_PORT", 29500))
     return RankInfo(rank, world_size, local_rank if local_rank is not None else rank, master_addr, master_port)
 
 

@@ -66,7 +66,10 @@ def expert_rollouts(rows: Sequence[dict], tokenizer, cfg: DictConfig, short_cont
 
     if short_context:
         rows = [without_system_prompt(row) for row in rows]
-        cfg = OmegaConf.merge(cfg, OmegaConf.create({"env": {"tool_scope": "none"}}))
+        merged = OmegaConf.merge(cfg, OmegaConf.create({"env": {"tool_scope": "none"}}))
+        if not isinstance(merged, DictConfig):
+            raise TypeError(f"merging onto the run config gave a {type(merged).__name__}, not a DictConfig")
+        cfg = merged
     end_of_turn = stop_token_ids(tokenizer, getattr(tokenizer, "name_or_path", None))[0]
     out = []
     for row in rows:

@@ -16,6 +16,8 @@ Kept import-light: vLLM imports this module in every worker.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def _shared_parameter_groups(model) -> list[tuple[int, list[tuple[object, str]]]]:
     """(id of the shared parameter, [(module, attribute name), ...]) for parameters owned by several modules."""
@@ -41,6 +43,8 @@ def _retie_and_reprocess(groups) -> None:
 
 class WeightRefitExtension:
     """Mixed into vLLM's worker class; `self` is the worker (it has `model_runner`)."""
+
+    model_runner: Any  # the vLLM worker's own attribute (annotation only: the mixin defines no value)
 
     def refit_from_safetensors(self, blob: bytes) -> int:
         """Load all tensors of `blob` into the running model; returns how many tensors were loaded."""

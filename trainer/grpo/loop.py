@@ -101,7 +101,8 @@ def step_seed(seed: int, step: int, purpose: str = "train") -> int:
 # ---- timing -------------------------------------------------------------------------------------------------
 class PhaseTimer:
     def __init__(self, prefix: str):
-        self.prefix, self.times = prefix, {}
+        self.prefix = prefix
+        self.times: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, phase: str):
@@ -175,12 +176,15 @@ class GRPOTrainer:
         self.step = 0
         self.consumed_samples = 0
         resume_from = self._resume()
+        run_config = OmegaConf.to_container(cfg, resolve=True)
+        if not isinstance(run_config, dict):
+            raise TypeError(f"the run config resolved to a {type(run_config).__name__}, not a mapping")
         self.metrics = MetricsLogger(
             log_dir or cfg.logger.log_dir,
             cfg.logger.wandb,
             bool(cfg.logger.wandb_enabled),
             resume_step=self.step,
-            run_config=OmegaConf.to_container(cfg, resolve=True),
+            run_config={str(key): value for key, value in run_config.items()},
             echo=echo,
         )
         self.resumed_from = resume_from
@@ -392,6 +396,8 @@ class GRPOTrainer:
         return self.save_checkpoint(metrics)
 
     def save_checkpoint(self, metrics: dict | None = None) -> Path:
+        if self.checkpoints is None:
+            raise RuntimeError("checkpointing.enabled is false: this trainer has no checkpoint directory to save to")
         metrics = metrics or {}
         info = {
             "consumed_samples": self.consumed_samples,

@@ -35,8 +35,8 @@ def default_tiny_corpus(num_rows: int = 600, seed: int = CORPUS_SEED) -> Iterato
             yield fmt.render_tools(TOOL_SCHEMAS, compact=SIGNATURES)
         yield fmt.render_tools(TOOL_SCHEMAS, compact=False)
     for index, row in enumerate(generate_rows(num_rows, seed)):
-        fmt = "nemotron" if index % 4 == 3 else "hermes"
-        episode = run_episode(scripted_model(expert_turns(row, fmt)), row, fmt, compact_tools=True)
+        fmt_name = "nemotron" if index % 4 == 3 else "hermes"
+        episode = run_episode(scripted_model(expert_turns(row, fmt_name)), row, fmt_name, compact_tools=True)
         # the system message repeats the tool list (yielded once above): the conversation after it
         yield episode.fmt.render_prompt(episode.messages[1:], add_generation_prompt=False)
     yield SYSTEM_PROMPT

@@ -40,7 +40,9 @@ def resolve_model(
         from trainer.models.tiny import build_tiny_model
 
         if corpus_fn is None:
-            from trainer.models.corpus import default_tiny_corpus as corpus_fn
+            from trainer.models.corpus import default_tiny_corpus
+
+            corpus_fn = default_tiny_corpus
         return build_tiny_model(Path(cache_dir), tiny_cfg, corpus_fn(), seed)
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise FileNotFoundError(

@@ -54,7 +54,16 @@ class HFArch:
 
 def hf_arch(hf_config: Any) -> HFArch:
     """Read an HF config (object or dict) into `HFArch`; unsupported architectures fail with the reason."""
-    get = hf_config.get if isinstance(hf_config, Mapping) else lambda k, d=None: getattr(hf_config, k, d)
+
+    def get(key: str, default: Any = None) -> Any:
+        return hf_config.get(key, default) if isinstance(hf_config, Mapping) else getattr(hf_config, key, default)
+
+    def required_int(key: str) -> int:
+        value = get(key)
+        if value is None:
+            raise ValueError(f"the HF config has no '{key}'")
+        return int(value)
+
     model_type = get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise NotImplementedError(
@@ -77,20 +86,19 @@ def hf_arch(hf_config: Any) -> HFArch:
         raise NotImplementedError(f"rope type '{rope_type}' is not supported by the Megatron bridge")
     if get("hidden_act", "silu") != "silu":
         raise NotImplementedError(f"hidden_act '{get('hidden_act')}' (only silu/SwiGLU is supported)")
-    heads = get("num_attention_heads")
-    head_dim = get("head_dim") or get("hidden_size") // heads
+    heads, hidden_size = required_int("num_attention_heads"), required_int("hidden_size")
     return HFArch(
         model_type=model_type,
-        num_layers=get("num_hidden_layers"),
-        hidden_size=get("hidden_size"),
+        num_layers=required_int("num_hidden_layers"),
+        hidden_size=hidden_size,
         num_heads=heads,
-        num_kv_heads=get("num_key_value_heads") or heads,
-        head_dim=head_dim,
-        ffn_hidden_size=get("intermediate_size"),
-        vocab_size=get("vocab_size"),
+        num_kv_heads=int(get("num_key_value_heads") or heads),
+        head_dim=int(get("head_dim") or hidden_size // heads),
+        ffn_hidden_size=required_int("intermediate_size"),
+        vocab_size=required_int("vocab_size"),
         rms_norm_eps=float(get("rms_norm_eps", 1e-6)),
         rope_theta=float(theta),
-        max_position_embeddings=get("max_position_embeddings"),
+        max_position_embeddings=required_int("max_position_embeddings"),
         tie_word_embeddings=bool(get("tie_word_embeddings", False)),
         qk_norm=model_type == "qwen3",
         qkv_bias=model_type == "qwen2" or bool(get("attention_bias", False)),
@@ -125,7 +133,7 @@ def megatron_config_from_hf(
     if arch.num_layers % pp:
         raise ValueError(f"pipeline_model_parallel_size={pp} must divide num_hidden_layers={arch.num_layers}")
     on_gpu = torch.cuda.is_available()
-    extra = {}
+    extra: dict[str, Any] = {}
     if parallel.get("activation_checkpointing"):
         extra.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     return TransformerConfig(
@@ -303,7 +311,8 @@ def _full_megatron_tensor(name: str, hf: Mapping[str, torch.Tensor], arch: HFArc
         return hf[prefix + _LAYER_SIMPLE[suffix][0]]
     if suffix in ("self_attention.linear_qkv.weight", "self_attention.linear_qkv.bias"):
         kind = suffix.rsplit(".", 1)[1]
-        return fuse_qkv(*(hf[f"{prefix}self_attn.{p}_proj.{kind}"] for p in "qkv"), arch)
+        q, k, v = (hf[f"{prefix}self_attn.{p}_proj.{kind}"] for p in "qkv")
+        return fuse_qkv(q, k, v, arch)
     if suffix == "mlp.linear_fc1.weight":
         return torch.cat([hf[prefix + "mlp.gate_proj.weight"], hf[prefix + "mlp.up_proj.weight"]])
     raise KeyError(f"no Hugging Face source for Megatron parameter '{name}'")
@@ -445,7 +454,7 @@ def export_hf_state_dict(model, dtype: torch.dtype | None = None) -> dict[str, t
             # a copy: never a view of a live parameter or of a fused tensor (safetensors refuses shared storage)
             out.setdefault(hf_name, tensor.to(dtype or tensor.dtype).clone(memory_format=torch.contiguous_format))
     if pp > 1:
-        pieces: list[dict[str, torch.Tensor] | None] = [None] * pp
+        pieces: list[dict[str, torch.Tensor]] = [{} for _ in range(pp)]  # filled in by the gather
         dist.all_gather_object(pieces, out, group=parallel_state.get_pipeline_model_parallel_group())
         out = {}
         for piece in pieces:

@@ -171,8 +171,13 @@ def pack_shared_prefixes(
     family are not packed (their log-probs come back as 0, as for masked positions). The packed length is
     padded up to a multiple of `multiple_of` (tensor-parallel kernels); pad tokens attend only to themselves."""
     families = shared_prefix_families(ids, lengths, mask) if families is None else families
-    tokens, positions, segment, parent = [], [], [], []
-    source, rows, cols = [], [], []
+    tokens: list[int] = []
+    positions: list[int] = []
+    segment: list[int] = []
+    parent: list[int] = []
+    source: list[int] = []
+    rows: list[int] = []
+    cols: list[int] = []
     for family in families:
         start, first_row = family.prefix, family.rows[0]
         prompt_segment, offset = len(parent), len(tokens)

@@ -41,6 +41,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -430,6 +431,6 @@ def tp_dp_parity(
         world = LAYOUTS[group[0]][0]
         mp.spawn(_parity_rank, args=(world, free_port(), dict(spec, runs=group)), nprocs=world, join=True)
     results = {run: json.loads((work / f"{run}.json").read_text()) for run in runs}
-    out = {"runs": results, "checks": checks({run: r["parity"] for run, r in results.items()})}
+    out: dict[str, Any] = {"runs": results, "checks": checks({run: r["parity"] for run, r in results.items()})}
     out["passed"] = bool(out["checks"]) and all(out["checks"].values())
     return out

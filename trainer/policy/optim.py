@@ -20,7 +20,8 @@ def build_optimizer(model: torch.nn.Module, opt_cfg: Mapping) -> torch.optim.Opt
     name = str(opt_cfg["optimizer"]).lower()
     if name != "adam":
         raise ValueError(f"policy.megatron_cfg.optimizer.optimizer={name!r}: only 'adam' is supported")
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.dim() < 2 else decay).append(param)

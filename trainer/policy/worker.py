@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -221,7 +222,9 @@ class PolicyWorker:
         if not any(family.prefix > 0 for family in families):
             yield from ((index, seq, None) for index, seq in self._microbatches(rows, size, batch["input_lengths"]))
             return
-        groups, current, tokens = [], [], 0
+        groups: list[list[Family]] = []
+        current: list[Family] = []
+        tokens = 0
         for family in sorted(families, key=lambda f: f.packed_size(lengths)):
             need = family.packed_size(lengths)
             if current and tokens + need > budget:
@@ -541,6 +544,16 @@ def combine_train_results(per_rank: list[list[dict] | None]) -> dict[str, float]
     return out
 
 
+def _config_dict(node: Any, name: str) -> dict[str, Any]:
+    """The config section `node` (named `name` for errors) as a resolved plain dict, for the workers."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(data, dict):
+        raise TypeError(f"config section '{name}' is a {type(data).__name__}, not a mapping")
+    return {str(key): value for key, value in data.items()}
+
+
 class PolicyGroup:
     """Driver-side handle: one Ray actor per rank, each call broadcast to all and the results combined (a
     `trainer.interfaces.Policy`)."""
@@ -554,16 +567,15 @@ class PolicyGroup:
         world_size: int | None = None,
     ):
         import ray
-        from omegaconf import OmegaConf
 
-        policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
-        loss_cfg = OmegaConf.to_container(cfg.loss_fn, resolve=True)
+        policy_cfg = _config_dict(cfg.policy, "policy")
+        loss_cfg = _config_dict(cfg.loss_fn, "loss_fn")
         gpus = int(cfg.cluster.gpus_per_node) * int(cfg.cluster.num_nodes)
         mcfg = policy_cfg["megatron_cfg"]
         world = world_size or (
             gpus if gpus > 0 else int(mcfg["tensor_model_parallel_size"]) * int(mcfg["pipeline_model_parallel_size"])
         )
-        options = {"num_cpus": 1}
+        options: dict[str, float] = {"num_cpus": 1}
         if gpus > 0:
             options["num_gpus"] = COLOCATED_GPU_SHARE
         actor_cls = ray.remote(PolicyWorker)
@@ -638,14 +650,11 @@ class InProcessPolicy:
         total_steps: int,
         master_port: int | None = None,
     ):
-        from omegaconf import OmegaConf
-
         from trainer.distributed import free_port
 
-        policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
         self.worker = PolicyWorker(
-            policy_cfg,
-            OmegaConf.to_container(cfg.loss_fn, resolve=True),
+            _config_dict(cfg.policy, "policy"),
+            _config_dict(cfg.loss_fn, "loss_fn"),
             model_factory,
             weights_exporter,
             total_steps,
@@ -663,7 +672,10 @@ class InProcessPolicy:
         return combine_train_results([self.worker.train(batch)])
 
     def export_weights_blob(self, dtype: str = "bfloat16") -> bytes:
-        return self.worker.export_weights_blob(dtype)
+        blob = self.worker.export_weights_blob(dtype)
+        if blob is None:  # the worker is rank 0, which always returns the blob
+            raise RuntimeError("the in-process policy worker (rank 0) returned no weights blob")
+        return blob
 
     def save(self, directory: str | Path) -> None:
         self.worker.save(str(directory))

@@ -115,6 +115,12 @@ def load_config(name_or_path: str | Path = "tiny_cpu", overrides: Iterable[str] 
     return cfg
 
 
+def with_values(cfg: DictConfig, values: dict) -> DictConfig:
+    """A copy of `cfg` with the nested `values` set (checked against the schema when `cfg` is typed), e.g. the
+    optimizer settings the sft stage trains with."""
+    return _as_mapping(OmegaConf.merge(cfg, OmegaConf.create(values)), "the run config with new values")
+
+
 def config_hash(cfg: DictConfig, keys: Iterable[str]) -> str:
     """Short stable hash of the config sections a stage depends on (resolved values)."""
     parts = {}

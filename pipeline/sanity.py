@@ -23,9 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from infra.config import run_root
+from infra.config import run_root, with_values
 
 if TYPE_CHECKING:
     from trainer.grpo.loop import GRPOTrainer
@@ -67,31 +67,26 @@ class _Context:
     def trainer_cfg(self) -> DictConfig:
         """The run's config, shrunk to one tiny step whose artifacts stay under sanity/."""
         n = max(1, int(self.cfg.sanity.num_rollouts))
-        merged = OmegaConf.merge(
+        return with_values(
             self.cfg,
-            OmegaConf.create(
-                {
-                    "grpo": {
-                        "num_prompts_per_step": n,
-                        "num_generations_per_prompt": 2,
-                        "max_num_steps": 1,
-                        "val_at_start": False,
-                        "val_at_end": False,
-                        "val_period": 0,
-                    },
-                    "checkpointing": {
-                        "enabled": True,  # the checkpoint check saves and loads, whether or not the run does
-                        "checkpoint_dir": str(self.out_dir / "checkpoints"),
-                        "keep_top_k": 1,
-                        "resume_from": None,
-                    },
-                    "logger": {"log_dir": str(self.out_dir), "wandb_enabled": False},
-                }
-            ),
+            {
+                "grpo": {
+                    "num_prompts_per_step": n,
+                    "num_generations_per_prompt": 2,
+                    "max_num_steps": 1,
+                    "val_at_start": False,
+                    "val_at_end": False,
+                    "val_period": 0,
+                },
+                "checkpointing": {
+                    "enabled": True,  # the checkpoint check saves and loads, whether or not the run does
+                    "checkpoint_dir": str(self.out_dir / "checkpoints"),
+                    "keep_top_k": 1,
+                    "resume_from": None,
+                },
+                "logger": {"log_dir": str(self.out_dir), "wandb_enabled": False},
+            },
         )
-        if not isinstance(merged, DictConfig):
-            raise TypeError(f"merging onto the run config gave a {type(merged).__name__}, not a DictConfig")
-        return merged
 
     def build(self) -> Components:
         if self.components is None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from infra.config import run_root
+from infra.config import run_root, with_values
 
 if TYPE_CHECKING:
     from trainer.interfaces import Policy
@@ -39,24 +39,19 @@ if TYPE_CHECKING:
 def sft_config(cfg: DictConfig) -> DictConfig:
     """The run config with the policy optimizer set from `sft.*` (lr, min_lr, batch sizes)."""
     s = cfg.sft
-    merged = OmegaConf.merge(
+    return with_values(
         cfg,
-        OmegaConf.create(
-            {
-                "policy": {
-                    "train_global_batch_size": int(s.train_global_batch_size),
-                    "train_micro_batch_size": int(s.train_micro_batch_size),
-                    "megatron_cfg": {
-                        "optimizer": {"lr": float(s.lr), "min_lr": float(s.min_lr)},
-                        "scheduler": {"lr_warmup_iters": int(s.lr_warmup_iters)},
-                    },
-                }
+        {
+            "policy": {
+                "train_global_batch_size": int(s.train_global_batch_size),
+                "train_micro_batch_size": int(s.train_micro_batch_size),
+                "megatron_cfg": {
+                    "optimizer": {"lr": float(s.lr), "min_lr": float(s.min_lr)},
+                    "scheduler": {"lr_warmup_iters": int(s.lr_warmup_iters)},
+                },
             }
-        ),
+        },
     )
-    if not isinstance(merged, DictConfig):
-        raise TypeError(f"merging onto the run config gave a {type(merged).__name__}, not a DictConfig")
-    return merged
 
 
 @dataclass

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from infra.config import with_values
 from trainer.interfaces import GenerationOutput, SamplingParams
 
 
@@ -66,10 +67,7 @@ def expert_rollouts(rows: Sequence[dict], tokenizer, cfg: DictConfig, short_cont
 
     if short_context:
         rows = [without_system_prompt(row) for row in rows]
-        merged = OmegaConf.merge(cfg, OmegaConf.create({"env": {"tool_scope": "none"}}))
-        if not isinstance(merged, DictConfig):
-            raise TypeError(f"merging onto the run config gave a {type(merged).__name__}, not a DictConfig")
-        cfg = merged
+        cfg = with_values(cfg, {"env": {"tool_scope": "none"}})
     end_of_turn = stop_token_ids(tokenizer, getattr(tokenizer, "name_or_path", None))[0]
     out = []
     for row in rows:

@@ -1,9 +1,10 @@
-# slurm-grpo: thin targets over Python entry points. Variables: CONFIG, NODES, OVERRIDES (dotlist), PARTITION, ACCOUNT, TIME_MIN.
+# slurm-grpo: thin targets over Python entry points. Variables: CONFIG, NODES (default: the recipe's cluster.num_nodes),
+# OVERRIDES (dotlist), PARTITION, ACCOUNT, TIME_MIN.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= tiny_cpu
-NODES ?= 1
+NODES ?=
 OVERRIDES ?=
 CLUSTER_NODES ?= 2
 SLURM_VARS := $(if $(PARTITION),slurm.partition=$(PARTITION)) $(if $(ACCOUNT),slurm.account=$(ACCOUNT)) $(if $(TIME_MIN),slurm.time_min=$(TIME_MIN))
@@ -57,11 +58,11 @@ submit-prepare: ; $(JOBS) submit --until prepare $(ALL_OVERRIDES)
 submit-sanity:  ; $(JOBS) submit --until sanity $(ALL_OVERRIDES)
 submit-sft:     ; $(JOBS) submit --until sft $(ALL_OVERRIDES)
 ## submit-train: submit the chain up to GRPO training on NODES nodes (stages already done are skipped)
-submit-train:   ; $(JOBS) submit --until train --nodes $(NODES) $(ALL_OVERRIDES)
+submit-train:   ; $(JOBS) submit --until train $(if $(NODES),--nodes $(NODES)) $(ALL_OVERRIDES)
 ## submit-eval: the whole chain, ending with eval of the trained model
-submit-eval:    ; $(JOBS) submit --until eval --nodes $(NODES) $(ALL_OVERRIDES)
+submit-eval:    ; $(JOBS) submit --until eval $(if $(NODES),--nodes $(NODES)) $(ALL_OVERRIDES)
 ## resume: resubmit training from the latest checkpoint (FROM=best or FROM=step_N to choose)
-resume:         ; $(JOBS) resume --nodes $(NODES) $(if $(FROM),--from $(FROM)) $(ALL_OVERRIDES)
+resume:         ; $(JOBS) resume $(if $(NODES),--nodes $(NODES)) $(if $(FROM),--from $(FROM)) $(ALL_OVERRIDES)
 ## status: job id, state, reason and artifacts of each stage of the run
 status:         ; $(JOBS) status $(ALL_OVERRIDES)
 ## logs: log files of the run's jobs and their tails (STAGE=train for one stage)
@@ -74,7 +75,7 @@ sweep-remove:   ; $(JOBS) sweep-remove $(ALL_OVERRIDES)
 ## demo: the README's main command: install, local cluster, whole chain, summary
 demo: install
 	$(MAKE) cluster-up || echo "demo: the local Slurm cluster could not be brought up; falling back to submitit's LocalExecutor"
-	$(JOBS) demo --nodes $(NODES) $(ALL_OVERRIDES)
+	$(JOBS) demo $(if $(NODES),--nodes $(NODES)) $(ALL_OVERRIDES)
 
 ## test: the README's test command (CI runs exactly this through .ci/run): lint, local cluster, all tests
 test: install

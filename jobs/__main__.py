@@ -67,7 +67,9 @@ def follow(cfg, job_ids: list[str], poll_s: float = 5.0, quiet: bool = False) ->
 def cmd_submit(args: argparse.Namespace) -> int:
     cfg = _config(args, nodes=args.nodes)
     print(f"run {cfg.run.name}: chain up to {args.until} -> {cfg.run.root}", flush=True)
-    plans = chain.submit_chain(cfg, args.until, nodes=args.nodes or 1, always=args.force, targets=_targets(args.target))
+    plans = chain.submit_chain(
+        cfg, args.until, nodes=int(cfg.cluster.num_nodes), always=args.force, targets=_targets(args.target)
+    )
     ids = [p.job_id for p in plans if p.job_id]
     if args.wait and ids and bool(cfg.slurm.use_cluster):
         states = follow(cfg, ids)
@@ -95,7 +97,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             f"(on disk: {', '.join(f'step_{n}' for n in steps)})",
             flush=True,
         )
-    chain.submit_chain(cfg, args.until, nodes=args.nodes or 1, always=["train"], keep_before="train")
+    chain.submit_chain(cfg, args.until, nodes=int(cfg.cluster.num_nodes), always=["train"], keep_before="train")
     return 0
 
 
@@ -155,7 +157,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
             cfg.slurm.use_cluster = False
     cfg = chain.resolve_config(cfg, args.nodes)
-    return demo.run_demo(cfg, nodes=args.nodes or 1, poll_s=args.poll_s)
+    return demo.run_demo(cfg, nodes=int(cfg.cluster.num_nodes), poll_s=args.poll_s)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,7 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("submit", cmd_submit, "submit the chain up to a stage (skips up-to-date stages)")
     p.add_argument("--until", required=True, choices=STAGE_ORDER)
-    p.add_argument("--nodes", type=int, default=None, help="nodes for the train stage (one task per node)")
+    p.add_argument(
+        "--nodes",
+        type=int,
+        default=None,
+        help="nodes of the train stage, one task per node (default: cluster.num_nodes)",
+    )
     p.add_argument(
         "--force",
         action="append",
@@ -206,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command("sweep-remove", cmd_sweep_remove, "cancel the scheduled sanity sweep")
     p = command("demo", cmd_demo, "run the whole chain, follow it, print a summary")
-    p.add_argument("--nodes", type=int, default=None, help="nodes of the train job (default: 1)")
+    p.add_argument("--nodes", type=int, default=None, help="nodes of the train job (default: cluster.num_nodes)")
     p.add_argument("--poll-s", type=float, default=5.0, help="seconds between progress polls")
     for p in sub.choices.values():
         p.add_argument("overrides", nargs="*", help="config overrides key=value")

@@ -1,0 +1,39 @@
+"""`python -m jobs`: how many nodes the train job gets - the recipe's cluster.num_nodes unless --nodes is given."""
+
+from __future__ import annotations
+
+import pytest
+
+import jobs.__main__ as cli
+
+
+@pytest.fixture
+def submitted(monkeypatch):
+    """The arguments submit_chain is called with (nothing is submitted)."""
+    calls: list[dict] = []
+
+    def capture(cfg, until, nodes, **kwargs):
+        calls.append({"nodes": nodes, "num_nodes": int(cfg.cluster.num_nodes), "until": until})
+        return []
+
+    monkeypatch.setattr(cli.chain, "submit_chain", capture)
+    monkeypatch.setattr(cli, "slurm_available", lambda: True)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "argv, nodes",
+    [
+        (["submit", "--until", "train"], 1),  # tiny_cpu: cluster.num_nodes 1
+        (["submit", "--until", "train", "cluster.num_nodes=3"], 3),  # the recipe's value, not a default of 1
+        (["submit", "--until", "train", "--nodes", "2", "cluster.num_nodes=3"], 2),  # the command line wins
+        (["resume", "cluster.num_nodes=4"], 4),
+    ],
+)
+def test_train_nodes_come_from_the_recipe_unless_given(submitted, tmp_path, argv, nodes, monkeypatch):
+    if argv[0] == "resume":  # resume needs a checkpoint on disk
+        step = tmp_path / "train" / "checkpoints" / "step_2"
+        step.mkdir(parents=True)
+        (step / "training_info.json").write_text('{"current_step": 2}')
+    assert cli.main(["--config", "tiny_cpu", *argv, f"run.root={tmp_path}"]) == 0
+    assert submitted == [{"nodes": nodes, "num_nodes": nodes, "until": "train"}]

@@ -19,6 +19,7 @@ POLICY_CFG = {
     "logits_only_where_loss": True,  # these four as in configs/base.yaml
     "pack_shared_prefixes": True,
     "pack_min_shared_tokens": 32,
+    "offload_optimizer_for_generation": False,
     "megatron_cfg": {
         "tensor_model_parallel_size": 1,
         "pipeline_model_parallel_size": 1,

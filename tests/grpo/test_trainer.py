@@ -212,3 +212,31 @@ def test_sequence_level_loss_trains_on_length_weighted_advantages(tmp_path):
     assert weights.unique().numel() == 2  # two lengths, two weights
     expected = compute_advantages(rewards, torch.arange(4).repeat_interleave(4)) * weights
     assert torch.allclose(batch["advantages"], expected)
+
+
+def test_engines_sleep_while_the_policy_trains_and_wake_for_the_refit(tmp_path):
+    """The order a colocated GPU step needs: generate, engines asleep, policy update, engines awake, refit."""
+    cfg = toy_cfg(tmp_path, "grpo.max_num_steps=2", "grpo.val_period=0", "grpo.val_at_start=false")
+    trainer, sampler = make_trainer(cfg)
+    events: list[str] = []
+    for name in ("generate", "sleep", "wake_up", "update_weights"):
+        original = getattr(sampler, name)
+
+        def recorded(*args, _name=name, _original=original, **kwargs):
+            events.append(_name)
+            return _original(*args, **kwargs)
+
+        setattr(sampler, name, recorded)
+    train = trainer.policy.train
+
+    def recorded_train(*args, **kwargs):
+        events.append("train")
+        return train(*args, **kwargs)
+
+    trainer.policy.train = recorded_train
+    trainer.fit()
+    # split at each refit: a training step's events end with the engines asleep through the update
+    steps = [chunk.split() for chunk in " ".join(events).split("update_weights") if "train" in chunk]
+    assert len(steps) == 2
+    for step in steps:
+        assert step[-3:] == ["sleep", "train", "wake_up"] and step[0] == "generate", step

@@ -7,6 +7,8 @@
     prev_lp    = policy.get_logprobs(batch)   # only when the batch spans several optimizer steps (+ reference
                                               # log-probs when the KL is on); one step is trained on-policy
     metrics    = policy.train(batch)                            # clipped-ratio loss, AdamW, clip, LR schedule
+                 (engines asleep meanwhile where sleep mode is on; the policy's Adam state leaves the GPU after it
+                  where policy.offload_optimizer_for_generation is on)
     generation.update_weights(policy.export_weights_blob())    # refit the engines with the new weights
     validate every `val_period` (and at start / end)            # val:accuracy on held-out rows
     checkpoint every `save_period` (and at the end / on preemption)
@@ -293,6 +295,10 @@ class GRPOTrainer:
             rollouts = self.rollout_fn(rows, self.generation, self.tokenizer, self.cfg, step_seed(self.seed, step))
         if len(rollouts) != len(rows):
             raise RuntimeError(f"rollout_fn returned {len(rollouts)} rollouts for {len(rows)} prompts")
+        with timer("prepare_for_training/engine_sleep"):
+            # engines built with vllm_cfg.enable_sleep_mode free their GPU memory for the policy's step (a
+            # no-op elsewhere); they wake for the refit
+            self.generation.sleep()
         with timer("reward_calculation"):
             rewards = torch.tensor([float(r.reward) for r in rollouts])
         with timer("advantage_calculation"):
@@ -323,6 +329,8 @@ class GRPOTrainer:
                 train_batch["reference_logprobs"] = self.policy.get_logprobs(train_batch, use_reference=True)
         with timer("policy_training"):
             train_metrics = self.policy.train(train_batch)
+        with timer("prepare_for_generation/engine_wake"):
+            self.generation.wake_up()
         with timer("prepare_for_generation/transfer_and_update_weights"):
             self.generation.update_weights(self.policy.export_weights_blob(self.refit_dtype))
         self.consumed_samples += len(prompts)

@@ -102,6 +102,7 @@ def policy_config(backend: str, gbs: int, mbs: int, precision: str = "bfloat16",
         "logits_only_where_loss": True,
         "pack_shared_prefixes": True,
         "pack_min_shared_tokens": 32,
+        "offload_optimizer_for_generation": False,
         "megatron_cfg": {
             "tensor_model_parallel_size": tp,
             "pipeline_model_parallel_size": 1,

@@ -93,6 +93,10 @@ class PolicyWorker:
         self.pack_prefixes = bool(self.policy_cfg["pack_shared_prefixes"])
         self.pack_min_prefix = int(self.policy_cfg["pack_min_shared_tokens"])
         self._reducer = None  # OverlappedGradReducer, built on the first training step that uses it
+        # colocated on a GPU: Adam's moments and the gradients leave the GPU between training steps, so that a
+        # vLLM engine sharing it has the memory while it generates (trainer.placement counts on this)
+        self.offload_between_steps = bool(self.policy_cfg["offload_optimizer_for_generation"])
+        self._offloaded: list[tuple[dict, str]] = []  # (optimizer state, key) of the tensors now on the host
 
     # ---- setup -------------------------------------------------------------------------------------------
     def node_address(self) -> tuple[str, int]:
@@ -320,6 +324,7 @@ class PolicyWorker:
             )
         max_grad_norm = self.policy_cfg["max_grad_norm"]
         self.model.train()
+        self.restore_optimizer()
         results = []
         for step_start in range(0, n, gbs):
             step_rows = slice(step_start, min(step_start + gbs, n))
@@ -375,7 +380,35 @@ class PolicyWorker:
             # read the stats only now: an .item() per micro-batch would stall the GPU queue between micro-batches
             parts = [{k: float(v) for k, v in p.items()} for p in parts]
             results.append({"parts": parts, "global_valid_tokens": global_tokens, "grad_norm": grad_norm, "lr": lr})
+        if self.offload_between_steps:
+            self.offload_optimizer()
         return results if self.reports else None
+
+    def offload_optimizer(self) -> int:
+        """Move Adam's moments to host memory and free the gradients; returns the bytes moved. The next `train`
+        brings the moments back (`restore_optimizer`) and rebuilds the gradient buffers. A no-op off the GPU.
+        Only tensors that were on the GPU move back: Adam keeps its step counters on the host by design."""
+        if self.device.type != "cuda" or self._offloaded:
+            return 0
+        moved = 0
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.device.type == "cuda":
+                    state[key] = value.to("cpu")
+                    self._offloaded.append((state, key))
+                    moved += value.numel() * value.element_size()
+        if self._reducer is not None:  # its flat gradient buckets are rebuilt by the next step
+            self._reducer.remove()
+            self._reducer = None
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        return moved
+
+    def restore_optimizer(self) -> None:
+        """Adam's moments back on the GPU after `offload_optimizer` (nothing to do otherwise)."""
+        for state, key in self._offloaded:
+            state[key] = state[key].to(self.device, non_blocking=True)
+        self._offloaded = []
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """A CPU tensor on the policy's device; on GPU through pinned memory, non-blocking: a pageable copy makes
@@ -514,6 +547,9 @@ class PolicyWorker:
             group["lr"] = self.scheduler.get_lr(group)
         self.reference_state = state.get("reference") or self.reference_state
         torch.set_rng_state(state["torch_rng"])
+        self._offloaded = []  # load_state_dict put the moments next to their parameters
+        if self.offload_between_steps:
+            self.offload_optimizer()
 
 
 def combine_train_results(per_rank: list[list[dict] | None]) -> dict[str, float]:

@@ -14,7 +14,7 @@ ALL_OVERRIDES := $(SLURM_VARS) $(OVERRIDES)
 .DEFAULT_GOAL := help
 
 .PHONY: help lint format install install-login cluster-up cluster-down cluster-status submit-data submit-prepare submit-sanity \
-        submit-sft submit-train submit-eval resume status logs sweep-install sweep-remove demo test test-fast \
+        submit-sft submit-train submit-eval resume plan status logs sweep-install sweep-remove demo test test-fast \
         bench-env bench-chain bench-train bench-policy bench-rollout bench-gpu bench-multi-gpu
 
 ## help: this list of targets
@@ -63,6 +63,8 @@ submit-train:   ; $(JOBS) submit --until train $(if $(NODES),--nodes $(NODES)) $
 submit-eval:    ; $(JOBS) submit --until eval $(if $(NODES),--nodes $(NODES)) $(ALL_OVERRIDES)
 ## resume: resubmit training from the latest checkpoint (FROM=best or FROM=step_N to choose)
 resume:         ; $(JOBS) resume $(if $(NODES),--nodes $(NODES)) $(if $(FROM),--from $(FROM)) $(ALL_OVERRIDES)
+## plan: the train job's GPU placement and per-GPU memory estimate for CONFIG (NODES), nothing submitted
+plan:           ; $(JOBS) plan $(if $(NODES),--nodes $(NODES)) $(ALL_OVERRIDES)
 ## status: job id, state, reason and artifacts of each stage of the run
 status:         ; $(JOBS) status $(ALL_OVERRIDES)
 ## logs: log files of the run's jobs and their tails (STAGE=train for one stage)

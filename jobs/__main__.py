@@ -25,6 +25,7 @@ from infra.config import load_config
 from jobs import chain, slurm_state, status, sweep
 from jobs.stages import STAGE_ORDER, slurm_available
 from trainer.checkpoint import list_checkpoints
+from trainer.placement import PlacementError, PlacementRequest, known_shape, plan_placement
 
 
 def _config(args: argparse.Namespace, extra: Sequence[str] = (), nodes: int | None = None) -> DictConfig:
@@ -49,6 +50,23 @@ def _targets(items: list[str]) -> dict[str, str]:
     return targets
 
 
+def placement_plan(cfg: DictConfig, quiet: bool = False) -> str | None:
+    """The GPU placement plan of the train job, printed before anything is submitted; an impossible plan stops
+    here, on the login node, in seconds (SystemExit with what to change). None on CPU recipes."""
+    if int(cfg.cluster.gpus_per_node) <= 0:
+        return None
+    shape = known_shape(str(cfg.policy.model_name))
+    try:
+        text = plan_placement(PlacementRequest.from_config(cfg), shape).describe()
+    except PlacementError as err:
+        raise SystemExit(f"run {cfg.run.name}: the train job cannot be placed: {err}") from None
+    if shape is None:
+        text += f"\n(no memory estimate: {cfg.policy.model_name} is not among trainer.placement's known shapes)"
+    if not quiet:
+        print(text, flush=True)
+    return text
+
+
 def follow(cfg, job_ids: list[str], poll_s: float = 5.0, quiet: bool = False) -> dict[str, str]:
     """Poll sacct until every job has ended; print state changes. Returns job id -> final state."""
     last: dict[str, str] = {}
@@ -67,6 +85,8 @@ def follow(cfg, job_ids: list[str], poll_s: float = 5.0, quiet: bool = False) ->
 def cmd_submit(args: argparse.Namespace) -> int:
     cfg = _config(args, nodes=args.nodes)
     print(f"run {cfg.run.name}: chain up to {args.until} -> {cfg.run.root}", flush=True)
+    if STAGE_ORDER.index(args.until) >= STAGE_ORDER.index("train"):
+        placement_plan(cfg)
     plans = chain.submit_chain(
         cfg, args.until, nodes=int(cfg.cluster.num_nodes), always=args.force, targets=_targets(args.target)
     )
@@ -97,6 +117,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             f"(on disk: {', '.join(f'step_{n}' for n in steps)})",
             flush=True,
         )
+    placement_plan(cfg)
     chain.submit_chain(cfg, args.until, nodes=int(cfg.cluster.num_nodes), always=["train"], keep_before="train")
     return 0
 
@@ -120,6 +141,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
         print(err.args[0], file=sys.stderr)
         return 1
     print(status.format_logs(files, args.lines))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    cfg = _config(args, nodes=args.nodes)
+    if placement_plan(cfg) is None:
+        print(f"run {cfg.run.name}: cluster.gpus_per_node is 0: CPU actors, nothing to place")
     return 0
 
 
@@ -193,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run another function for a stage (tests, benchmarks)",
     )
     p.add_argument("--wait", action="store_true", help="follow the jobs until they end; exit 1 if one failed")
+    p = command("plan", cmd_plan, "print the train job's GPU placement and memory plan (nothing is submitted)")
+    p.add_argument("--nodes", type=int, default=None, help="nodes of the train job (default: cluster.num_nodes)")
     p = command("resume", cmd_resume, "resubmit training from a checkpoint")
     p.add_argument("--from", dest="from_", default=None, help="latest (default), best or step_N")
     p.add_argument("--nodes", type=int, default=None)

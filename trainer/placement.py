@@ -153,11 +153,12 @@ class Gpu:
 
 @dataclass
 class GpuMemory:
-    """Estimated GiB on one GPU in each phase of a step; `parts` says where the training figure comes from."""
+    """Estimated GiB on one GPU in each phase of a step; the parts say where each figure comes from."""
 
     training: float
     generation: float
     parts: dict[str, float] = field(default_factory=dict)
+    generation_parts: dict[str, float] = field(default_factory=dict)
 
     @property
     def peak(self) -> float:
@@ -211,10 +212,11 @@ class PlacementPlan:
                 lines.append(f"  {gpu}: {' + '.join(roles) or 'idle'}{est}")
         if self.memory:
             worst = max(self.memory.values(), key=lambda m: m.peak)
-            parts = ", ".join(f"{k} {v:.1f}" for k, v in worst.parts.items())
+            training = ", ".join(f"{k} {v:.1f}" for k, v in worst.parts.items())
+            generation = ", ".join(f"{k} {v:.1f}" for k, v in worst.generation_parts.items())
             lines.append(
-                f"memory estimate (GiB, fullest GPU): training {worst.training:.1f}, generation "
-                f"{worst.generation:.1f} of {r.gpu_memory_gib:g}; {parts}"
+                f"memory estimate (GiB, fullest GPU, of {r.gpu_memory_gib:g}): training {worst.training:.1f} "
+                f"({training}); generation {worst.generation:.1f} ({generation})"
             )
         return "\n".join(lines)
 
@@ -318,7 +320,6 @@ def estimate_memory(plan: PlacementPlan, shape: ModelShape) -> dict[Gpu, GpuMemo
         "activations": activations / GIB,
         "logits": logits / GIB,
     }
-    policy_training = sum(policy_parts.values()) + CUDA_CONTEXT_GIB
     policy_idle = (4 if r.offload_optimizer else 16) * params / GIB + CUDA_CONTEXT_GIB
     engine_generating = r.gpu_memory_utilization * r.gpu_memory_gib + CUDA_CONTEXT_GIB
     engine_idle = (
@@ -329,14 +330,19 @@ def estimate_memory(plan: PlacementPlan, shape: ModelShape) -> dict[Gpu, GpuMemo
     memory = {}
     for gpu in sorted(policy_set | engine_set):
         on_policy, on_engine = gpu in policy_set, gpu in engine_set
-        parts = dict(policy_parts) if on_policy else {}
-        if on_engine:
-            parts["engine (training phase)" if on_policy else "engine"] = (
-                engine_idle if on_policy else engine_generating
+        if on_policy:
+            training_parts = (
+                {**policy_parts, "sleeping engine" if r.sleep_mode else "awake engine": engine_idle}
+                if on_engine
+                else dict(policy_parts)
             )
-        training = (policy_training if on_policy else 0.0) + (engine_idle if on_engine else 0.0)
-        generation = (policy_idle if on_policy else 0.0) + (engine_generating if on_engine else 0.0)
-        if not on_policy:
-            training = engine_generating  # a split engine holds its budget all the time
-        memory[gpu] = GpuMemory(training, generation, parts)
+            idle_policy = "policy weights (optimizer offloaded)" if r.offload_optimizer else "policy + optimizer"
+            generation_parts = (
+                {"engine": engine_generating, idle_policy: policy_idle} if on_engine else {idle_policy: policy_idle}
+            )
+            training = sum(training_parts.values()) + CUDA_CONTEXT_GIB
+        else:  # a split engine holds its budget all the time
+            training_parts = generation_parts = {"engine": engine_generating}
+            training = engine_generating
+        memory[gpu] = GpuMemory(training, sum(generation_parts.values()), training_parts, generation_parts)
     return memory

@@ -387,7 +387,8 @@ class PolicyWorker:
     def offload_optimizer(self) -> int:
         """Move Adam's moments to host memory and free the gradients; returns the bytes moved. The next `train`
         brings the moments back (`restore_optimizer`) and rebuilds the gradient buffers. A no-op off the GPU.
-        Only tensors that were on the GPU move back: Adam keeps its step counters on the host by design."""
+        Whatever was on the GPU goes back there, and only that (an optimizer may keep its step counters on the
+        host)."""
         if self.device.type != "cuda" or self._offloaded:
             return 0
         moved = 0

@@ -176,7 +176,7 @@ class VllmConfig:
     gpu_memory_utilization: float = MISSING
     max_model_len: int = MISSING
     enforce_eager: bool = MISSING
-    num_engines: int = MISSING
+    num_engines: int | None = MISSING
     enable_sleep_mode: bool = MISSING
     max_num_seqs: int = MISSING
     kv_cache_space_gb: float = MISSING

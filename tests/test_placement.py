@@ -118,3 +118,15 @@ def test_shape_from_a_llama_style_config():
     )
     per_layer = 4 * 64 * 64 + 3 * 64 * 128 + 2 * 64
     assert shape.num_params == 2 * per_layer + 2 * 100 * 64 + 64
+
+
+def test_engine_count_fills_the_gpus_unless_given():
+    from infra.config import load_config
+    from trainer.generation.vllm_worker import engines_for
+
+    assert engines_for(load_config("tiny_cpu")) == 1  # CPU: one engine
+    qwen = "grpo_workplace_assistant_qwen3_4binstruct"
+    assert engines_for(load_config(qwen)) == 64  # 8 nodes x 8 GPUs / TP 1
+    assert engines_for(load_config(qwen, ["cluster.num_nodes=2"])) == 16
+    assert engines_for(load_config(qwen, ["policy.generation.vllm_cfg.num_engines=3"])) == 3
+    assert engines_for(load_config("grpo_workplace_assistant_nemotron_nano_v2_9b")) == 1  # 8 GPUs / TP 8

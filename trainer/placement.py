@@ -133,7 +133,7 @@ class PlacementRequest:
             policy_tp=int(mcfg.tensor_model_parallel_size),
             policy_pp=int(mcfg.pipeline_model_parallel_size),
             engine_tp=int(vcfg.tensor_parallel_size),
-            num_engines=vcfg.num_engines,
+            num_engines=None if vcfg.num_engines is None else int(vcfg.num_engines),
             gpu_memory_utilization=float(vcfg.gpu_memory_utilization),
             sleep_mode=bool(vcfg.enable_sleep_mode),
             offload_optimizer=bool(policy.offload_optimizer_for_generation),

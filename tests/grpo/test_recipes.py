@@ -95,9 +95,7 @@ def test_gpu_recipes_place_on_one_and_on_eight_nodes_of_80_gb(name, nodes):
     the CPUs the node's actors need."""
     from trainer.placement import PlacementRequest, known_shape, plan_placement
 
-    engine_tp = int(load_config(name).policy.generation.vllm_cfg.tensor_parallel_size)
-    engines = 8 * nodes // engine_tp  # as many as the GPUs hold
-    c = load_config(name, [f"cluster.num_nodes={nodes}", f"policy.generation.vllm_cfg.num_engines={engines}"])
+    c = load_config(name, [f"cluster.num_nodes={nodes}"])  # num_engines null: as many as the GPUs hold
     plan = plan_placement(PlacementRequest.from_config(c), known_shape(c.policy.model_name))
     assert len(set(plan.policy_gpus)) == len(plan.policy_gpus) == 8 * nodes
     tp = c.policy.megatron_cfg.tensor_model_parallel_size

@@ -224,12 +224,23 @@ class VllmEngine:
 VllmGenerationWorker = ray.remote(VllmEngine)
 
 
+def engines_for(cfg) -> int:
+    """`vllm_cfg.num_engines`, or where it is null as many as the placement plan fits (one on CPU)."""
+    if cfg.policy.generation.vllm_cfg.num_engines is not None:
+        return int(cfg.policy.generation.vllm_cfg.num_engines)
+    if int(cfg.cluster.gpus_per_node) <= 0:
+        return 1
+    from trainer.placement import PlacementRequest, plan_placement
+
+    return len(plan_placement(PlacementRequest.from_config(cfg)).engine_gpus)
+
+
 class GenerationGroup:
     """Driver-side handle on `num_engines` generation actors: splits batches, broadcasts refits."""
 
     def __init__(self, cfg, model_dir: str, num_engines: int | None = None, settings: EngineSettings | None = None):
         self.settings = settings or EngineSettings.from_cfg(cfg)
-        self.num_engines = int(num_engines or cfg.policy.generation.vllm_cfg.num_engines)
+        self.num_engines = int(num_engines or engines_for(cfg))
         if self.num_engines < 1:
             raise ValueError(f"num_engines must be at least 1, got {self.num_engines}")
         gpus = int(cfg.cluster.gpus_per_node) * int(cfg.cluster.num_nodes)

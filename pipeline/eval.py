@@ -59,15 +59,21 @@ def checkpoint_to_hf(cfg: DictConfig, checkpoint: Path, out_dir: Path) -> Path:
     from trainer.components import initial_model_dir
     from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
     from trainer.policy.worker import PolicyGroup
+    from trainer.ray_placement import reserve_for
 
     base = initial_model_dir(cfg)
-    policy = PolicyGroup(cfg, functools.partial(build_megatron_model, str(base)), export_hf_state_dict, 1)
+    placement = reserve_for(cfg)
+    policy = PolicyGroup(
+        cfg, functools.partial(build_megatron_model, str(base)), export_hf_state_dict, 1, placement=placement
+    )
     try:
         policy.load(checkpoint / "policy")
         dtype = "bfloat16" if str(cfg.policy.precision) in ("bfloat16", "bf16") else "float32"
         return policy.save_hf_model(base, out_dir, dtype)
     finally:
         policy.shutdown()
+        if placement is not None:
+            placement.release()
 
 
 def run(cfg: DictConfig) -> Path:
@@ -78,6 +84,7 @@ def run(cfg: DictConfig) -> Path:
     from trainer.distributed import init_ray, ray_address
     from trainer.generation import make_generation
     from trainer.metrics import accuracy_summary
+    from trainer.ray_placement import reserve_for
     from trainer.rollout import collect_rollouts
 
     timer = manifest.StageTimer()
@@ -95,7 +102,8 @@ def run(cfg: DictConfig) -> Path:
     model_dir = checkpoint_to_hf(cfg, model, out_dir / "hf_model") if kind == "checkpoint" else model
     timer.phase("resolve_model")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    generation = make_generation(cfg, str(model_dir))
+    placement = reserve_for(cfg)
+    generation = make_generation(cfg, str(model_dir), placement=placement)
     timer.phase("start_engines")
     try:
         t0 = time.perf_counter()
@@ -103,6 +111,8 @@ def run(cfg: DictConfig) -> Path:
         seconds = time.perf_counter() - t0
     finally:
         generation.shutdown()
+        if placement is not None:
+            placement.release()
     timer.phase("rollouts")
 
     results_path, summary_path = out_dir / "results.jsonl", out_dir / "summary.json"

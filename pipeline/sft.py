@@ -142,6 +142,7 @@ def run(cfg: DictConfig) -> Path:
     from trainer.models.hub import resolve_model
     from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
     from trainer.policy.worker import PolicyGroup
+    from trainer.ray_placement import reserve_for
 
     timer = manifest.StageTimer()
     root = run_root(cfg)
@@ -174,8 +175,13 @@ def run(cfg: DictConfig) -> Path:
 
     scfg = sft_config(cfg)
     init_ray(address=ray_address(cfg))
+    placement = reserve_for(scfg)  # GPUs: each rank on the GPU the plan gives it
     policy = PolicyGroup(
-        scfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict, plan.total_steps
+        scfg,
+        functools.partial(build_megatron_model, str(model_dir)),
+        export_hf_state_dict,
+        plan.total_steps,
+        placement=placement,
     )
     checkpoints = CheckpointManager(out_dir / "checkpoints", metric_name=None, keep_top_k=1)
     step = 0
@@ -248,6 +254,8 @@ def run(cfg: DictConfig) -> Path:
         model_dir, out_dir / "hf_model", "bfloat16" if str(cfg.policy.precision) in ("bfloat16", "bf16") else "float32"
     )
     policy.shutdown()
+    if placement is not None:
+        placement.release()
     metrics.finish()
     timer.phase("export_hf_model")
     history = metrics.read()

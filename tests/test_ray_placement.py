@@ -59,3 +59,39 @@ def test_a_plan_larger_than_ray_fails_fast_naming_the_shortage(logical_gpus):
     # the groups that could not be placed were removed: the one node's GPUs are free again
     plan_one = plan_placement(PlacementRequest(num_nodes=1, gpus_per_node=8, gpu_memory_gib=80))
     Reservation(plan_one, cpus_per_gpu=0.1, timeout_s=30).release()
+
+
+def test_policy_ranks_start_on_the_reserved_gpus(logical_gpus, tmp_path):
+    """The real policy workers (toy Megatron GPT, gloo on CPU) placed by a plan on 4 logical GPUs: each rank on
+    its own bundle, and the group trains."""
+    from infra.config import load_config
+    from tests.grpo.grpo_testlib import random_batch
+    from tests.grpo.toy import build_toy_gpt, export_toy_state_dict
+    from trainer.policy.worker import PolicyGroup
+    from trainer.ray_placement import reserve_for
+
+    cfg = load_config(
+        "tiny_cpu",
+        [
+            f"run.root={tmp_path}",
+            "cluster.gpus_per_node=4",
+            "policy.megatron_cfg.tensor_model_parallel_size=2",
+            "policy.train_global_batch_size=8",
+            "policy.train_micro_batch_size=2",
+            "policy.generation.vllm_cfg.tensor_parallel_size=2",
+        ],
+    )
+    reservation = reserve_for(cfg)
+    assert reservation is not None and len(reservation.plan.engine_gpus) == 2
+    group = PolicyGroup(cfg, build_toy_gpt, export_toy_state_dict, total_steps=2, placement=reservation)
+    try:
+        assert [info["tp_rank"] for info in group.setup_info] == [0, 1, 0, 1]
+        where = ray.get([w.where.remote() for w in group.workers])
+        gpus = [w["gpu_ids"] for w in where]
+        assert all(len(ids) == 1 for ids in gpus) and len({ids[0] for ids in gpus}) == 4
+        assert [ids[0] for ids in gpus] == [reservation.devices[g].gpu_id for g in reservation.plan.policy_gpus]
+        metrics = group.train(random_batch(n=8, seed=3))
+        assert metrics["grad_norm"] > 0
+    finally:
+        group.shutdown()
+        reservation.release()

@@ -52,17 +52,24 @@ def build_components(cfg: DictConfig, model_dir: Path, total_steps: int) -> Comp
     from trainer.generation import make_generation
     from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
     from trainer.policy.worker import PolicyGroup
+    from trainer.ray_placement import reserve_for
     from trainer.rollout import collect_rollouts
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    placement = reserve_for(cfg)  # GPUs: the plan printed and held before any actor starts
     policy = PolicyGroup(
-        cfg, functools.partial(build_megatron_model, str(model_dir)), export_hf_state_dict, total_steps
+        cfg,
+        functools.partial(build_megatron_model, str(model_dir)),
+        export_hf_state_dict,
+        total_steps,
+        placement=placement,
     )
-    generation = make_generation(cfg, str(model_dir))
+    generation = make_generation(cfg, str(model_dir), placement=placement)
     return Components(
         policy=policy,
         generation=generation,
         rollout_fn=collect_rollouts,
         tokenizer=tokenizer,
         expert_fn=functools.partial(expert_rollouts, tokenizer=tokenizer, cfg=cfg),
+        placement=placement,
     )

@@ -198,8 +198,11 @@ class Components:
     rollout_fn: RolloutFn
     tokenizer: Any = None
     expert_fn: ExpertFn | None = None
+    placement: Any = None  # trainer.ray_placement.Reservation: the GPUs held for them (None on CPU)
 
     def shutdown(self) -> None:
-        """Stop the engines, then the policy workers."""
+        """Stop the engines, then the policy workers, then give their GPUs back."""
         self.generation.shutdown()
         self.policy.shutdown()
+        if self.placement is not None:
+            self.placement.release()

@@ -17,6 +17,7 @@ from typing import Any
 from trainer.placement import Gpu, PlacementPlan
 
 RESERVE_TIMEOUT_S = 300.0
+ACTOR_START_TIMEOUT_S = 1800.0  # loading a model from a shared filesystem and compiling kernels take minutes
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,48 @@ def _where() -> tuple[str, str, list[str]]:
 
     ctx = ray.get_runtime_context()
     return ctx.get_node_id(), ray.util.get_node_ip_address(), [str(g) for g in ctx.get_accelerator_ids()["GPU"]]
+
+
+def where_am_i() -> dict[str, Any]:
+    """Inside an actor: its node, the GPU ids Ray gave it and what CUDA will see (for plans checked against
+    what runs)."""
+    import os
+
+    node_id, ip, gpu_ids = _where()
+    return {
+        "node_id": node_id,
+        "node_ip": ip,
+        "gpu_ids": gpu_ids,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
+
+
+def reserve_for(cfg: Any) -> Reservation | None:
+    """The run's placement plan, printed and held in Ray, before any policy rank or engine starts; None without
+    GPUs (CPU actors need no placement)."""
+    from trainer.placement import PlacementRequest, known_shape, plan_placement
+
+    if int(cfg.cluster.gpus_per_node) <= 0:
+        return None
+    plan = plan_placement(PlacementRequest.from_config(cfg), known_shape(str(cfg.policy.model_name)))
+    print(plan.describe(), flush=True)
+    return Reservation(plan)
+
+
+def get_started(refs: list, what: str, timeout_s: float = ACTOR_START_TIMEOUT_S) -> list:
+    """`ray.get` of actors' first calls with a deadline; the error names the actors that did not answer and
+    what Ray has free, instead of waiting forever."""
+    import ray
+
+    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    if pending:
+        late = [i for i, ref in enumerate(refs) if ref in pending]
+        raise TimeoutError(
+            f"{what} {late} did not start within {timeout_s:g} s; Ray has free {ray.available_resources()} "
+            f"of {ray.cluster_resources()}. A model load from a slow filesystem can take this long; a missing "
+            f"GPU or node cannot: check cluster.gpus_per_node and the job's allocation"
+        )
+    return ray.get(refs)
 
 
 class Reservation:

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from trainer.interfaces import Generation
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 BACKENDS = ("vllm", "torch")
 
 
-def make_generation(cfg, model_dir: str, num_engines: int | None = None) -> Generation:
+def make_generation(cfg, model_dir: str, num_engines: int | None = None, placement: Any = None) -> Generation:
     """The backend named by `policy.generation.backend`, loaded with the weights in `model_dir`.
 
     The vLLM backend needs Ray (`trainer.distributed.init_ray()`) first.
@@ -25,7 +25,7 @@ def make_generation(cfg, model_dir: str, num_engines: int | None = None) -> Gene
     if backend == "vllm":
         from trainer.generation.vllm_worker import GenerationGroup
 
-        return GenerationGroup(cfg, str(model_dir), num_engines)
+        return GenerationGroup(cfg, str(model_dir), num_engines, placement=placement)
     if backend == "torch":
         from trainer.generation.torch_backend import TorchGeneration
 

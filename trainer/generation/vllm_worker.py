@@ -13,11 +13,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from trainer.interfaces import GenerationOutput, SamplingParams
+
+if TYPE_CHECKING:
+    from trainer.ray_placement import Reservation
 
 REFIT_EXTENSION = "trainer.generation.weight_refit.WeightRefitExtension"
 # On GPUs an engine shares its GPU with a policy rank (colocated), as the policy worker does.
@@ -97,7 +100,11 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 class VllmEngine:
     """One vLLM engine in this process. Use through `VllmGenerationWorker` (a Ray actor) or directly in tests."""
 
-    def __init__(self, model_dir: str, settings: EngineSettings | Mapping[str, Any]):
+    def __init__(
+        self, model_dir: str, settings: EngineSettings | Mapping[str, Any], visible_devices: str | None = None
+    ):
+        if visible_devices is not None:  # an engine of TP > 1 drives its whole TP group's GPUs (the plan's)
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible_devices
         settings = settings if isinstance(settings, EngineSettings) else EngineSettings(**dict(settings))
         self.settings = settings
         started = time.perf_counter()
@@ -138,6 +145,12 @@ class VllmEngine:
         self.llm = LLM(**kwargs)
         self.start_seconds = time.perf_counter() - started
         self.asleep = False
+
+    def where(self) -> dict[str, Any]:
+        """This engine's node and GPUs as Ray placed it."""
+        from trainer.ray_placement import where_am_i
+
+        return where_am_i()
 
     def info(self) -> dict[str, Any]:
         return {
@@ -238,9 +251,18 @@ def engines_for(cfg) -> int:
 class GenerationGroup:
     """Driver-side handle on `num_engines` generation actors: splits batches, broadcasts refits."""
 
-    def __init__(self, cfg, model_dir: str, num_engines: int | None = None, settings: EngineSettings | None = None):
+    def __init__(
+        self,
+        cfg,
+        model_dir: str,
+        num_engines: int | None = None,
+        settings: EngineSettings | None = None,
+        placement: Reservation | None = None,
+    ):
+        from trainer.ray_placement import get_started
+
         self.settings = settings or EngineSettings.from_cfg(cfg)
-        self.num_engines = int(num_engines or engines_for(cfg))
+        self.num_engines = len(placement.plan.engine_gpus) if placement else int(num_engines or engines_for(cfg))
         if self.num_engines < 1:
             raise ValueError(f"num_engines must be at least 1, got {self.num_engines}")
         gpus = int(cfg.cluster.gpus_per_node) * int(cfg.cluster.num_nodes)
@@ -251,9 +273,15 @@ class GenerationGroup:
         started = time.perf_counter()
         self.workers = [
             VllmGenerationWorker.options(**options).remote(str(model_dir), self.settings)
-            for _ in range(self.num_engines)
+            if placement is None
+            else VllmGenerationWorker.options(**placement.options_for_engine(e)).remote(
+                str(model_dir),
+                self.settings,
+                placement.engine_visible_devices(e) if self.settings.tensor_parallel_size > 1 else None,
+            )
+            for e in range(self.num_engines)
         ]
-        self.engine_info = ray.get([w.info.remote() for w in self.workers])
+        self.engine_info = get_started([w.info.remote() for w in self.workers], "vLLM engines")
         self.start_seconds = time.perf_counter() - started
 
     def generate(self, prompt_token_ids: Sequence[Sequence[int]], sampling: SamplingParams) -> list[GenerationOutput]:

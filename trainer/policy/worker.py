@@ -24,13 +24,16 @@ import os
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from infra.io import atomic_path
 from trainer.grpo.loss import LossConfig, clipped_pg_loss, reduce_loss_stats
 from trainer.interfaces import SamplingParams
+
+if TYPE_CHECKING:
+    from trainer.ray_placement import Reservation
 
 ModelFactory = Callable[..., torch.nn.Module]  # factory(tp=, pp=, dtype=) -> GPTModel
 WeightsExporter = Callable[[torch.nn.Module], dict]  # model -> full HF state dict (gathered over TP)
@@ -99,6 +102,12 @@ class PolicyWorker:
         self._offloaded: list[tuple[dict, str]] = []  # (optimizer state, key) of the tensors now on the host
 
     # ---- setup -------------------------------------------------------------------------------------------
+    def where(self) -> dict[str, Any]:
+        """This rank's node and GPU as Ray placed it."""
+        from trainer.ray_placement import where_am_i
+
+        return where_am_i()
+
     def node_address(self) -> tuple[str, int]:
         """Where rank 0 listens for the process group (asked before setup)."""
         import ray
@@ -602,15 +611,22 @@ class PolicyGroup:
         weights_exporter: WeightsExporter,
         total_steps: int,
         world_size: int | None = None,
+        placement: Reservation | None = None,
     ):
         import ray
+
+        from trainer.ray_placement import get_started
 
         policy_cfg = _config_dict(cfg.policy, "policy")
         loss_cfg = _config_dict(cfg.loss_fn, "loss_fn")
         gpus = int(cfg.cluster.gpus_per_node) * int(cfg.cluster.num_nodes)
         mcfg = policy_cfg["megatron_cfg"]
         world = world_size or (
-            gpus if gpus > 0 else int(mcfg["tensor_model_parallel_size"]) * int(mcfg["pipeline_model_parallel_size"])
+            len(placement.plan.policy_gpus)
+            if placement is not None
+            else gpus
+            if gpus > 0
+            else int(mcfg["tensor_model_parallel_size"]) * int(mcfg["pipeline_model_parallel_size"])
         )
         options: dict[str, float] = {"num_cpus": 1}
         if gpus > 0:
@@ -619,7 +635,7 @@ class PolicyGroup:
         # log-probs of the distribution the engines sample from: the same temperature
         temperature = SamplingParams.from_config(cfg).temperature
         self.workers = [
-            actor_cls.options(**options).remote(
+            actor_cls.options(**(placement.options_for_rank(rank) if placement is not None else options)).remote(
                 policy_cfg,
                 loss_cfg,
                 model_factory,
@@ -632,8 +648,8 @@ class PolicyGroup:
             )
             for rank in range(world)
         ]
-        addr, port = ray.get(self.workers[0].node_address.remote())
-        self.setup_info = ray.get([w.setup.remote(addr, port) for w in self.workers])
+        ((addr, port),) = get_started([self.workers[0].node_address.remote()], "policy rank")
+        self.setup_info = get_started([w.setup.remote(addr, port) for w in self.workers], "policy ranks")
         self._ray = ray
 
     def _all(self, method: str, *args, **kwargs) -> list:

@@ -37,3 +37,19 @@ def test_train_nodes_come_from_the_recipe_unless_given(submitted, tmp_path, argv
         (step / "training_info.json").write_text('{"current_step": 2}')
     assert cli.main(["--config", "tiny_cpu", *argv, f"run.root={tmp_path}"]) == 0
     assert submitted == [{"nodes": nodes, "num_nodes": nodes, "until": "train"}]
+
+
+def test_an_impossible_gpu_plan_stops_the_submission_on_the_login_node(submitted, tmp_path, capsys):
+    qwen = "grpo_workplace_assistant_qwen3_4binstruct"
+    args = ["--config", qwen, "submit", "--until", "train", f"run.root={tmp_path}"]
+    with pytest.raises(SystemExit) as err:
+        cli.main([*args, "policy.megatron_cfg.tensor_model_parallel_size=3"])
+    assert "cannot be placed" in str(err.value) and "tensor_model_parallel_size" in str(err.value)
+    with pytest.raises(SystemExit) as err:
+        cli.main([*args, "policy.megatron_cfg.activation_checkpointing=false"])
+    assert "over the card's 80 GiB" in str(err.value)
+    assert submitted == []  # nothing reached Slurm
+    assert cli.main([*args, "--nodes", "2"]) == 0  # a possible plan is printed, then submitted
+    out = capsys.readouterr().out
+    assert "2 node(s) x 8 GPU(s)" in out and "node 1 gpu 7: policy rank 15" in out
+    assert submitted == [{"nodes": 2, "num_nodes": 2, "until": "train"}]

@@ -15,7 +15,7 @@ ALL_OVERRIDES := $(SLURM_VARS) $(OVERRIDES)
 
 .PHONY: help lint format install install-login cluster-up cluster-down cluster-status submit-data submit-prepare submit-sanity \
         submit-sft submit-train submit-eval resume plan status logs sweep-install sweep-remove demo test test-fast \
-        bench-env bench-chain bench-train bench-policy bench-rollout bench-gpu bench-multi-gpu
+        bench-env bench-chain bench-train bench-policy bench-rollout bench-gpu bench-vllm-gpu bench-multi-gpu
 
 ## help: this list of targets
 help:
@@ -108,6 +108,9 @@ bench-rollout: install
 ## bench-gpu: one GPU (the device machine): bf16 parity, GRPO train tokens/s + MFU, log-prob and generation speed
 bench-gpu:
 	$(if $(wildcard $(PY)),$(PY),python3) -m bench.gpu_bench $(BENCH_ARGS)
+## bench-vllm-gpu: one GPU with the GPU bundle: vLLM engine start, generation tok/s, host refit path, sleep/wake
+bench-vllm-gpu:
+	$(if $(wildcard $(PY)),$(PY),python3) -m bench.vllm_gpu_probe
 ## bench-multi-gpu: two GPUs of one host (NCCL): TP=2 / DP=2 parity with one GPU, DP=2 scaling efficiency
 bench-multi-gpu:
 	$(if $(wildcard $(PY)),$(PY),python3) -m bench.multi_gpu_bench $(BENCH_ARGS)

@@ -28,6 +28,18 @@ from env_sim.execute import dump_output, unprocessable_body
 
 SESSION_COOKIE = "session_id"
 NO_SESSION = "Session not initialized. Please call seed_session first."
+LISTEN_BACKLOG = 1024  # connections the kernel queues while every handler thread is busy (the stdlib's 5 resets
+#                        clients of a few hundred parallel rollouts)
+READ_TIMEOUT_S = 60.0  # a request whose body never arrives (shorter than its Content-Length) gives its thread back
+MAX_BODY_BYTES = 64 * 2**20
+
+
+class BadRequest(Exception):
+    """A request the server answers with `status` and a JSON detail instead of running it."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
 
 
 class _Session:
@@ -67,6 +79,8 @@ class SessionStore:
 def predicted_calls(response: dict) -> list[dict]:
     """Every ``function_call`` item of a Responses-API response's output, in order."""
     output = response.get("output") or []
+    if not isinstance(output, list):
+        raise BadRequest(422, f"response.output must be a list of items, got {type(output).__name__}")
     return [item for item in output if isinstance(item, dict) and item.get("type") == "function_call"]
 
 
@@ -78,7 +92,15 @@ def verify_body(env: Environment, body: dict) -> dict:
 
 
 def aggregate(verify_responses: list) -> dict:
-    rewards = [float(r["reward"]) for r in verify_responses if isinstance(r, dict) and "reward" in r]
+    if not isinstance(verify_responses, list):
+        raise BadRequest(422, f"verify_responses must be a list, got {type(verify_responses).__name__}")
+    rewards = []
+    for index, item in enumerate(verify_responses):
+        if isinstance(item, dict) and "reward" in item:
+            reward = item["reward"]
+            if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+                raise BadRequest(422, f"verify_responses[{index}].reward must be a number, got {reward!r}")
+            rewards.append(float(reward))
     return {"num_verify_responses": len(rewards), "mean_reward": sum(rewards) / len(rewards) if rewards else 0.0}
 
 
@@ -89,6 +111,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # quiet by default; --verbose turns logging on
         if self.server.verbose:
             super().log_message(fmt, *args)
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.read_timeout_s)  # reads (request line, headers, body) time out
 
     # --- plumbing ---------------------------------------------------------------------------------
     def _session_id(self) -> tuple[str, bool]:
@@ -113,8 +139,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self):
         """(parsed JSON body, error text or None); an empty body reads as None."""
-        length = int(self.headers.get("Content-Length") or 0)
+        header = (self.headers.get("Content-Length") or "0").strip()
+        if not header.isdigit():
+            raise BadRequest(400, f"Content-Length must be a non-negative integer, got {header!r}")
+        length = int(header)
+        if length > MAX_BODY_BYTES:
+            raise BadRequest(413, f"body of {length} bytes is over the limit of {MAX_BODY_BYTES}")
         raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:
+            raise BadRequest(400, f"body ended after {len(raw)} of its {length} bytes")
         if not raw.strip():
             return None, None
         try:
@@ -136,6 +169,19 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         session_id, is_new = self._session_id()
         new_cookie = session_id if is_new else None
+        try:
+            self._route(session_id, new_cookie)
+        except BadRequest as err:
+            self.close_connection = err.status in (400, 408, 413)  # the rest of the stream cannot be trusted
+            self._json(err.status, {"detail": err.detail}, new_cookie)
+        except TimeoutError:
+            self.close_connection = True
+            self._json(408, {"detail": f"the request body did not arrive within {self.server.read_timeout_s:g} s"})
+        except Exception as err:  # a bug of ours: the client still gets an answer, and the thread lives on
+            self.close_connection = True
+            self._json(500, {"detail": f"internal error: {type(err).__name__}: {err}"}, new_cookie)
+
+    def _route(self, session_id: str, new_cookie: str | None) -> None:
         body, error = self._read_body()
         if error is not None:
             return self._reply(422, error, new_cookie)
@@ -190,20 +236,32 @@ class _Handler(BaseHTTPRequestHandler):
 
 class EnvServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, env: Environment, address: tuple[str, int], verbose: bool = False):
+    def __init__(
+        self,
+        env: Environment,
+        address: tuple[str, int],
+        verbose: bool = False,
+        read_timeout_s: float = READ_TIMEOUT_S,
+    ):
         super().__init__(address, _Handler)
         self.env = env
         self.sessions = SessionStore(env.fresh_state)
         self.verbose = verbose
+        self.read_timeout_s = read_timeout_s
 
 
 def make_server(
-    env: str | Environment | None = None, host: str = "127.0.0.1", port: int = 0, verbose: bool = False
+    env: str | Environment | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    verbose: bool = False,
+    read_timeout_s: float = READ_TIMEOUT_S,
 ) -> EnvServer:
     """A ready server for ``env`` (an Environment or its name; None: the default environment); port 0 picks a
     free port (``server.server_address[1]``); call serve_forever()."""
-    return EnvServer(get_environment(env), (host, port), verbose=verbose)
+    return EnvServer(get_environment(env), (host, port), verbose=verbose, read_timeout_s=read_timeout_s)
 
 
 def serve(

@@ -162,3 +162,84 @@ def test_python_m_env_sim_serve_starts_the_server():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def raw_request(port: int, data: bytes, timeout: float = 10) -> tuple[int, dict]:
+    """Send bytes as they are (malformed on purpose) and read the reply's status and JSON body."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        length = int(
+            next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        )
+        while len(body) < length:
+            body += sock.recv(65536)
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "path, body, length, status, detail",
+    [
+        ("/seed_session", b"", "abc", 400, "Content-Length"),
+        ("/seed_session", b"", "-5", 400, "Content-Length"),
+        ("/seed_session", b"", "999999999999", 413, "over the limit"),
+        ("/verify", b'{"response": {"output": 3}, "ground_truth": []}', None, 422, "response.output must be a list"),
+        ("/aggregate_metrics", b'{"verify_responses": [{"reward": "high"}]}', None, 422, "reward must be a number"),
+    ],
+)
+def test_every_malformed_request_gets_a_json_error(server, path, body, length, status, detail):
+    length = str(len(body)) if length is None else length
+    request = f"POST {path} HTTP/1.1\r\nContent-Length: {length}\r\n\r\n".encode() + body
+    got, reply = raw_request(server.server_address[1], request)
+    assert got == status and detail in reply["detail"]
+
+
+def test_a_body_that_never_arrives_times_out_with_a_reply():
+    srv = make_server("workplace_assistant", "127.0.0.1", 0, read_timeout_s=0.5)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        status, body = raw_request(
+            srv.server_address[1], b"POST /seed_session HTTP/1.1\r\nContent-Length: 20\r\n\r\n{}"
+        )
+        assert status == 408 and "did not arrive" in body["detail"]
+        assert Client(srv).post("/seed_session", {}) == (200, "{}")  # the server goes on serving
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_200_concurrent_sessions_of_20_tool_calls(server):
+    """Connection bursts beyond the stdlib's backlog of 5: no reset, no error, no state shared."""
+    n_clients, n_calls = 200, 20
+    results, errors = {}, []
+    start = threading.Barrier(n_clients)
+
+    def agent(i):
+        try:
+            c = Client(server)
+            start.wait()
+            assert c.post("/seed_session", {}) == (200, "{}")
+            for j in range(n_calls - 1):
+                status, _ = c.post("/email_send_email", {"recipient": f"u{i}@x.com", "subject": f"s{j}", "body": "b"})
+                assert status == 200
+            status, text = c.post("/email_search_emails", {"query": f"u{i}@x.com", "page_size": 100})
+            results[i] = sorted(e["subject"] for e in json.loads(text)["output"]["emails"])
+        except Exception as e:  # surfaced below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=agent, args=(i,)) for i in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert errors == []
+    assert len(results) == n_clients
+    assert all(subjects == sorted(f"s{j}" for j in range(n_calls - 1)) for subjects in results.values())

@@ -33,17 +33,29 @@ class InputError(ValueError):
 # --- verify -----------------------------------------------------------------------------------------
 
 
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON (Python's json reads it, other readers do not)")
+
+
 def read_verify_input(path: Path) -> list[dict]:
     """Lines ``{"id", "predicted": [...], "ground_truth": [...]}``; blank lines are skipped."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(
+                    f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+                ) from None
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, parse_constant=_reject_constant)
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except ValueError as e:
+                raise InputError(f"{path}:{lineno}: {e}") from None
             if not isinstance(row, dict):
                 raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             for key in ("id", "predicted", "ground_truth"):
@@ -55,6 +67,7 @@ def read_verify_input(path: Path) -> list[dict]:
                     continue  # the reference accepts a JSON-encoded ground truth too
                 if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
                     raise InputError(f'{path}:{lineno}: \'{key}\' must be a list of {{"name", "arguments"}} objects')
+            row["_line"] = lineno
             rows.append(row)
     return rows
 
@@ -78,18 +91,26 @@ def _run_verify(args: argparse.Namespace) -> int:
     verify = get_environment(args.environment).verify
     rows = read_verify_input(args.input)
     out = []
-    total = 0.0
+    total, scored, broken = 0.0, 0, []
     for row in rows:
+        where = f"{args.input}:{row['_line']}: id={row['id']!r}"
         try:
             verdict = verify(row["predicted"], row["ground_truth"])
         except ValueError as e:
-            raise InputError(f"{args.input}: row id={row['id']!r}: {e}") from None
-        total += verdict.reward
+            raise InputError(f"{where}: {e}") from None
+        problems = verdict.diagnostics.get("ground_truth_errors")
+        if problems:  # a ground truth that does not replay scores nothing: reported, not scored
+            broken.append(f"{where}: ground truth does not replay: {'; '.join(problems)}")
+            out.append(json.dumps({"id": row["id"], "reward": None, **verdict.diagnostics}, ensure_ascii=False))
+            continue
+        total, scored = total + verdict.reward, scored + 1
         out.append(json.dumps({"id": row["id"], "reward": verdict.reward, **verdict.diagnostics}, ensure_ascii=False))
     atomic_write_lines(args.output, out)
-    mean = total / len(rows) if rows else 0.0
-    print(f"verified {len(rows)} trajectories, mean reward {mean:.4f} -> {args.output}", file=sys.stderr)
-    return 0
+    mean = total / scored if scored else 0.0
+    print(f"verified {scored} trajectories, mean reward {mean:.4f} -> {args.output}", file=sys.stderr)
+    for line in broken:
+        print(f"not scored: {line}", file=sys.stderr)
+    return 1 if broken else 0
 
 
 # --- serve ------------------------------------------------------------------------------------------

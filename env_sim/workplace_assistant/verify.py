@@ -18,19 +18,21 @@ from env_sim.workplace_assistant.database import COMPARED_TABLES, Database
 from env_sim.workplace_assistant.tools import REGISTRY
 
 
-def replay(calls) -> tuple[Database, int]:
+def replay(calls) -> tuple[Database, list[str]]:
     """Run ``calls`` ([{"name", "arguments": JSON str}]) on a fresh database.
 
-    Returns the final state and how many calls raised (and were skipped, as in the reference).
+    Returns the final state and, for each call that raised (and was skipped, as in the reference), why.
     """
     db = Database.fresh()
-    errors = 0
-    for call in calls:
+    errors = []
+    for index, call in enumerate(calls):
         try:
             entry = REGISTRY[call["name"]]
             getattr(entry.toolkit(db), entry.method)(**json.loads(call["arguments"]))
-        except Exception:
-            errors += 1
+        except KeyError as e:
+            errors.append(f"call {index}: unknown tool or missing key {e}")
+        except Exception as e:
+            errors.append(f"call {index} ({call.get('name')}): {type(e).__name__}: {e}")
     return db, errors
 
 
@@ -50,14 +52,18 @@ def verify(predicted, ground_truth) -> Verdict:
 
     Diagnostics: ``tables_differ`` (compared tables whose final states differ), ``predicted_changed_state``
     and ``ground_truth_changes_state`` (against the initial snapshot), ``num_predicted_calls``,
-    ``num_predicted_errors`` (predicted calls the replay skipped because they raised).
+    ``num_predicted_errors`` (predicted calls the replay skipped because they raised), and where ground-truth
+    calls raised, ``ground_truth_errors`` (why each; the reward is still the reference's, but such a row is broken:
+    `python -m env_sim verify` reports it instead of scoring it).
     """
     predicted = _as_calls(predicted, "predicted")
     ground_truth = _as_calls(ground_truth, "ground_truth")
     pred_db, pred_errors = replay(predicted)
-    gt_db, _ = replay(ground_truth)
+    gt_db, gt_errors = replay(ground_truth)
     initial = Database.fresh()
-    diagnostics: dict[str, Any] = {"num_predicted_calls": len(predicted), "num_predicted_errors": pred_errors}
+    diagnostics: dict[str, Any] = {"num_predicted_calls": len(predicted), "num_predicted_errors": len(pred_errors)}
+    if gt_errors:
+        diagnostics["ground_truth_errors"] = gt_errors
     try:
         differ = pred_db.differing_tables(gt_db)
         diagnostics["predicted_changed_state"] = bool(pred_db.differing_tables(initial))

@@ -134,7 +134,7 @@ def test_unchanged_state_flags_and_replay_isolation():
     # 00000252 already lasts 120 minutes: the write changed nothing, so the empty ground truth matches
     assert v.reward == 1.0 and v.diagnostics["predicted_changed_state"] is False
     db, errors = replay([call("email_delete_email", email_id="00000001")])
-    assert errors == 0 and len(db.emails) == 499 and len(Database.fresh().emails) == 500
+    assert errors == [] and len(db.emails) == 499 and len(Database.fresh().emails) == 500
 
 
 # --- the CLI: python -m env_sim verify ----------------------------------------------------------------
@@ -170,6 +170,7 @@ def test_cli_verify_writes_rewards_and_diagnostics(tmp_path):
         ('{"id": 1, "predicted": []}', "in.jsonl:2: missing key 'ground_truth'"),
         ('{"id": 1, "predicted": "x", "ground_truth": []}', "in.jsonl:2: 'predicted' must be a list"),
         ("[1]", "in.jsonl:2: expected a JSON object"),
+        ('{"id": NaN, "predicted": [], "ground_truth": []}', "in.jsonl:2: NaN is not JSON"),
     ],
 )
 def test_cli_verify_names_the_bad_line(tmp_path, capsys, bad_line, message):
@@ -181,6 +182,41 @@ def test_cli_verify_names_the_bad_line(tmp_path, capsys, bad_line, message):
     assert main(["verify", "--input", str(tmp_path / "in.jsonl"), "--output", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()  # nothing half-written
+
+
+def test_cli_verify_names_a_line_that_is_not_utf8(tmp_path, capsys):
+    from env_sim.cli import main
+
+    (tmp_path / "in.jsonl").write_bytes(b'{"id": 0, "predicted": [], "ground_truth": []}\n{"id": "\xff"}\n')
+    assert main(["verify", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl")]) == 2
+    assert "in.jsonl:2: not UTF-8 (byte 0xff at column 9)" in capsys.readouterr().err
+
+
+def test_cli_verify_reports_a_ground_truth_that_does_not_replay_instead_of_scoring_it(tmp_path, capsys):
+    """An unknown tool or unparsable arguments in the ground truth leave the state untouched, so an empty
+    prediction would score 1.0: such rows get no reward, and stderr names them."""
+    from env_sim.cli import main
+
+    good = [call("email_delete_email", email_id="00000259")]
+    unknown = [{"name": "email_shred_email", "arguments": "{}"}]
+    unparsable = [{"name": "email_delete_email", "arguments": "{email_id: 1"}]
+    _write_lines(
+        tmp_path / "in.jsonl",
+        [
+            json.dumps({"id": "ok", "predicted": good, "ground_truth": good}),
+            json.dumps({"id": "unknown", "predicted": [], "ground_truth": unknown}),
+            json.dumps({"id": "unparsable", "predicted": [], "ground_truth": unparsable}),
+        ],
+    )
+    assert main(["verify", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl")]) == 1
+    out = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [(o["id"], o["reward"]) for o in out] == [("ok", 1.0), ("unknown", None), ("unparsable", None)]
+    err = capsys.readouterr().err
+    assert "verified 1 trajectories, mean reward 1.0000" in err
+    assert "in.jsonl:2: id='unknown': ground truth does not replay: call 0: unknown tool" in err
+    assert (
+        "in.jsonl:3: id='unparsable': ground truth does not replay: call 0 (email_delete_email): JSONDecodeError" in err
+    )
 
 
 def test_cli_registers_commands_for_extension():

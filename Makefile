@@ -69,8 +69,8 @@ plan:           ; $(JOBS) plan $(if $(NODES),--nodes $(NODES)) $(ALL_OVERRIDES)
 status:         ; $(JOBS) status $(ALL_OVERRIDES)
 ## logs: log files of the run's jobs and their tails (STAGE=train for one stage)
 logs:           ; $(JOBS) logs $(if $(STAGE),--stage $(STAGE)) $(ALL_OVERRIDES)
-## sweep-install: scheduled sanity sweeps (a self-resubmitting tick job)
-sweep-install:  ; $(JOBS) sweep-install $(ALL_OVERRIDES)
+## sweep-install: scheduled sanity sweeps (a self-resubmitting tick job; SWEEP_EVERY_MIN=1440 by default)
+sweep-install:  ; $(JOBS) sweep-install $(if $(SWEEP_EVERY_MIN),--every-min $(SWEEP_EVERY_MIN)) $(ALL_OVERRIDES)
 ## sweep-remove: cancel the scheduled sanity sweeps
 sweep-remove:   ; $(JOBS) sweep-remove $(ALL_OVERRIDES)
 

@@ -53,3 +53,15 @@ def test_an_impossible_gpu_plan_stops_the_submission_on_the_login_node(submitted
     out = capsys.readouterr().out
     assert "2 node(s) x 8 GPU(s)" in out and "node 1 gpu 7: policy rank 15" in out
     assert submitted == [{"nodes": 2, "num_nodes": 2, "until": "train"}]
+
+
+def test_make_passes_the_sweep_interval():
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    dry = subprocess.run(["make", "-n", "sweep-install", "SWEEP_EVERY_MIN=30", "VENV=.venv"], cwd=root, text=True,
+                         capture_output=True, check=True).stdout  # fmt: skip
+    assert "sweep-install --every-min 30" in dry
+    default = subprocess.run(["make", "-n", "sweep-install"], cwd=root, text=True, capture_output=True, check=True)
+    assert "--every-min" not in default.stdout  # the command's default, 1440 (a day)

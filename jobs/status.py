@@ -8,6 +8,7 @@ jobs.slurm_state's.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,25 @@ def _reason(job_id: str, acct: SacctRecord | None, entry: dict[str, Any], states
     return reason or (acct.reason if acct else "")
 
 
+# a Python exception's last line ("ValueError: rows.jsonl:3: ...")
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)): (.+)$")
+
+
+def last_error_line(log_paths: list[Path]) -> str:
+    """The last exception line the job's logs hold, skipping submitit's own wrapper; "" when there is none."""
+    found = ""
+    for path in log_paths:
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            match = _EXCEPTION_LINE.match(line.strip())
+            if match and not match.group(1).startswith("submitit"):
+                found = line.strip()
+    return found
+
+
 def collect_status(cfg: DictConfig) -> list[StageStatus]:
     record = load_record(cfg)
     entries = record.get("stages", {})
@@ -68,6 +88,9 @@ def collect_status(cfg: DictConfig) -> list[StageStatus]:
             row.state = rec.state if rec else "UNKNOWN (not in sacct yet)"
             row.elapsed, row.nodes = (rec.elapsed, rec.node_list) if rec else ("", "")
             row.reason = _reason(job_id, rec, entry, states)
+            if rec is not None and rec.state in FAILED_STATES and rec.state != "CANCELLED":
+                error = last_error_line(_job_logs(entry, job_id))
+                row.reason = f"{row.reason}: {error}" if row.reason and error else row.reason or error
         elif entry.get("action") == "skip":
             row.state = "SKIPPED"
             row.reason = entry.get("reason", "")
@@ -91,6 +114,14 @@ def format_status(rows: list[StageStatus]) -> str:
     )
 
 
+def _job_logs(entry: dict[str, Any], job_id: str) -> list[Path]:
+    folder = entry.get("log_folder")
+    if not folder:
+        return []
+    job_dir = Path(folder) / job_id
+    return sorted(job_dir.glob(f"{job_id}_*_log.*")) + sorted(job_dir.glob(f"{job_id}_ray_*/*.log"))
+
+
 def log_files(cfg: DictConfig, stage: str | None = None) -> dict[str, list[Path]]:
     """Stage -> its job's submitit log files (all tasks), newest job of each stage."""
     entries = load_record(cfg).get("stages", {})
@@ -99,11 +130,10 @@ def log_files(cfg: DictConfig, stage: str | None = None) -> dict[str, list[Path]
         if stage and name != stage:
             continue
         entry = entries.get(name) or {}
-        job_id, folder = str(entry.get("job_id") or ""), entry.get("log_folder")
-        if not job_id or not folder:
+        job_id = str(entry.get("job_id") or "")
+        if not job_id or not entry.get("log_folder"):
             continue
-        job_dir = Path(folder) / job_id
-        found[name] = sorted(job_dir.glob(f"{job_id}_*_log.*")) + sorted(job_dir.glob(f"{job_id}_ray_*/*.log"))
+        found[name] = _job_logs(entry, job_id)
     if stage and stage not in found:
         known = ", ".join(sorted(n for n, e in entries.items() if e.get("job_id"))) or "none"
         raise KeyError(f"no submitted job recorded for stage {stage!r} (stages with jobs: {known})")

@@ -118,6 +118,8 @@ def test_failed_stage_cancels_its_dependants_and_status_says_why(local_cluster, 
     status = cli("status", *overrides).stdout
     sanity_line = next(line for line in status.splitlines() if line.startswith("sanity"))
     assert "DependencyNeverSatisfied" in sanity_line and stages["prepare"]["job_id"] in sanity_line, status
+    prepare_line = next(line for line in status.splitlines() if line.startswith("prepare"))
+    assert "unknown tool 'no_such_tool'" in prepare_line, status  # the reason, not only NonZeroExitCode
     logs = cli("logs", "--stage", "prepare", "--lines", "60", *overrides).stdout
     assert ".jsonl:" in logs and "unknown tool 'no_such_tool'" in logs, logs
 

@@ -101,3 +101,25 @@ def test_status_reason_of_a_job_cancelled_for_its_failed_parent(monkeypatch):
     assert status._reason("44", records["44"], {}, states) == "Dependency"
     monkeypatch.setattr(slurm_state, "live_job", lambda job_id: slurm_state.parse_scontrol(SCONTROL))
     assert status._reason("43", records["43"], {"dependency": ""}, states) == "DependencyNeverSatisfied"
+
+
+def test_status_names_the_last_exception_of_a_failed_jobs_log(tmp_path):
+    from jobs.status import last_error_line
+
+    err = tmp_path / "7_0_log.err"
+    err.write_text(
+        "submitit ERROR (2026-12-02 12:00:00,000) - Submitted job triggered an exception\n"
+        "Traceback (most recent call last):\n"
+        '  File "pipeline/prepare.py", line 40, in run\n'
+        "    raise ValueError(msg)\n"
+        "ValueError: data/train.jsonl:3: ground truth call 0: unknown tool 'no_such_tool'\n"
+        "srun: error: node1: task 0: Exited with exit code 1\n"
+    )
+    out = tmp_path / "7_0_log.out"
+    out.write_text("[prepare] start\nsubmitit.core.utils.UncompletedJobError: Job 7 (task: 0) failed\n")
+    assert (
+        last_error_line([err, out])
+        == "ValueError: data/train.jsonl:3: ground truth call 0: unknown tool 'no_such_tool'"
+    )
+    assert last_error_line([out]) == ""  # submitit's wrapper alone says nothing the user can act on
+    assert last_error_line([tmp_path / "missing.err"]) == ""

@@ -25,7 +25,7 @@ from infra.config import load_config
 from jobs import chain, slurm_state, status, sweep
 from jobs.stages import STAGE_ORDER, slurm_available
 from trainer.checkpoint import list_checkpoints
-from trainer.placement import PlacementError, PlacementRequest, known_shape, plan_placement
+from trainer.placement import PlacementError, known_shape, plan_for
 
 
 def _config(args: argparse.Namespace, extra: Sequence[str] = (), nodes: int | None = None) -> DictConfig:
@@ -55,12 +55,11 @@ def placement_plan(cfg: DictConfig, quiet: bool = False) -> str | None:
     here, on the login node, in seconds (SystemExit with what to change). None on CPU recipes."""
     if int(cfg.cluster.gpus_per_node) <= 0:
         return None
-    shape = known_shape(str(cfg.policy.model_name))
     try:
-        text = plan_placement(PlacementRequest.from_config(cfg), shape).describe()
+        text = plan_for(cfg).describe()
     except PlacementError as err:
         raise SystemExit(f"run {cfg.run.name}: the train job cannot be placed: {err}") from None
-    if shape is None:
+    if known_shape(str(cfg.policy.model_name)) is None:
         text += f"\n(no memory estimate: {cfg.policy.model_name} is not among trainer.placement's known shapes)"
     if not quiet:
         print(text, flush=True)

@@ -298,6 +298,11 @@ def plan_placement(request: PlacementRequest, shape: ModelShape | None = None) -
     return plan
 
 
+def plan_for(cfg: Any) -> PlacementPlan:
+    """The run config's plan, with the memory estimate where the model's shape is known (`known_shape`)."""
+    return plan_placement(PlacementRequest.from_config(cfg), known_shape(str(cfg.policy.model_name)))
+
+
 def estimate_memory(plan: PlacementPlan, shape: ModelShape) -> dict[Gpu, GpuMemory]:
     """GiB per GPU in the training and the generation phase.
 

@@ -53,11 +53,11 @@ def where_am_i() -> dict[str, Any]:
 def reserve_for(cfg: Any) -> Reservation | None:
     """The run's placement plan, printed and held in Ray, before any policy rank or engine starts; None without
     GPUs (CPU actors need no placement)."""
-    from trainer.placement import PlacementRequest, known_shape, plan_placement
+    from trainer.placement import plan_for
 
     if int(cfg.cluster.gpus_per_node) <= 0:
         return None
-    plan = plan_placement(PlacementRequest.from_config(cfg), known_shape(str(cfg.policy.model_name)))
+    plan = plan_for(cfg)
     print(plan.describe(), flush=True)
     return Reservation(plan)
 
@@ -101,17 +101,9 @@ class Reservation:
             self.release()
             raise TimeoutError(self._shortage_message(cpus_per_gpu, timeout_s))
         probe = ray.remote(num_cpus=0, num_gpus=0.001)(_where)
-        found = ray.get(
-            [
-                probe.options(scheduling_strategy=self.strategy(gpu)).remote()
-                for node in range(r.num_nodes)
-                for gpu in plan.gpus_of_node(node)
-            ]
-        )
-        self.devices = {
-            gpu: Device(node_id, ip, ids[0])
-            for gpu, (node_id, ip, ids) in zip([g for n in range(r.num_nodes) for g in plan.gpus_of_node(n)], found)
-        }
+        every = [gpu for node in range(r.num_nodes) for gpu in plan.gpus_of_node(node)]
+        found = ray.get([probe.options(scheduling_strategy=self.strategy(gpu)).remote() for gpu in every])
+        self.devices = {gpu: Device(node_id, ip, ids[0]) for gpu, (node_id, ip, ids) in zip(every, found)}
 
     def _shortage_message(self, cpus_per_gpu: float, timeout_s: float) -> str:
         import ray

@@ -93,10 +93,10 @@ GPU_RECIPES = [*QWEN, "grpo_workplace_assistant_nemotron_nano_v2_9b"]
 def test_gpu_recipes_place_on_one_and_on_eight_nodes_of_80_gb(name, nodes):
     """Every rank its own GPU, TP groups inside a node, the memory estimate under the card, and Slurm asked for
     the CPUs the node's actors need."""
-    from trainer.placement import PlacementRequest, known_shape, plan_placement
+    from trainer.placement import plan_for
 
     c = load_config(name, [f"cluster.num_nodes={nodes}"])  # num_engines null: as many as the GPUs hold
-    plan = plan_placement(PlacementRequest.from_config(c), known_shape(c.policy.model_name))
+    plan = plan_for(c)
     assert len(set(plan.policy_gpus)) == len(plan.policy_gpus) == 8 * nodes
     tp = c.policy.megatron_cfg.tensor_model_parallel_size
     assert all(len({g.node for g in plan.policy_gpus[r : r + tp]}) == 1 for r in range(0, 8 * nodes, tp))

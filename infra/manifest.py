@@ -21,6 +21,7 @@ import os
 import socket
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +31,75 @@ from infra.io import atomic_write_json
 
 MANIFEST_NAME = "manifest.json"
 
-# The config sections each stage's output depends on. A stage includes its upstream stages' sections so that a
-# change anywhere upstream invalidates it too. Keys that only steer *how* a run is executed (slurm.*, logger.*)
-# are left out.
-STAGE_CONFIG_KEYS: dict[str, tuple[str, ...]] = {
-    "data": ("data",),
-    "prepare": ("data", "prepare"),
-    "sanity": ("data", "prepare", "env", "sanity", "policy", "grpo", "loss_fn"),
-    "sft": ("data", "prepare", "env", "policy", "sft"),
-    "train": ("data", "prepare", "env", "policy", "sft", "grpo", "loss_fn", "checkpointing", "cluster"),
-    "eval": ("data", "prepare", "env", "policy", "sft", "grpo", "loss_fn", "checkpointing", "cluster", "eval"),
+
+@dataclass(frozen=True)
+class StageReads:
+    """What a stage's output is a function of, for its config hash.
+
+    `keys`: config sections or dotted keys the stage reads. `ignores`: keys inside those that it does not read (a
+    value the stage sets itself, a bound on another stage's loop). `upstream`: the stages whose outputs it reads;
+    their hashes enter its hash, so a change upstream reaches exactly the stages that read that stage's output."""
+
+    keys: tuple[str, ...]
+    ignores: tuple[str, ...] = ()
+    upstream: tuple[str, ...] = ()
+
+
+# The one table of what each stage reads. Where a run executes (slurm.*), what it logs (logger.*) and which checkpoint
+# a resumed job starts from are no stage's input. grpo.deadline is the unix time one submission's loop must end by.
+# The GRPO run's length and pace (grpo.max_num_steps, max_num_epochs, max_train_minutes, validation, checkpointing)
+# are inputs of train alone: sanity runs one step of its own size (pipeline.sanity: trainer_cfg), sft trains with
+# the optimizer settings it takes from sft.* (pipeline.sft: sft_config).
+STAGE_READS: dict[str, StageReads] = {
+    "data": StageReads(("data",)),
+    "prepare": StageReads(("prepare",), upstream=("data",)),
+    "sanity": StageReads(
+        ("run.seed", "env", "sanity", "policy", "grpo", "loss_fn"),
+        ignores=(
+            "grpo.num_prompts_per_step",  # sanity.num_rollouts instead
+            "grpo.num_generations_per_prompt",
+            "grpo.max_num_steps",
+            "grpo.max_num_epochs",
+            "grpo.max_train_minutes",
+            "grpo.deadline",
+            "grpo.val_period",
+            "grpo.val_at_start",
+            "grpo.val_at_end",
+            "grpo.max_val_samples",
+            "grpo.val_batch_size",
+        ),
+        upstream=("prepare",),
+    ),
+    "sft": StageReads(
+        ("run.seed", "grpo.seed", "env", "policy", "loss_fn", "sft"),  # grpo.seed seeds the policy workers
+        ignores=(
+            "policy.train_global_batch_size",  # sft.train_global_batch_size instead, and so on
+            "policy.train_micro_batch_size",
+            "policy.megatron_cfg.optimizer.lr",
+            "policy.megatron_cfg.optimizer.min_lr",
+            "policy.megatron_cfg.scheduler.lr_warmup_iters",
+        ),
+        upstream=("prepare",),
+    ),
+    "train": StageReads(
+        ("run.seed", "env", "policy", "grpo", "loss_fn", "checkpointing", "cluster"),
+        ignores=("grpo.deadline", "checkpointing.resume_from"),
+        upstream=("prepare", "sft"),  # sft only where it runs (sft.enabled)
+    ),
+    "eval": StageReads(
+        (
+            "run.seed",
+            "grpo.seed",  # seeds the engines
+            "env",
+            "policy",
+            "eval",
+            "checkpointing.checkpoint_dir",  # where the best checkpoint is, when train left no hf_model
+            "checkpointing.metric_name",
+            "checkpointing.higher_is_better",
+        ),
+        upstream=("prepare", "train"),
+    ),
 }
-# Dotted keys that select where to *resume from* or when to stop rather than what to compute: never part of a hash.
-HASH_EXCLUDED_KEYS = ("checkpointing.resume_from", "grpo.deadline")
 
 # Files larger than this are recorded by size only (hashing checkpoints would cost more than the check is worth).
 _HASH_LIMIT_BYTES = 64 * 1024 * 1024
@@ -56,21 +113,48 @@ def manifest_path(cfg: DictConfig, stage: str) -> Path:
     return stage_dir(cfg, stage) / MANIFEST_NAME
 
 
-def stage_config_hash(cfg: DictConfig, stage: str) -> str:
-    """Short stable hash of the (resolved) config sections `stage` depends on."""
-    if stage not in STAGE_CONFIG_KEYS:
-        raise KeyError(f"unknown stage {stage!r}; known: {sorted(STAGE_CONFIG_KEYS)}")
+def upstream_stages(cfg: DictConfig, stage: str) -> tuple[str, ...]:
+    """The stages whose outputs `stage` reads (sft only when `sft.enabled`: without it train starts from
+    policy.model_name)."""
+    if stage not in STAGE_READS:
+        raise KeyError(f"unknown stage {stage!r}; known: {sorted(STAGE_READS)}")
+    return tuple(s for s in STAGE_READS[stage].upstream if s != "sft" or bool(cfg.sft.enabled))
+
+
+def stage_inputs(cfg: DictConfig, stage: str) -> set[str]:
+    """Every stage whose output reaches `stage`, directly or through another stage."""
+    found: set[str] = set()
+    for name in upstream_stages(cfg, stage):
+        found |= {name} | stage_inputs(cfg, name)
+    return found
+
+
+def stage_config_values(cfg: DictConfig, stage: str) -> dict[str, Any]:
+    """The (resolved) config values `stage` reads, per STAGE_READS, without the keys it ignores."""
+    reads = STAGE_READS[stage]
     parts: dict[str, Any] = {}
-    for key in STAGE_CONFIG_KEYS[stage]:
+    for key in reads.keys:
         node = OmegaConf.select(cfg, key)
         parts[key] = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-    for dotted in HASH_EXCLUDED_KEYS:
-        head, _, leaf = dotted.rpartition(".")
-        section: Any = parts
-        for name in head.split("."):
+    for dotted in reads.ignores:
+        section_key = next((k for k in reads.keys if dotted.startswith(k + ".")), None)
+        if section_key is None:
+            raise KeyError(f"STAGE_READS[{stage!r}]: ignored key {dotted} is under none of its keys {reads.keys}")
+        section: Any = parts[section_key]
+        *path, leaf = dotted[len(section_key) + 1 :].split(".")
+        for name in path:
             section = section.get(name) if isinstance(section, dict) else None
         if isinstance(section, dict):
             section.pop(leaf, None)
+    return parts
+
+
+def stage_config_hash(cfg: DictConfig, stage: str) -> str:
+    """Short stable hash of what `stage` reads: its config values (STAGE_READS) and its upstream stages' hashes."""
+    parts = {
+        "config": stage_config_values(cfg, stage),
+        "upstream": {name: stage_config_hash(cfg, name) for name in upstream_stages(cfg, stage)},
+    }
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -135,7 +219,9 @@ def write_manifest(
     record = {
         "stage": stage,
         "config_hash": stage_config_hash(cfg, stage),
-        "config_keys": list(STAGE_CONFIG_KEYS[stage]),
+        "config_keys": list(STAGE_READS[stage].keys),
+        "config_ignores": list(STAGE_READS[stage].ignores),
+        "upstream": list(upstream_stages(cfg, stage)),
         "inputs": {str(Path(p).resolve()): describe_path(p) for p in inputs},
         "outputs": {_relative(p, out_dir): describe_path(p) for p in outputs},
         "timings": (timer or StageTimer()).as_dict(),

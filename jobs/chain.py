@@ -1,7 +1,8 @@
 """The stage chain: data -> prepare -> sanity -> [sft] -> train -> eval, as Slurm jobs linked by afterok.
 
-A stage whose manifest matches the current config is skipped; once one stage is (re)submitted, every later
-stage of the chain is submitted too (its inputs will change). A stage still queued or running from an earlier
+A stage whose manifest matches the current config is skipped (its hash covers only what it reads:
+`infra.manifest.STAGE_READS`); once one stage is (re)submitted, every stage that reads its output, directly or
+through another, is submitted too (its inputs will change). A stage still queued or running from an earlier
 submission with the same config is reused instead of submitted twice. Job ids are recorded in
 `<run.root>/jobs.json` for `status`, `logs` and `resume`.
 
@@ -123,8 +124,8 @@ def plan_chain(
     previous = record.get("stages", {})
     active = active_jobs(p.get("job_id") for p in previous.values()) if use_cluster else {}
     plans: list[StagePlan] = []
-    submitted_upstream = False  # a fresh job earlier in the chain: everything after must run again
-    running_upstream = False  # an earlier stage's job is still queued/running: its outputs will change
+    submitted: list[str] = []  # stages given a fresh job: the stages reading their outputs must run again
+    running: list[str] = []  # stages whose earlier job is still queued/running: their outputs will change
     for stage in chain_stages(cfg, until):
         spec = STAGES[stage]
         stage_nodes = nodes if spec.multi_node else 1
@@ -132,19 +133,22 @@ def plan_chain(
         plan = StagePlan(stage, "submit", "", nodes=stage_nodes, config_hash=config_hash, target=targets.get(stage))
         old = previous.get(stage, {})
         old_id = str(old.get("job_id") or "")
+        inputs = manifest.stage_inputs(cfg, stage)
+        rerun_inputs = [name for name in submitted if name in inputs]
+        changing_inputs = [name for name in running if name in inputs]
         if stage in always:
             plan.reason = "requested"
         elif (
-            not submitted_upstream
+            not rerun_inputs
             and old_id in active
             and old.get("config_hash") == config_hash
             and old.get("target") == plan.target
             and old.get("nodes", 1) == stage_nodes
         ):
             plan.action, plan.reason, plan.job_id = "reuse", f"job {old_id} still {active[old_id].lower()}", old_id
-            running_upstream = True
-        elif submitted_upstream or running_upstream:
-            plan.reason = "an earlier stage runs again"
+            running.append(stage)
+        elif rerun_inputs or changing_inputs:
+            plan.reason = f"{(rerun_inputs or changing_inputs)[-1]} runs again"
         else:
             up_to_date, why = manifest.check_up_to_date(cfg, stage)
             kept, _ = (
@@ -158,7 +162,8 @@ def plan_chain(
                 plan.action, plan.reason = "skip", f"kept as on disk ({why})"
             else:
                 plan.reason = why
-        submitted_upstream = submitted_upstream or plan.action == "submit"
+        if plan.action == "submit":
+            submitted.append(stage)
         plans.append(plan)
     return plans
 

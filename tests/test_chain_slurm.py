@@ -234,7 +234,18 @@ def test_plan_skips_up_to_date_stages_and_reruns_everything_after_a_change(tmp_p
     changed = chain.resolve_config(load_config("tiny_cpu", overrides + ["prepare.drop_bad_rows=true"]))
     plans = chain.plan_chain(changed, "sanity", use_cluster=False)
     assert actions(plans) == [("data", "skip"), ("prepare", "submit"), ("sanity", "submit")]
-    assert plans[1].reason.startswith("config changed") and plans[2].reason == "an earlier stage runs again"
+    assert plans[1].reason.startswith("config changed") and plans[2].reason == "prepare runs again"
+    # a longer GRPO run is train's alone: sanity stays done
+    longer = chain.resolve_config(load_config("tiny_cpu", overrides + ["grpo.max_num_steps=7"]))
+    longer_plan = actions(chain.plan_chain(longer, "train", use_cluster=False))
+    assert longer_plan[2:] == [("sanity", "skip"), ("train", "submit")]
+    # sanity runs again, and nothing reads its output
+    more_rollouts = chain.resolve_config(load_config("tiny_cpu", overrides + ["sanity.num_rollouts=3"]))
+    assert actions(chain.plan_chain(more_rollouts, "sanity", use_cluster=False)) == [
+        ("data", "skip"),
+        ("prepare", "skip"),
+        ("sanity", "submit"),
+    ]
     with_sft = chain.resolve_config(load_config("tiny_cpu", overrides + ["sft.enabled=true"]))
     assert chain.chain_stages(with_sft, "eval") == ["data", "prepare", "sanity", "sft", "train", "eval"]
     assert chain.chain_stages(cfg, "eval") == ["data", "prepare", "sanity", "train", "eval"]

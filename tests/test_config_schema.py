@@ -342,8 +342,11 @@ def test_the_checker_follows_aliases_and_skips_what_is_not_a_config():
     ]
 
 
-def test_stage_hash_sections_are_in_the_schema():
-    from infra.manifest import HASH_EXCLUDED_KEYS, STAGE_CONFIG_KEYS
+def test_stage_hash_keys_are_in_the_schema():
+    from infra.manifest import STAGE_READS
 
-    keys = {key for keys in STAGE_CONFIG_KEYS.values() for key in keys} | set(HASH_EXCLUDED_KEYS)
+    keys = {key for reads in STAGE_READS.values() for key in reads.keys + reads.ignores}
     assert not [key for key in keys if schema_problem(tuple(key.split(".")))]
+    for stage, reads in STAGE_READS.items():  # an ignored key lies under one the stage reads; upstream are stages
+        assert all(any(key.startswith(k + ".") for k in reads.keys) for key in reads.ignores), stage
+        assert set(reads.upstream) <= set(STAGE_READS) - {stage}, stage

@@ -138,6 +138,45 @@ def test_manifest_goes_stale_on_config_change_and_on_changed_outputs(tmp_path):
     assert manifest.check_up_to_date(cfg, "data")[1].startswith("output changed")
 
 
+def stage_hashes(cfg) -> dict[str, str]:
+    return {stage: manifest.stage_config_hash(cfg, stage) for stage in manifest.STAGE_READS}
+
+
+def changed_stages(tmp_path: Path, *overrides: str) -> list[str]:
+    """The stages whose config hash an override changes (tiny_cpu with the warm start on)."""
+    before = stage_hashes(config(tmp_path, "sft.enabled=true"))
+    after = stage_hashes(config(tmp_path, "sft.enabled=true", *overrides))
+    return [stage for stage in manifest.STAGE_READS if before[stage] != after[stage]]
+
+
+def test_a_stage_hash_covers_what_the_stage_reads_and_its_inputs_only(tmp_path):
+    # the GRPO run's length, budget and checkpoints are train's (and eval's, through train's model) alone
+    for key in ("grpo.max_num_steps=7", "grpo.max_train_minutes=5", "checkpointing.keep_top_k=1",
+                "checkpointing.save_period=3", "grpo.val_period=2", "grpo.max_num_epochs=1"):  # fmt: skip
+        assert changed_stages(tmp_path, key) == ["train", "eval"], key
+    assert changed_stages(tmp_path, "grpo.deadline=1800000000") == []  # one submission's end, no input
+    assert changed_stages(tmp_path, "slurm.time_min=5", "logger.wandb_enabled=false") == []
+    # a GRPO knob the sanity step exercises
+    assert changed_stages(tmp_path, "grpo.normalize_rewards=false") == ["sanity", "train", "eval"]
+    # the data and the model reach every stage that reads them
+    assert changed_stages(tmp_path, "data.split_seed=7") == list(manifest.STAGE_READS)
+    assert changed_stages(tmp_path, "prepare.drop_bad_rows=true") == ["prepare", "sanity", "sft", "train", "eval"]
+    model = ["sanity", "sft", "train", "eval"]
+    assert changed_stages(tmp_path, "+policy.tiny.num_layers=2") == model
+    assert changed_stages(tmp_path, "run.seed=3") == model  # seeds the tiny model's initial weights
+    # the warm start's own settings: sft, and train and eval that start from its model
+    assert changed_stages(tmp_path, "sft.lr=0.01") == ["sft", "train", "eval"]
+    # the GRPO optimizer's learning rate is not the warm start's (sft.lr is)
+    assert changed_stages(tmp_path, "policy.megatron_cfg.optimizer.lr=0.002") == ["sanity", "train", "eval"]
+    assert changed_stages(tmp_path, "sanity.num_rollouts=3") == ["sanity"]
+    assert changed_stages(tmp_path, "eval.num_generations_per_prompt=2") == ["eval"]
+    # without the warm start, train starts from policy.model_name: sft's settings are no input of it
+    plain = config(tmp_path)
+    assert manifest.stage_config_hash(plain, "train") == manifest.stage_config_hash(
+        config(tmp_path, "sft.lr=0.01"), "train"
+    )
+
+
 def test_resume_choice_does_not_change_the_train_hash(tmp_path):
     cfg = config(tmp_path)
     resumed = config(tmp_path, "+checkpointing.resume_from=best")

@@ -1,7 +1,8 @@
 """Command line of the job chain (what the Makefile calls): `python -m jobs [--config NAME] COMMAND ...`.
 
     submit --until STAGE [--nodes N] [--wait] [key=value ...]   submit what is missing of the chain
-    resume [--from latest|best|step_N] [--nodes N]              resubmit training from a checkpoint
+    resume [--from latest|best|step_N] [--nodes N]              resubmit training from a checkpoint, with the
+                                                                run's recorded config and the overrides given
     status                                                      job id, state, reason, artifacts per stage
     logs [--stage S] [--lines N]                                log files and their tails
     sweep-install [--every-min M] [--matrix FILE]               scheduled sanity sweeps (self-resubmitting)
@@ -18,8 +19,9 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from infra.config import load_config
 from jobs import chain, slurm_state, status, sweep
@@ -28,8 +30,15 @@ from trainer.checkpoint import list_checkpoints
 from trainer.placement import PlacementError, known_shape, plan_for
 
 
-def _config(args: argparse.Namespace, extra: Sequence[str] = (), nodes: int | None = None) -> DictConfig:
-    cfg = load_config(args.config, list(args.overrides) + list(extra))
+def _config(
+    args: argparse.Namespace,
+    extra: Sequence[str] = (),
+    nodes: int | None = None,
+    source: str | Path | None = None,
+    before: Sequence[str] = (),
+) -> DictConfig:
+    """The recipe `--config` (or the YAML `source`) with `before`, the command line's overrides and `extra`."""
+    cfg = load_config(source or args.config, list(before) + list(args.overrides) + list(extra))
     if bool(cfg.slurm.use_cluster) and not slurm_available():
         print(
             "Slurm is not available here (no sbatch/sacct on PATH): running the chain with submitit's "
@@ -99,11 +108,38 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def resume_config(args: argparse.Namespace, extra: Sequence[str], nodes: int | None) -> DictConfig:
+    """The run's recorded config (`<run.root>/config.yaml`, written at submission) with only the command line's
+    overrides on top; prints what they change. Without a record: the recipe, and says so."""
+    located = load_config(args.config, list(args.overrides))  # only to find the run (run.name, run.root)
+    path = chain.config_record_path(located)
+    if not path.exists():
+        print(
+            f"run {located.run.name}: no recorded config ({path} does not exist: the run was submitted before runs "
+            f"recorded their config, or never); resuming with the recipe {args.config} and the overrides given",
+            flush=True,
+        )
+        return _config(args, extra, nodes=nodes)
+    recorded = chain.resolve_config(load_config(path))
+    # one submission's deadline and starting checkpoint are not the next one's
+    resets = [f"{key}=null" for key in chain.SUBMISSION_KEYS if OmegaConf.select(recorded, key) is not None]
+    cfg = _config(args, extra, nodes=nodes, source=path, before=resets)
+    changes = chain.config_changes(recorded, cfg)
+    print(
+        f"run {cfg.run.name}: resuming with its recorded config ({path})"
+        + ("; changed:" if changes else "; nothing changed"),
+        flush=True,
+    )
+    for key, old, new in changes:
+        print(f"  {key}: {old} -> {new}", flush=True)
+    return cfg
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     extra = [] if args.from_ in (None, "latest") else [f"+checkpointing.resume_from={args.from_}"]
     if args.from_ not in (None, "latest", "best") and not args.from_.startswith("step_"):
         raise SystemExit(f"--from must be latest, best or step_N, got {args.from_!r}")
-    cfg = _config(args, extra, nodes=args.nodes)
+    cfg = resume_config(args, extra, nodes=args.nodes)
     steps = [step for step, _ in list_checkpoints(str(cfg.checkpointing.checkpoint_dir))]
     if not steps:
         print(

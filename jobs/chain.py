@@ -4,7 +4,8 @@ A stage whose manifest matches the current config is skipped (its hash covers on
 `infra.manifest.STAGE_READS`); once one stage is (re)submitted, every stage that reads its output, directly or
 through another, is submitted too (its inputs will change). A stage still queued or running from an earlier
 submission with the same config is reused instead of submitted twice. Job ids are recorded in
-`<run.root>/jobs.json` for `status`, `logs` and `resume`.
+`<run.root>/jobs.json` for `status`, `logs` and `resume`, and the resolved config the jobs were given in
+`<run.root>/config.yaml` (`resume` starts from it).
 
 With `slurm.use_cluster=false` the same jobs run one after another through submitit's LocalExecutor.
 """
@@ -21,11 +22,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from infra import manifest
-from infra.io import atomic_write_json
+from infra.io import atomic_write_json, atomic_write_text
 from jobs import slurm_state
 from jobs.stages import STAGE_ORDER, STAGES, log_folder, make_executor, make_job
 
 RECORD_NAME = "jobs.json"
+CONFIG_NAME = "config.yaml"
+# Keys that belong to one submission and are not carried into a resumed one: the unix time the loop had to end
+# by (make demo's budget) and the checkpoint that submission started from.
+SUBMISSION_KEYS = ("grpo.deadline", "checkpointing.resume_from")
 
 
 @dataclass
@@ -93,6 +98,36 @@ def load_record(cfg: DictConfig) -> dict[str, Any]:
 def save_record(cfg: DictConfig, record: dict[str, Any]) -> Path:
     record["updated_at"] = now_iso()
     return atomic_write_json(record_path(cfg), record)
+
+
+# --- config.yaml: what the run's jobs were given ---------------------------------------------------------------
+
+
+def config_record_path(cfg: DictConfig) -> Path:
+    return Path(cfg.run.root).resolve() / CONFIG_NAME
+
+
+def save_config(cfg: DictConfig) -> Path:
+    """Record the resolved config of a submission (the one its jobs get), for `resume`."""
+    return atomic_write_text(config_record_path(cfg), OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        return {key: value for name, child in node.items() for key, value in _flat(child, f"{prefix}{name}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def config_changes(old: DictConfig, new: DictConfig) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every key whose resolved value differs, in key order; a key only
+    one side has counts as None on the other."""
+    before = _flat(OmegaConf.to_container(old, resolve=True))
+    after = _flat(OmegaConf.to_container(new, resolve=True))
+    return [
+        (key, before.get(key), after.get(key))
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key)
+    ]
 
 
 # --- planning -------------------------------------------------------------------------------------------------
@@ -211,6 +246,8 @@ def submit_chain(
             "(no Slurm: no queue, no dependencies, no requeue)"
         )
     previous_id: str | None = None
+    if any(plan.action == "submit" for plan in plans):
+        save_config(cfg)  # what the jobs about to be submitted get: `resume` starts from it
     for plan in plans:
         if plan.action == "skip":
             log(f"  {plan.stage:<8} skipped ({plan.reason})")

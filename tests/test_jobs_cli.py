@@ -65,3 +65,46 @@ def test_make_passes_the_sweep_interval():
     assert "sweep-install --every-min 30" in dry
     default = subprocess.run(["make", "-n", "sweep-install"], cwd=root, text=True, capture_output=True, check=True)
     assert "--every-min" not in default.stdout  # the command's default, 1440 (a day)
+
+
+class _FakeExecutor:
+    """Stands in for submitit's executor: takes the job, hands back an id, runs nothing."""
+
+    job_ids = iter(range(1000, 2000))
+
+    def submit(self, job):
+        return type("Job", (), {"job_id": str(next(self.job_ids))})()
+
+
+def test_resume_keeps_the_runs_recorded_config_and_changes_only_what_is_given(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "slurm_available", lambda: True)
+    monkeypatch.setattr(cli.chain, "make_executor", lambda *args, **kwargs: _FakeExecutor())
+    run = f"run.root={tmp_path}"
+    recorded = ["sft.enabled=true", "grpo.max_num_steps=7", "checkpointing.save_period=3", "grpo.deadline=1800000000"]
+    assert cli.main(["submit", "--until", "train", run, *recorded]) == 0
+    assert (tmp_path / "config.yaml").exists()  # written at submission
+    resumed: list = []
+    monkeypatch.setattr(cli.chain, "submit_chain", lambda cfg, until, nodes, **kwargs: resumed.append(cfg) or [])
+    capsys.readouterr()
+
+    assert cli.main(["resume", run, "grpo.val_period=2"]) == 0
+    cfg = resumed[-1]
+    assert (cfg.grpo.max_num_steps, cfg.checkpointing.save_period, cfg.sft.enabled) == (7, 3, True)  # recipe: 80, 5
+    assert cfg.grpo.val_period == 2 and cfg.grpo.deadline is None  # the override; the old submission's deadline
+    out = capsys.readouterr().out
+    assert f"resuming with its recorded config ({tmp_path / 'config.yaml'}); changed:" in out
+    changed = [line.strip() for line in out.splitlines() if " -> " in line]
+    assert changed == ["grpo.deadline: 1800000000.0 -> None", "grpo.val_period: 5 -> 2"]
+
+    assert cli.main(["resume", run, "--from", "best"]) == 0
+    assert resumed[-1].checkpointing.resume_from == "best" and resumed[-1].grpo.max_num_steps == 7
+    assert "checkpointing.resume_from: None -> best" in capsys.readouterr().out
+
+
+def test_resume_without_a_recorded_config_says_so_and_uses_the_recipe(tmp_path, monkeypatch, capsys):
+    resumed: list = []
+    monkeypatch.setattr(cli, "slurm_available", lambda: True)
+    monkeypatch.setattr(cli.chain, "submit_chain", lambda cfg, until, nodes, **kwargs: resumed.append(cfg) or [])
+    assert cli.main(["resume", f"run.root={tmp_path}", "grpo.val_period=2"]) == 0
+    assert "no recorded config" in capsys.readouterr().out
+    assert resumed[-1].grpo.max_num_steps == 80 and resumed[-1].grpo.val_period == 2

@@ -91,6 +91,7 @@ class SacctRecord:
     start: str = ""
     end: str = ""
     node_list: str = ""
+    requeues: int = 0  # earlier runs of the job that ended REQUEUED (a time limit's save-and-requeue, a preemption)
 
     @property
     def started(self) -> bool:
@@ -98,16 +99,20 @@ class SacctRecord:
 
 
 def parse_sacct(text: str) -> dict[str, SacctRecord]:
-    """`sacct -X -P -n -o <SACCT_FIELDS>` output -> job id -> record."""
-    records = {}
+    """`sacct -X -D -P -n -o <SACCT_FIELDS>` output -> job id -> record of its latest run. With -D (duplicates)
+    a requeued job has one line per run, oldest first; the earlier ones that ended REQUEUED are counted."""
+    records: dict[str, SacctRecord] = {}
     for line in text.splitlines():
         if not line.strip():
             continue
         values = {field: _value(text) for field, text in zip(SACCT_FIELDS, line.split("|"))}
         job_id = values.get("JobIDRaw", "")
+        earlier = records.get(job_id)
+        requeues = 0 if earlier is None else earlier.requeues + (earlier.state == "REQUEUED")
         records[job_id] = SacctRecord(
             job_id,
             normalise_state(values.get("State")),
+            requeues=requeues,
             exit_code=values.get("ExitCode", ""),
             reason=values.get("Reason", ""),
             elapsed=values.get("Elapsed", ""),
@@ -120,12 +125,14 @@ def parse_sacct(text: str) -> dict[str, SacctRecord]:
 
 
 def sacct_records(job_ids: Iterable[str]) -> dict[str, SacctRecord]:
-    """One record per job known to accounting (a job submitted a moment ago may not be there yet)."""
+    """One record per job known to accounting, its latest run (a job submitted a moment ago may not be there yet)."""
     ids = [str(j) for j in job_ids if j]
     if not ids:
         return {}
     out = subprocess.run(
-        ["sacct", "-X", "-P", "-n", "-j", ",".join(ids), "-o", ",".join(SACCT_FIELDS)], capture_output=True, text=True
+        ["sacct", "-X", "-D", "-P", "-n", "-j", ",".join(ids), "-o", ",".join(SACCT_FIELDS)],
+        capture_output=True,
+        text=True,
     )
     if out.returncode != 0:
         raise RuntimeError(f"sacct failed ({out.stderr.strip()}); is accounting (slurmdbd) running?")

@@ -57,15 +57,30 @@ def last_error_line(log_paths: list[Path]) -> str:
     """The last exception line the job's logs hold, skipping submitit's own wrapper; "" when there is none."""
     found = ""
     for path in log_paths:
-        try:
-            lines = path.read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        for line in lines:
+        for line in _read(path).splitlines():
             match = _EXCEPTION_LINE.match(line.strip())
             if match and not match.group(1).startswith("submitit"):
                 found = line.strip()
     return found
+
+
+# submitit's words when it stops requeueing a job that reached its time limit more than slurm.max_num_timeout times
+GAVE_UP_ON_TIMEOUTS = "Job not requeued because: timed-out too many times"
+
+
+def timed_out_times(acct: SacctRecord, log_paths: list[Path]) -> int:
+    """How many times a job that ended at its time limit reached it; 0 when it ended another way. It ended so when
+    Slurm killed it there (TIMEOUT), or when submitit gave up requeueing it (FAILED, its log says so). Every earlier
+    run that ended REQUEUED (accounting: sacct -D) counts as a time-out too (a preemption's requeue would as well)."""
+    gave_up = acct.state == "FAILED" and any(GAVE_UP_ON_TIMEOUTS in _read(path) for path in log_paths)
+    return acct.requeues + 1 if acct.state == "TIMEOUT" or gave_up else 0
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def collect_status(cfg: DictConfig) -> list[StageStatus]:
@@ -89,8 +104,13 @@ def collect_status(cfg: DictConfig) -> list[StageStatus]:
             row.elapsed, row.nodes = (rec.elapsed, rec.node_list) if rec else ("", "")
             row.reason = _reason(job_id, rec, entry, states)
             if rec is not None and rec.state in FAILED_STATES and rec.state != "CANCELLED":
-                error = last_error_line(_job_logs(entry, job_id))
-                row.reason = f"{row.reason}: {error}" if row.reason and error else row.reason or error
+                logs = _job_logs(entry, job_id)
+                timeouts = timed_out_times(rec, logs)
+                error = last_error_line(logs)
+                if timeouts:
+                    row.reason = f"timed out {timeouts} time{'s' if timeouts > 1 else ''}: make resume"
+                else:
+                    row.reason = f"{row.reason}: {error}" if row.reason and error else row.reason or error
         elif entry.get("action") == "skip":
             row.state = "SKIPPED"
             row.reason = entry.get("reason", "")

@@ -3,6 +3,7 @@ preemption, and a 2-node job with a Ray cluster. No fake sbatch/sacct anywhere."
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -191,6 +192,36 @@ def test_usr2_asks_the_stage_to_save_then_requeues(local_cluster, tmp_path):
     assert state["starts"][1]["from"] == state["saves"][0]["at"], state
     log = Path(job.paths.stdout).read_text()
     assert "requeueing" in log
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_status_says_a_train_job_that_ran_out_of_time_limit_requeues_timed_out(local_cluster, tmp_path):
+    from jobs import status
+    from jobs.stages import log_folder
+
+    root = tmp_path / "run"
+    cfg = chain.resolve_config(load_config("tiny_cpu", run_overrides(root, "slurm.max_num_timeout=1")))
+    cfg.testing = {"count": 400, "step_s": 0.5}
+    job_def = CheckpointableStageJob("train", OmegaConf.to_yaml(cfg), target="tests.chain_stages:counting_train")
+    job = make_executor(cfg, "train").submit(job_def)
+    chain.save_record(  # as submit_chain records it
+        cfg,
+        {"executor": "slurm", "stages": {"train": {"job_id": job.job_id, "log_folder": str(log_folder(cfg, "train"))}}},
+    )
+
+    def counting_in_run(run: int) -> bool:
+        state = counter_state(root)
+        return len(state["starts"]) == run + 1 and state["i"] > state["starts"][-1]["from"]
+
+    for run in range(2):  # the time-limit warning twice: the first is saved and requeued, the second given up
+        wait_until(functools.partial(counting_in_run, run), 120, f"run {run + 1} to count")
+        job._interrupt(timeout=True)  # `scancel --signal USR2`; a 10-minute job is past submitit's timed-out mark
+        if run == 0:
+            release_requeued(job.job_id)
+    wait_until(lambda: sacct([job.job_id])[job.job_id]["State"] == "FAILED", 120, "sacct to say FAILED")
+    (row,) = status.collect_status(cfg)
+    assert (row.state, row.reason) == ("FAILED", "timed out 2 times: make resume"), row
 
 
 @pytest.mark.slurm

@@ -123,3 +123,60 @@ def test_status_names_the_last_exception_of_a_failed_jobs_log(tmp_path):
     )
     assert last_error_line([out]) == ""  # submitit's wrapper alone says nothing the user can act on
     assert last_error_line([tmp_path / "missing.err"]) == ""
+
+
+# `sacct -X -D -P -n -o <SACCT_FIELDS>` of a train job on the local cluster (Slurm 22.05) that saved and requeued
+# itself on its first USR2 and was given up by submitit on the second (slurm.max_num_timeout=1): one line per run
+SACCT_TIMED_OUT = """\
+85|REQUEUED|0:0|None|00:00:03|2026-12-02T13:30:11|2026-12-02T13:30:11|2026-12-02T13:30:14|node1
+85|FAILED|1:0|None|00:00:06|2026-12-02T13:30:14|2026-12-02T13:30:18|2026-12-02T13:30:24|node1
+"""
+# the end of that job's stdout log (the log is appended to across requeues)
+LOG_TIMED_OUT = """\
+submitit WARNING (2026-12-02 13:30:14,148) - Caught signal SIGUSR2 on vm: this job is timed-out.
+submitit INFO (2026-12-02 13:30:14,163) - Requeued job 85 (0 remaining timeouts)
+[train] start tests.chain_stages:counting_train on node1 job 85 restart 1
+[train] stopped after SIGUSR2; requeueing
+submitit WARNING (2026-12-02 13:30:24,125) - Caught signal SIGUSR2 on vm: this job is timed-out.
+submitit INFO (2026-12-02 13:30:24,126) - Job not requeued because: timed-out too many times.
+submitit ERROR (2026-12-02 13:30:24,128) - Submitted job triggered an exception
+"""
+GAVE_UP = "submitit INFO (2026-12-02 13:30:24,126) - Job not requeued because: timed-out too many times.\n"
+
+
+def test_parse_sacct_keeps_a_requeued_jobs_latest_run_and_counts_its_requeues():
+    records = slurm_state.parse_sacct(SACCT_TIMED_OUT)
+    assert list(records) == ["85"]
+    assert (records["85"].state, records["85"].requeues, records["85"].start) == ("FAILED", 1, "2026-12-02T13:30:18")
+    assert slurm_state.parse_sacct(SACCT)["42"].requeues == 0
+
+
+def _status_of_train(monkeypatch, tmp_path, sacct_text: str, log_text: str, job_id: str = "85") -> str:
+    from infra.config import load_config
+
+    cfg = chain.resolve_config(load_config("tiny_cpu", [f"run.root={tmp_path}"]))
+    log_dir = tmp_path / "logs" / "train"
+    (log_dir / job_id).mkdir(parents=True)
+    (log_dir / job_id / f"{job_id}_0_log.out").write_text(log_text)
+    chain.save_record(cfg, {"executor": "slurm", "stages": {"train": {"job_id": job_id, "log_folder": str(log_dir)}}})
+    monkeypatch.setattr(status, "slurm_available", lambda: True)
+    monkeypatch.setattr(slurm_state, "sacct_records", lambda ids: slurm_state.parse_sacct(sacct_text))
+    monkeypatch.setattr(slurm_state, "live_job", lambda job_id: {"Reason": "NonZeroExitCode"})
+    (row,) = status.collect_status(cfg)
+    return row.reason
+
+
+def test_status_says_a_stage_gave_up_after_time_limit_requeues(monkeypatch, tmp_path):
+    assert _status_of_train(monkeypatch, tmp_path, SACCT_TIMED_OUT, LOG_TIMED_OUT) == "timed out 2 times: make resume"
+
+
+def test_status_says_a_stage_slurm_killed_at_its_time_limit_timed_out(monkeypatch, tmp_path):
+    # the same job had it not stopped within the signal delay: Slurm ends the run at the limit (TIMEOUT)
+    sacct = SACCT_TIMED_OUT.replace("|FAILED|1:0|", "|TIMEOUT|0:0|")
+    assert _status_of_train(monkeypatch, tmp_path, sacct, "[train] start\n") == "timed out 2 times: make resume"
+
+
+def test_status_keeps_the_error_of_a_requeued_stage_that_failed_otherwise(monkeypatch, tmp_path):
+    log = LOG_TIMED_OUT.replace(GAVE_UP, "") + "RuntimeError: ray worker on rank 1 exited with 1\n"
+    reason = _status_of_train(monkeypatch, tmp_path, SACCT_TIMED_OUT, log)
+    assert reason == "NonZeroExitCode: RuntimeError: ray worker on rank 1 exited with 1"

@@ -15,7 +15,7 @@ ALL_OVERRIDES := $(SLURM_VARS) $(OVERRIDES)
 
 .PHONY: help lint format install install-login cluster-up cluster-down cluster-status submit-data submit-prepare submit-sanity \
         submit-sft submit-train submit-eval resume plan status logs sweep-install sweep-remove demo test test-fast \
-        bench-env bench-chain bench-train bench-policy bench-rollout bench-gpu bench-vllm-gpu bench-multi-gpu
+        bench-env bench-chain bench-train bench-policy bench-rollout bench-gpu bench-vllm-gpu bench-grpo-gpu bench-multi-gpu
 
 ## help: this list of targets
 help:
@@ -111,6 +111,9 @@ bench-gpu:
 ## bench-vllm-gpu: one GPU with the GPU bundle: vLLM engine start, generation tok/s, host refit path, sleep/wake
 bench-vllm-gpu:
 	$(if $(wildcard $(PY)),$(PY),python3) -m bench.vllm_gpu_probe
+## bench-grpo-gpu: one GPU with the GPU bundle: the real GRPO loop (colocated vLLM, CUDA IPC refit), 1.7B shape
+bench-grpo-gpu:
+	$(if $(wildcard $(PY)),$(PY),python3) -m bench.grpo_gpu_bench $(BENCH_ARGS)
 ## bench-multi-gpu: two GPUs of one host (NCCL): TP=2 / DP=2 parity with one GPU, DP=2 scaling efficiency
 bench-multi-gpu:
 	$(if $(wildcard $(PY)),$(PY),python3) -m bench.multi_gpu_bench $(BENCH_ARGS)

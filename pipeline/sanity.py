@@ -199,6 +199,7 @@ def check_generation(ctx: _Context) -> dict:
 
 def check_train_step(ctx: _Context) -> dict:
     from trainer.grpo.loop import GRPOTrainer
+    from trainer.refit import refit_engines
     from trainer.rollout import collect_rollouts
 
     if not ctx.rollouts:
@@ -219,7 +220,7 @@ def check_train_step(ctx: _Context) -> dict:
         "a training step with non-zero advantages left the weights unchanged"
     )
     # the engines must take the new weights and still generate
-    refit = comp.generation.update_weights(comp.policy.export_weights_blob(trainer.refit_dtype))
+    refit = refit_engines(comp, trainer.refit_dtype)
     rollout = collect_rollouts(ctx.sample_rows(1), comp.generation, comp.tokenizer, ctx.cfg, seed=1)[0]
     assert rollout.num_generated_tokens > 0, "no tokens generated after the refit"
     out = {

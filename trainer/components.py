@@ -53,8 +53,10 @@ def build_components(cfg: DictConfig, model_dir: Path, total_steps: int) -> Comp
     from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
     from trainer.policy.worker import PolicyGroup
     from trainer.ray_placement import reserve_for
+    from trainer.refit import refit_transport
     from trainer.rollout import collect_rollouts
 
+    transport = refit_transport(cfg)  # a config that cannot refit fails before any actor starts
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     placement = reserve_for(cfg)  # GPUs: the plan printed and held before any actor starts
     policy = PolicyGroup(
@@ -72,4 +74,5 @@ def build_components(cfg: DictConfig, model_dir: Path, total_steps: int) -> Comp
         tokenizer=tokenizer,
         expert_fn=functools.partial(expert_rollouts, tokenizer=tokenizer, cfg=cfg),
         placement=placement,
+        refit_transport=transport,
     )

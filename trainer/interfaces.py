@@ -164,6 +164,24 @@ class Generation(Protocol):
 
 
 @runtime_checkable
+class SharesWeightsOnGpu(Protocol):
+    """A policy that can offer its weights to engines on its GPUs without a host copy (CUDA IPC, colocated)."""
+
+    def share_weights(self, dtype: str = "bfloat16") -> Mapping[str, Any]:
+        """Offers by GPU UUID (`trainer.generation.shared_weights.SharedWeights`), valid until released."""
+        ...
+
+    def release_shared_weights(self) -> None: ...
+
+
+@runtime_checkable
+class LoadsSharedWeights(Protocol):
+    """A generation backend whose engines load weights a policy rank on the same GPU shares."""
+
+    def update_weights_shared(self, offers: Mapping[str, Any]) -> dict[str, float]: ...
+
+
+@runtime_checkable
 class RolloutRecord(Protocol):
     """What the trainer reads from a rollout (trainer.rollout.Rollout has more)."""
 
@@ -199,6 +217,7 @@ class Components:
     tokenizer: Any = None
     expert_fn: ExpertFn | None = None
     placement: Any = None  # trainer.ray_placement.Reservation: the GPUs held for them (None on CPU)
+    refit_transport: str = "host"  # how weights reach the engines: host | cuda_ipc (trainer.refit)
 
     def shutdown(self) -> None:
         """Stop the engines, then the policy workers, then give their GPUs back."""

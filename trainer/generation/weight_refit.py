@@ -1,8 +1,9 @@
 """Runs inside each vLLM worker process (named by `worker_extension_cls`): in-place weight refit.
 
-Tensors cannot travel through vLLM's `collective_rpc` pickling ("cannot pickle memoryview"), so the driver
-sends one safetensors blob (bytes) and each worker decodes it and hands the HF-named tensors to
-`reload_weights`, which loads them into the live model (fusing q/k/v, gate/up and TP-sharding as vLLM's own
+Two ways in. Host path: tensors cannot travel through vLLM's `collective_rpc` pickling ("cannot pickle
+memoryview"), so the driver sends one safetensors blob (bytes) and each worker decodes it. GPU path (colocated):
+the policy rank on the worker's GPU shares a CUDA buffer (`shared_weights.py`). Either way the HF-named tensors go
+to `reload_weights`, which loads them into the live model (fusing q/k/v, gate/up and TP-sharding as vLLM's own
 loader does). Plain `model.load_weights` fails after start-up ("no attribute weight_loader").
 
 Tied parameters need care. With tied embeddings the blob has `embed_tokens` only, and the reload re-runs
@@ -50,11 +51,28 @@ class WeightRefitExtension:
         """Load all tensors of `blob` into the running model; returns how many tensors were loaded."""
         from safetensors.torch import load
 
-        weights = load(blob)
+        return self._load_weights(list(load(blob).items()))
+
+    def refit_from_shared(self, offers: dict) -> int:
+        """Load the weights a policy rank on this worker's GPU shares through CUDA IPC (`shared_weights.py`);
+        returns how many tensors were loaded. The views are dropped before returning, so the policy may free the
+        buffer once every engine has answered."""
+        import torch
+
+        from trainer.generation.shared_weights import open_shared, unpack_state
+
+        buffer, specs = open_shared(offers)
+        weights = unpack_state(buffer, specs)
+        loaded = self._load_weights(weights)
+        torch.cuda.synchronize()  # the copies out of the shared buffer are done before the policy frees it
+        del weights, buffer
+        return loaded
+
+    def _load_weights(self, weights: list) -> int:
         model = self.model_runner.get_model()
         groups = _shared_parameter_groups(model)
         # the worker's own reload_weights (when present) sets vLLM's current-config context around the runner's
         reload = getattr(self, "reload_weights", None) or self.model_runner.reload_weights
-        reload(weights_iterator=iter(list(weights.items())))
+        reload(weights_iterator=iter(weights))
         _retie_and_reprocess(groups)
         return len(weights)

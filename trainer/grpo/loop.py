@@ -9,7 +9,7 @@
     metrics    = policy.train(batch)                            # clipped-ratio loss, AdamW, clip, LR schedule
                  (engines asleep meanwhile where sleep mode is on; the policy's Adam state leaves the GPU after it
                   where policy.offload_optimizer_for_generation is on)
-    generation.update_weights(policy.export_weights_blob())    # refit the engines with the new weights
+    refit_engines(components)  # the engines take the new weights (trainer.refit: CUDA IPC, or host bytes)
     validate every `val_period` (and at start / end)            # val:accuracy on held-out rows
     checkpoint every `save_period` (and at the end / on preemption)
 
@@ -41,6 +41,7 @@ from trainer.grpo.advantage import compute_advantages, sequence_level_weights
 from trainer.grpo.selection import ExpertScorer, select_prompts
 from trainer.interfaces import Components, Generation, Policy, RolloutFn
 from trainer.metrics import MetricsLogger, accuracy_summary
+from trainer.refit import refit_engines
 
 
 # ---- data order ---------------------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ class GRPOTrainer:
         torch.set_rng_state(rng["torch"])
         self.step, self.consumed_samples = int(info["current_step"]), int(info["consumed_samples"])
         # the engines still hold the initial weights: refit them with the checkpoint's
-        self.generation.update_weights(self.policy.export_weights_blob(self.refit_dtype))
+        refit_engines(self.components, self.refit_dtype)
         print(f"[grpo] resumed from {path} at step {self.step}", flush=True)
         return path
 
@@ -332,7 +333,7 @@ class GRPOTrainer:
         with timer("prepare_for_generation/engine_wake"):
             self.generation.wake_up()
         with timer("prepare_for_generation/transfer_and_update_weights"):
-            self.generation.update_weights(self.policy.export_weights_blob(self.refit_dtype))
+            refit_engines(self.components, self.refit_dtype)
         self.consumed_samples += len(prompts)
         step_time = time.perf_counter() - t0
         timer.times["timing/train/total_step_time"] = step_time

@@ -429,8 +429,9 @@ def _hf_tensors_from_megatron(name: str, full: torch.Tensor, arch: HFArch) -> di
 
 
 @torch.no_grad()
-def export_hf_state_dict(model, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """The full model in HF names (TP shards gathered, PP stages combined), on CPU, on every rank.
+def export_hf_state_dict(model, dtype: torch.dtype | None = None, on_device: bool = False) -> dict[str, torch.Tensor]:
+    """The full model in HF names (TP shards gathered, PP stages combined), on CPU (or, with `on_device`, on the
+    model's device: a colocated refit never copies to the host), on every rank.
 
     Tied models return no `lm_head.weight` (as `save_pretrained` writes them and vLLM loads them).
     """
@@ -449,11 +450,13 @@ def export_hf_state_dict(model, dtype: torch.dtype | None = None) -> dict[str, t
             dist.all_gather(shards, param.detach().contiguous(), group=parallel_state.get_tensor_model_parallel_group())
         else:
             shards = [param.detach()]
-        full = _unshard(name, [s.cpu() for s in shards])
+        full = _unshard(name, shards if on_device else [s.cpu() for s in shards])
         for hf_name, tensor in _hf_tensors_from_megatron(name, full, arch).items():
             # a copy: never a view of a live parameter or of a fused tensor (safetensors refuses shared storage)
             out.setdefault(hf_name, tensor.to(dtype or tensor.dtype).clone(memory_format=torch.contiguous_format))
     if pp > 1:
+        if on_device:
+            raise NotImplementedError("export_hf_state_dict(on_device=True) with pipeline parallelism")
         pieces: list[dict[str, torch.Tensor]] = [{} for _ in range(pp)]  # filled in by the gather
         dist.all_gather_object(pieces, out, group=parallel_state.get_pipeline_model_parallel_group())
         out = {}

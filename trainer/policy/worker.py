@@ -33,10 +33,11 @@ from trainer.grpo.loss import LossConfig, clipped_pg_loss, reduce_loss_stats
 from trainer.interfaces import SamplingParams
 
 if TYPE_CHECKING:
+    from trainer.generation.shared_weights import SharedWeights
     from trainer.ray_placement import Reservation
 
 ModelFactory = Callable[..., torch.nn.Module]  # factory(tp=, pp=, dtype=) -> GPTModel
-WeightsExporter = Callable[[torch.nn.Module], dict]  # model -> full HF state dict (gathered over TP)
+WeightsExporter = Callable[..., dict]  # (model, dtype=, on_device=) -> full HF state dict (gathered over TP)
 
 # On GPUs the policy shares each GPU with a generation engine (colocated, as NeMo RL's default).
 COLOCATED_GPU_SHARE = 0.5
@@ -100,6 +101,8 @@ class PolicyWorker:
         # vLLM engine sharing it has the memory while it generates (trainer.placement counts on this)
         self.offload_between_steps = bool(self.policy_cfg["offload_optimizer_for_generation"])
         self._offloaded: list[tuple[dict, str]] = []  # (optimizer state, key) of the tensors now on the host
+        self._pinned: dict[tuple[int, str], torch.Tensor] = {}  # host copies of those, reused every step
+        self._shared_buffer: torch.Tensor | None = None  # the weights offered to the engines (share_weights)
 
     # ---- setup -------------------------------------------------------------------------------------------
     def where(self) -> dict[str, Any]:
@@ -404,9 +407,17 @@ class PolicyWorker:
         for state in self.optimizer.state.values():
             for key, value in state.items():
                 if isinstance(value, torch.Tensor) and value.device.type == "cuda":
-                    state[key] = value.to("cpu")
+                    # into pinned host buffers kept across steps: a pageable copy runs at a fraction of the link's
+                    # speed, and pinning fresh memory every step costs as much again
+                    host = self._pinned.get((id(state), key))
+                    if host is None or host.shape != value.shape or host.dtype != value.dtype:
+                        host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+                        self._pinned[(id(state), key)] = host
+                    host.copy_(value, non_blocking=True)
+                    state[key] = host
                     self._offloaded.append((state, key))
                     moved += value.numel() * value.element_size()
+        torch.cuda.current_stream(self.device).synchronize()  # the copies are done before their GPU memory goes
         if self._reducer is not None:  # its flat gradient buckets are rebuilt by the next step
             self._reducer.remove()
             self._reducer = None
@@ -417,6 +428,7 @@ class PolicyWorker:
     def restore_optimizer(self) -> None:
         """Adam's moments back on the GPU after `offload_optimizer` (nothing to do otherwise)."""
         for state, key in self._offloaded:
+            # from pinned memory: asynchronous, ordered before the step's kernels on the same stream
             state[key] = state[key].to(self.device, non_blocking=True)
         self._offloaded = []
 
@@ -500,6 +512,29 @@ class PolicyWorker:
             return None
         torch_dtype = getattr(torch, dtype)
         return save({k: v.detach().to("cpu", torch_dtype).contiguous().clone() for k, v in state.items()})
+
+    def share_weights(self, dtype: str = "bfloat16") -> SharedWeights:
+        """The HF state dict in `dtype`, packed into one buffer on this rank's GPU and offered to the engines on
+        the same GPU through CUDA IPC (collective: every rank gathers its TP group's shards and offers the full
+        model on its own GPU). The buffer stays until `release_shared_weights`."""
+        from trainer.generation.shared_weights import pack_state, share
+
+        if self.device.type != "cuda":
+            raise RuntimeError("share_weights: CUDA IPC needs the policy on a GPU (on CPU: export_weights_blob)")
+        self.release_shared_weights()
+        state = self.weights_exporter(self.model, dtype=getattr(torch, dtype), on_device=True)
+        buffer, specs = pack_state(state)
+        del state  # the packed copy is all that stays
+        self._shared_buffer = buffer
+        return share(buffer, specs)
+
+    def release_shared_weights(self) -> None:
+        """Free the buffer of the last `share_weights` once the engines have loaded it."""
+        if self._shared_buffer is None:
+            return
+        self._shared_buffer = None
+        torch.cuda.ipc_collect()  # the allocator gets the block back once the receivers have closed it
+        torch.cuda.empty_cache()
 
     def save_hf_model(self, template_hf_dir: str, out_dir: str, dtype: str = "bfloat16") -> str:
         """Export the current weights as a Hugging Face directory (collective; global rank 0 writes)."""
@@ -667,6 +702,13 @@ class PolicyGroup:
 
     def export_weights_blob(self, dtype: str = "bfloat16") -> bytes:
         return self._all("export_weights_blob", dtype)[0]
+
+    def share_weights(self, dtype: str = "bfloat16") -> dict[str, SharedWeights]:
+        """Every rank's CUDA IPC offer of the full model, by GPU UUID (see `PolicyWorker.share_weights`)."""
+        return {offer.gpu_uuid: offer for offer in self._all("share_weights", dtype)}
+
+    def release_shared_weights(self) -> None:
+        self._all("release_shared_weights")
 
     def save(self, directory: str | Path) -> None:
         self._all("save", str(directory))

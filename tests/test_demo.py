@@ -113,9 +113,12 @@ def test_resume_keeps_finished_upstream_stages_after_a_config_change(tmp_path):
     overrides = [f"run.root={tmp_path / 'run'}", f"+data.local.jsonl={EXAMPLE_ROWS}", "slurm.use_cluster=false"]
     cfg = chain.resolve_config(load_config("tiny_cpu", overrides))
     data.run(cfg), prepare.run(cfg), noop_sanity(cfg)
-    more_steps = chain.resolve_config(load_config("tiny_cpu", overrides + ["grpo.max_num_steps=99"]))
     actions = lambda plans: [(p.stage, p.action) for p in plans]  # noqa: E731
-    # a plain submit redoes sanity (its hash covers grpo.*); resume keeps it and only trains
+    # a longer run is no input of sanity: even a plain submit keeps it
+    longer = chain.resolve_config(load_config("tiny_cpu", overrides + ["grpo.max_num_steps=99"]))
+    assert actions(chain.plan_chain(longer, "train", use_cluster=False))[2] == ("sanity", "skip")
+    # a GRPO setting that sanity's step exercises: a plain submit redoes sanity; resume keeps it and only trains
+    more_steps = chain.resolve_config(load_config("tiny_cpu", overrides + ["grpo.normalize_rewards=false"]))
     assert actions(chain.plan_chain(more_steps, "train", use_cluster=False))[2] == ("sanity", "submit")
     plans = chain.plan_chain(more_steps, "train", always=["train"], use_cluster=False, keep_before="train")
     assert actions(plans) == [("data", "skip"), ("prepare", "skip"), ("sanity", "skip"), ("train", "submit")]

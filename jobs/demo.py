@@ -1,9 +1,9 @@
 """`make demo`: submit data -> prepare -> sanity -> sft -> train -> eval, follow the jobs, print a summary.
 
-Progress lines say which stage is in which state for how long, and echo each new line of the sft/train
-metrics as the jobs write them. The summary reads only artifacts on disk (metrics.jsonl, manifests,
-eval/summary.json), so it is the same whether the chain ran on Slurm or through submitit's LocalExecutor
-(used when no Slurm cluster answers here). Only the standard library, submitit and omegaconf are imported.
+Progress lines say which stage is in which state for how long, and echo the sft stage's line per epoch and each
+new line of the train metrics as the jobs write them. The summary reads only artifacts on disk (metrics.jsonl,
+manifests, eval/summary.json), so it is the same whether the chain ran on Slurm or through submitit's
+LocalExecutor (used when no Slurm cluster answers here). Only the standard library, submitit and omegaconf are imported.
 """
 
 from __future__ import annotations
@@ -72,12 +72,13 @@ def metrics_line(stage: str, row: dict[str, Any]) -> str:
     from trainer.metrics import format_console_line  # light: stdlib + infra.io
 
     if stage == "sft":
-        parts = [f"step {row.get('step')}"] + [
+        parts = [f"epoch {row.get('sft:epoch')} to step {row.get('step')}"] + [
             f"{short}={row[key]:.4g}"
-            for key, short in (("sft:nll", "nll"), ("grad_norm", "gnorm"), ("sft:copy_exact_prob", "copy check"))
+            for key, short in (("sft:epoch_nll_mean", "mean nll"), ("sft:copy_exact_prob", "copy check"))
             if isinstance(row.get(key), (int, float))
         ]
-        return " | ".join(parts)
+        seconds = row.get("sft:epoch_seconds")
+        return " | ".join(parts + ([f"{seconds:.0f}s"] if isinstance(seconds, (int, float)) else []))
     return format_console_line(row.get("step", 0), row)
 
 
@@ -94,6 +95,7 @@ class Progress:
         self.root, self.stage_jobs, self.out, self.heartbeat_s = root, dict(stage_jobs), out, heartbeat_s
         self.states: dict[str, str] = {}
         self.seen_lines = {stage: len(read_metrics(self.metrics_path(stage))) for stage in ("sft", "train")}
+        self.last_step: dict[str, Any] = {}  # stage -> the step of its last metrics row (for the heartbeat)
         self.last_print = time.time()
         self.started = time.time()
 
@@ -110,8 +112,12 @@ class Progress:
             if len(rows) < self.seen_lines[stage]:  # a resumed run dropped lines after its checkpoint
                 self.seen_lines[stage] = len(rows)
             for row in rows[self.seen_lines[stage] :]:
+                if stage == "sft" and "sft:epoch" not in row:
+                    continue  # the warm start: a line per epoch, not per step
                 self._say(f"{stage:<8} {metrics_line(stage, row)}")
             self.seen_lines[stage] = len(rows)
+            if rows:
+                self.last_step[stage] = rows[-1].get("step")
 
     def poll_jobs(self) -> dict[str, str]:
         """stage -> state from sacct; prints changes (and a heartbeat for a long running stage)."""
@@ -128,7 +134,9 @@ class Progress:
         if running and time.time() - self.last_print >= self.heartbeat_s:
             rec = records.get(self.stage_jobs[running[0]])
             elapsed = (rec.elapsed if rec else "") or "-"
-            self._say(f"{running[0]:<8} job {self.stage_jobs[running[0]]:<6} RUNNING    elapsed {elapsed}")
+            step = self.last_step.get(running[0])
+            at = f", step {step}" if step else ""
+            self._say(f"{running[0]:<8} job {self.stage_jobs[running[0]]:<6} RUNNING    elapsed {elapsed}{at}")
         return dict(self.states)
 
     def follow_slurm(self, poll_s: float = 5.0) -> dict[str, str]:

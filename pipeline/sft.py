@@ -22,6 +22,7 @@ import functools
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -119,6 +120,57 @@ class CopyCheck:
         return float(sequence_probabilities(policy.get_logprobs(self.batch), self.batch["loss_mask"]).mean())
 
 
+class EpochProgress:
+    """What the warm start shows while it runs: a progress bar over its steps on a terminal (none in a Slurm log,
+    where it would be one line rewritten by carriage returns) and one line per epoch, which also goes into that
+    epoch's last metrics row (`sft:epoch`, `sft:epoch_nll_mean`, `sft:epoch_seconds`) for `make demo` to echo.
+
+    A job resumed mid-epoch takes the epoch's earlier NLLs from metrics.jsonl; its seconds are this job's."""
+
+    def __init__(self, plan: SftPlan, step: int, history: Sequence[Mapping[str, Any]]):
+        from tqdm import tqdm
+
+        self.plan = plan
+        first = (step // plan.steps_per_epoch) * plan.steps_per_epoch + 1  # the current epoch's first step
+        self.nlls = [float(row["sft:nll"]) for row in history if first <= int(row["step"]) <= step]
+        self.started = time.perf_counter()
+        self.bar = tqdm(
+            total=plan.total_steps,
+            initial=step,
+            desc="[sft]",
+            unit="step",
+            file=sys.stdout,
+            disable=not sys.stdout.isatty(),
+            dynamic_ncols=True,
+        )
+
+    def step_done(self, step: int, nll: float, copy_result: str = "") -> dict[str, Any]:
+        """Advance the bar; at the end of an epoch print its line and return the keys for its metrics row."""
+        self.nlls.append(nll)
+        self.bar.total = self.plan.total_steps  # the copy check may have added an epoch
+        self.bar.set_postfix(nll=f"{nll:.3f}", refresh=False)
+        self.bar.update(1)
+        per_epoch = self.plan.steps_per_epoch
+        if step % per_epoch and step != self.plan.total_steps:
+            return {}
+        epoch, seconds = math.ceil(step / per_epoch), time.perf_counter() - self.started
+        mean = sum(self.nlls) / len(self.nlls)
+        kind = "short context" if self.plan.is_short(step) else "full prompt"
+        line = (
+            f"[sft] epoch {epoch}/{math.ceil(self.plan.total_steps / per_epoch)} ({kind}): "
+            f"steps {step - len(self.nlls) + 1}-{step}, mean nll {mean:.4f}"
+            + (f", {copy_result}" if copy_result else "")
+            + f", {seconds:.1f}s"
+        )
+        self.bar.write(line, file=sys.stdout)
+        sys.stdout.flush()
+        self.nlls, self.started = [], time.perf_counter()
+        return {"sft:epoch": epoch, "sft:epoch_nll_mean": mean, "sft:epoch_seconds": seconds}
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def batch_order(num_rows: int, gbs: int, seed: int, step: int) -> list[int]:
     """Row indices of optimizer step `step` (1-based): a fresh seeded shuffle per epoch."""
     per_epoch = math.ceil(num_rows / gbs)
@@ -191,8 +243,9 @@ def run(cfg: DictConfig) -> Path:
         info = CheckpointManager.training_info(latest)
         step, plan.short_epochs = int(info["current_step"]), int(info.get("short_context_epochs", plan.short_epochs))
         print(f"[sft] resumed from {latest} at step {step}", flush=True)
-    metrics = MetricsLogger(out_dir, None, False, resume_step=step, echo=True)
+    metrics = MetricsLogger(out_dir, None, False, resume_step=step, echo=False)  # a bar and a line per epoch
     timer.phase("start_workers")
+    progress = EpochProgress(plan, step, metrics.read())
 
     def save(at: int) -> None:
         checkpoints.save(
@@ -206,6 +259,7 @@ def run(cfg: DictConfig) -> Path:
     while step < plan.total_steps:
         if signals.preemption_requested():
             save(step)
+            progress.close()
             print(f"[sft] preemption requested: saved step {step}, stopping", flush=True)
             return out_dir
         step += 1
@@ -229,26 +283,27 @@ def run(cfg: DictConfig) -> Path:
             "sft:tokens": float(batch["loss_mask"].sum()),
             "timing/sft/step": time.perf_counter() - t0,
         }
+        copy_result = ""
         if copy_check is not None and step == plan.short_steps:
             logged["sft:copy_exact_prob"] = prob = copy_check.exact_prob(policy)
             extra = plan.short_epochs - planned_short_epochs
             if prob < copy_check.min_exact_prob and extra < copy_check.max_extra_epochs:
                 plan.short_epochs += 1
                 policy.extend_lr_decay(plan.steps_per_epoch)
-                print(
-                    f"[sft] copy check: exact-trajectory probability {prob:.3f} < {copy_check.min_exact_prob}: "
-                    f"short-context epoch {plan.short_epochs} follows",
-                    flush=True,
+                copy_result = (
+                    f"copy check {prob:.3f} < {copy_check.min_exact_prob}: short-context epoch {plan.short_epochs} "
+                    "follows"
                 )
             else:
-                print(
-                    f"[sft] copy check: exact-trajectory probability {prob:.3f} after {plan.short_epochs} "
-                    f"short-context epoch(s); the full-prompt epoch(s) follow",
-                    flush=True,
+                short_of = (
+                    f" < {copy_check.min_exact_prob}, no extra epoch left" if prob < copy_check.min_exact_prob else ""
                 )
+                copy_result = f"copy check {prob:.3f}{short_of}: the full-prompt epoch(s) follow"
+        logged.update(progress.step_done(step, logged["sft:nll"], copy_result))
         metrics.log(step, logged)
         if step % save_period == 0 and step < plan.total_steps:
             save(step)
+    progress.close()
     timer.phase("train")
     hf_dir = policy.save_hf_model(
         model_dir, out_dir / "hf_model", "bfloat16" if str(cfg.policy.precision) in ("bfloat16", "bf16") else "float32"

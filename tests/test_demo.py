@@ -87,12 +87,13 @@ def test_summary_says_what_is_missing(tmp_path):
 def test_progress_echoes_each_new_metrics_line_once(tmp_path):
     said: list[str] = []
     progress = demo.Progress(tmp_path, {}, out=said.append)
-    write_jsonl(tmp_path / "sft" / "metrics.jsonl", [{"step": 1, "sft:nll": 3.5}])
+    epoch_end = {"step": 2, "sft:nll": 2.5, "sft:epoch": 1, "sft:epoch_nll_mean": 3.0, "sft:epoch_seconds": 41.2}
+    write_jsonl(tmp_path / "sft" / "metrics.jsonl", [{"step": 1, "sft:nll": 3.5}, epoch_end])
     write_jsonl(tmp_path / "train" / "metrics.jsonl", [{"step": 0, "val:accuracy": 0.25}])
     progress.poll_metrics()
     progress.poll_metrics()
-    assert len(said) == 2, said
-    assert "sft" in said[0] and "nll=3.5" in said[0]
+    assert len(said) == 2, said  # the warm start's line per epoch, not one per step
+    assert "sft" in said[0] and "epoch 1 to step 2 | mean nll=3 | 41s" in said[0], said[0]
     assert "train" in said[1] and "val_acc=0.25" in said[1]
     with open(tmp_path / "train" / "metrics.jsonl", "a") as fh:
         fh.write(json.dumps({"step": 1, "train:reward_mean": 0.5}) + "\n" + '{"step": 2, "trai')  # torn line

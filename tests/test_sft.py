@@ -90,6 +90,31 @@ def test_short_context_epochs_come_first_and_add_to_the_step_count():
     assert SftPlan.from_config(cfg, 95).total_steps == 25
 
 
+def test_the_warm_start_shows_one_line_per_epoch_not_one_per_step(capsys):
+    from pipeline.sft import EpochProgress, SftPlan
+
+    plan = SftPlan(steps_per_epoch=3, short_epochs=1, full_epochs=1)
+    progress = EpochProgress(plan, 0, [])  # pytest's stdout is no terminal: no bar, only the epoch lines
+    rows = [progress.step_done(1, 3.0), progress.step_done(2, 2.0)]
+    plan.short_epochs += 1  # what the copy check at step 3 does, before the step's line
+    rows.append(progress.step_done(3, 1.0, "copy check 0.100 < 0.25: short-context epoch 2 follows"))
+    rows += [progress.step_done(step, 1.0) for step in range(4, 10)]
+    progress.close()
+    assert [bool(row) for row in rows] == [False, False, True, False, False, True, False, False, True]
+    assert rows[2] == {"sft:epoch": 1, "sft:epoch_nll_mean": 2.0, "sft:epoch_seconds": rows[2]["sft:epoch_seconds"]}
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("[sft] epoch 1/3 (short context): steps 1-3, mean nll 2.0000, copy check 0.100 < 0.25")
+    assert lines[1].startswith("[sft] epoch 2/3 (short context): steps 4-6, mean nll 1.0000, ")
+    assert lines[2].startswith("[sft] epoch 3/3 (full prompt): steps 7-9, mean nll 1.0000, ")
+    assert all(line.endswith("s") for line in lines)
+
+    # a job resumed at step 4 of a 3-step epoch takes step 4's NLL from metrics.jsonl
+    resumed = EpochProgress(plan, 4, [{"step": 3, "sft:nll": 9.0}, {"step": 4, "sft:nll": 4.0}])
+    assert resumed.step_done(5, 2.0) == {} and resumed.step_done(6, 3.0)["sft:epoch_nll_mean"] == 3.0
+    assert "epoch 2/3 (short context): steps 4-6, mean nll 3.0000" in capsys.readouterr().out
+
+
 def test_copy_check_without_a_threshold_says_which_key_is_missing():
     from infra.config import load_config
 

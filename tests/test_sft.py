@@ -154,6 +154,7 @@ def test_sft_lowers_nll_extends_short_context_while_copying_lags_and_exports_a_l
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
     checked = {h["step"]: h["sft:copy_exact_prob"] for h in history if "sft:copy_exact_prob" in h}
     assert list(checked) == [2, 4] and all(0.0 <= p < 1.0 for p in checked.values())
+    assert [(h["step"], h["sft:epoch"]) for h in history if "sft:epoch" in h] == [(2, 1), (4, 2), (6, 3)]
     lrs = [h["sft:lr"] for h in history]
     assert all(a > b for a, b in zip(lrs, lrs[1:])), lrs
     assert history[-1]["sft:nll"] < history[0]["sft:nll"]

@@ -13,6 +13,7 @@ Only the standard library is imported (login nodes).
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -99,28 +100,33 @@ class SacctRecord:
 
 
 def parse_sacct(text: str) -> dict[str, SacctRecord]:
-    """`sacct -X -D -P -n -o <SACCT_FIELDS>` output -> job id -> record of its latest run. With -D (duplicates)
-    a requeued job has one line per run, oldest first; the earlier ones that ended REQUEUED are counted."""
-    records: dict[str, SacctRecord] = {}
+    """`sacct -X -D -P -n -o <SACCT_FIELDS>` output -> job id -> record of its latest run (the latest Submit: a
+    requeue submits the job again). With -D (duplicates) a requeued job has one line per run; the earlier ones that
+    ended REQUEUED are counted in `requeues`."""
+    runs: dict[str, list[SacctRecord]] = {}
     for line in text.splitlines():
         if not line.strip():
             continue
         values = {field: _value(text) for field, text in zip(SACCT_FIELDS, line.split("|"))}
         job_id = values.get("JobIDRaw", "")
-        earlier = records.get(job_id)
-        requeues = 0 if earlier is None else earlier.requeues + (earlier.state == "REQUEUED")
-        records[job_id] = SacctRecord(
-            job_id,
-            normalise_state(values.get("State")),
-            requeues=requeues,
-            exit_code=values.get("ExitCode", ""),
-            reason=values.get("Reason", ""),
-            elapsed=values.get("Elapsed", ""),
-            submit=values.get("Submit", ""),
-            start=values.get("Start", ""),
-            end=values.get("End", ""),
-            node_list=values.get("NodeList", ""),
+        runs.setdefault(job_id, []).append(
+            SacctRecord(
+                job_id,
+                normalise_state(values.get("State")),
+                exit_code=values.get("ExitCode", ""),
+                reason=values.get("Reason", ""),
+                elapsed=values.get("Elapsed", ""),
+                submit=values.get("Submit", ""),
+                start=values.get("Start", ""),
+                end=values.get("End", ""),
+                node_list=values.get("NodeList", ""),
+            )
         )
+    records = {}
+    for job_id, job_runs in runs.items():
+        job_runs.sort(key=lambda run: run.submit)  # stable: sacct's order among equal times
+        *earlier, latest = job_runs
+        records[job_id] = dataclasses.replace(latest, requeues=sum(run.state == "REQUEUED" for run in earlier))
     return records
 
 

@@ -149,6 +149,8 @@ def test_parse_sacct_keeps_a_requeued_jobs_latest_run_and_counts_its_requeues():
     assert list(records) == ["85"]
     assert (records["85"].state, records["85"].requeues, records["85"].start) == ("FAILED", 1, "2026-12-02T13:30:18")
     assert slurm_state.parse_sacct(SACCT)["42"].requeues == 0
+    newest_first = "\n".join(reversed(SACCT_TIMED_OUT.splitlines()))  # the latest run is the latest Submit
+    assert slurm_state.parse_sacct(newest_first) == records
 
 
 def _status_of_train(monkeypatch, tmp_path, sacct_text: str, log_text: str, job_id: str = "85") -> str:

@@ -107,3 +107,22 @@ class preemption_signal_ignored:
         if self.previous is not None:
             signal.signal(signal.SIGUSR2, self.previous)
         return False
+
+
+class keep_sigterm_handler:
+    """Context manager: the SIGTERM handler in place before it is put back after it, if it was one of Python's.
+
+    `ray.init` installs a SIGTERM handler that exits the process at once; inside a checkpointable job the job's own
+    handler (raise the flag: save, then stop) must stay. Where none was installed from Python (SIG_DFL), Ray's stays.
+    A no-op outside the main thread."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.getsignal(signal.SIGTERM)
+        return self
+
+    def __exit__(self, *exc):
+        if callable(self.previous):
+            signal.signal(signal.SIGTERM, self.previous)
+        return False

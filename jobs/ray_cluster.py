@@ -28,9 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from infra import signals
 from infra.io import atomic_write_json
-from infra.ray_start import RayStartError, start_with_retries
-from infra.signals import ignore_preemption_signal
+from infra.ray_start import (
+    RECORD_NAME,
+    RayStartError,
+    clean_stale_nodes,
+    kill_node_processes,
+    process_alive,
+    read_record,
+    start_with_retries,
+)
+from infra.signals import ignore_preemption_signal, keep_sigterm_handler
 
 T = TypeVar("T")
 
@@ -39,6 +48,8 @@ ENDED_FILE = "ENDED"
 JOIN_TIMEOUT_S = float(os.environ.get("SLURM_GRPO_RAY_JOIN_TIMEOUT_S", "300"))
 START_TIMEOUT_S = 240.0
 STARTED_MARK = "Ray runtime started"  # what `ray start` prints once its node is registered
+TEMP_PREFIX = "/tmp/ray-j"  # a node's Ray temp dir: <prefix><job>-r<restart>-n<rank>
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -111,8 +122,9 @@ class TaskInfo:
 
     @property
     def temp_dir(self) -> str:
-        # short: Ray puts unix sockets under it (path limit ~107 characters)
-        return f"/tmp/ray-j{self.job_id}-r{self.restart}"
+        # short: Ray puts unix sockets under it (path limit ~107 characters); one per node, also where the local
+        # cluster runs several nodes on one host: a node's processes are found (and only its) by this path
+        return f"{TEMP_PREFIX}{self.job_id}-r{self.restart}-n{self.rank}"
 
 
 def _ray_cli() -> str:
@@ -142,6 +154,7 @@ def auth_settings(task: TaskInfo, create: bool) -> dict[str, str]:
 def _ray_env(auth: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")  # stop at once when asked (default: drain 30 s)
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_AUTH_TOKEN", None)
     env.update(auth)
@@ -168,61 +181,127 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def _stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
-    """`ray start --block` stops the Ray processes it started when it gets SIGTERM."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
+class RayNode:
+    """One node's `ray start --block`, run by infra.ray_start's supervisor (detached, tied to this task's PID).
+
+    `poll()` is None while Ray runs, else its exit status; `stop()` asks the supervisor to stop Ray and waits;
+    whatever is left after that (a supervisor that died) is killed by the node's temp dir."""
+
+    def __init__(self, record: Path, stop_file: Path, temp_dir: str) -> None:
+        self.record, self.stop_file, self.temp_dir = record, stop_file, temp_dir
+
+    def info(self) -> dict:
+        return read_record(str(self.record)) or {}
+
+    def poll(self) -> int | None:
+        info = self.info()
+        if info.get("state") == "stopped":
+            code = info.get("ray_exit")
+            return -1 if code is None else int(code)
+        supervisor = int(info.get("supervisor_pid", 0) or 0)
+        if supervisor and not process_alive(supervisor, info.get("supervisor_start_time")):
+            return -1  # the supervisor died without saying so
+        return None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.poll()
+
+    def stop(self, timeout: float = 40.0) -> None:
+        self.stop_file.touch()
+        deadline = time.time() + timeout
+        while self.poll() is None and time.time() < deadline:
+            time.sleep(0.3)
+        self.kill()
+
+    def kill(self) -> None:
+        """Kill what is left of this node (by its temp dir: the job's processes only) and its supervisor."""
+        info = self.info()
+        supervisor = int(info.get("supervisor_pid", 0) or 0)
+        if supervisor and process_alive(supervisor, info.get("supervisor_start_time")):
+            try:
+                os.kill(supervisor, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        kill_node_processes(self.temp_dir)
 
 
-def _kill_group(process: subprocess.Popen) -> None:
-    """Kill a failed `ray start` and whatever it had started (its own session, see start_new_session)."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    process.wait(10)
+def _stop(process: RayNode, timeout: float = 40.0) -> None:
+    """`ray start --block` stops the Ray processes it started when its supervisor asks it to (SIGTERM)."""
+    process.stop(timeout)
 
 
 def _start_node(
-    cmd: list[str], log: Path, env: dict[str, str], what: str, give_up: Callable[[], bool] = lambda: False
-) -> subprocess.Popen:
-    """Run `ray start ... --block` and return once it says its node is up. Ray's processes ignore SIGUSR2: Slurm
-    sends the time-limit warning to every process of the job, and only the driver should act on it.
+    cmd: list[str],
+    log: Path,
+    env: dict[str, str],
+    what: str,
+    task: TaskInfo,
+    give_up: Callable[[], bool] = lambda: False,
+) -> RayNode:
+    """Run `ray start ... --block` under a supervisor (infra.ray_start) and return once it says its node is up.
+
+    The supervisor detaches from this task's process tree and is tied to it by PID: it stops the node when this
+    process is gone, whatever the way (SIGKILL included), or when `RayNode.stop()` asks. Slurm's SIGTERM to the
+    step (`scancel`, `scontrol requeue`) and SIGUSR2 (time-limit warning) thus reach only the job's Python, which
+    saves through a Ray that still runs. Records of the node (pids, temp dir) go to `<rendezvous>/node-<rank>.json`
+    and `<temp dir>/slurm_grpo_node.json` (what `clean_stale_nodes` of a later job reads).
 
     A `ray start` that exits (Ray's startup timeout on an overloaded host, see infra.ray_start) or does not report
     its node within START_TIMEOUT_S is killed with what it had started, and started again (infra.ray_start's
-    attempts). When `give_up()` turns true (the head ended) the dead process is returned, no error."""
+    attempts). When `give_up()` turns true (the head ended) the dead node is returned, no error."""
+    record = task.rendezvous / f"node-{task.rank}.json"
+    stop_file = task.rendezvous / f"node-{task.rank}.stop"
+    info = {"job_id": task.job_id, "restart": task.restart, "rank": task.rank, "node": task.node_name}
+    supervise = [
+        sys.executable,
+        "-m",
+        "infra.ray_start",
+        "supervise",
+        f"--task-pid={os.getpid()}",
+        f"--temp-dir={task.temp_dir}",
+        f"--stop-file={stop_file}",
+        f"--record={record}",
+        f"--record={task.temp_dir}/{RECORD_NAME}",
+        f"--info={json.dumps(info)}",
+        "--",
+        *cmd,
+    ]
+    env = dict(env, PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p))
 
-    def attempt() -> subprocess.Popen:
+    def attempt() -> RayNode:
         offset = log.stat().st_size if log.exists() else 0
+        stop_file.unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
         with log.open("ab") as out:
-            process = subprocess.Popen(
-                cmd,
+            launcher = subprocess.run(
+                supervise,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
+                cwd=REPO_ROOT,
                 start_new_session=True,
                 preexec_fn=ignore_preemption_signal,
+                timeout=120,
             )
+        node = RayNode(record, stop_file, task.temp_dir)
+        if launcher.returncode != 0:
+            node.kill()
+            raise RayStartError(f"the supervisor did not start (exit {launcher.returncode})")
         deadline = time.time() + START_TIMEOUT_S
         while True:
             with log.open("rb") as handle:
                 handle.seek(offset)
                 if STARTED_MARK.encode() in handle.read():
-                    return process
-            if process.poll() is not None or time.time() > deadline or give_up():
+                    return node
+            if node.poll() is not None or time.time() > deadline or give_up():
                 break
             time.sleep(0.3)
-        _kill_group(process)
+        code = node.poll()
+        node.kill()
         if give_up():
-            return process
-        raise RayStartError(f"exit {process.returncode}")
+            return node
+        raise RayStartError(f"exit {code}")
 
     try:
         return start_with_retries(
@@ -232,7 +311,15 @@ def _start_node(
         raise RayStartError(f"{err}; {log}:\n{_tail(log)}") from err.__cause__
 
 
-def _wait_for_port(host: str, port: int, process: subprocess.Popen, log: Path, timeout: float) -> None:
+def clean_stale_ray(task: TaskInfo) -> None:
+    """Stop Ray nodes that earlier jobs of ours left on this host (their task is gone; see infra.ray_start)."""
+    temp_root, prefix = os.path.split(TEMP_PREFIX)
+    cleaned = clean_stale_nodes(temp_root, prefix, keep=task.temp_dir, log=_log)
+    if cleaned:
+        _log(f"cleaned {cleaned} stale Ray node(s) of earlier jobs on {task.node_name}")
+
+
+def _wait_for_port(host: str, port: int, process: RayNode, log: Path, timeout: float) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:
@@ -267,6 +354,7 @@ def _wait_for_nodes(address: str, expected: int, timeout: float, rendezvous: Pat
 def run_head(task: TaskInfo, driver: Callable[[], T], num_cpus: int | None, num_gpus: int | None) -> T:
     task.rendezvous.mkdir(parents=True, exist_ok=True)
     (task.rendezvous / ENDED_FILE).unlink(missing_ok=True)
+    clean_stale_ray(task)
     ip = socket.gethostbyname(task.head_node_name)
     ports = NodePorts.for_rank(task.job_id, task.rank)
     log = task.rendezvous / "head.log"
@@ -292,13 +380,14 @@ def run_head(task: TaskInfo, driver: Callable[[], T], num_cpus: int | None, num_
     os.environ.update(auth)  # the driver (this process) authenticates with the job's token
     process = None
     try:
-        process = _start_node(cmd, log, _ray_env(auth), "ray head")
+        process = _start_node(cmd, log, _ray_env(auth), "ray head", task)
         _wait_for_port(ip, ports.gcs, process, log, timeout=120)
         head_info = {"address": address, "job_id": task.job_id, "restart": task.restart, "nodes": task.num_nodes}
         atomic_write_json(task.rendezvous / HEAD_FILE, head_info)  # workers poll for it: never a partial file
         if task.num_nodes > 1:  # one node: the driver's own ray.init waits for the head's raylet
             _log(f"head up at {address} on {task.node_name}; waiting for {task.num_nodes} nodes")
-            _wait_for_nodes(address, task.num_nodes, JOIN_TIMEOUT_S, task.rendezvous)
+            with keep_sigterm_handler():  # ray.init's own handler would exit at once on SIGTERM
+                _wait_for_nodes(address, task.num_nodes, JOIN_TIMEOUT_S, task.rendezvous)
         _log(f"ray cluster ready: {task.num_nodes} nodes in {time.time() - started:.1f}s; running the driver")
         os.environ["RAY_ADDRESS"] = address
         return driver()
@@ -322,6 +411,9 @@ def run_head(task: TaskInfo, driver: Callable[[], T], num_cpus: int | None, num_
 
 
 def run_worker(task: TaskInfo, num_cpus: int | None, num_gpus: int | None) -> None:
+    """Join the head's cluster and hold this node until the head ends. A signal of Slurm's (SIGTERM on requeue or
+    cancel, SIGUSR2 before the time limit) does not end a worker: the head saves, then writes ENDED."""
+    clean_stale_ray(task)
     head_file, ended = task.rendezvous / HEAD_FILE, task.rendezvous / ENDED_FILE
     deadline = time.time() + JOIN_TIMEOUT_S
     while not head_file.exists():
@@ -347,19 +439,40 @@ def run_worker(task: TaskInfo, num_cpus: int | None, num_gpus: int | None) -> No
         *_resources(num_cpus, num_gpus),
     ]
     _log(f"rank {task.rank} on {task.node_name} joining {address}")
+    head_node = task.rendezvous / "node-0.json"
+
+    def head_gone() -> str | None:
+        """Why the head is done: its ENDED marker, or its Ray node stopped (its task died without ending)."""
+        if ended.exists():
+            return "ended"
+        head = read_record(str(head_node)) or {}
+        return f"the head's Ray stopped ({head.get('reason')})" if head.get("state") == "stopped" else None
+
     process = _start_node(
-        cmd, log, _ray_env(auth_settings(task, create=False)), f"ray worker on rank {task.rank}", give_up=ended.exists
+        cmd,
+        log,
+        _ray_env(auth_settings(task, create=False)),
+        f"ray worker on rank {task.rank}",
+        task,
+        give_up=lambda: head_gone() is not None,
     )
     try:
-        while not ended.exists():
-            if process.poll() is not None:
-                if ended.exists():
-                    break
-                raise RuntimeError(
-                    f"ray worker on rank {task.rank} exited with {process.returncode} while the "
-                    f"head was still running; {log}:\n{_tail(log)}"
-                )
+        while (reason := head_gone()) is None:
+            if process.poll() is not None and head_gone() is None:
+                if not signals.preemption_requested():
+                    raise RuntimeError(
+                        f"ray worker on rank {task.rank} exited with {process.returncode} while the "
+                        f"head was still running; {log}:\n{_tail(log)}"
+                    )
+                # the job is being stopped (SIGTERM/USR2 reached this task too): the head saves and ends; wait
+                # for it instead of failing the step before it could
+                _log(f"rank {task.rank}: Ray exited after {signals.preemption_reason()}; waiting for the head")
+                while head_gone() is None:
+                    time.sleep(0.5)
+                break
             time.sleep(0.5)
+        if reason and reason != "ended":
+            _log(f"rank {task.rank}: {reason}")
     finally:
         _stop(process)
     _log(f"rank {task.rank} left the Ray cluster")

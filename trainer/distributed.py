@@ -175,6 +175,8 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     """
     import ray
 
+    from infra.signals import keep_sigterm_handler
+
     if ray.is_initialized():
         return
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -195,12 +197,14 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         user_mode = os.environ.get("RAY_AUTH_MODE")
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         try:
-            _start_local_ray(ray, address, kwargs)
+            with keep_sigterm_handler():
+                _start_local_ray(ray, address, kwargs)
         finally:
             if user_mode is None:
                 os.environ.pop("RAY_AUTH_MODE", None)
         return
-    ray.init(address=address, **kwargs)
+    with keep_sigterm_handler():  # a checkpointable job's handler (save, then stop), not Ray's (exit at once)
+        ray.init(address=address, **kwargs)
 
 
 def _start_local_ray(ray, address: str, kwargs: dict) -> None:

@@ -235,6 +235,7 @@ def run(args: argparse.Namespace) -> dict:
         "mode": "tiny correctness" if args.tiny else "Qwen3-1.7B shape, random weights",
         "rollouts_per_step": int(cfg.grpo.num_prompts_per_step) * int(cfg.grpo.num_generations_per_prompt),
         "max_new_tokens": int(cfg.policy.generation.max_new_tokens),
+        "micro_batch": int(cfg.policy.train_micro_batch_size),
         "steps_measured": len(measured),
         **{k: round(v, 2) for k, v in phases.items()},
         "engine_start_seconds": round(engine.get("start_seconds", float("nan")), 1),
@@ -282,19 +283,17 @@ def doc_rows(result: dict) -> list[tuple[str, str]]:
 
 
 def append_doc_rows(result: dict, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
-    from bench.train_bench import DOC_HEADER
-    from infra.io import atomic_write_text
+    from bench.env_bench import append_table_rows
 
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n" + DOC_HEADER
-    if not text.rstrip("\n").splitlines()[-1].startswith("|"):
-        text = text.rstrip("\n") + "\n\n" + DOC_HEADER
-    config = (
-        f"bench.grpo_gpu_bench, {result['mode']}, {result['rollouts_per_step']} rollouts/step x "
-        f"{result['max_new_tokens']} new tokens, colocated, median of {result['steps_measured']} steps after warm-up"
+    micro = result.get("micro_batch") or next(
+        (o.split("=")[1] for o in result["overrides"] if o.startswith("policy.train_micro_batch_size=")), "?"
     )
-    day = result["date"][:10]
-    lines = "".join(f"| {day} | {result['machine']} | {config} | {m} | {f} |\n" for m, f in doc_rows(result))
-    atomic_write_text(path, text.rstrip("\n") + "\n" + lines)
+    config = (
+        f"bench.grpo_gpu_bench, {result['mode']}, {result['rollouts_per_step']} rollouts/step of "
+        f"~{result['mean_total_tokens_per_sample']:,.0f} tokens ({result['max_new_tokens']} new), micro-batch {micro}, "
+        f"colocated, median of {result['steps_measured']} steps after warm-up"
+    )
+    append_table_rows(path, result["date"][:10], result["machine"], config, doc_rows(result))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

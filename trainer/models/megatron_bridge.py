@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,10 @@ from typing import Any
 import torch
 
 from infra.io import atomic_directory
+from trainer.models.layout import fuse_qkv, padded_vocab_size, split_qkv  # (callers import them from here too)
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
+NEMOTRON_H = "nemotron_h"  # the hybrid Mamba-2 / attention model: trainer/models/nemotron_h_bridge.py
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,15 @@ def hf_arch(hf_config: Any) -> HFArch:
         return int(value)
 
     model_type = get("model_type")
+    if model_type == NEMOTRON_H:
+        raise NotImplementedError(
+            f"model_type '{NEMOTRON_H}' is not a GPT decoder: read it with nemotron_h_bridge.nemotron_h_arch "
+            "(build_megatron_model does)"
+        )
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise NotImplementedError(
-            f"model_type '{model_type}' is not supported by the Megatron bridge (supported: {SUPPORTED_MODEL_TYPES})"
+            f"model_type '{model_type}' is not supported by the Megatron bridge "
+            f"(supported: {SUPPORTED_MODEL_TYPES + (NEMOTRON_H,)})"
         )
     rope = dict(get("rope_parameters") or get("rope_scaling") or {})
     theta = rope.get("rope_theta", get("rope_theta", 10000.0))
@@ -171,10 +179,6 @@ def megatron_config_from_hf(
     )
 
 
-def padded_vocab_size(vocab_size: int, tp: int) -> int:
-    return -(-vocab_size // tp) * tp
-
-
 def build_megatron_model(
     hf_dir: str | Path,
     tp: int = 1,
@@ -195,7 +199,6 @@ def build_megatron_model(
 
     hf_dir = Path(hf_dir)
     hf_config = json.loads((hf_dir / "config.json").read_text())
-    arch = hf_arch(hf_config)
     if (
         parallel_state.get_tensor_model_parallel_world_size() != tp
         or parallel_state.get_pipeline_model_parallel_world_size() != pp
@@ -205,6 +208,13 @@ def build_megatron_model(
             f"tp={parallel_state.get_tensor_model_parallel_world_size()}, "
             f"pp={parallel_state.get_pipeline_model_parallel_world_size()}"
         )
+    if hf_config.get("model_type") == NEMOTRON_H:  # the hybrid Mamba model: MambaModel (nemotron_h_bridge.py)
+        from trainer.models import nemotron_h_bridge
+
+        hybrid = nemotron_h_bridge.nemotron_h_arch(hf_config)
+        model = nemotron_h_bridge.build_model(hybrid, tp, pp, dtype, dict(parallel or {}))
+        return _finish_model(model, hybrid, hf_dir, load_weights)
+    arch = hf_arch(hf_config)
     config = megatron_config_from_hf(
         hf_config, {**dict(parallel or {}), "tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp}, dtype
     )
@@ -225,6 +235,11 @@ def build_megatron_model(
         rope_scaling=arch.rope_scaling_factor is not None,
         rope_scaling_factor=arch.rope_scaling_factor or 8.0,
     )
+    return _finish_model(model, arch, hf_dir, load_weights)
+
+
+def _finish_model(model, arch, hf_dir: Path, load_weights: bool):
+    """Attach the arch, mark the TP-sharded parameters, load the checkpoint, move to the GPU."""
     model.hf_arch = arch
     model.hf_vocab_size = arch.vocab_size
     mark_tensor_parallel_params(model)
@@ -255,24 +270,6 @@ def read_hf_state_dict(hf_dir: str | Path) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Layout helpers (full, unsharded tensors)
-
-
-def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, arch: HFArch) -> torch.Tensor:
-    """HF q/k/v rows -> Megatron's grouped [q heads of group g; k_g; v_g] rows (works for weights and biases)."""
-    groups, per_group, d = arch.num_kv_heads, arch.num_heads // arch.num_kv_heads, arch.head_dim
-    rest = q.shape[1:]
-    q = q.reshape(groups, per_group * d, *rest)
-    k = k.reshape(groups, d, *rest)
-    v = v.reshape(groups, d, *rest)
-    return torch.cat([q, k, v], dim=1).reshape(groups * (per_group + 2) * d, *rest)
-
-
-def split_qkv(qkv: torch.Tensor, arch: HFArch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    groups, per_group, d = arch.num_kv_heads, arch.num_heads // arch.num_kv_heads, arch.head_dim
-    rest = qkv.shape[1:]
-    grouped = qkv.reshape(groups, (per_group + 2) * d, *rest)
-    q, k, v = torch.split(grouped, [per_group * d, d, d], dim=1)
-    return (q.reshape(groups * per_group * d, *rest), k.reshape(groups * d, *rest), v.reshape(groups * d, *rest))
 
 
 def _hf_layer(i: int) -> str:
@@ -351,6 +348,40 @@ def _unshard(name: str, shards: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(shards, dim=dim)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """An architecture's weight mapping: TP split dim, full tensor from HF, shard/unshard, HF tensors of a full
+    Megatron tensor, and the renaming of checkpoint names read."""
+
+    split_dim: Callable[[str], int | None]
+    full_tensor: Callable[[str, Mapping[str, torch.Tensor], int], torch.Tensor]
+    shard: Callable[[str, torch.Tensor, int, int], torch.Tensor]
+    unshard: Callable[[str, list[torch.Tensor]], torch.Tensor]
+    hf_tensors: Callable[[str, torch.Tensor], dict[str, torch.Tensor]]
+    read_names: Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]] = lambda hf: hf
+
+
+def _layout(arch) -> _Layout:
+    if getattr(arch, "model_type", None) == NEMOTRON_H:
+        from trainer.models import nemotron_h_bridge as nb
+
+        return _Layout(
+            nb.tp_split_dim,
+            lambda name, hf, tp: nb.full_megatron_tensor(name, hf, arch, tp),
+            lambda name, full, tp, rank: nb.shard(name, full, tp, rank, arch),
+            lambda name, shards: nb.unshard(name, shards, arch),
+            lambda name, full: nb.hf_tensors_from_megatron(name, full, arch),
+            nb.normalize_hf_names,
+        )
+    return _Layout(
+        _tp_split_dim,
+        lambda name, hf, tp: _full_megatron_tensor(name, hf, arch, tp),
+        _shard,
+        _unshard,
+        lambda name, full: _hf_tensors_from_megatron(name, full, arch),
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Model <-> HF state dict
 
@@ -369,8 +400,9 @@ def mark_tensor_parallel_params(model) -> None:
     weight comes from the checkpoint. Without them `param_is_not_tensor_parallel_duplicate` takes every shard for
     a replica, and the grad norm under TP counted only TP rank 0's shards (and clipped by that)."""
     module = unwrap(model)
+    split_dim = _layout(getattr(module, "hf_arch", None)).split_dim
     for local_name, param in module.named_parameters():
-        dim = _tp_split_dim(_global_name(local_name, module))
+        dim = split_dim(_global_name(local_name, module))
         if dim is not None and not getattr(param, "tensor_model_parallel", False):
             param.tensor_model_parallel, param.partition_dim, param.partition_stride = True, dim, 1
 
@@ -390,12 +422,13 @@ def load_hf_weights(model, hf_state: Mapping[str, torch.Tensor]) -> None:
     from megatron.core import parallel_state
 
     module = unwrap(model)
-    arch: HFArch = module.hf_arch
+    layout = _layout(module.hf_arch)
+    hf_state = layout.read_names(hf_state)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()
     for local_name, param in module.named_parameters():
         name = _global_name(local_name, module)
-        shard = _shard(name, _full_megatron_tensor(name, hf_state, arch, tp), tp, rank)
+        shard = layout.shard(name, layout.full_tensor(name, hf_state, tp), tp, rank)
         if shard.shape != param.shape:
             raise ValueError(
                 f"{name}: HF gives shape {tuple(shard.shape)} for this rank, Megatron expects {tuple(param.shape)}"
@@ -439,19 +472,19 @@ def export_hf_state_dict(model, dtype: torch.dtype | None = None, on_device: boo
     from megatron.core import parallel_state
 
     module = unwrap(model)
-    arch: HFArch = module.hf_arch
+    layout = _layout(module.hf_arch)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
     out: dict[str, torch.Tensor] = {}
     for local_name, param in module.named_parameters():
         name = _global_name(local_name, module)
-        if tp > 1 and _tp_split_dim(name) is not None:
+        if tp > 1 and layout.split_dim(name) is not None:
             shards = [torch.empty_like(param) for _ in range(tp)]
             dist.all_gather(shards, param.detach().contiguous(), group=parallel_state.get_tensor_model_parallel_group())
         else:
             shards = [param.detach()]
-        full = _unshard(name, shards if on_device else [s.cpu() for s in shards])
-        for hf_name, tensor in _hf_tensors_from_megatron(name, full, arch).items():
+        full = layout.unshard(name, shards if on_device else [s.cpu() for s in shards])
+        for hf_name, tensor in layout.hf_tensors(name, full).items():
             # a copy: never a view of a live parameter or of a fused tensor (safetensors refuses shared storage)
             out.setdefault(hf_name, tensor.to(dtype or tensor.dtype).clone(memory_format=torch.contiguous_format))
     if pp > 1:

@@ -633,10 +633,16 @@ def logprobs_at(
 
 def packed_token_logprobs(model, packed, vocab_size: int | None = None, temperature: float = 1.0) -> torch.Tensor:
     """Log-probs of the trained tokens of rows packed by `trainer.models.packing.pack_shared_prefixes`, in the
-    rows' own layout [B, S] (0 where nothing is trained), from one forward over the packed sequence."""
-    from trainer.models.attention import explicit_attention_mask, segment_attention
-    from trainer.models.packing import rotary_positions
+    rows' own layout [B, S] (0 where nothing is trained), from one forward over the packed sequence.
 
+    Refused (ValueError) for a model with recurrent (Mamba) layers, where packing is wrong
+    (`trainer.models.packing.packing_refusal`)."""
+    from trainer.models.attention import explicit_attention_mask, segment_attention
+    from trainer.models.packing import packing_refusal, rotary_positions
+
+    refusal = packing_refusal(model)
+    if refusal is not None:
+        raise ValueError(refusal)
     module = unwrap(model)
     device = next(module.parameters()).device
     move = lambda t: _host_to(t, device)  # noqa: E731

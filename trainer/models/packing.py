@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -225,6 +226,31 @@ def pack_shared_prefixes(
         shape=(int(ids.shape[0]), int(ids.shape[1])),
         segments=segment_batches(segment, parent),
     )
+
+
+def packing_refusal(model) -> str | None:
+    """Why shared-prefix packing is wrong for `model` (None where it is right).
+
+    Packing relies on every layer mixing tokens only through attention, which the block mask confines to a row's
+    prompt and its own tokens. A Mamba layer (the hybrid NemotronH) carries a recurrent state along the packed
+    sequence past any mask: each continuation would start from the state left by the previous continuation, not
+    by its prompt. (Carrying per-segment initial states through the scan would make it right; not done.)"""
+    while hasattr(model, "module"):  # DDP / Float16Module wrappers
+        model = model.module
+    arch: Any = getattr(model, "hf_arch", None)
+    if getattr(arch, "hybrid", False):
+        return (
+            f"shared-prefix packing (policy.pack_shared_prefixes) is wrong for the hybrid model "
+            f"'{arch.model_type}' (layers {arch.pattern}): its Mamba layers carry a recurrent state along the packed "
+            "sequence, past the attention mask, so a continuation would see the continuations packed before it. "
+            "Set policy.pack_shared_prefixes=false for this model."
+        )
+    return None
+
+
+def can_pack_shared_prefixes(model) -> bool:
+    """Whether `pack_shared_prefixes` + `packed_token_logprobs` give `model` the unpacked rows' log-probs."""
+    return packing_refusal(model) is None
 
 
 @contextmanager

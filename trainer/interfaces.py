@@ -182,6 +182,32 @@ class LoadsSharedWeights(Protocol):
 
 
 @runtime_checkable
+class BroadcastsWeights(Protocol):
+    """A policy whose rank 0 can broadcast its weights to engines on other GPUs or hosts (split placement).
+    The `join`/`send` calls return pending handles: the driver waits on them together with the engines'."""
+
+    def rendezvous_address(self) -> tuple[str, int]: ...
+
+    def join_weight_broadcast(self, meet: Any) -> list: ...
+
+    def weights_for_broadcast(self, dtype: str = "bfloat16") -> tuple[tuple, int]: ...
+
+    def send_weights(self) -> list: ...
+
+
+@runtime_checkable
+class ReceivesWeightBroadcast(Protocol):
+    """A generation backend whose engine workers receive a weight broadcast from policy rank 0."""
+
+    @property
+    def broadcast_members(self) -> int: ...
+
+    def join_weight_broadcast(self, host: str, port: int, world_size: int) -> list: ...
+
+    def receive_weights(self, specs: tuple, nbytes: int) -> list: ...
+
+
+@runtime_checkable
 class RolloutRecord(Protocol):
     """What the trainer reads from a rollout (trainer.rollout.Rollout has more)."""
 
@@ -217,7 +243,8 @@ class Components:
     tokenizer: Any = None
     expert_fn: ExpertFn | None = None
     placement: Any = None  # trainer.ray_placement.Reservation: the GPUs held for them (None on CPU)
-    refit_transport: str = "host"  # how weights reach the engines: host | cuda_ipc (trainer.refit)
+    refit_transport: str = "host"  # how weights reach the engines: host | cuda_ipc | broadcast (trainer.refit)
+    refit_group_joined: bool = False  # broadcast: the refit group exists (trainer.refit makes it at the first refit)
 
     def shutdown(self) -> None:
         """Stop the engines, then the policy workers, then give their GPUs back."""

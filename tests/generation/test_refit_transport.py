@@ -12,7 +12,13 @@ import torch
 from infra.config import load_config
 from tests.protocol_check import protocol_problems
 from trainer.generation.shared_weights import ALIGN_BYTES, TensorSpec, pack_state, unpack_state
-from trainer.interfaces import Components, LoadsSharedWeights, SharesWeightsOnGpu
+from trainer.interfaces import (
+    BroadcastsWeights,
+    Components,
+    LoadsSharedWeights,
+    ReceivesWeightBroadcast,
+    SharesWeightsOnGpu,
+)
 from trainer.refit import refit_engines, refit_transport
 
 
@@ -25,12 +31,13 @@ def _cfg(*overrides: str):
     [
         ([], "host"),  # CPU
         (["cluster.gpus_per_node=8"], "cuda_ipc"),  # colocated on GPUs
-        (["cluster.gpus_per_node=8", "policy.generation.colocated.enabled=false"], "host"),  # split: no shared GPU
+        (["cluster.gpus_per_node=8", "policy.generation.colocated.enabled=false"], "broadcast"),  # split GPUs
         (["cluster.gpus_per_node=8", "policy.generation.backend=torch"], "host"),
         (["cluster.gpus_per_node=8", "policy.generation.refit_transport=host"], "host"),
+        (["policy.generation.refit_transport=broadcast"], "broadcast"),  # gloo on CPU
     ],
 )
-def test_auto_takes_cuda_ipc_only_where_policy_and_engines_share_gpus(overrides, expected):
+def test_auto_takes_cuda_ipc_where_policy_and_engines_share_gpus_and_broadcast_where_not(overrides, expected):
     assert refit_transport(_cfg(*overrides)) == expected
 
 
@@ -39,8 +46,10 @@ def test_cuda_ipc_asked_where_it_cannot_work_names_every_reason():
     with pytest.raises(ValueError) as err:
         refit_transport(cfg)
     assert "cluster.gpus_per_node is 0" in str(err.value) and "colocated.enabled is false" in str(err.value)
-    with pytest.raises(ValueError, match="expected one of auto, cuda_ipc, host"):
+    with pytest.raises(ValueError, match="expected one of auto, cuda_ipc, broadcast, host"):
         refit_transport(_cfg("policy.generation.refit_transport=nccl"))
+    with pytest.raises(ValueError, match="backend is 'torch'"):
+        refit_transport(_cfg("policy.generation.refit_transport=broadcast", "policy.generation.backend=torch"))
 
 
 def test_the_recipes_refit_by_cuda_ipc():
@@ -94,6 +103,24 @@ class _Policy:
         self.log.append(("release",))
 
 
+class _BroadcastPolicy(_Policy):
+    def rendezvous_address(self):
+        self.log.append(("address",))
+        return "10.0.0.1", 1234
+
+    def join_weight_broadcast(self, meet):
+        self.log.append(("policy joins", meet.host, meet.port, meet.world_size))
+        return [_ready(None)]
+
+    def weights_for_broadcast(self, dtype="bfloat16"):
+        self.log.append(("pack", dtype))
+        return ("specs",), 64
+
+    def send_weights(self):
+        self.log.append(("send",))
+        return [_ready(None)]
+
+
 class _Generation:
     def __init__(self, log, fail=False):
         self.log, self.fail = log, fail
@@ -107,6 +134,45 @@ class _Generation:
         if self.fail:
             raise RuntimeError("engine died")
         return {"refit_seconds": 0.0}
+
+
+class _BroadcastGeneration(_Generation):
+    broadcast_members = 3  # e.g. an engine of TP 2 and one of TP 1
+
+    def join_weight_broadcast(self, host, port, world_size):
+        self.log.append(("engines join", host, port, world_size))
+        return [_ready(0)]
+
+    def receive_weights(self, specs, nbytes):
+        self.log.append(("receive", specs, nbytes))
+        return [_ready(0.5), _ready(0.25)]
+
+
+def _ready(value):
+    import ray
+
+    return ray.put(value)
+
+
+def test_broadcast_refit_makes_its_group_once_then_packs_and_sends_each_time():
+    import ray
+
+    from trainer.distributed import init_ray
+
+    init_ray(num_cpus=1)
+    try:
+        log: list = []
+        components = Components(
+            _BroadcastPolicy(log), _BroadcastGeneration(log), lambda *a: [], refit_transport="broadcast"
+        )
+        first = refit_engines(components, "bfloat16")
+        refit_engines(components, "bfloat16")
+    finally:
+        ray.shutdown()
+    joins = [("address",), ("policy joins", "10.0.0.1", 1234, 4), ("engines join", "10.0.0.1", 1234, 4)]
+    each = [("pack", "bfloat16"), ("receive", ("specs",), 64), ("send",)]
+    assert log == joins + each + each  # the group (policy rank 0 + 3 engine workers) is made at the first refit only
+    assert first["refit_bytes"] == 64 and first["refit_engine_seconds_max"] == 0.5
 
 
 def test_refit_sequence_per_transport_and_release_on_failure():
@@ -138,5 +204,10 @@ def test_the_ray_policy_and_vllm_group_implement_the_shared_weights_protocols():
 
     assert protocol_problems(PolicyGroup, SharesWeightsOnGpu) == []
     assert protocol_problems(GenerationGroup, LoadsSharedWeights) == []
-    assert callable(PolicyWorker.share_weights) and callable(PolicyWorker.release_shared_weights)
-    assert callable(VllmEngine.update_weights_shared)
+    assert protocol_problems(PolicyGroup, BroadcastsWeights) == []
+    assert protocol_problems(GenerationGroup, ReceivesWeightBroadcast) == []
+    for cls, methods in (
+        (PolicyWorker, ("share_weights", "release_shared_weights", "join_weight_broadcast", "send_weights")),
+        (VllmEngine, ("update_weights_shared", "join_weight_broadcast", "update_weights_broadcast")),
+    ):
+        assert [m for m in methods if not callable(getattr(cls, m, None))] == [], cls

@@ -66,10 +66,11 @@ def test_vllm_logprobs_match_policy_after_refit(ray_session, tmp_path):
     import functools
 
     from trainer.generation.vllm_worker import GenerationGroup
-    from trainer.interfaces import SamplingParams
+    from trainer.interfaces import Components, SamplingParams
     from trainer.models.hub import resolve_model
     from trainer.models.megatron_bridge import build_megatron_model, export_hf_state_dict
     from trainer.policy.worker import PolicyGroup
+    from trainer.refit import refit_engines
 
     tiny = {
         "hidden_size": 128,
@@ -115,9 +116,17 @@ def test_vllm_logprobs_match_policy_after_refit(ray_session, tmp_path):
             assert torch.allclose(ours, theirs, atol=2e-3), (ours, theirs)
         # and without the refit they would differ: the trained weights reached the engine
         fresh = GenerationGroup(cfg, str(model_dir))
-        stale = fresh.generate(prompts, sampling)
-        fresh.shutdown()
-        assert any(s["logprobs"] != o["logprobs"] for s, o in zip(stale, outs))
+        try:
+            stale = fresh.generate(prompts, sampling)
+            assert any(s["logprobs"] != o["logprobs"] for s, o in zip(stale, outs))
+            # split placement's refit (a broadcast from policy rank 0 over a group of its own; gloo here) brings
+            # the fresh engine exactly the weights the host path brought the first one
+            broadcast = Components(policy, fresh, lambda *a: [], refit_transport="broadcast")
+            sent = refit_engines(broadcast, "float32")
+            assert broadcast.refit_group_joined and sent["refit_bytes"] > 0
+            assert fresh.generate(prompts, sampling) == outs
+        finally:
+            fresh.shutdown()
     finally:
         engines.shutdown()
         policy.shutdown()

@@ -10,6 +10,7 @@ buffer the policy shares (see `weight_refit.py`).
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -226,11 +227,27 @@ class VllmEngine:
 
     def update_weights_shared(self, offers: Mapping[str, SharedWeights]) -> float:
         """Refit every engine worker from the CUDA buffer a policy rank on its GPU shares (colocated); returns the
-        seconds it took."""
+        seconds it took. Offers and layouts reach the workers pickled: vLLM's multiprocess executor would turn
+        dataclasses into dicts and cannot carry torch's rebuild function at all."""
         started = time.perf_counter()
         if self.asleep:
             raise RuntimeError("update_weights_shared() on a sleeping engine; call wake_up() first")
-        counts = self.llm.collective_rpc("refit_from_shared", args=(dict(offers),))
+        counts = self.llm.collective_rpc("refit_from_shared", args=(pickle.dumps(dict(offers)),))
+        if not counts or min(counts) == 0:
+            raise RuntimeError(f"refit loaded no tensors (per worker: {counts})")
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - started
+
+    def join_weight_broadcast(self, host: str, port: int, world_size: int, first_rank: int) -> list[int]:
+        """Every worker of this engine joins the refit group (`weight_broadcast.py`); their ranks."""
+        return self.llm.collective_rpc("join_weight_broadcast", args=(host, port, world_size, first_rank))
+
+    def update_weights_broadcast(self, specs: tuple, nbytes: int) -> float:
+        """Receive and load the weights policy rank 0 broadcasts (it sends at the same time); seconds it took."""
+        started = time.perf_counter()
+        if self.asleep:
+            raise RuntimeError("update_weights_broadcast() on a sleeping engine; call wake_up() first")
+        counts = self.llm.collective_rpc("refit_from_broadcast", args=(pickle.dumps(specs), nbytes))
         if not counts or min(counts) == 0:
             raise RuntimeError(f"refit loaded no tensors (per worker: {counts})")
         self.llm.reset_prefix_cache()
@@ -336,6 +353,20 @@ class GenerationGroup:
             "refit_engine_seconds_max": max(per_engine),
             "refit_bytes": float(next(iter(offers.values())).nbytes),
         }
+
+    @property
+    def broadcast_members(self) -> int:
+        """Processes of all engines that receive a weight broadcast (one per GPU of each engine)."""
+        return self.num_engines * self.settings.tensor_parallel_size
+
+    def join_weight_broadcast(self, host: str, port: int, world_size: int) -> list:
+        """Pending joins of every engine's workers (ranks 1..broadcast_members): wait on them with the policy's."""
+        tp = self.settings.tensor_parallel_size
+        return [w.join_weight_broadcast.remote(host, port, world_size, 1 + e * tp) for e, w in enumerate(self.workers)]
+
+    def receive_weights(self, specs: tuple, nbytes: int) -> list:
+        """Pending receptions of a broadcast refit (seconds per engine): wait on them with the policy's send."""
+        return [w.update_weights_broadcast.remote(specs, nbytes) for w in self.workers]
 
     def sleep(self) -> list[bool]:
         return ray.get([w.sleep.remote() for w in self.workers])

@@ -2,7 +2,8 @@
 
 Two ways in. Host path: tensors cannot travel through vLLM's `collective_rpc` pickling ("cannot pickle
 memoryview"), so the driver sends one safetensors blob (bytes) and each worker decodes it. GPU path (colocated):
-the policy rank on the worker's GPU shares a CUDA buffer (`shared_weights.py`). Either way the HF-named tensors go
+the policy rank on the worker's GPU shares a CUDA buffer (`shared_weights.py`). Split GPUs: policy rank 0
+broadcasts its packed buffer to every engine worker (`weight_broadcast.py`). Either way the HF-named tensors go
 to `reload_weights`, which loads them into the live model (fusing q/k/v, gate/up and TP-sharding as vLLM's own
 loader does). Plain `model.load_weights` fails after start-up ("no attribute weight_loader").
 
@@ -17,6 +18,7 @@ Kept import-light: vLLM imports this module in every worker.
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 
@@ -46,6 +48,7 @@ class WeightRefitExtension:
     """Mixed into vLLM's worker class; `self` is the worker (it has `model_runner`)."""
 
     model_runner: Any  # the vLLM worker's own attribute (annotation only: the mixin defines no value)
+    _refit_group: Any = None  # the process group of `join_weight_broadcast`
 
     def refit_from_safetensors(self, blob: bytes) -> int:
         """Load all tensors of `blob` into the running model; returns how many tensors were loaded."""
@@ -53,7 +56,7 @@ class WeightRefitExtension:
 
         return self._load_weights(list(load(blob).items()))
 
-    def refit_from_shared(self, offers: dict) -> int:
+    def refit_from_shared(self, payload: bytes) -> int:
         """Load the weights a policy rank on this worker's GPU shares through CUDA IPC (`shared_weights.py`);
         returns how many tensors were loaded. The views are dropped before returning, so the policy may free the
         buffer once every engine has answered."""
@@ -61,12 +64,34 @@ class WeightRefitExtension:
 
         from trainer.generation.shared_weights import open_shared, unpack_state
 
-        buffer, specs = open_shared(offers)
+        buffer, specs = open_shared(pickle.loads(payload))  # pickled by VllmEngine: trusted, same job
         weights = unpack_state(buffer, specs)
         loaded = self._load_weights(weights)
         torch.cuda.synchronize()  # the copies out of the shared buffer are done before the policy frees it
         del weights, buffer
         return loaded
+
+    def join_weight_broadcast(self, host: str, port: int, world_size: int, first_rank: int) -> int:
+        """Join the refit group (`weight_broadcast.py`) as rank `first_rank` + this worker's rank in the engine."""
+        from trainer.generation.weight_broadcast import Rendezvous, open_group
+
+        rank = first_rank + int(getattr(self, "rank", 0))
+        self._refit_group = open_group(Rendezvous(host, port, world_size), rank, self._model_device())
+        return rank
+
+    def refit_from_broadcast(self, specs_payload: bytes, nbytes: int) -> int:
+        """Receive policy rank 0's packed weights (`nbytes`, laid out as `specs`) and load them."""
+        import torch
+
+        from trainer.generation.shared_weights import unpack_state
+        from trainer.generation.weight_broadcast import broadcast
+
+        buffer = torch.empty(nbytes, dtype=torch.uint8, device=self._model_device())
+        broadcast(self._refit_group, buffer)
+        return self._load_weights(unpack_state(buffer, pickle.loads(specs_payload)))
+
+    def _model_device(self):
+        return next(self.model_runner.get_model().parameters()).device
 
     def _load_weights(self, weights: list) -> int:
         model = self.model_runner.get_model()

@@ -34,6 +34,7 @@ from trainer.interfaces import SamplingParams
 
 if TYPE_CHECKING:
     from trainer.generation.shared_weights import SharedWeights
+    from trainer.generation.weight_broadcast import Rendezvous
     from trainer.ray_placement import Reservation
 
 ModelFactory = Callable[..., torch.nn.Module]  # factory(tp=, pp=, dtype=) -> GPTModel
@@ -103,6 +104,8 @@ class PolicyWorker:
         self._offloaded: list[tuple[dict, str]] = []  # (optimizer state, key) of the tensors now on the host
         self._pinned: dict[tuple[int, str], torch.Tensor] = {}  # host copies of those, reused every step
         self._shared_buffer: torch.Tensor | None = None  # the weights offered to the engines (share_weights)
+        self._refit_group: Any = None  # rank 0: the process group of a broadcast refit (split placement)
+        self._broadcast_buffer: torch.Tensor | None = None  # rank 0: the packed weights until sent
 
     # ---- setup -------------------------------------------------------------------------------------------
     def where(self) -> dict[str, Any]:
@@ -545,6 +548,33 @@ class PolicyWorker:
         torch.cuda.ipc_collect()  # the allocator gets the block back once the receivers have closed it
         torch.cuda.empty_cache()
 
+    def join_weight_broadcast(self, meet: Rendezvous) -> None:
+        """Rank 0 joins the refit group as its rank 0 (`weight_broadcast.py`); other ranks take no part."""
+        from trainer.generation.weight_broadcast import open_group
+
+        if self.rank == 0:
+            self._refit_group = open_group(meet, 0, self.device)
+
+    def pack_weights_for_broadcast(self, dtype: str = "bfloat16") -> tuple[tuple, int] | None:
+        """Collective (every rank gathers its TP group's shards); rank 0 packs the HF state dict in `dtype` into
+        one buffer on its device for `send_weights` and returns its layout and size."""
+        from trainer.generation.shared_weights import pack_state
+
+        state = self.weights_exporter(self.model, dtype=getattr(torch, dtype), on_device=True)
+        if self.rank != 0:
+            return None
+        self._broadcast_buffer, specs = pack_state(state)
+        return specs, self._broadcast_buffer.numel()
+
+    def send_weights(self) -> None:
+        """Broadcast the packed buffer to the engines (they receive at the same time), then free it."""
+        from trainer.generation.weight_broadcast import broadcast
+
+        if self._refit_group is None or self._broadcast_buffer is None:
+            raise RuntimeError("send_weights: join_weight_broadcast and pack_weights_for_broadcast come first")
+        broadcast(self._refit_group, self._broadcast_buffer)
+        self._broadcast_buffer = None
+
     def save_hf_model(self, template_hf_dir: str, out_dir: str, dtype: str = "bfloat16") -> str:
         """Export the current weights as a Hugging Face directory (collective; global rank 0 writes)."""
         from trainer.models.megatron_bridge import save_hf_model
@@ -718,6 +748,24 @@ class PolicyGroup:
 
     def release_shared_weights(self) -> None:
         self._all("release_shared_weights")
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        """Rank 0's node and a free port there: where a broadcast refit group meets."""
+        return self._ray.get(self.workers[0].node_address.remote())
+
+    def join_weight_broadcast(self, meet: Rendezvous) -> list:
+        """Rank 0's pending join of the refit group: wait on it with the engines'."""
+        return [self.workers[0].join_weight_broadcast.remote(meet)]
+
+    def weights_for_broadcast(self, dtype: str = "bfloat16") -> tuple[tuple, int]:
+        packed = self._all("pack_weights_for_broadcast", dtype)[0]
+        if packed is None:
+            raise RuntimeError("policy rank 0 packed no weights for the broadcast")
+        return packed
+
+    def send_weights(self) -> list:
+        """Rank 0's pending broadcast: wait on it with the engines' receptions."""
+        return [self.workers[0].send_weights.remote()]
 
     def save(self, directory: str | Path) -> None:
         self._all("save", str(directory))

@@ -2,6 +2,7 @@
 # OVERRIDES (dotlist), PARTITION, ACCOUNT, TIME_MIN.
 SHELL := /bin/bash
 VENV ?= .venv
+PEER_VENV ?= .venv-peer
 PY := $(VENV)/bin/python
 CONFIG ?= tiny_cpu
 NODES ?=
@@ -15,7 +16,7 @@ ALL_OVERRIDES := $(SLURM_VARS) $(OVERRIDES)
 
 .PHONY: help lint format install install-login cluster-up cluster-down cluster-status submit-data submit-prepare submit-sanity \
         submit-sft submit-train submit-eval resume plan status logs sweep-install sweep-remove demo test test-fast \
-        bench-env bench-chain bench-train bench-policy bench-rollout bench-gpu bench-vllm-gpu bench-grpo-gpu bench-multi-gpu
+        bench-env bench-chain bench-train bench-policy bench-rollout bench-gpu bench-vllm-gpu bench-grpo-gpu bench-multi-gpu bench-peer
 
 ## help: this list of targets
 help:
@@ -117,3 +118,13 @@ bench-grpo-gpu:
 ## bench-multi-gpu: two GPUs of one host (NCCL): TP=2 / DP=2 parity with one GPU, DP=2 scaling efficiency
 bench-multi-gpu:
 	$(if $(wildcard $(PY)),$(PY),python3) -m bench.multi_gpu_bench $(BENCH_ARGS)
+## bench-peer: the same GRPO work in ours and in TRL's GRPOTrainer on this CPU (TRL only in .venv-peer)
+bench-peer: install $(PEER_VENV)/.installed
+	$(PY) -m bench.peer_bench --peer-python $(PEER_VENV)/bin/python $(BENCH_ARGS)
+# TRL is a benchmark dependency, never the product's: its own venv, the same CPU torch and transformers as $(VENV)
+$(PEER_VENV)/.installed: $(VENV)/.installed
+	[ -x $(PEER_VENV)/bin/python ] || python3 -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install -q --disable-pip-version-check torch==2.13.0
+	$(PEER_VENV)/bin/pip install -q --disable-pip-version-check trl==1.16.0 \
+	    transformers==$$($(PY) -c 'import transformers; print(transformers.__version__)')
+	touch $@

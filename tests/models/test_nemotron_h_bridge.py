@@ -276,3 +276,20 @@ def test_policy_logprobs_match_transformers_fp32_and_bf16(tmp_path):
     assert result["ref_logit_std"] > 1.0
     for backend in ("sdpa", "local"):
         assert result[f"megatron_{backend}_fp32"]["max_abs"] < 1e-4, result
+
+
+def test_activation_checkpointing_recomputes_and_keeps_the_gradients(hf_dir, dist_tp1):
+    """policy.megatron_cfg.activation_checkpointing: each layer's forward runs again in the backward (MambaStack
+    alone would ignore the setting), and the gradients are the same."""
+    path, _ = hf_dir
+    ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(8))
+    grads, calls = [], []
+    for recompute in (False, True):
+        model = build_megatron_model(path, tp=1, pp=1, parallel={"activation_checkpointing": recompute})
+        seen: list[int] = []  # a pre-hook: the recompute stops once the saved tensors are rebuilt (no post-hook)
+        model.decoder.layers[0].mixer.register_forward_pre_hook(lambda *_, seen=seen: seen.append(1))
+        token_logprobs(forward_logits(model, ids)[:, :-1], ids[:, 1:], VOCAB).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        calls.append(len(seen))
+    assert calls == [1, 2]
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(*grads))

@@ -168,19 +168,37 @@ class _GatedNormWeight(torch.nn.Module):
 
 
 class HybridStack(MambaStack):
-    """MambaStack whose final norm is `final_norm_cls` (MambaStack builds Transformer Engine's)."""
+    """MambaStack whose final norm is `final_norm_cls` (MambaStack builds Transformer Engine's), with full
+    activation checkpointing per layer when the config asks for it (`recompute_granularity="full"`, which
+    MambaStack itself ignores)."""
 
     def __init__(self, config, submodules, *args, final_norm_cls=None, **kwargs):
         kwargs["post_layer_norm"] = False
         super().__init__(config, submodules, *args, **kwargs)
         if self.post_process:
             self.final_norm = final_norm_cls(config, config.hidden_size, eps=config.layernorm_epsilon)
+        if config.recompute_granularity == "full":
+            for layer in self.layers:
+                layer.forward = _recomputed(layer.forward)
 
     def forward(self, *args, **kwargs):
         hidden_states = super().forward(*args, **kwargs)
         if self.post_process:
             hidden_states = self.final_norm(hidden_states)
         return hidden_states
+
+
+def _recomputed(forward):
+    """`forward` whose activations are not kept under autograd: recomputed in the backward (non-reentrant
+    torch checkpoint, so keyword arguments pass through; the model has no dropout, so no RNG state to replay)."""
+    from torch.utils.checkpoint import checkpoint
+
+    def run(*args, **kwargs):
+        if torch.is_grad_enabled():
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    return run
 
 
 def nemotron_h_stack_spec(

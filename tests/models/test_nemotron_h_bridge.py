@@ -263,7 +263,6 @@ def test_gradients_match_transformers(hf_dir, dist_tp1):
         assert (got[name] - grad).abs().max().item() < 1e-4 * max(scale, 1.0), name
 
 
-@pytest.mark.slow  # two PolicyWorkers: ~80 s on 2 cores
 def test_policy_logprobs_match_transformers_fp32_and_bf16(tmp_path):
     """Through the trainer's own path (a PolicyWorker over the bridge, trainer.parity.logprob_parity): fp32 within
     2e-3 of transformers fp32, and the bf16 autocast recipe no further from it than transformers' own bf16

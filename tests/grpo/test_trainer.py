@@ -164,6 +164,26 @@ def test_deadline_ends_the_job_when_it_comes_before_the_per_job_budget(tmp_path)
     assert result.step == 3 and trainer.metrics.read()[-1]["step"] == 3
 
 
+def test_a_job_killed_between_checkpoint_and_metrics_row_resumes_without_a_gap(tmp_path):
+    """The loop saves step N's checkpoint, then writes its metrics row; a kill between the two must not leave step
+    N missing from metrics.jsonl once the next job resumes from that checkpoint."""
+    import json
+
+    cfg = toy_cfg(tmp_path, "grpo.max_num_steps=2", "checkpointing.save_period=1")
+    make_trainer(cfg)[0].fit()
+    metrics = tmp_path / "train" / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    lost = [row for row in rows if row["step"] == 2]
+    metrics.write_text("".join(json.dumps(row) + "\n" for row in rows if row["step"] != 2))  # as the kill left it
+    trainer, _ = make_trainer(toy_cfg(tmp_path, "grpo.max_num_steps=3", "checkpointing.save_period=1"))
+    assert trainer.step == 2
+    trainer.fit()
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert sorted(set(steps)) == [0, 1, 2, 3] and len(steps) == len(set(steps)), steps
+    restored = next(json.loads(line) for line in metrics.read_text().splitlines() if json.loads(line)["step"] == 2)
+    assert restored["train:loss"] == lost[-1]["train:loss"]
+
+
 def test_resume_from_best_and_named_step(tmp_path):
     cfg = toy_cfg(tmp_path, "grpo.max_num_steps=4", "checkpointing.keep_top_k=null")
     make_trainer(cfg)[0].fit()

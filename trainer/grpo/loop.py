@@ -43,6 +43,8 @@ from trainer.interfaces import Components, Generation, Policy, RolloutFn
 from trainer.metrics import MetricsLogger, accuracy_summary
 from trainer.refit import refit_engines
 
+STEP_METRICS = "step_metrics.json"  # in a checkpoint: the metrics row of its step
+
 
 # ---- data order ---------------------------------------------------------------------------------------------
 class PromptLoader:
@@ -191,6 +193,8 @@ class GRPOTrainer:
             echo=echo,
         )
         self.resumed_from = resume_from
+        if resume_from is not None:
+            self._restore_step_row(resume_from)
         self.clock = time.monotonic  # for grpo.max_train_minutes (tests substitute their own)
 
     # ---- resume -------------------------------------------------------------------------------------------
@@ -212,6 +216,16 @@ class GRPOTrainer:
         refit_engines(self.components, self.refit_dtype)
         print(f"[grpo] resumed from {path} at step {self.step}", flush=True)
         return path
+
+    def _restore_step_row(self, checkpoint: Path) -> None:
+        """The resumed step's metrics row, from its checkpoint, when metrics.jsonl does not have it: the job
+        ended after the checkpoint was complete and before the row was written."""
+        saved = checkpoint / STEP_METRICS
+        if not saved.exists() or any(row.get("step") == self.step for row in self.metrics.read()):
+            return
+        row = json.loads(saved.read_text())
+        row.pop("step", None)
+        self.metrics.log(self.step, row)
 
     # ---- the loop -----------------------------------------------------------------------------------------
     def _time_budget(self) -> tuple[float | None, str]:
@@ -418,6 +432,8 @@ class GRPOTrainer:
 
         def write(directory: Path) -> None:
             self.policy.save(directory / "policy")
+            if metrics:  # the step's row, for a resume whose metrics.jsonl lost it (killed between save and log)
+                (directory / STEP_METRICS).write_text(json.dumps({"step": self.step, **metrics}, sort_keys=True))
             (directory / "train_dataloader.json").write_text(json.dumps(loader_state, indent=2))
             torch.save(
                 {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},

@@ -184,6 +184,11 @@ def test_a_job_killed_between_checkpoint_and_metrics_row_resumes_without_a_gap(t
     assert restored["train:loss"] == lost[-1]["train:loss"]
 
 
+def test_more_than_one_rollout_turn_is_refused_with_the_key_to_use(tmp_path):
+    with pytest.raises(ValueError, match="env.max_steps"):
+        make_trainer(toy_cfg(tmp_path, "grpo.max_rollout_turns=3"))
+
+
 def test_resume_from_best_and_named_step(tmp_path):
     cfg = toy_cfg(tmp_path, "grpo.max_num_steps=4", "checkpointing.keep_top_k=null")
     make_trainer(cfg)[0].fit()

@@ -68,3 +68,20 @@ def test_packing_stays_on_for_attention_only_models():
     )
     assert can_pack_shared_prefixes(SimpleNamespace(hf_arch=qwen))
     assert can_pack_shared_prefixes(SimpleNamespace(module=SimpleNamespace(hf_arch=qwen)))  # wrapped (DDP)
+
+
+def test_the_policy_trains_a_hybrid_model_unpacked_though_packing_is_on(tmp_path):
+    """`policy.pack_shared_prefixes` is on by default: for a hybrid model the worker trains the rows unpacked
+    (the refusal above is for callers that would pack anyway) and the step equals one with packing off."""
+    from trainer.parity import make_worker
+
+    _write_random_nemotron_h(tmp_path, seed=5)
+    ids, lengths, mask = grouped_rows(VOCAB)
+    batch = {"input_ids": ids, "input_lengths": lengths, "loss_mask": mask, "advantages": torch.randn(len(ids))}
+    results = []
+    for pack in (True, False):
+        worker = make_worker(tmp_path, "local", gbs=len(ids), mbs=len(ids), precision="float32")
+        worker.pack_prefixes, worker.pack_min_prefix = pack, 1  # the prompts here are 5 and 7 tokens
+        (step,) = worker.train(dict(batch))
+        results.append((step["grad_norm"], worker.param_checksum()))
+    assert results[0] == pytest.approx(results[1], rel=1e-6)

@@ -156,6 +156,11 @@ class GRPOTrainer:
         self.tokenizer = components.tokenizer
         expert_fn = components.expert_fn
         g = cfg.grpo
+        if int(g.max_rollout_turns) != 1:
+            raise ValueError(
+                f"grpo.max_rollout_turns={g.max_rollout_turns}: an episode is one rollout here, its tool steps "
+                "happen inside it; set env.max_steps for more steps and leave grpo.max_rollout_turns at 1"
+            )
         self.seed = int(g.seed)
         self.num_generations = int(g.num_generations_per_prompt)
         self.num_prompts = int(g.num_prompts_per_step)

@@ -220,9 +220,17 @@ class PolicyWorker:
             yield index, max(seq, 2)
 
     def _packing_applies(self) -> bool:
+        """Shared-prefix packing where it gives the unpacked log-probs: not for hybrid (Mamba) models, whose state
+        would flow from one packed row into the next."""
         from trainer.models.megatron_bridge import can_select_logits
+        from trainer.models.packing import can_pack_shared_prefixes
 
-        return self.pack_prefixes and self.select_logits and can_select_logits(self.model)
+        return (
+            self.pack_prefixes
+            and self.select_logits
+            and can_select_logits(self.model)
+            and can_pack_shared_prefixes(self.model)
+        )
 
     def _train_microbatches(self, rows: slice, size: int, batch: Mapping[str, torch.Tensor]):
         """(index, seq, packed) per micro-batch: rows sharing a prefix (a GRPO group's prompt, an sft domain's

@@ -1,15 +1,44 @@
-"""Tensor layouts shared by the Megatron bridges (GPT: megatron_bridge.py, NemotronH: nemotron_h_bridge.py):
-the grouped fused QKV of Megatron's attention and the vocabulary padded to the TP size."""
+"""What the Megatron bridges (GPT: megatron_bridge.py, NemotronH: nemotron_h_bridge.py) share: the grouped fused
+QKV of Megatron's attention, the vocabulary padded to the TP size, and the TransformerConfig settings that do not
+depend on the architecture."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import torch
 
 
 def padded_vocab_size(vocab_size: int, tp: int) -> int:
     return -(-vocab_size // tp) * tp
+
+
+def shared_config_settings(tp: int, pp: int, dtype: torch.dtype, parallel: Mapping[str, Any]) -> dict[str, Any]:
+    """TransformerConfig settings of every architecture: parallel sizes, dtypes, no dropout, weights made on the
+    CPU without a random init (the checkpoint overwrites every one), the fusions that need Transformer Engine or
+    Apex off, and per-layer recomputation where `activation_checkpointing` asks for it."""
+    settings: dict[str, Any] = dict(
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        sequence_parallel=bool(parallel.get("sequence_parallel", False)) and tp > 1,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu_initialization=True,
+        perform_initialization=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=torch.cuda.is_available(),
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+    )
+    if parallel.get("activation_checkpointing"):
+        settings.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    return settings
 
 
 class HeadLayout(Protocol):

@@ -27,7 +27,12 @@ from typing import Any
 import torch
 
 from infra.io import atomic_directory
-from trainer.models.layout import fuse_qkv, padded_vocab_size, split_qkv  # (callers import them from here too)
+from trainer.models.layout import (  # fuse_qkv, padded_vocab_size, split_qkv: callers import them from here too
+    fuse_qkv,
+    padded_vocab_size,
+    shared_config_settings,
+    split_qkv,
+)
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
 NEMOTRON_H = "nemotron_h"  # the hybrid Mamba-2 / attention model: trainer/models/nemotron_h_bridge.py
@@ -140,10 +145,6 @@ def megatron_config_from_hf(
         raise ValueError(f"tensor_model_parallel_size={tp} must divide num_key_value_heads={arch.num_kv_heads}")
     if arch.num_layers % pp:
         raise ValueError(f"pipeline_model_parallel_size={pp} must divide num_hidden_layers={arch.num_layers}")
-    on_gpu = torch.cuda.is_available()
-    extra: dict[str, Any] = {}
-    if parallel.get("activation_checkpointing"):
-        extra.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     return TransformerConfig(
         num_layers=arch.num_layers,
         hidden_size=arch.hidden_size,
@@ -158,24 +159,8 @@ def megatron_config_from_hf(
         add_bias_linear=False,
         add_qkv_bias=arch.qkv_bias,
         qk_layernorm=arch.qk_norm,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=pp,
-        sequence_parallel=bool(parallel.get("sequence_parallel", False)) and tp > 1,
-        params_dtype=dtype,
-        pipeline_dtype=dtype,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        use_cpu_initialization=True,
-        perform_initialization=False,  # every weight is overwritten from the checkpoint
-        bias_activation_fusion=on_gpu,  # SwiGLU through Megatron's torch.compile'd kernel on GPU
-        bias_dropout_fusion=False,
-        masked_softmax_fusion=on_gpu,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
-        persist_layer_norm=False,
-        **extra,
+        bias_activation_fusion=torch.cuda.is_available(),  # SwiGLU through Megatron's torch.compile'd kernel on GPU
+        **shared_config_settings(tp, pp, dtype, parallel),
     )
 
 

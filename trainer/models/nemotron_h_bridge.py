@@ -135,6 +135,8 @@ def megatron_config(arch: NemotronHArch, tp: int, pp: int, parallel: Mapping[str
     from megatron.core.activations import squared_relu
     from megatron.core.transformer.transformer_config import TransformerConfig
 
+    from trainer.models.layout import shared_config_settings
+
     if arch.num_kv_heads % tp:
         raise ValueError(f"tensor_model_parallel_size={tp} must divide num_key_value_heads={arch.num_kv_heads}")
     if arch.mamba_groups % tp:
@@ -143,10 +145,6 @@ def megatron_config(arch: NemotronHArch, tp: int, pp: int, parallel: Mapping[str
         )
     if arch.num_layers % pp:
         raise ValueError(f"pipeline_model_parallel_size={pp} must divide the {arch.num_layers} layers")
-    extra: dict[str, Any] = {}
-    if parallel.get("activation_checkpointing"):
-        extra.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
-    on_gpu = torch.cuda.is_available()
     return TransformerConfig(
         num_layers=arch.num_layers,
         hidden_size=arch.hidden_size,
@@ -165,24 +163,8 @@ def megatron_config(arch: NemotronHArch, tp: int, pp: int, parallel: Mapping[str
         mamba_head_dim=arch.mamba_head_dim,
         mamba_num_groups=arch.mamba_groups,
         mamba_num_heads=arch.mamba_heads,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=pp,
-        sequence_parallel=bool(parallel.get("sequence_parallel", False)) and tp > 1,
-        params_dtype=dtype,
-        pipeline_dtype=dtype,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        use_cpu_initialization=True,
-        perform_initialization=False,
         bias_activation_fusion=False,
-        bias_dropout_fusion=False,
-        masked_softmax_fusion=on_gpu,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
-        persist_layer_norm=False,
-        **extra,
+        **shared_config_settings(tp, pp, dtype, parallel),
     )
 
 

@@ -215,28 +215,13 @@ class VllmEngine:
 
     def update_weights(self, blob: bytes) -> float:
         """Refit every engine worker in place from safetensors bytes (HF names); returns the seconds it took."""
-        started = time.perf_counter()
-        if self.asleep:
-            raise RuntimeError("update_weights() on a sleeping engine; call wake_up(tags=['weights']) first")
-        counts = self.llm.collective_rpc("refit_from_safetensors", args=(blob,))
-        if not counts or min(counts) == 0:
-            raise RuntimeError(f"refit loaded no tensors (per worker: {counts})")
-        # cached prefixes hold K/V computed with the old weights
-        self.llm.reset_prefix_cache()
-        return time.perf_counter() - started
+        return self._refit("update_weights", "refit_from_safetensors", blob)
 
     def update_weights_shared(self, offers: Mapping[str, SharedWeights]) -> float:
         """Refit every engine worker from the CUDA buffer a policy rank on its GPU shares (colocated); returns the
         seconds it took. Offers and layouts reach the workers pickled: vLLM's multiprocess executor would turn
         dataclasses into dicts and cannot carry torch's rebuild function at all."""
-        started = time.perf_counter()
-        if self.asleep:
-            raise RuntimeError("update_weights_shared() on a sleeping engine; call wake_up() first")
-        counts = self.llm.collective_rpc("refit_from_shared", args=(pickle.dumps(dict(offers)),))
-        if not counts or min(counts) == 0:
-            raise RuntimeError(f"refit loaded no tensors (per worker: {counts})")
-        self.llm.reset_prefix_cache()
-        return time.perf_counter() - started
+        return self._refit("update_weights_shared", "refit_from_shared", pickle.dumps(dict(offers)))
 
     def join_weight_broadcast(self, host: str, port: int, world_size: int, first_rank: int) -> list[int]:
         """Every worker of this engine joins the refit group (`weight_broadcast.py`); their ranks."""
@@ -244,12 +229,17 @@ class VllmEngine:
 
     def update_weights_broadcast(self, specs: tuple, nbytes: int) -> float:
         """Receive and load the weights policy rank 0 broadcasts (it sends at the same time); seconds it took."""
+        return self._refit("update_weights_broadcast", "refit_from_broadcast", pickle.dumps(specs), nbytes)
+
+    def _refit(self, caller: str, worker_method: str, *args: Any) -> float:
+        """Run a `WeightRefitExtension` load on every worker; the seconds it took."""
         started = time.perf_counter()
         if self.asleep:
-            raise RuntimeError("update_weights_broadcast() on a sleeping engine; call wake_up() first")
-        counts = self.llm.collective_rpc("refit_from_broadcast", args=(pickle.dumps(specs), nbytes))
+            raise RuntimeError(f"{caller}() on a sleeping engine; call wake_up() first")
+        counts = self.llm.collective_rpc(worker_method, args=args)
         if not counts or min(counts) == 0:
             raise RuntimeError(f"refit loaded no tensors (per worker: {counts})")
+        # cached prefixes hold K/V computed with the old weights
         self.llm.reset_prefix_cache()
         return time.perf_counter() - started
 

@@ -16,7 +16,7 @@ ALL_OVERRIDES := $(SLURM_VARS) $(OVERRIDES)
 
 .PHONY: help lint format install install-login cluster-up cluster-down cluster-status submit-data submit-prepare submit-sanity \
         submit-sft submit-train submit-eval resume plan status logs sweep-install sweep-remove demo test test-fast \
-        bench-env bench-chain bench-train bench-policy bench-rollout bench-gpu bench-vllm-gpu bench-grpo-gpu bench-multi-gpu bench-peer
+        bench-env bench-chain bench-train bench-policy bench-rollout bench-gpu bench-vllm-gpu bench-grpo-gpu bench-nemotron-h-gpu bench-multi-gpu bench-peer
 
 ## help: this list of targets
 help:
@@ -115,6 +115,10 @@ bench-vllm-gpu:
 ## bench-grpo-gpu: one GPU with the GPU bundle: the real GRPO loop (colocated vLLM, CUDA IPC refit), 1.7B shape
 bench-grpo-gpu:
 	$(if $(wildcard $(PY)),$(PY),python3) -m bench.grpo_gpu_bench $(BENCH_ARGS)
+## bench-nemotron-h-gpu: one GPU with the GPU bundle + extras: the 9B NemotronH shape (16 layers) training,
+## ours with mamba-ssm's Triton kernels and with the torch scan, beside transformers' NemotronH
+bench-nemotron-h-gpu:
+	$(if $(wildcard $(PY)),$(PY),python3) -m bench.nemotron_h_gpu_bench $(BENCH_ARGS)
 ## bench-multi-gpu: two GPUs of one host (NCCL): TP=2 / DP=2 parity with one GPU, DP=2 scaling efficiency
 bench-multi-gpu:
 	$(if $(wildcard $(PY)),$(PY),python3) -m bench.multi_gpu_bench $(BENCH_ARGS)

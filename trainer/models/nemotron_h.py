@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from megatron.core.ssm.mamba_block import MambaStack, MambaStackSubmodules
 from megatron.core.transformer.module import MegatronModule
 
-from trainer.models.ssm import causal_conv1d, gated_rms_norm, ssd_chunked_scan
+from trainer.models.ssm import causal_conv1d, gated_rms_norm, ssd_chunked_scan, triton_kernels
 
 
 @dataclass
@@ -135,19 +135,40 @@ class TorchMambaMixer(MegatronModule):
         x, B, C = xBC.split(
             [self.d_inner_local, self.groups_local * self.state_size, self.groups_local * self.state_size], dim=-1
         )
-        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(self.dt_limit[0], self.dt_limit[1])
-        y = ssd_chunked_scan(
-            x.reshape(batch, seq, self.heads_local, self.head_dim),
-            dt,
-            -torch.exp(self.A_log.float()),
-            B.reshape(batch, seq, self.groups_local, self.state_size),
-            C.reshape(batch, seq, self.groups_local, self.state_size),
-            self.chunk_size,
-            D=self.D,
-        )
-        y = gated_rms_norm(
-            y.reshape(batch, seq, self.d_inner_local), z, self.norm.weight, self.group_size, self.norm_eps
-        )
+        x = x.reshape(batch, seq, self.heads_local, self.head_dim)
+        B = B.reshape(batch, seq, self.groups_local, self.state_size)
+        C = C.reshape(batch, seq, self.groups_local, self.state_size)
+        A = -torch.exp(self.A_log.float())
+        kernels = triton_kernels() if projected.is_cuda else None
+        if kernels is not None:
+            scan, norm = kernels
+            y = scan(
+                x,
+                dt,
+                A,
+                B,
+                C,
+                self.chunk_size,
+                D=self.D,
+                dt_bias=self.dt_bias,
+                dt_softplus=True,
+                dt_limit=self.dt_limit,
+            )
+            y = norm(
+                y.reshape(batch, seq, self.d_inner_local),
+                self.norm.weight,
+                None,
+                z=z,
+                eps=self.norm_eps,
+                group_size=self.group_size,
+                norm_before_gate=False,
+            )
+        else:
+            dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(self.dt_limit[0], self.dt_limit[1])
+            y = ssd_chunked_scan(x, dt, A, B, C, self.chunk_size, D=self.D)
+            y = gated_rms_norm(
+                y.reshape(batch, seq, self.d_inner_local), z, self.norm.weight, self.group_size, self.norm_eps
+            )
         out, bias = self.out_proj(y.to(hidden_states.dtype).transpose(0, 1).contiguous())
         return out, bias
 

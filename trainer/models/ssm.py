@@ -1,7 +1,9 @@
 """Mamba-2 in pure torch: the causal depthwise conv1d, the chunked SSD scan, the gated grouped RMSNorm.
 
-These are the reference the GPU kernels (mamba-ssm / causal-conv1d) are checked against, and what the hybrid
-model (trainer/models/nemotron_h.py) runs where those kernels are not installed (CPU).
+These are the reference the GPU kernels are checked against (tests/gpu/test_gpu_mamba_kernels.py), and what the
+hybrid model (trainer/models/nemotron_h.py) runs where those kernels are not installed (CPU). On a GPU with
+mamba-ssm's Triton kernels importable (`triton_kernels`), the model runs the scan and the gated norm there instead;
+the depthwise conv1d stays torch's (cuDNN), as causal-conv1d's kernels are compiled CUDA.
 
 The state-space recurrence of one head h (head dim P, state size N), for t = 1..L:
 
@@ -16,6 +18,9 @@ carrying the state at chunk boundaries (one step per chunk). Both accumulate in 
 """
 
 from __future__ import annotations
+
+import functools
+import os
 
 import torch
 import torch.nn.functional as F
@@ -149,4 +154,22 @@ def gated_rms_norm(
     return weight * normed.flatten(-2).to(dtype)
 
 
-__all__ = ["causal_conv1d", "gated_rms_norm", "ssd_chunked_scan", "ssd_recurrent_scan"]
+KERNELS_ENV = "SLURM_GRPO_MAMBA_KERNELS"  # "torch" keeps a GPU on the pure-torch path (benchmarks compare the two)
+
+
+@functools.cache
+def triton_kernels():
+    """(chunked scan with its backward, gated RMSNorm) from mamba-ssm's Triton kernels, or None where mamba-ssm or
+    Triton is missing or `SLURM_GRPO_MAMBA_KERNELS=torch`. mamba-ssm is published as source whose package
+    __init__ loads a compiled extension; bench/build_gpu_extras.sh carries only its Triton files."""
+    if os.environ.get(KERNELS_ENV, "").lower() == "torch":
+        return None
+    try:
+        from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except ImportError:
+        return None
+    return mamba_chunk_scan_combined, rmsnorm_fn
+
+
+__all__ = ["causal_conv1d", "gated_rms_norm", "ssd_chunked_scan", "ssd_recurrent_scan", "triton_kernels"]

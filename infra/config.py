@@ -91,7 +91,7 @@ def load_config(name_or_path: str | Path = "tiny_cpu", overrides: Iterable[str] 
     Every layer (base.yaml, the recipes, each override) is merged onto `OmegaConf.structured(Config)`: a key not
     in the schema or a value of the wrong type raises ConfigError (a ValueError) naming the key and the file or
     override. An override of a key the config does not have is an error; prefix it with ``+`` to add a key under
-    a free-form map (``+policy.tiny.num_layers=2``), which is the only place new keys may go.
+    a free-form map (``+slurm.additional_parameters.exclusive=true``), which is the only place new keys may go.
     """
     cfg = _merge(OmegaConf.structured(Config), _recipe_layers(_resolve_path(name_or_path)))
     layers = []

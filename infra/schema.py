@@ -3,8 +3,9 @@
 `infra.config.load_config` merges the recipes and overrides onto `OmegaConf.structured(Config)`, so a key that is
 not declared here, or a value of the wrong type, fails at load with the key's name. Fields carry types only
 (`MISSING`): every default lives once, in `configs/base.yaml`, next to its comment; a key that base.yaml leaves
-unset is an error at load. The one exception is `sft.copy_check`, null in base.yaml: its optional fields default
-here. `Dict[str, Any]` marks the free-form maps (anything may be added under them with a `+key=value` override).
+unset is an error at load. The exceptions are `sft.copy_check`, null in base.yaml, whose optional fields default
+here, and `policy.tiny`, whose unset sizes are the tiny model's own (trainer.models.tiny). `Dict[str, Any]` marks
+the free-form maps (anything may be added under them with a `+key=value` override).
 
 Only the standard library and omegaconf are imported: this runs on login nodes at submit time.
 """
@@ -152,6 +153,7 @@ class OptimizerConfig:
 class SchedulerConfig:
     lr_decay_style: str = MISSING
     lr_warmup_iters: int = MISSING
+    lr_warmup_init: float = MISSING
     lr_decay_iters: int | None = MISSING
 
 
@@ -182,6 +184,7 @@ class VllmConfig:
     kv_cache_space_gb: float = MISSING
     cpu_reserved_cores: int | None = MISSING
     block_size: int | None = MISSING
+    mamba_ssm_cache_dtype: str = MISSING
     precision: str | None = MISSING
 
 
@@ -210,10 +213,39 @@ class GenerationConfig:
 
 
 @dataclass
+class TinyConfig:
+    """Sizes of the project-built models; unset (None) is the model's default. Both models' keys are typed here
+    (a typo fails at load); each builder refuses a key set for the other model (tiny_settings,
+    tiny_nemotron_h_settings), and a recipe on top of another unsets the other model's keys with null."""
+
+    # both models
+    hidden_size: int | None = None
+    num_attention_heads: int | None = None
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    intermediate_size: int | None = None
+    vocab_size: int | None = None
+    max_position_embeddings: int | None = None
+    rms_norm_eps: float | None = None
+    init_std: float | None = None
+    # tiny-qwen3 only
+    num_layers: int | None = None
+    rope_theta: float | None = None
+    # tiny-nemotron-h only
+    pattern: str | None = None
+    mamba_num_heads: int | None = None
+    mamba_head_dim: int | None = None
+    n_groups: int | None = None
+    ssm_state_size: int | None = None
+    conv_kernel: int | None = None
+    chunk_size: int | None = None
+
+
+@dataclass
 class PolicyConfig:
     model_name: str = MISSING
     tokenizer: TokenizerConfig = _section(TokenizerConfig)
-    tiny: dict[str, Any] = MISSING  # tiny-qwen3 sizes, checked by trainer.models.tiny.tiny_settings
+    tiny: TinyConfig = _section(TinyConfig)
     train_global_batch_size: int = MISSING
     train_micro_batch_size: int = MISSING
     logprob_batch_size: int | None = MISSING

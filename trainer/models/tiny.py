@@ -93,9 +93,9 @@ CHAT_TEMPLATE = (
 def tiny_settings(cfg_tiny: Mapping[str, Any] | None) -> dict[str, Any]:
     """DEFAULT_TINY overridden by `cfg_tiny` (e.g. the recipe's `policy.tiny` block); unknown keys are an error."""
     settings = dict(DEFAULT_TINY)
-    for key, value in dict(cfg_tiny or {}).items():
+    for key, value in _set_keys(cfg_tiny).items():
         if key not in DEFAULT_TINY:
-            raise ValueError(f"policy.tiny.{key}: unknown key (known: {sorted(DEFAULT_TINY)})")
+            raise ValueError(f"policy.tiny.{key}: unknown key for tiny-qwen3 (known: {sorted(DEFAULT_TINY)})")
         settings[key] = value
     if settings["vocab_size"] % 128:
         raise ValueError(f"policy.tiny.vocab_size={settings['vocab_size']}: must be a multiple of 128")
@@ -104,6 +104,11 @@ def tiny_settings(cfg_tiny: Mapping[str, Any] | None) -> dict[str, Any]:
     if settings["num_attention_heads"] % settings["num_kv_heads"]:
         raise ValueError("policy.tiny.num_attention_heads must be a multiple of num_kv_heads")
     return settings
+
+
+def _set_keys(cfg_tiny: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The keys of `policy.tiny` that are set: the schema types both models' keys, unset (null) is the default."""
+    return {key: value for key, value in dict(cfg_tiny or {}).items() if value is not None}
 
 
 def build_tiny_model(out_dir: str | Path, cfg_tiny: Mapping[str, Any] | None, corpus: Iterable[str], seed: int) -> Path:
@@ -180,7 +185,7 @@ DEFAULT_TINY_NEMOTRON_H: dict[str, Any] = {
 def tiny_nemotron_h_settings(cfg_tiny: Mapping[str, Any] | None) -> dict[str, Any]:
     """DEFAULT_TINY_NEMOTRON_H overridden by `cfg_tiny`; unknown keys and inconsistent sizes are an error."""
     settings = dict(DEFAULT_TINY_NEMOTRON_H)
-    for key, value in dict(cfg_tiny or {}).items():
+    for key, value in _set_keys(cfg_tiny).items():
         if key not in DEFAULT_TINY_NEMOTRON_H:
             raise ValueError(
                 f"policy.tiny.{key}: unknown key for tiny-nemotron-h (known: {sorted(DEFAULT_TINY_NEMOTRON_H)})"

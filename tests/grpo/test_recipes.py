@@ -15,6 +15,54 @@ def test_nemotron_recipe_matches_the_seed():
     assert c.policy.max_total_sequence_length == 32768 and c.env.max_steps == 6
 
 
+def test_nemotron_recipe_takes_the_references_values():
+    """NeMo RL's nemo_gym file: constant LR after a 13-step warm-up from 5e-7, activation checkpointing, an fp32
+    Mamba state cache, vLLM at 0.8 of the GPU; checkpoints where validation scores them."""
+    c = load_config("grpo_workplace_assistant_nemotron_nano_v2_9b")
+    sched = c.policy.megatron_cfg.scheduler
+    assert (sched.lr_decay_style, sched.lr_warmup_iters, sched.lr_warmup_init) == ("constant", 13, 5e-7)
+    assert c.policy.megatron_cfg.activation_checkpointing is True
+    vllm = c.policy.generation.vllm_cfg
+    assert (vllm.mamba_ssm_cache_dtype, vllm.gpu_memory_utilization) == ("float32", 0.8)
+    assert c.policy.generation.max_new_tokens == c.policy.max_total_sequence_length
+    assert (c.policy.train_micro_batch_size, c.policy.logprob_batch_size) == (1, 1)
+    assert c.checkpointing.save_period == c.grpo.val_period and c.checkpointing.keep_top_k == 3
+
+
+def test_nemotron_warm_up_runs_from_its_initial_lr_and_stays_constant_after():
+    import torch
+
+    from trainer.policy.optim import build_scheduler
+
+    c = load_config("grpo_workplace_assistant_nemotron_nano_v2_9b")
+    mcfg = c.policy.megatron_cfg
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=mcfg.optimizer.lr)
+    scheduler = build_scheduler(optimizer, mcfg.optimizer, mcfg.scheduler, total_steps=10)
+    lrs = []
+    for _ in range(20):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        scheduler.step(1)
+    assert lrs[0] == pytest.approx(5e-7) and lrs[9] < 4e-6
+    assert lrs[13:] == [pytest.approx(5e-6)] * 7
+
+
+def test_nemotron_plan_counts_the_hybrid_model_layer_by_layer():
+    """One 8-GPU node: the NemotronH shape from its config (27 Mamba, 4 attention, 25 MLP layers; the published
+    8.89e9 parameters), under 80 GB in both phases."""
+    from trainer.placement import ModelShape, plan_for
+
+    c = load_config("grpo_workplace_assistant_nemotron_nano_v2_9b")
+    plan = plan_for(c)
+    assert plan.shape is not None and plan.shape.num_params == pytest.approx(8.89e9, rel=1e-3)
+    assert len(plan.shape.layer_activations) == 56 and len(set(plan.shape.layer_activations)) == 3
+    text = plan.describe()
+    assert "policy TP 8 x PP 1 x DP 1 on 8 GPU(s); 1 engine(s) of TP 8" in text and "memory estimate" in text
+    assert all(m.training < m.generation < 80 for m in plan.memory.values())
+    # a dense decoder's estimate is unchanged: (10 + 24/TP) x hidden a token and layer
+    dense = ModelShape(1000, 4, 64, 100)
+    assert dense.activation_bytes(2) == [(10 + 12) * 64] * 4
+
+
 @pytest.mark.parametrize(
     "name,prompts,gens,steps",
     [

@@ -39,7 +39,7 @@ def build_optimizer(model: torch.nn.Module, opt_cfg: Mapping) -> torch.optim.Opt
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, opt_cfg: Mapping, sched_cfg: Mapping, total_steps: int):
-    """Megatron's OptimizerParamScheduler: linear warmup from 0 over `lr_warmup_iters`, then
+    """Megatron's OptimizerParamScheduler: linear warmup from `lr_warmup_init` over `lr_warmup_iters`, then
     `lr_decay_style` (cosine | linear | constant) from `lr` to `min_lr` over `lr_decay_iters` (default: the
     run's total optimizer steps)."""
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -54,7 +54,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, opt_cfg: Mapping, sched_cf
     lr, min_lr, wd = float(opt_cfg["lr"]), float(opt_cfg["min_lr"]), float(opt_cfg["weight_decay"])
     return OptimizerParamScheduler(
         optimizer,
-        init_lr=0.0 if warmup > 0 else lr,
+        init_lr=float(sched_cfg.get("lr_warmup_init") or 0.0) if warmup > 0 else lr,
         max_lr=lr,
         min_lr=min(min_lr, lr),
         lr_warmup_steps=warmup,

@@ -33,10 +33,9 @@ tar -xzf "$WORK/src/mamba_ssm.tar.gz" -C "$WORK/src"
 cp -r "$WORK/src/mamba_ssm-$MAMBA_SSM/mamba_ssm" "$WORK/site/mamba_ssm"
 printf '__version__ = "%s"\n' "$MAMBA_SSM" > "$WORK/site/mamba_ssm/__init__.py"
 S="$WORK/site"
-# Slim pyarrow: Flight, Substrait, Gandiva, headers and sources are not used by datasets.
+# Slim pyarrow: Gandiva, headers and sources (pyarrow.lib links Substrait, Acero and Parquet: they stay).
 rm -rf "$S"/pyarrow/include "$S"/pyarrow/src "$S"/pyarrow/tests "$S"/bin
-rm -f "$S"/pyarrow/libarrow_flight* "$S"/pyarrow/_flight* "$S"/pyarrow/libarrow_substrait* "$S"/pyarrow/_substrait* \
-      "$S"/pyarrow/libgandiva* "$S"/pyarrow/gandiva*
+rm -f "$S"/pyarrow/libgandiva* "$S"/pyarrow/gandiva*
 mkdir -p "$OUT" && rm -f "$OUT"/part_*
 tar -C "$S" -cf - . | xz -T0 -6 | split -b 40M -d - "$OUT/part_"
 (cd "$OUT" && cat part_* | sha256sum | cut -d' ' -f1 > SHA256)

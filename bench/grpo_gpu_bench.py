@@ -293,6 +293,10 @@ def append_doc_rows(result: dict, path: Path = ROOT / "docs" / "benchmarks.md") 
         f"~{result['mean_total_tokens_per_sample']:,.0f} tokens ({result['max_new_tokens']} new), micro-batch {micro}, "
         f"colocated, median of {result['steps_measured']} steps after warm-up"
     )
+    offload = [o.split("=")[1] for o in result["overrides"] if o.startswith("policy.offload_optimizer_for_generation=")]
+    if offload and not result["mode"].startswith("tiny"):
+        config += f", optimizer offload {'on' if offload[-1] == 'true' else 'off'}"
+        config += f", engine start {result['engine_start_seconds']} s"
     append_table_rows(path, result["date"][:10], result["machine"], config, doc_rows(result))
 
 

@@ -416,8 +416,14 @@ def trl_worker(spec: dict[str, Any]) -> None:
     torch.manual_seed(work.seed)
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)  # GPU: bf16 autocast
-    dataset = Dataset.from_list(
-        [{"prompt": p["text"], "row_id": p["row_id"], "row_json": json.dumps(p["row"])} for p in spec["prompts"]]
+    from datasets.table import InMemoryTable
+
+    # Named fingerprint: hashing the table's schema with the GPU bundle's dill fails on pyarrow 26's types.
+    dataset = Dataset(
+        InMemoryTable.from_pylist(
+            [{"prompt": p["text"], "row_id": p["row_id"], "row_json": json.dumps(p["row"])} for p in spec["prompts"]]
+        ),
+        fingerprint="peer-bench-prompts",
     )
     reward = EnvSimReward(spec["tool_format"], spec["episode_options"], spec["stop_ids"])
     seen: dict[str, Any] = {}
@@ -728,7 +734,9 @@ def ours_version() -> str:
     return f"slurm-grpo {sha}"
 
 
-def run(work: Work, peer_python: Path, root: Path = CACHE_ROOT) -> dict[str, Any]:
+def run(
+    work: Work, peer_python: Path, root: Path = CACHE_ROOT, only: Sequence[str] = ("ours", "trl")
+) -> dict[str, Any]:
     if not peer_python.exists():
         raise SystemExit(f"{peer_python} is missing: `make bench-peer` creates it (TRL {TRL_VERSION} in .venv-peer)")
     t = time.perf_counter()
@@ -772,7 +780,7 @@ def run(work: Work, peer_python: Path, root: Path = CACHE_ROOT) -> dict[str, Any
             flush=True,
         )
 
-    sides = (("ours", Path(sys.executable)), ("trl", peer_python))
+    sides = tuple((n, py) for n, py in (("ours", Path(sys.executable)), ("trl", peer_python)) if n in only)
     try:
         if work.gpu:  # one side at a time, each with the GPU to itself
             for name, python in sides:
@@ -791,6 +799,8 @@ def run(work: Work, peer_python: Path, root: Path = CACHE_ROOT) -> dict[str, Any
         for w in workers.values():
             w.close()
         memory.stop()
+    if set(only) != {"ours", "trl"}:  # one side alone: its raw steps, no comparison
+        return {"work": asdict(work), "steps": steps, "startup": ready, "partial": list(only)}
     versions = {"ours": ours_version(), **ready["trl"]["versions"]}
     return assemble(
         work,
@@ -818,6 +828,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generations", type=int, help="default 4, GPU 8")
     p.add_argument("--max-new-tokens", type=int, help="default 64, GPU 512")
     p.add_argument("--micro-batch", type=int, help="default 8")
+    p.add_argument("--sides", default="ours,trl", help="run only some sides (no comparison then)")
     p.add_argument("--peer-python", type=Path, help="TRL's python (default .venv-peer's; GPU: this one)")
     p.add_argument("--root", type=Path, help="where the model and rows are built and kept (under results/)")
     p.add_argument("--no-doc", action="store_true", help="do not append rows to docs/benchmarks.md")
@@ -847,7 +858,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Work(**{**(GPU_WORK if args.gpu else {}), **{k: v for k, v in given.items() if v is not None}})
     peer_python = args.peer_python or (Path(sys.executable) if args.gpu else PEER_VENV / "bin" / "python")
     root = args.root or (CACHE_ROOT.with_name("peer_bench_gpu") if args.gpu else CACHE_ROOT)
-    result = run(work, peer_python, root)
+    result = run(work, peer_python, root, only=args.sides.split(","))
+    if "partial" in result:
+        print(json.dumps(result, indent=2))
+        if os.environ.get("OUT"):
+            (Path(os.environ["OUT"]) / "peer_partial.json").write_text(json.dumps(result, indent=2))
+        return 0
     output = args.output or (RESULTS_GPU if args.gpu else RESULTS)
     targets = [output] + ([Path(os.environ["OUT"]) / output.name] if os.environ.get("OUT") else [])
     for target in targets:

@@ -74,6 +74,9 @@ def test_causal_conv1d_is_causal_and_depthwise():
     expected = bias + sum(weight[:, k] * padded[:, k : k + 10] for k in range(4))
     assert torch.allclose(out, expected, atol=1e-6)
     assert torch.equal(causal_conv1d(x, weight.unsqueeze(1), bias), out)  # nn.Conv1d's weight shape too
+    # and what torch's grouped convolution computes (one group per channel, left padding K-1)
+    conv = F.conv1d(x.transpose(1, 2), weight.unsqueeze(1), bias, padding=3, groups=3)[..., :10].transpose(1, 2)
+    assert torch.allclose(out, conv, atol=1e-6)
 
 
 def test_gated_norm_matches_transformers():

@@ -108,10 +108,11 @@ def tiny_overrides(args: argparse.Namespace) -> list[str]:
 
 
 class UtilizationSampler:
-    """`nvidia-smi` printing GPU utilization every 100 ms into a list, while a with-block runs."""
+    """`nvidia-smi` printing a timestamp and the GPU's utilization every 100 ms, while a with-block runs."""
 
     def __init__(self) -> None:
         self.samples: list[float] = []
+        self.times: list[float] = []  # epoch seconds of each sample
         self._proc: subprocess.Popen | None = None
 
     def __enter__(self) -> UtilizationSampler:
@@ -119,7 +120,7 @@ class UtilizationSampler:
             self._proc = subprocess.Popen(
                 [
                     "nvidia-smi",
-                    "--query-gpu=utilization.gpu",
+                    "--query-gpu=timestamp,utilization.gpu",
                     "--format=csv,noheader,nounits",
                     "-lms",
                     "100",
@@ -138,11 +139,54 @@ class UtilizationSampler:
             return
         self._proc.terminate()
         out, _ = self._proc.communicate(timeout=10)
-        self.samples = [float(line) for line in out.split() if line.strip().replace(".", "", 1).isdigit()]
+        for when, value in parse_utilization(out):
+            self.times.append(when)
+            self.samples.append(value)
 
     @property
     def idle_share(self) -> float | None:
         return 1 - statistics.fmean(self.samples) / 100 if self.samples else None
+
+
+def parse_utilization(text: str) -> list[tuple[float, float]]:
+    """(epoch seconds, percent) from `nvidia-smi --query-gpu=timestamp,utilization.gpu` CSV lines (local time,
+    as the driver prints it); lines that do not parse (a cut last line) are skipped."""
+    out = []
+    for line in text.splitlines():
+        stamp, _, value = line.rpartition(",")
+        try:
+            when = dt.datetime.strptime(stamp.strip(), "%Y/%m/%d %H:%M:%S.%f").timestamp()
+            out.append((when, float(value)))
+        except ValueError:
+            continue
+    return out
+
+
+def idle_by_phase(
+    spans: list[tuple[str, float, float]], times: list[float], samples: list[float]
+) -> dict[str, dict[str, float]]:
+    """Per phase: wall seconds, mean utilization of the samples inside its spans, and the GPU-idle seconds that
+    implies (seconds x (1 - utilization)); time between a step's phases is its own entry, `(between phases)`."""
+    if not spans or not samples:
+        return {}
+    ordered = sorted(spans, key=lambda s: s[1])
+    gaps = [("(between phases)", a[2], b[1]) for a, b in zip(ordered, ordered[1:]) if b[1] - a[2] > 0.05]
+    result: dict[str, dict[str, float]] = {}
+    for phase, start, end in ordered + gaps:
+        inside = [u for t, u in zip(times, samples) if start <= t < end]
+        entry = result.setdefault(phase, {"seconds": 0.0, "busy_sum": 0.0, "samples": 0})
+        entry["seconds"] += end - start
+        entry["busy_sum"] += sum(inside)
+        entry["samples"] += len(inside)
+    table = {}
+    for phase, e in sorted(result.items(), key=lambda kv: -kv[1]["seconds"]):
+        util = e["busy_sum"] / e["samples"] / 100 if e["samples"] else None
+        table[phase] = {
+            "seconds": round(e["seconds"], 3),
+            "utilization": None if util is None else round(util, 3),
+            "idle_seconds": None if util is None else round(e["seconds"] * (1 - util), 3),
+        }
+    return table
 
 
 def train_flops(lengths: list[int], completions: list[int], shape: dict) -> float:
@@ -203,12 +247,16 @@ def run(args: argparse.Namespace) -> dict:
     original_step = trainer.train_step
     sampler = UtilizationSampler()
 
+    spans: list[tuple[str, float, float]] = []  # the measured steps' phases
+
     def timed_step(step: int):
         if step == 2 and not args.tiny:
             sampler.__enter__()  # from the end of the warm-up step to the end of the last step
         t0 = time.perf_counter()
         out = original_step(step)
         step_times.append(time.perf_counter() - t0)
+        if step >= 2:
+            spans.extend(trainer.last_phase_spans)
         return out
 
     trainer.train_step = timed_step  # type: ignore[method-assign]
@@ -248,6 +296,7 @@ def run(args: argparse.Namespace) -> dict:
         "refit_seconds": round(median("refit:seconds"), 3),
         "engine_wake_seconds": round(median("timing/train/prepare_for_generation/engine_wake"), 3),
         "gpu_idle_share": None if sampler.idle_share is None else round(sampler.idle_share, 3),
+        "gpu_idle_by_phase": idle_by_phase(spans, sampler.times, sampler.samples),
         "utilization_samples": len(sampler.samples),
         "mean_gen_tokens_per_sample": round(median("train:mean_gen_tokens_per_sample"), 1),
         "mean_total_tokens_per_sample": round(median("train:mean_total_tokens_per_sample"), 1),

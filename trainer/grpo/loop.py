@@ -105,19 +105,24 @@ def step_seed(seed: int, step: int, purpose: str = "train") -> int:
 
 # ---- timing -------------------------------------------------------------------------------------------------
 class PhaseTimer:
+    """Seconds per phase (summed over repeats), and each phase's wall-clock span (`time.time()`), which a
+    benchmark lines up with a device's utilization samples."""
+
     def __init__(self, prefix: str):
         self.prefix = prefix
         self.times: dict[str, float] = {}
+        self.spans: list[tuple[str, float, float]] = []
 
     @contextmanager
     def __call__(self, phase: str):
-        start = time.perf_counter()
+        start, wall = time.perf_counter(), time.time()
         try:
             yield
         finally:
             self.times[f"{self.prefix}/{phase}"] = self.times.get(f"{self.prefix}/{phase}", 0.0) + (
                 time.perf_counter() - start
             )
+            self.spans.append((phase, wall, time.time()))
 
 
 @dataclass
@@ -185,6 +190,7 @@ class GRPOTrainer:
         )
         self.step = 0
         self.consumed_samples = 0
+        self.last_phase_spans: list[tuple[str, float, float]] = []  # the last step's (phase, start, end)
         resume_from = self._resume()
         run_config = OmegaConf.to_container(cfg, resolve=True)
         if not isinstance(run_config, dict):
@@ -354,6 +360,7 @@ class GRPOTrainer:
         with timer("prepare_for_generation/transfer_and_update_weights"):
             refit_engines(self.components, self.refit_dtype)
         self.consumed_samples += len(prompts)
+        self.last_phase_spans = timer.spans
         step_time = time.perf_counter() - t0
         timer.times["timing/train/total_step_time"] = step_time
 

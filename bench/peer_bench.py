@@ -111,6 +111,7 @@ def model_overrides(root: Path, gpu: bool = False) -> list[str]:
         "policy.generation.vllm_cfg.max_num_seqs=256",
         "env.compact_tools=false",
         "env.tool_scope=domain",
+        "policy.pack_shared_prefixes=false",  # as the GPU recipes have it (docs/benchmarks.md)
     ]
 
 

@@ -148,9 +148,11 @@ def collect_rollouts(
     max_new = sampling.max_tokens_for(1)[0]  # policy.generation.max_new_tokens, capped per turn below
 
     live: list[_Live] = []
+    encoded: dict[str, list[int]] = {}  # a GRPO group's rows share one prompt: tokenised once, not G times
     for index, row in enumerate(rows):
         episode = Episode(dict(row), cfg.env.tool_format, **episode_options(cfg.env))
-        prompt = renderer.encode(renderer.render(episode.messages, add_generation_prompt=True))
+        text = renderer.render(episode.messages, add_generation_prompt=True)
+        prompt = encoded.get(text) or encoded.setdefault(text, renderer.encode(text))
         state = _Live(index, episode, [], [], [], len(prompt))
         state.append(prompt, 0)
         if len(prompt) >= max_total:

@@ -97,6 +97,31 @@ def test_expert_rollouts_match_the_template_and_score_one(tiny_tokenizer, rows):
         assert ro.prompt_length == ro.loss_mask.index(1)
 
 
+def test_a_groups_rows_are_tokenised_once_and_get_the_same_prompt(tiny_tokenizer, rows, monkeypatch):
+    """GRPO repeats each row G times: its prompt is encoded once per distinct prompt, and every copy starts with
+    exactly the tokens a lone row gets."""
+    cfg = tiny_cfg()
+    group = [row for row in rows[:2] for _ in range(4)]
+    alone = collect_rollouts(
+        rows[:2], ScriptedGeneration(tiny_tokenizer, rows, _expert_script(rows)), tiny_tokenizer, cfg, 0
+    )
+    encoded = []
+    original = type(tiny_tokenizer).encode
+
+    def counting(self, text, *args, **kwargs):
+        encoded.append(text)
+        return original(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny_tokenizer), "encode", counting)
+    grouped = collect_rollouts(
+        group, ScriptedGeneration(tiny_tokenizer, rows, _expert_script(rows)), tiny_tokenizer, cfg, 0
+    )
+    prompts = [r.token_ids[: r.prompt_length] for r in grouped]
+    assert prompts == [alone[i // 4].token_ids[: alone[i // 4].prompt_length] for i in range(8)]
+    first_turn_prompts = [t for t in encoded if t.startswith("<|im_start|>system")]
+    assert len(first_turn_prompts) == len(set(first_turn_prompts)) == 2
+
+
 def test_each_turn_samples_with_the_configs_params_and_per_episode_seeds_and_limits(tiny_tokenizer, rows):
     from tests.protocol_check import protocol_problems
     from trainer.generation import stop_token_ids

@@ -37,23 +37,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PATTERN_9B = "M-M-M-MM-M-M-M*-M-M-M*-M-M-M-M*-M-M-M-M*-M-MM-M-M-M-M-M-"
-SHAPE_9B = {
-    "hidden_size": 4480,
-    "num_attention_heads": 40,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "intermediate_size": 15680,
-    "mamba_num_heads": 128,
-    "mamba_head_dim": 80,
-    "n_groups": 8,
-    "ssm_state_size": 128,
-    "conv_kernel": 4,
-    "chunk_size": 128,
-    "vocab_size": 131072,
-}
+NANO_9B = "nvidia/NVIDIA-Nemotron-Nano-9B-v2"
 
 
+def _nano_9b() -> tuple[str, dict]:
+    """The 9B's layer pattern and sizes, as the placement planner knows them (one copy of the published config)."""
+    from trainer.placement import KNOWN_MODELS
+
+    config = dict(KNOWN_MODELS[NANO_9B])
+    pattern = config.pop("hybrid_override_pattern")
+    for key in ("model_type", "tie_word_embeddings"):
+        config.pop(key)
+    return pattern, {**config, "chunk_size": 128}
+
+
+PATTERN_9B, SHAPE_9B = _nano_9b()
 # The same layout at toy size: `--tiny` runs every side on CPU in seconds (the plumbing, not the speed).
 SHAPE_TINY = {
     **SHAPE_9B,

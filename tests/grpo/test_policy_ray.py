@@ -60,9 +60,35 @@ def test_two_data_parallel_ranks_match_one(ray_session, tmp_path, overlap):
     assert not torch.allclose(after1, prev1, atol=1e-4)  # and the update did something
 
 
-def test_vllm_logprobs_match_policy_after_refit(ray_session, tmp_path):
+SMALL_TINY = {  # small sizes of the two project-built models (policy.tiny)
+    "tiny-qwen3": {
+        "hidden_size": 128,
+        "num_layers": 2,
+        "num_attention_heads": 2,
+        "num_kv_heads": 1,
+        "intermediate_size": 256,
+        "vocab_size": 512,
+    },
+    "tiny-nemotron-h": {  # the refit names are HF's backbone.* ones, which vLLM's NemotronH loader maps
+        "hidden_size": 128,
+        "pattern": "M*-M-",
+        "num_attention_heads": 2,
+        "num_kv_heads": 1,
+        "intermediate_size": 256,
+        "mamba_num_heads": 4,
+        "mamba_head_dim": 64,
+        "n_groups": 2,
+        "ssm_state_size": 16,
+        "vocab_size": 512,
+    },
+}
+
+
+@pytest.mark.parametrize("model_name", list(SMALL_TINY))
+def test_vllm_logprobs_match_policy_after_refit(ray_session, tmp_path, model_name):
     """Train the tiny HF model one step in the Megatron policy, refit vLLM, sample: the engine's log-probs of
-    its own samples equal the policy's teacher-forced log-probs (both fp32 on CPU)."""
+    its own samples equal the policy's teacher-forced log-probs (both fp32 on CPU). For the hybrid NemotronH too
+    (its Mamba layers: the chunked scan in the policy, vLLM's recurrent state while decoding)."""
     import functools
 
     from trainer.generation.vllm_worker import GenerationGroup
@@ -72,18 +98,10 @@ def test_vllm_logprobs_match_policy_after_refit(ray_session, tmp_path):
     from trainer.policy.worker import PolicyGroup
     from trainer.refit import refit_engines
 
-    tiny = {
-        "hidden_size": 128,
-        "num_layers": 2,
-        "num_attention_heads": 2,
-        "num_kv_heads": 1,
-        "intermediate_size": 256,
-        "vocab_size": 512,
-    }
     model_dir = resolve_model(
-        "tiny-qwen3",
+        model_name,
         tmp_path / "models",
-        tiny_cfg=tiny,
+        tiny_cfg=SMALL_TINY[model_name],
         seed=0,
         corpus_fn=lambda: ["hello world, call the email tool please"] * 50,
     )

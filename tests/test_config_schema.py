@@ -110,7 +110,7 @@ def test_policy_tiny_types_both_tiny_models_keys_and_each_builder_refuses_the_ot
     qwen = load_config("tiny_cpu", ["policy.tiny.num_layers=2"])
     assert tiny_settings(qwen.policy.tiny)["num_layers"] == 2
     hybrid = load_config("tiny_nemotron_h")  # on top of tiny_cpu: unsets tiny-qwen3's num_layers with null
-    assert tiny_nemotron_h_settings(hybrid.policy.tiny)["pattern"] == "M-M*-M-"
+    assert tiny_nemotron_h_settings(hybrid.policy.tiny)["pattern"] == "M*-M-"
     with pytest.raises(ConfigError, match=r"policy\.tiny\.patern is not in the config schema"):
         load_config("tiny_nemotron_h", ["policy.tiny.patern=M-"])
     with pytest.raises(ConfigError, match=r"policy\.tiny\.n_groups"):

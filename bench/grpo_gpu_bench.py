@@ -249,9 +249,14 @@ def run(args: argparse.Namespace) -> dict:
 
     spans: list[tuple[str, float, float]] = []  # the measured steps' phases
 
+    seeded_by_step: dict[int, bool] = {}
+    if args.compare_seeding:
+        trainer.rollout_fn = seeding_alternated(trainer.rollout_fn, cfg, lambda: seeded_by_step[max(seeded_by_step)])
+
     def timed_step(step: int):
         if step == 2 and not args.tiny:
             sampler.__enter__()  # from the end of the warm-up step to the end of the last step
+        seeded_by_step[step] = bool(cfg.policy.generation.per_request_seeds) ^ (args.compare_seeding and step % 2 == 1)
         t0 = time.perf_counter()
         out = original_step(step)
         step_times.append(time.perf_counter() - t0)
@@ -309,7 +314,33 @@ def run(args: argparse.Namespace) -> dict:
         "val_accuracy": [(r["step"], r["val:accuracy"]) for r in vals],
         "overrides": overrides[1:],
     }
+    if args.compare_seeding:
+        result["by_seeding"] = {}
+        for label, flag in (("per_request_seeds", True), ("unseeded", False)):
+            picked = [i for i in measured if seeded_by_step[i + 1] is flag]
+            result["by_seeding"][label] = {
+                "steps": [i + 1 for i in picked],
+                "generation_tokens_per_sec": round(
+                    statistics.median(rows[i]["performance:generation_tokens_per_sec"] for i in picked), 1
+                ),
+                "generation_seconds": round(statistics.median(rows[i]["timing/train/generation"] for i in picked), 3),
+            }
     return result
+
+
+def seeding_alternated(rollout_fn, cfg, seeded_now):
+    """`rollout_fn` with `policy.generation.per_request_seeds` as `seeded_now()` says, for a side-by-side of
+    vLLM's seeded sampling (a generator per request, sampled row by row) and its batched sampling in one run."""
+    from omegaconf import OmegaConf
+
+    variants = {
+        flag: OmegaConf.merge(cfg, {"policy": {"generation": {"per_request_seeds": flag}}}) for flag in (True, False)
+    }
+
+    def rollouts(rows, generation, tokenizer, _cfg, seed):
+        return rollout_fn(rows, generation, tokenizer, variants[seeded_now()], seed)
+
+    return rollouts
 
 
 def doc_rows(result: dict) -> list[tuple[str, str]]:
@@ -328,6 +359,14 @@ def doc_rows(result: dict) -> list[tuple[str, str]]:
         rows.append(("GRPO training MFU (in the loop)", f"{100 * result['training_mfu']:.1f}%"))
     if result["gpu_idle_share"] is not None:
         rows.append(("GPU idle share of a step (NVML)", f"{100 * result['gpu_idle_share']:.1f}%"))
+    for label, entry in result.get("by_seeding", {}).items():
+        what = "a seed per request" if label == "per_request_seeds" else "unseeded (batched sampling)"
+        rows.append(
+            (
+                f"GRPO generation tokens/s, {what}, steps {entry['steps']}",
+                f"{entry['generation_tokens_per_sec']:,.0f} tokens/s ({entry['generation_seconds']} s)",
+            )
+        )
     return rows
 
 
@@ -358,6 +397,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--micro-batch", type=int, default=4)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5)
+    p.add_argument(
+        "--compare-seeding",
+        action="store_true",
+        help="measured steps alternate per-request seeds on (even steps) and off (odd): generation speed of each",
+    )
     p.add_argument("--no-doc", action="store_true", help="do not append rows to docs/benchmarks.md")
     p.add_argument("--from-json", type=Path, help="only add the doc rows of an earlier result file")
     p.add_argument("overrides", nargs="*", help="config dotlist overrides")

@@ -112,6 +112,7 @@ def model_overrides(root: Path, gpu: bool = False) -> list[str]:
         "env.compact_tools=false",
         "env.tool_scope=domain",
         "policy.pack_shared_prefixes=false",  # as the GPU recipes have it (docs/benchmarks.md)
+        "policy.generation.per_request_seeds=false",  # as TRL samples: the engine's seed, no generator per request
     ]
 
 

@@ -207,6 +207,7 @@ class GenerationConfig:
     temperature: float = MISSING
     top_p: float = MISSING
     top_k: int | None = MISSING
+    per_request_seeds: bool = MISSING
     refit_transport: str = MISSING
     vllm_cfg: VllmConfig = _section(VllmConfig)
     colocated: ColocatedConfig = _section(ColocatedConfig)

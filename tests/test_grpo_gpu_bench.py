@@ -41,3 +41,22 @@ def test_phase_timer_keeps_wall_clock_spans_in_order():
     assert (first, second) == ("generation", "policy_training")
     assert before <= s1 < e1 <= s2 <= e2 and e1 - s1 >= 0.01
     assert abs(timer.times["timing/train/generation"] - (e1 - s1)) < 5e-3
+
+
+def test_seeding_alternated_hands_the_rollouts_the_config_of_the_current_mode():
+    from bench.grpo_gpu_bench import seeding_alternated
+    from infra.config import load_config
+
+    cfg = load_config("tiny_cpu", [])
+    seen, mode = [], {"seeded": True}
+
+    def rollout_fn(rows, generation, tokenizer, cfg_, seed):
+        seen.append((cfg_.policy.generation.per_request_seeds, cfg_.grpo.num_prompts_per_step, seed))
+        return []
+
+    rollouts = seeding_alternated(rollout_fn, cfg, lambda: mode["seeded"])
+    rollouts([], None, None, cfg, 3)
+    mode["seeded"] = False
+    rollouts([], None, None, cfg, 4)
+    prompts = cfg.grpo.num_prompts_per_step
+    assert seen == [(True, prompts, 3), (False, prompts, 4)]

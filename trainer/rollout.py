@@ -146,6 +146,7 @@ def collect_rollouts(
     renderer = _ChatRenderer(tokenizer, stop_ids)
     sampling = SamplingParams.from_config(cfg, stop_token_ids=stop_ids)
     max_new = sampling.max_tokens_for(1)[0]  # policy.generation.max_new_tokens, capped per turn below
+    seeded = bool(cfg.policy.generation.per_request_seeds)
 
     live: list[_Live] = []
     encoded: dict[str, list[int]] = {}  # a GRPO group's rows share one prompt: tokenised once, not G times
@@ -174,7 +175,7 @@ def collect_rollouts(
             [s.token_ids for s in active],
             sampling.replace(
                 max_tokens=[min(max_new, max_total - len(s.token_ids)) for s in active],
-                seeds=[request_seed(seed, s.index, turn) for s in active],
+                seeds=[request_seed(seed, s.index, turn) if seeded else None for s in active],
             ),
         )
         for state, out in zip(active, outputs):

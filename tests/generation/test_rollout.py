@@ -150,6 +150,13 @@ def test_each_turn_samples_with_the_configs_params_and_per_episode_seeds_and_lim
     assert len(gen.samplings[1].seeds) == len(gen.samplings[1].max_tokens) == gen.calls[1]
 
 
+def test_per_request_seeds_off_sends_unseeded_requests(tiny_tokenizer, rows):
+    cfg = tiny_cfg(**{"policy.generation.per_request_seeds": False})
+    gen = ScriptedGeneration(tiny_tokenizer, rows[:3], _expert_script(rows[:3]))
+    collect_rollouts(rows[:3], gen, tiny_tokenizer, cfg, seed=4)
+    assert [s.seeds for s in gen.samplings] == [(None,) * n for n in gen.calls]
+
+
 def test_wrong_calls_score_zero(tiny_tokenizer, rows):
     wrong = {
         r["id"]: [

@@ -52,6 +52,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from infra.io import atomic_write_json
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "peer_cpu.json"
 RESULTS_GPU = ROOT / "bench" / "results" / "peer_gpu.json"
@@ -796,23 +798,52 @@ def run(
         for w in workers.values():
             w.close()
         memory.stop()
-    if set(only) != {"ours", "trl"}:  # one side alone: its raw steps, no comparison
-        return {"work": asdict(work), "steps": steps, "startup": ready, "partial": list(only)}
-    versions = {"ours": ours_version(), **ready["trl"]["versions"]}
+    return {
+        "work": asdict(work),
+        "sides": [name for name, _ in sides],
+        "steps": {name: steps[name] for name, _ in sides},
+        "startup": ready,
+        "memory": memory.peak,
+        "ours_version": ours_version(),
+        "model_dir": spec["model_dir"],
+        "load_average": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
+        "model_build_seconds": round(build_seconds, 1),
+        "logs": str(out_dir),
+    }
+
+
+def combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The comparison from runs that each did some sides of the same work (`--sides`; on the GPU machine one
+    command may not hold both sides): every side once, the same work everywhere."""
+    by_side: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        if part["work"] != parts[0]["work"]:
+            raise ValueError(f"the parts did different work: {part['work']} vs {parts[0]['work']}")
+        for name in part["sides"]:
+            if name in by_side:
+                raise ValueError(f"side {name!r} is in more than one part")
+            by_side[name] = part
+    missing = {"ours", "trl"} - set(by_side)
+    if missing:
+        raise ValueError(f"no part has side(s) {sorted(missing)}")
+    ours, trl = by_side["ours"], by_side["trl"]
     return assemble(
-        work,
-        steps["ours"],
-        steps["trl"],
-        memory.peak,
+        Work(**parts[0]["work"]),
+        ours["steps"]["ours"],
+        trl["steps"]["trl"],
+        {"ours": ours["memory"]["ours"], "trl": trl["memory"]["trl"]},
         {
-            "versions": versions,
-            "startup_seconds": {k: round(v["wall_seconds"], 1) for k, v in ready.items()},
-            "model_dir": spec["model_dir"],
-            "load_average": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
-            "model_build_seconds": round(build_seconds, 1),
+            "versions": {"ours": ours["ours_version"], **trl["startup"]["trl"]["versions"]},
+            "startup_seconds": {name: round(by_side[name]["startup"][name]["wall_seconds"], 1) for name in by_side},
+            "model_dir": ours["model_dir"],
+            "load_average": parts[0]["load_average"]
+            if len(parts) == 1
+            else {name: by_side[name]["load_average"] for name in by_side},
+            "model_build_seconds": round(sum(p["model_build_seconds"] for p in parts), 1),
             "prompts_identical": True,  # check_same_prompts raised otherwise
-            "steps": steps,
-            "logs": str(out_dir),
+            "steps": {"ours": ours["steps"]["ours"], "trl": trl["steps"]["trl"]},
+            "logs": [p["logs"] for p in parts],
+            "separate_runs": len(parts) > 1,
         },
     )
 
@@ -831,6 +862,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-doc", action="store_true", help="do not append rows to docs/benchmarks.md")
     p.add_argument("--output", type=Path, help="default bench/results/peer_cpu.json (GPU: peer_gpu.json)")
     p.add_argument("--from-json", type=Path, help="only add the doc rows of an earlier result file")
+    p.add_argument("--combine", type=Path, nargs="+", help="the comparison from --sides runs' part files")
     p.add_argument("--build-model", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
@@ -855,13 +887,18 @@ def main(argv: list[str] | None = None) -> int:
     work = Work(**{**(GPU_WORK if args.gpu else {}), **{k: v for k, v in given.items() if v is not None}})
     peer_python = args.peer_python or (Path(sys.executable) if args.gpu else PEER_VENV / "bin" / "python")
     root = args.root or (CACHE_ROOT.with_name("peer_bench_gpu") if args.gpu else CACHE_ROOT)
-    result = run(work, peer_python, root, only=args.sides.split(","))
-    if "partial" in result:
-        print(json.dumps(result, indent=2))
-        if os.environ.get("OUT"):
-            (Path(os.environ["OUT"]) / "peer_partial.json").write_text(json.dumps(result, indent=2))
-        return 0
-    output = args.output or (RESULTS_GPU if args.gpu else RESULTS)
+    if args.combine:
+        result = combine([json.loads(path.read_text()) for path in args.combine])
+    else:
+        part = run(work, peer_python, root, only=args.sides.split(","))
+        if set(part["sides"]) != {"ours", "trl"}:  # one side: its raw steps, for --combine later
+            name = f"peer_{'gpu' if work.gpu else 'cpu'}_part_{'_'.join(part['sides'])}.json"
+            for folder in [RESULTS.parent] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else []):
+                atomic_write_json(folder / name, part)
+            print(json.dumps(part, indent=2))
+            return 0
+        result = combine([part])
+    output = args.output or (RESULTS_GPU if result["work"]["gpu"] else RESULTS)
     targets = [output] + ([Path(os.environ["OUT"]) / output.name] if os.environ.get("OUT") else [])
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -152,6 +152,37 @@ def test_result_and_doc_rows(tmp_path):
     assert "6.00 GiB RSS (3.00 GiB PSS) / 1.50 GiB RSS (1.20 GiB PSS)" in text
 
 
+def part(sides, work, seconds):
+    return {
+        "work": asdict(work),
+        "sides": sides,
+        "steps": {name: steps(seconds, [900, 1000, 1200], {"training": 1.0}) for name in sides},
+        "startup": {
+            name: {"wall_seconds": 60.0, **({"versions": {"trl": "1.16.0", "torch": "2.11"}} if name == "trl" else {})}
+            for name in sides
+        },
+        "memory": {name: {"rss_gib": 2.0, "gpu_gib": 50.0 if name == "ours" else 70.0} for name in sides},
+        "ours_version": "slurm-grpo abc1234",
+        "model_dir": "/m",
+        "load_average": {"start": 1.0, "end": 2.0},
+        "model_build_seconds": 5.0,
+        "logs": f"/logs/{sides[0]}",
+    }
+
+
+def test_sides_run_apart_combine_into_one_comparison():
+    work = Work(**peer_bench.GPU_WORK)
+    result = peer_bench.combine([part(["trl"], work, [30.0, 8.0, 8.0]), part(["ours"], work, [20.0, 4.0, 4.0])])
+    assert result["ours"]["step_seconds"] == 4.0 and result["trl"]["step_seconds"] == 8.0
+    assert result["ours"]["peak_memory_gib"]["gpu_gib"] == 50.0 and result["trl"]["peak_memory_gib"]["gpu_gib"] == 70.0
+    assert result["versions"] == {"ours": "slurm-grpo abc1234", "trl": "1.16.0", "torch": "2.11"}
+    assert result["separate_runs"] and result["ratio_ours_over_trl"]["step_seconds_trl_over_ours"] == 2.0
+    with pytest.raises(ValueError, match="different work"):
+        peer_bench.combine([part(["trl"], work, [8.0] * 3), part(["ours"], Work(), [4.0] * 3)])
+    with pytest.raises(ValueError, match=r"side\(s\) \['trl'\]"):
+        peer_bench.combine([part(["ours"], work, [4.0] * 3)])
+
+
 def test_a_step_on_other_prompts_is_refused():
     spec = {"prompts": [{"step": 1, "row_id": "a", "ids": [1, 2]}, {"step": 1, "row_id": "b", "ids": [3]}]}
     peer_bench.check_same_prompts(spec, "trl", 1, {"row_ids": ["a", "b"], "prompt_ids": [[1, 2], [3]]})

@@ -650,7 +650,7 @@ def assemble(
             ratio[f"{phase}_seconds_trl_over_ours"] = round(t / o, 2)
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": extra.pop("machine", None) or machine(work.gpu),
         "work": asdict(work),
         "ours": ours,
         "trl": trl,
@@ -659,7 +659,8 @@ def assemble(
     }
 
 
-def machine() -> str:
+def machine(gpu: bool = False) -> str:
+    """Where a side ran: CPU model, cores, Python, and with `gpu` the GPU's name first."""
     cpu = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -668,9 +669,18 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (
+    host = (
         f"{cpu or platform.processor() or platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
+    if not gpu:
+        return host
+    try:
+        name = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"], capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        name = ""
+    return f"{name or 'GPU'}; {host}"
 
 
 def doc_rows(result: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
@@ -726,7 +736,11 @@ def append_doc_rows(result: dict[str, Any], path: Path = BENCH_DOC) -> None:
 def ours_version() -> str:
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+            ["git", "describe", "--always", "--dirty", "--abbrev=7"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         sha = "unknown"
@@ -805,6 +819,7 @@ def run(
         "startup": ready,
         "memory": memory.peak,
         "ours_version": ours_version(),
+        "machine": machine(work.gpu),
         "model_dir": spec["model_dir"],
         "load_average": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
         "model_build_seconds": round(build_seconds, 1),
@@ -833,6 +848,9 @@ def combine(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         trl["steps"]["trl"],
         {"ours": ours["memory"]["ours"], "trl": trl["memory"]["trl"]},
         {
+            "machine": ours["machine"]
+            if ours["machine"] == trl["machine"]
+            else f"ours: {ours['machine']}; TRL: {trl['machine']}",
             "versions": {"ours": ours["ours_version"], **trl["startup"]["trl"]["versions"]},
             "startup_seconds": {name: round(by_side[name]["startup"][name]["wall_seconds"], 1) for name in by_side},
             "model_dir": ours["model_dir"],

@@ -163,6 +163,7 @@ def part(sides, work, seconds):
         },
         "memory": {name: {"rss_gib": 2.0, "gpu_gib": 50.0 if name == "ours" else 70.0} for name in sides},
         "ours_version": "slurm-grpo abc1234",
+        "machine": "H200; 16 cores",
         "model_dir": "/m",
         "load_average": {"start": 1.0, "end": 2.0},
         "model_build_seconds": 5.0,
@@ -176,6 +177,7 @@ def test_sides_run_apart_combine_into_one_comparison():
     assert result["ours"]["step_seconds"] == 4.0 and result["trl"]["step_seconds"] == 8.0
     assert result["ours"]["peak_memory_gib"]["gpu_gib"] == 50.0 and result["trl"]["peak_memory_gib"]["gpu_gib"] == 70.0
     assert result["versions"] == {"ours": "slurm-grpo abc1234", "trl": "1.16.0", "torch": "2.11"}
+    assert result["machine"] == "H200; 16 cores"
     assert result["separate_runs"] and result["ratio_ours_over_trl"]["step_seconds_trl_over_ours"] == 2.0
     with pytest.raises(ValueError, match="different work"):
         peer_bench.combine([part(["trl"], work, [8.0] * 3), part(["ours"], Work(), [4.0] * 3)])

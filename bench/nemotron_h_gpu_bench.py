@@ -157,10 +157,33 @@ def run_ours(spec: dict) -> dict:
             worker.train(batch)  # warm-up (Triton autotuning, allocator)
             row["step_seconds_all"] = timed(functools.partial(worker.train, batch), spec["steps"])
             row["peak_memory_gib"] = peak_memory_gib()
+            if spec.get("profile"):
+                row["profile"] = profile_top(functools.partial(worker.train, batch))
         except torch.OutOfMemoryError as exc:
             row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
         rows.append(row)
     return {"rows": rows, "kernels": kernels}
+
+
+def profile_top(step, rows: int = 15) -> list[dict]:
+    """One more step under torch.profiler: the ops that hold the device longest (self time, so nested ops are not
+    counted twice), with their call counts, and the step's total device and host time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    device_time = lambda e: getattr(e, "self_device_time_total", 0) if cuda else e.self_cpu_time_total  # noqa: E731
+    top = sorted(events, key=device_time, reverse=True)[:rows]
+    total = sum(device_time(e) for e in events)
+    return [{"op": "(all ops)", "self_ms": round(total / 1e3, 2), "calls": sum(e.count for e in events)}] + [
+        {"op": e.key[:120], "self_ms": round(device_time(e) / 1e3, 2), "calls": e.count} for e in top
+    ]
 
 
 def run_transformers(spec: dict) -> dict:
@@ -270,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--sides", default="ours,ours-torch,transformers")
     p.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "bench" / "results"))
+    p.add_argument("--profile", action="store_true", help="ours: one more step under torch.profiler, top ops kept")
     p.add_argument("--no-doc", action="store_true")
     p.add_argument("--from-json", type=Path, help="only add the doc rows of an earlier result file")
     p.add_argument("--side", choices=["ours", "transformers"], help=argparse.SUPPRESS)
@@ -305,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         "prompt": min(512, args.seq // 4),
         "micro_batches": [int(m) for m in args.mbs.split(",")],
         "steps": args.steps,
+        "profile": args.profile,
         "precision": "bfloat16" if device == "cuda" else "float32",  # Megatron's CPU linears refuse bf16
     }
     spec_path = work / "spec.json"

@@ -83,6 +83,8 @@ class Work:
     clip_eps: float = 0.2
     steps: int = 5  # per side; the first is the warm-up
     seed: int = 42
+    turns: int = 1  # model calls an episode may make (1: single turn; more: TRL's environment_factory)
+    episode_tokens: int = 1024  # multi-turn, TRL: max_completion_length over the whole episode (ours: per turn)
 
     gpu: bool = False
 
@@ -119,13 +121,14 @@ def model_overrides(root: Path, gpu: bool = False) -> list[str]:
 
 
 def ours_overrides(work: Work, root: Path) -> list[str]:
-    """Our config for the shared work: single turn, no prompt selection, every rollout trained, constant LR."""
+    """Our config for the shared work: `work.turns` model calls at most, no prompt selection, every rollout trained,
+    constant LR."""
     return model_overrides(root, work.gpu) + [
         f"grpo.num_prompts_per_step={work.prompts}",
         f"grpo.num_generations_per_prompt={work.generations}",
         "grpo.prompt_selection.pool_factor=1",
-        "grpo.max_rollout_turns=1",
-        "env.max_steps=1",  # one model call per episode (grpo.max_rollout_turns is the reference's name only)
+        "grpo.max_rollout_turns=1",  # the reference's key: one rollout call per episode, of up to env.max_steps turns
+        f"env.max_steps={work.turns}",  # model calls per episode
         "grpo.skip_zero_advantage_rollouts=false",  # TRL trains on every completion: so do we here
         f"grpo.seed={work.seed}",
         f"grpo.max_num_steps={work.steps}",
@@ -193,6 +196,11 @@ def trl_config_kwargs(work: Work, output_dir: str) -> dict[str, Any]:
         "loss_type": "dapo",  # token-level: summed over the batch's completion tokens (ours: token_level_loss)
         "scale_rewards": "group",
         "max_steps": work.steps,
+        **(
+            {"max_tool_calling_iterations": work.turns - 1, "max_completion_length": work.episode_tokens}
+            if work.turns > 1
+            else {}
+        ),
         "shuffle_dataset": False,  # the dataset is already in our loader's order
         **device,
         "seed": work.seed,
@@ -205,14 +213,26 @@ def trl_config_kwargs(work: Work, output_dir: str) -> dict[str, Any]:
 
 
 # ---- the shared pieces: prompts and reward --------------------------------------------------------------------
-def render_prompt(row: Mapping[str, Any], tokenizer, env_cfg) -> str:
-    """A row's first-turn prompt text: the episode's messages (system prompt with the tool section, user request)
-    through the tokenizer's chat template, with the generation prompt - what our rollouts tokenise."""
+def opening_messages(row: Mapping[str, Any], env_cfg) -> list[dict[str, Any]]:
+    """An episode's first messages: the system prompt with env_sim's tool section (as `env` renders it: the row's
+    tools in scope, compact or in full), then the user request."""
     from env_sim.agent import Episode
     from trainer.rollout import episode_options
 
-    episode = Episode(dict(row), env_cfg.tool_format, **episode_options(env_cfg))
-    return tokenizer.apply_chat_template(list(episode.messages), tools=None, tokenize=False, add_generation_prompt=True)
+    return list(Episode(dict(row), env_cfg.tool_format, **episode_options(env_cfg)).messages)
+
+
+def render_prompt(row: Mapping[str, Any], tokenizer, env_cfg) -> str:
+    """A row's first-turn prompt text: `opening_messages` through the tokenizer's chat template, with the
+    generation prompt - what our rollouts tokenise."""
+    messages = opening_messages(row, env_cfg)
+    return tokenizer.apply_chat_template(messages, tools=None, tokenize=False, add_generation_prompt=True)
+
+
+# TRL hands an environment's methods to the chat template as `tools`; the system message already carries env_sim's
+# tool section (the same text our prompts show), so the multi-turn TRL side renders with the model's template told
+# to leave `tools` out: both sides then see the same prompt tokens (checked every step).
+TOOLS_IN_SYSTEM_MESSAGE = "{%- set tools = none -%}"
 
 
 class EnvSimReward:
@@ -252,6 +272,86 @@ class EnvSimReward:
             rewards.append(float(episode.finish().reward))
         self.seconds += time.perf_counter() - started
         return rewards
+
+
+# ---- multi-turn: env_sim's tools as methods of a TRL environment ----------------------------------------------
+JSON_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool}
+
+
+def tool_method(tool: Mapping[str, Any]):
+    """A method standing for one env_sim tool, with the signature and Google docstring that TRL (through
+    transformers' `get_json_schema`) turns back into the tool's schema; calling it runs the tool on the episode."""
+    import inspect
+
+    function = tool.get("function", tool)
+    name, params = function["name"], function.get("parameters", {})
+    required = set(params.get("required", []))
+    signature = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    doc = [function.get("description", name).strip(), "", "Args:"]
+    for arg, spec in params.get("properties", {}).items():
+        if spec.get("type") not in JSON_TYPES:
+            raise ValueError(
+                f"tool {name}: argument {arg} has type {spec.get('type')!r}, not one of {list(JSON_TYPES)}"
+            )
+        default = inspect.Parameter.empty if arg in required else None
+        kind = inspect.Parameter.KEYWORD_ONLY
+        signature.append(inspect.Parameter(arg, kind, default=default, annotation=JSON_TYPES[spec["type"]]))
+        doc.append(f"    {arg}: {spec.get('description', arg)}")
+
+    def call(self, **arguments: Any) -> str:
+        return self.call_tool(name, arguments)
+
+    call.__name__ = call.__qualname__ = name
+    call.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
+    call.__annotations__ = {p.name: p.annotation for p in signature[1:]}
+    call.__doc__ = "\n".join(doc if len(doc) > 3 else doc[:1])
+    return call
+
+
+class EpisodeEnvironment:
+    """One episode's env_sim state behind TRL's environment protocol: `reset` starts the row's episode, tool
+    methods (added per tool set by `environment_class`) run calls on it, `get_reward` verifies the calls made."""
+
+    tool_format = "hermes"
+    episode_options: dict[str, Any] = {}
+    reward_seconds = [0.0]  # shared by every instance: the step's verification time
+
+    def reset(self, row_json: str, **_: Any) -> None:
+        from env_sim.agent import Episode
+
+        self.episode = Episode(json.loads(row_json), self.tool_format, **self.episode_options)
+
+    def call_tool(self, name: str, arguments: Mapping[str, Any]) -> str:
+        from env_sim.execute import execute_call
+
+        text = json.dumps(dict(arguments), ensure_ascii=False)
+        self.episode.function_calls.append({"name": name, "arguments": text})
+        return execute_call(self.episode.env.call_tool, self.episode.state, name, text)
+
+    def get_reward(self) -> float:
+        started = time.perf_counter()
+        reward = float(self.episode.finish().reward)
+        EpisodeEnvironment.reward_seconds[0] += time.perf_counter() - started
+        return reward
+
+
+def environment_class(name: str, tools: Sequence[Mapping[str, Any]], tool_format: str, options: Mapping[str, Any]):
+    """An `EpisodeEnvironment` whose methods are these tools (TRL exposes an environment's public methods)."""
+    methods = {tool_method(tool).__name__: tool_method(tool) for tool in tools}
+    attrs = {"tool_format": tool_format, "episode_options": dict(options), **methods}
+    return type(f"Env_{name}", (EpisodeEnvironment,), attrs)
+
+
+def episode_tools(row: Mapping[str, Any], env_cfg) -> list[dict[str, Any]]:
+    """The tools a row's prompt shows (env.tool_scope), as env_sim picks them."""
+    from env_sim.agent import tools_in_scope
+    from env_sim.environment import get_environment
+
+    env = get_environment(row.get("environment_name"))
+    params = row["responses_create_params"]
+    return tools_in_scope(
+        env, params.get("tools") or env.tool_schemas, str(row.get("category", "")), env_cfg.tool_scope
+    )
 
 
 # ---- the warm-started model -----------------------------------------------------------------------------------
@@ -314,14 +414,21 @@ def make_spec(work: Work, root: Path, out_dir: Path) -> dict[str, Any]:
     mdir = model_dir(root, work.gpu)
     tokenizer = AutoTokenizer.from_pretrained(str(mdir))
     train_path = root / "prepare" / "train_prepare.jsonl"
+    environments: dict[str, list[dict[str, Any]]] = {}
     loader = PromptLoader(read_jsonl(train_path), work.prompts, int(cfg.grpo.seed))
     prompts = []
     for step in range(1, work.steps + 1):
         for row in loader.next_batch():
             text = render_prompt(row, tokenizer, cfg.env)
             ids = list(tokenizer.encode(text, add_special_tokens=False))
-            prompts.append({"step": step, "row_id": row.get("id"), "text": text, "ids": ids, "row": row})
+            prompt = {"step": step, "row_id": row.get("id"), "text": text, "ids": ids, "row": row}
+            if work.turns > 1:  # TRL plays the episode as a conversation, with the row's tools as methods
+                name = str(row.get("category"))
+                environments.setdefault(name, episode_tools(row, cfg.env))
+                prompt.update(environment=name, messages=opening_messages(row, cfg.env))
+            prompts.append(prompt)
     return {
+        "environments": environments,
         "work": asdict(work),
         "root": str(root),
         "model_dir": str(mdir),
@@ -421,24 +528,41 @@ def trl_worker(spec: dict[str, Any]) -> None:
     torch.manual_seed(work.seed)
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)  # GPU: bf16 autocast
+    multi_turn = work.turns > 1
+    records = [{"row_id": p["row_id"], "row_json": json.dumps(p["row"])} for p in spec["prompts"]]
+    for record, p in zip(records, spec["prompts"]):
+        # multi-turn: the conversation, whose tool section TRL renders from the environment's methods
+        record.update(
+            {"prompt": p["messages"], "environment": p["environment"]} if multi_turn else {"prompt": p["text"]}
+        )
     # Named fingerprint: hashing the table's schema with the GPU bundle's dill fails on pyarrow 26's types.
-    dataset = Dataset(
-        InMemoryTable.from_pylist(
-            [{"prompt": p["text"], "row_id": p["row_id"], "row_json": json.dumps(p["row"])} for p in spec["prompts"]]
-        ),
-        fingerprint="peer-bench-prompts",
-    )
+    dataset = Dataset(InMemoryTable.from_pylist(records), fingerprint="peer-bench-prompts")
     reward = EnvSimReward(spec["tool_format"], spec["episode_options"], spec["stop_ids"])
+    environments = None
+    if multi_turn:
+        from trl.chat_template_utils import qwen3_schema, qwen3_template
+
+        environments = {
+            name: environment_class(name, tools, spec["tool_format"], spec["episode_options"])
+            for name, tools in spec["environments"].items()
+        }
+        # our template writes tool calls as Qwen3's does (<tool_call> JSON blocks, <|im_end|>): TRL parses the
+        # model's turns with Qwen3's response template (transformers >= 5.13; the older schema before)
+        tokenizer.chat_template = TOOLS_IN_SYSTEM_MESSAGE + tokenizer.chat_template
+        if hasattr(tokenizer, "response_template"):
+            tokenizer.response_template = qwen3_template
+        else:
+            tokenizer.response_schema = qwen3_schema
     seen: dict[str, Any] = {}
 
     class Timed(trl.GRPOTrainer):
         def _generate_and_score_completions(self, inputs):
             t = time.perf_counter()
-            reward.seconds = 0.0
+            reward.seconds = EpisodeEnvironment.reward_seconds[0] = 0.0
             out = super()._generate_and_score_completions(inputs)
             seen["generate_and_score"] = time.perf_counter() - t
-            seen["reward"] = reward.seconds
-            mask = out["completion_mask"]
+            seen["reward"] = reward.seconds + EpisodeEnvironment.reward_seconds[0]
+            mask = out["completion_mask"] * out["tool_mask"] if "tool_mask" in out else out["completion_mask"]
             seen["generated_tokens"] = float(mask.sum())
             ids, pmask = out["prompt_ids"], out["prompt_mask"]
             seen["row_ids"] = [x["row_id"] for x in inputs[:: work.generations]]
@@ -475,11 +599,12 @@ def trl_worker(spec: dict[str, Any]) -> None:
     config = trl.GRPOConfig(**trl_config_kwargs(work, str(Path(spec["out_dir"]) / "trl")))
     trainer = Timed(
         model=model,
-        reward_funcs=[reward],
+        reward_funcs=None if multi_turn else [reward],  # multi-turn: the environment's get_reward
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=[Lockstep()],
+        **({"environment_factory": environments} if multi_turn else {}),
     )
     versions = {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__}
     if work.gpu:
@@ -688,11 +813,17 @@ def doc_rows(result: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
     w, o, t, r = result["work"], result["ours"], result["trl"], result["ratio_ours_over_trl"]
     v = result["versions"]
     gpu = bool(w.get("gpu"))
+    turns = (
+        "single turn"
+        if w.get("turns", 1) == 1
+        else f"up to {w['turns']} model calls an episode (TRL: environment_factory, {w['episode_tokens']} tokens an "
+        f"episode; ours: {w['max_new_tokens']} a call)"
+    )
     model = "random Qwen3-1.7B shape, both colocated with vLLM" if gpu else "tiny model warm-started"
     config = (
         f"bench.peer_bench{' --gpu' if gpu else ''}, {model} (same HF dir both sides), {w['prompts']} prompts x "
         f"{w['generations']} generations, {w['max_new_tokens']} new tokens, T={w['temperature']}, lr {w['lr']:g}, "
-        f"micro-batch {w['micro_batch']}, KL off, 1 optimizer step/batch, single turn, env_sim reward; median of "
+        f"micro-batch {w['micro_batch']}, KL off, 1 optimizer step/batch, {turns}, env_sim reward; median of "
         f"{o['steps_measured']} steps after 1 warm-up, {'one side after the other' if gpu else 'alternating'}; "
         f"ours {v['ours']} vs TRL {v['trl']} (transformers {v['transformers']}, torch {v['torch']}"
         + (f", vLLM {v['vllm']})" if v.get("vllm") else ")")
@@ -874,6 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generations", type=int, help="default 4, GPU 8")
     p.add_argument("--max-new-tokens", type=int, help="default 64, GPU 512")
     p.add_argument("--micro-batch", type=int, help="default 8")
+    p.add_argument("--turns", type=int, help="model calls an episode may make (default 1; 6: the multi-turn row)")
     p.add_argument("--sides", default="ours,trl", help="run only some sides (no comparison then)")
     p.add_argument("--peer-python", type=Path, help="TRL's python (default .venv-peer's; GPU: this one)")
     p.add_argument("--root", type=Path, help="where the model and rows are built and kept (under results/)")
@@ -901,6 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_new_tokens": args.max_new_tokens,
         "micro_batch": args.micro_batch,
         "steps": args.steps,
+        "turns": args.turns,
     }
     work = Work(**{**(GPU_WORK if args.gpu else {}), **{k: v for k, v in given.items() if v is not None}})
     peer_python = args.peer_python or (Path(sys.executable) if args.gpu else PEER_VENV / "bin" / "python")
@@ -917,6 +1050,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         result = combine([part])
     output = args.output or (RESULTS_GPU if result["work"]["gpu"] else RESULTS)
+    if result["work"]["turns"] > 1 and not args.output:
+        output = output.with_name(f"{output.stem}_multiturn.json")
     targets = [output] + ([Path(os.environ["OUT"]) / output.name] if os.environ.get("OUT") else [])
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -113,6 +113,67 @@ def test_both_sides_get_the_same_prompt_tokens(cfg, rows_and_tokenizer):
     assert all("<tool_call>" in t or "tools" in t.lower() for t in texts)  # the tool section is in the prompt
 
 
+def test_multi_turn_prompts_are_the_same_when_trl_passes_the_environments_methods_as_tools(cfg, rows_and_tokenizer):
+    """TRL renders a conversation with the environment's methods as `tools`; its template leaves them out, since
+    the system message carries env_sim's tool section, so TRL's first prompt is our rollouts' prompt."""
+    import copy
+
+    from transformers.utils import get_json_schema
+
+    rows, tokenizer, _ = rows_and_tokenizer
+    trl_tokenizer = copy.deepcopy(tokenizer)
+    trl_tokenizer.chat_template = peer_bench.TOOLS_IN_SYSTEM_MESSAGE + tokenizer.chat_template
+    options = {"max_steps": 6, "compact_tools": False, "tool_scope": str(cfg.env.tool_scope)}
+    for row in rows:
+        tools = peer_bench.episode_tools(row, cfg.env)
+        env = peer_bench.environment_class("x", tools, str(cfg.env.tool_format), options)()
+        methods = [getattr(env, t["name"]) for t in tools]
+        for method, tool in zip(methods, tools):  # what transformers makes of each method: the tool's schema
+            schema = get_json_schema(method)["function"]
+            assert schema["name"] == tool["name"] and schema["description"] == tool["description"]
+            assert schema["parameters"]["properties"] == tool["parameters"]["properties"]
+            assert sorted(schema["parameters"].get("required", [])) == sorted(tool["parameters"]["required"])
+        trl_side = trl_tokenizer.apply_chat_template(
+            peer_bench.opening_messages(row, cfg.env), tools=methods, tokenize=False, add_generation_prompt=True
+        )
+        assert trl_side == peer_bench.render_prompt(row, tokenizer, cfg.env)
+        assert trl_side.count("<|im_start|>system") == 1
+        # the unchanged template would add a second tool section
+        assert tokenizer.apply_chat_template(
+            peer_bench.opening_messages(row, cfg.env), tools=methods, tokenize=False, add_generation_prompt=True
+        ) != trl_side
+
+
+def test_multi_turn_environment_plays_an_episode_and_scores_it_with_env_sim(cfg, rows_and_tokenizer):
+    rows, _, _ = rows_and_tokenizer
+    options = {"max_steps": 6, "compact_tools": False, "tool_scope": "all"}
+    solved = 0
+    for row in rows:
+        tools = row["responses_create_params"]["tools"]
+        env = peer_bench.environment_class("x", tools, str(cfg.env.tool_format), options)()
+        env.reset(row_json=json.dumps(row), row_id=row["id"])
+        for call in row["ground_truth"]:
+            output = getattr(env, call["name"])(**json.loads(call["arguments"]))
+            assert isinstance(output, str) and output
+        assert env.get_reward() == 1.0  # the ground truth's calls, one tool-method call each
+        env.reset(row_json=json.dumps(row))  # a fresh episode: no calls yet
+        solved += env.get_reward() == 1.0
+    assert solved < len(rows)  # doing nothing does not solve most tasks
+
+
+def test_tool_methods_refuse_argument_types_they_cannot_declare():
+    tool = {"name": "t", "description": "d", "parameters": {"properties": {"x": {"type": "array"}}, "required": []}}
+    with pytest.raises(ValueError, match="tool t: argument x has type 'array'"):
+        peer_bench.tool_method(tool)
+
+
+def test_trl_multi_turn_config_bounds_the_tool_loop():
+    kwargs = peer_bench.trl_config_kwargs(Work(turns=6, episode_tokens=512), "/tmp/x")
+    assert kwargs["max_tool_calling_iterations"] == 5 and kwargs["max_completion_length"] == 512
+    single = peer_bench.trl_config_kwargs(Work(), "/tmp/x")
+    assert "max_tool_calling_iterations" not in single and single["max_completion_length"] == Work().max_new_tokens
+
+
 def steps(seconds, tokens, phases):
     return [
         {"seconds": s, "completions": 32, "generated_tokens": t, "phases": dict(phases, generation=s / 2)}

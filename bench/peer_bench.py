@@ -22,6 +22,16 @@ each side is a warm-up; the figures are medians over the others:
 Run: ``make bench-peer`` (creates .venv-peer, then ``python -m bench.peer_bench``). Writes
 bench/results/peer_cpu.json and adds rows to docs/benchmarks.md.
 
+``--turns 6``: the multi-turn row: an episode may make up to 6 model calls, its tools executed between them.
+Ours runs its rollouts as training does (`env.max_steps`); TRL plays the same episodes through its
+`environment_factory`: per tool set an environment class whose methods are env_sim's tools (typed and documented
+so that transformers derives each tool's schema from them), `reset` starting the row's episode and `get_reward`
+its verifier; TRL parses the model's turns with Qwen3's response template, which our template's tool calls
+follow. Prompts stay identical: the system message carries env_sim's tool section on both sides. Not identical:
+TRL bounds an episode's completion as a whole (`episode_tokens`), ours each call; a call TRL cannot parse ends
+its episode as text, where ours shows the model the parse error; TRL executes only the tools its prompt shows.
+Writes bench/results/peer_cpu_multiturn.json.
+
 ``--gpu`` (one GPU, the GPU bundle and bench/build_gpu_extras.sh's TRL on PYTHONPATH): the same comparison at the
 scale of `make bench-grpo-gpu`: a random Qwen3-1.7B-shaped model (the same HF dir both sides), 32 prompts x 8
 generations of 512 new tokens, the domain's tools in full (~1k-token prompts), both colocated on the GPU with vLLM
@@ -299,7 +309,7 @@ def tool_method(tool: Mapping[str, Any]):
         doc.append(f"    {arg}: {spec.get('description', arg)}")
 
     def call(self, **arguments: Any) -> str:
-        return self.call_tool(name, arguments)
+        return self._call_tool(name, arguments)
 
     call.__name__ = call.__qualname__ = name
     call.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
@@ -321,7 +331,7 @@ class EpisodeEnvironment:
 
         self.episode = Episode(json.loads(row_json), self.tool_format, **self.episode_options)
 
-    def call_tool(self, name: str, arguments: Mapping[str, Any]) -> str:
+    def _call_tool(self, name: str, arguments: Mapping[str, Any]) -> str:
         from env_sim.execute import execute_call
 
         text = json.dumps(dict(arguments), ensure_ascii=False)
@@ -487,6 +497,11 @@ def ours_worker(spec: dict[str, Any]) -> None:
         seen["row_ids"] = [r.get("id") for r in rows_[:: work.generations]]
         rollouts = rollout_fn(rows_, generation, tokenizer, cfg_, seed)
         seen["prompt_ids"] = [r.token_ids[: r.prompt_length] for r in rollouts[:: work.generations]]
+        seen["episodes"] = {
+            "tool_calls": statistics.fmean(len(r.function_calls) for r in rollouts),
+            "model_calls": statistics.fmean(r.num_turns for r in rollouts),
+            "reward_mean": statistics.fmean(r.reward for r in rollouts),
+        }
         return rollouts
 
     trainer.rollout_fn = observed
@@ -509,6 +524,7 @@ def ours_worker(spec: dict[str, Any]) -> None:
                 "refit": phases.get("prepare_for_generation/transfer_and_update_weights", 0.0),
             },
             all_phases=phases,
+            episodes=seen.get("episodes"),
             row_ids=seen.get("row_ids"),
             prompt_ids=seen.get("prompt_ids"),
         )
@@ -567,7 +583,12 @@ def trl_worker(spec: dict[str, Any]) -> None:
             ids, pmask = out["prompt_ids"], out["prompt_mask"]
             seen["row_ids"] = [x["row_id"] for x in inputs[:: work.generations]]
             seen["prompt_ids"] = [ids[i][pmask[i].bool()].tolist() for i in range(0, len(inputs), work.generations)]
-            seen["rewards"] = [float(r) for r in out.get("rewards", [])] if "rewards" in out else None
+            metrics = self._metrics["train"]
+            seen["episodes"] = {
+                # TRL counts the tool calls it executed per completion (multi-turn only) and logs the mean reward
+                "tool_calls": metrics["tools/call_frequency"][-1] if metrics.get("tools/call_frequency") else None,
+                "reward_mean": metrics["reward"][-1] if metrics.get("reward") else None,
+            }
             return out
 
     step_started: dict[str, float] = {}
@@ -592,6 +613,7 @@ def trl_worker(spec: dict[str, Any]) -> None:
                     "reward": seen.get("reward", 0.0),
                     "training": seconds - gen,
                 },
+                episodes=seen.get("episodes"),
                 row_ids=seen.get("row_ids"),
                 prompt_ids=seen.get("prompt_ids"),
             )
@@ -755,6 +777,11 @@ def summarise_side(steps: list[dict[str, Any]], warmup: int = 1) -> dict[str, An
         "generated_tokens_per_sec": round(med([s["generated_tokens"] / s["seconds"] for s in measured]), 1),
         "generated_tokens_per_step": round(med([s["generated_tokens"] for s in measured]), 1),
         "phase_seconds": {k: round(med([s["phases"].get(k, 0.0) for s in measured]), 3) for k in phases},
+        "episodes": {
+            key: round(statistics.fmean(values), 3)
+            for key in ("tool_calls", "model_calls", "reward_mean")
+            if (values := [s["episodes"][key] for s in steps if (s.get("episodes") or {}).get(key) is not None])
+        },
     }
 
 
@@ -854,6 +881,16 @@ def doc_rows(result: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
         ("phases per step, TRL", phases(t)),
         ("peak memory (process tree), ours / TRL", f"{mem(o)} / {mem(t)}"),
     ]
+    if o.get("episodes") and t.get("episodes"):
+
+        def episodes(e: dict[str, Any]) -> str:
+            calls = f"{e['tool_calls']:.2f} tool calls" if "tool_calls" in e else "tool calls not counted"
+            turns = f" in {e['model_calls']:.2f} model calls" if "model_calls" in e else ""
+            return f"{calls}{turns}, reward {e.get('reward_mean', float('nan')):.3f}"
+
+        rows.append(
+            ("an episode on average (all steps), ours / TRL", f"{episodes(o['episodes'])} / {episodes(t['episodes'])}")
+        )
     return config, rows
 
 

@@ -117,6 +117,7 @@ def test_multi_turn_prompts_are_the_same_when_trl_passes_the_environments_method
     """TRL renders a conversation with the environment's methods as `tools`; its template leaves them out, since
     the system message carries env_sim's tool section, so TRL's first prompt is our rollouts' prompt."""
     import copy
+    import inspect
 
     from transformers.utils import get_json_schema
 
@@ -128,6 +129,9 @@ def test_multi_turn_prompts_are_the_same_when_trl_passes_the_environments_method
         tools = peer_bench.episode_tools(row, cfg.env)
         env = peer_bench.environment_class("x", tools, str(cfg.env.tool_format), options)()
         methods = [getattr(env, t["name"]) for t in tools]
+        # TRL takes every public function of the class but reset and get_reward for a tool: just the row's tools
+        public = {n for n, f in inspect.getmembers(type(env), inspect.isfunction) if not n.startswith("_")}
+        assert public - {"reset", "get_reward"} == {t["name"] for t in tools}
         for method, tool in zip(methods, tools):  # what transformers makes of each method: the tool's schema
             schema = get_json_schema(method)["function"]
             assert schema["name"] == tool["name"] and schema["description"] == tool["description"]
@@ -310,7 +314,8 @@ def test_trl_knows_every_argument_we_give_it():
     code = (
         "import dataclasses, json, trl; from bench.peer_bench import GPU_WORK, Work, trl_config_kwargs; "
         "fields = {f.name for f in dataclasses.fields(trl.GRPOConfig)}; "
-        "given = set(trl_config_kwargs(Work(), 'x')) | set(trl_config_kwargs(Work(**GPU_WORK), 'x')); "
+        "given = set(trl_config_kwargs(Work(), 'x')) | set(trl_config_kwargs(Work(**GPU_WORK), 'x')) "
+        "| set(trl_config_kwargs(Work(turns=6), 'x')); "
         "print(json.dumps(sorted(given - fields)))"
     )
     out = subprocess.run(

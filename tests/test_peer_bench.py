@@ -143,9 +143,12 @@ def test_multi_turn_prompts_are_the_same_when_trl_passes_the_environments_method
         assert trl_side == peer_bench.render_prompt(row, tokenizer, cfg.env)
         assert trl_side.count("<|im_start|>system") == 1
         # the unchanged template would add a second tool section
-        assert tokenizer.apply_chat_template(
-            peer_bench.opening_messages(row, cfg.env), tools=methods, tokenize=False, add_generation_prompt=True
-        ) != trl_side
+        assert (
+            tokenizer.apply_chat_template(
+                peer_bench.opening_messages(row, cfg.env), tools=methods, tokenize=False, add_generation_prompt=True
+            )
+            != trl_side
+        )
 
 
 def test_multi_turn_environment_plays_an_episode_and_scores_it_with_env_sim(cfg, rows_and_tokenizer):

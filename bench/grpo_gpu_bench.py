@@ -16,6 +16,10 @@ step is a warm-up; the figures are medians over the others:
   refit seconds            policy -> engine (CUDA IPC), and the engine's wake-up before it
   GPU idle share           1 - mean NVML utilization over the measured steps (`nvidia-smi -lms 100`)
 
+`--compare-seeding`: the measured steps alternate `policy.generation.per_request_seeds` (even steps as configured,
+odd ones the other way), and `by_seeding` gives each mode's generation speed: vLLM samples seeded requests one
+generator at a time, unseeded ones in one batched draw.
+
 `--tiny`: the correctness smoke: the tiny model warm-started by the sft stage on this GPU, then GRPO steps with
 validation at start and end (val:accuracy kept or raised). Writes bench/results/grpo_gpu[_tiny].json (and $OUT
 when set) and rows in docs/benchmarks.md.

@@ -1,6 +1,7 @@
-"""The peer benchmark's shared pieces (bench/peer_bench.py): the reward function TRL is given is env_sim's
-verifier, both sides see the same prompt tokens, the two configs describe the same work, and the result and its
-doc rows are assembled from the steps. TRL itself runs only in the slow test, and only where .venv-peer has it."""
+"""The peer benchmark's shared pieces (bench/peer_bench.py, bench/trl_env.py): the reward function and the
+multi-turn environment TRL is given score with env_sim's verifier, both sides see the same prompt tokens, the two
+configs describe the same work, and the result and its doc rows are assembled from the steps. TRL itself runs only
+in the slow tests, and only where .venv-peer has it."""
 
 import json
 import subprocess
@@ -8,9 +9,10 @@ from dataclasses import asdict
 
 import pytest
 
-from bench import peer_bench
+from bench import peer_bench, trl_env
 from bench.env_bench import DOC_HEADER
-from bench.peer_bench import EnvSimReward, Work
+from bench.peer_bench import Work
+from bench.trl_env import EnvSimReward
 from infra.config import load_config
 from pipeline import data, prepare
 
@@ -123,11 +125,11 @@ def test_multi_turn_prompts_are_the_same_when_trl_passes_the_environments_method
 
     rows, tokenizer, _ = rows_and_tokenizer
     trl_tokenizer = copy.deepcopy(tokenizer)
-    trl_tokenizer.chat_template = peer_bench.TOOLS_IN_SYSTEM_MESSAGE + tokenizer.chat_template
+    trl_tokenizer.chat_template = trl_env.TOOLS_IN_SYSTEM_MESSAGE + tokenizer.chat_template
     options = {"max_steps": 6, "compact_tools": False, "tool_scope": str(cfg.env.tool_scope)}
     for row in rows:
         tools = peer_bench.episode_tools(row, cfg.env)
-        env = peer_bench.environment_class("x", tools, str(cfg.env.tool_format), options)()
+        env = trl_env.environment_class("x", tools, str(cfg.env.tool_format), options)()
         methods = [getattr(env, t["name"]) for t in tools]
         # TRL takes every public function of the class but reset and get_reward for a tool: just the row's tools
         public = {n for n, f in inspect.getmembers(type(env), inspect.isfunction) if not n.startswith("_")}
@@ -157,7 +159,7 @@ def test_multi_turn_environment_plays_an_episode_and_scores_it_with_env_sim(cfg,
     solved = 0
     for row in rows:
         tools = row["responses_create_params"]["tools"]
-        env = peer_bench.environment_class("x", tools, str(cfg.env.tool_format), options)()
+        env = trl_env.environment_class("x", tools, str(cfg.env.tool_format), options)()
         env.reset(row_json=json.dumps(row), row_id=row["id"])
         for call in row["ground_truth"]:
             output = getattr(env, call["name"])(**json.loads(call["arguments"]))
@@ -171,7 +173,7 @@ def test_multi_turn_environment_plays_an_episode_and_scores_it_with_env_sim(cfg,
 def test_tool_methods_refuse_argument_types_they_cannot_declare():
     tool = {"name": "t", "description": "d", "parameters": {"properties": {"x": {"type": "array"}}, "required": []}}
     with pytest.raises(ValueError, match="tool t: argument x has type 'array'"):
-        peer_bench.tool_method(tool)
+        trl_env.tool_method(tool)
 
 
 def test_trl_multi_turn_config_bounds_the_tool_loop():

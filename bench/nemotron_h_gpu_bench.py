@@ -167,7 +167,7 @@ def run_ours(spec: dict) -> dict:
 
 def profile_top(step, rows: int = 15) -> list[dict]:
     """One more step under torch.profiler: the ops that hold the device longest (self time, so nested ops are not
-    counted twice), with their call counts, and the step's total device and host time."""
+    counted twice) with their call counts, after a first row with every op's self time summed."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 

@@ -224,13 +224,18 @@ def trl_config_kwargs(work: Work, output_dir: str) -> dict[str, Any]:
 
 
 # ---- the shared pieces: prompts --------------------------------------------------------------------
-def opening_messages(row: Mapping[str, Any], env_cfg) -> list[dict[str, Any]]:
-    """An episode's first messages: the system prompt with env_sim's tool section (as `env` renders it: the row's
-    tools in scope, compact or in full), then the user request."""
+def opening_episode(row: Mapping[str, Any], env_cfg):
+    """The row's episode before its first model call, as our rollouts start it (`env` options)."""
     from env_sim.agent import Episode
     from trainer.rollout import episode_options
 
-    return list(Episode(dict(row), env_cfg.tool_format, **episode_options(env_cfg)).messages)
+    return Episode(dict(row), env_cfg.tool_format, **episode_options(env_cfg))
+
+
+def opening_messages(row: Mapping[str, Any], env_cfg) -> list[dict[str, Any]]:
+    """An episode's first messages: the system prompt with env_sim's tool section (as `env` renders it: the row's
+    tools in scope, compact or in full), then the user request."""
+    return list(opening_episode(row, env_cfg).messages)
 
 
 def render_prompt(row: Mapping[str, Any], tokenizer, env_cfg) -> str:
@@ -241,15 +246,8 @@ def render_prompt(row: Mapping[str, Any], tokenizer, env_cfg) -> str:
 
 
 def episode_tools(row: Mapping[str, Any], env_cfg) -> list[dict[str, Any]]:
-    """The tools a row's prompt shows (env.tool_scope), as env_sim picks them."""
-    from env_sim.agent import tools_in_scope
-    from env_sim.environment import get_environment
-
-    env = get_environment(row.get("environment_name"))
-    params = row["responses_create_params"]
-    return tools_in_scope(
-        env, params.get("tools") or env.tool_schemas, str(row.get("category", "")), env_cfg.tool_scope
-    )
+    """The tools a row's prompt shows (env.tool_scope), as env_sim's episode picks them."""
+    return list(opening_episode(row, env_cfg).tools)
 
 
 # ---- the warm-started model -----------------------------------------------------------------------------------

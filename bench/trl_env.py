@@ -118,6 +118,6 @@ class EpisodeEnvironment:
 
 def environment_class(name: str, tools: Sequence[Mapping[str, Any]], tool_format: str, options: Mapping[str, Any]):
     """An `EpisodeEnvironment` whose methods are these tools (TRL exposes an environment's public methods)."""
-    methods = {tool_method(tool).__name__: tool_method(tool) for tool in tools}
-    attrs = {"tool_format": tool_format, "episode_options": dict(options), **methods}
+    methods = [tool_method(tool) for tool in tools]
+    attrs = {"tool_format": tool_format, "episode_options": dict(options), **{m.__name__: m for m in methods}}
     return type(f"Env_{name}", (EpisodeEnvironment,), attrs)
